@@ -1,0 +1,57 @@
+"""Entry-point plumbing shared by fxml's commands: user errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf.errors import OmegaConfBaseException
+
+from fxml.config import describe_config_error
+from fxml.console import error_console
+
+USER_ERROR, CONFIG_ERROR, INTERRUPTED = 1, 2, 130
+
+
+def fail(prefix: str, message: str, code: int) -> None:
+    error_console.print(f"[red]fxml: {prefix}[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def exits_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
+    """Inside a single job, a user error ends the process with one line (Hydra would add its own
+    report first); inside a multirun it propagates, so the sweep records that job as failed."""
+    from fxml.errors import FxmlError
+
+    @functools.wraps(task)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except FxmlError as error:
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise
+            fail("error:", str(error), USER_ERROR)
+
+    return wrapper
+
+
+def run_cli(hydra_entry: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` function, turning composition errors into one line."""
+    from fxml.errors import FxmlError
+
+    # Hydra re-raises instead of printing its multi-line report; we print one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_entry()
+    except FxmlError as error:
+        fail("error:", str(error), USER_ERROR)
+    except (OmegaConfBaseException, HydraException) as error:
+        fail("config error:", describe_config_error(error), CONFIG_ERROR)
+    except KeyboardInterrupt:
+        fail("interrupted", "", INTERRUPTED)

@@ -1,0 +1,65 @@
+"""Ridge regression, the linear baseline, solved from int8 features in row chunks.
+
+Accumulating the Gram matrix chunk by chunk keeps memory at one float64 block however many rows
+there are, where scikit-learn would first copy the whole matrix to float64.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fxml.data.loader import DataSplit
+from fxml.models.base import StepCallback, TabularModel
+
+log = logging.getLogger(__name__)
+CHUNK_ROWS = 65_536
+
+
+class RidgeModel(TabularModel):
+    def __init__(self, alpha: float = 1.0, fit_intercept: bool = True, **common: Any) -> None:
+        super().__init__(alpha=alpha, fit_intercept=fit_intercept, **common)
+        self.coef: np.ndarray | None = None
+        self.intercept = 0.0
+
+    def fit(self, train: DataSplit, validation: DataSplit | None = None,
+            on_step: StepCallback | None = None) -> RidgeModel:
+        assert train.target is not None
+        n, k = train.features.shape
+        y = train.target.astype(np.float64)
+        fit_intercept = self.options["fit_intercept"]
+        x_mean = self._column_means(train.features) if fit_intercept else np.zeros(k)
+        y_mean = y.mean() if fit_intercept else 0.0
+        gram, moment = np.zeros((k, k)), np.zeros(k)
+        chunks = range(0, n, CHUNK_ROWS)
+        for step, start in enumerate(chunks, 1):
+            block = train.features[start : start + CHUNK_ROWS].astype(np.float64) - x_mean
+            gram += block.T @ block
+            moment += block.T @ (y[start : start + CHUNK_ROWS] - y_mean)
+            if on_step is not None:
+                on_step(step, len(chunks), {})
+        gram[np.diag_indices(k)] += self.options["alpha"]
+        self.coef = np.linalg.lstsq(gram, moment, rcond=None)[0]
+        self.intercept = float(y_mean - x_mean @ self.coef)
+        log.info("model: ridge (alpha=%g) on %d rows x %d features", self.options["alpha"], n, k)
+        return self
+
+    @staticmethod
+    def _column_means(features: np.ndarray) -> np.ndarray:
+        total = np.zeros(features.shape[1])
+        for start in range(0, len(features), CHUNK_ROWS):
+            total += features[start : start + CHUNK_ROWS].sum(axis=0, dtype=np.int64)
+        return total / len(features)
+
+    def predict_float32(self, features: np.ndarray) -> np.ndarray:
+        return features.astype(np.float64) @ self.coef + self.intercept
+
+    def save_state(self, directory: Path) -> None:
+        np.savez(directory / "ridge.npz", coef=self.coef, intercept=self.intercept)
+
+    def load_state(self, directory: Path) -> None:
+        state = np.load(directory / "ridge.npz")
+        self.coef, self.intercept = state["coef"], float(state["intercept"])

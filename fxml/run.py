@@ -1,0 +1,99 @@
+"""``python -m fxml.run``: train one model, score it the Numerai way, log everything to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import hydra
+import mlflow
+import pandas as pd
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from fxml import __version__
+from fxml.cli import exits_on_user_error, run_cli
+from fxml.config import register_schemas, validate
+from fxml.console import console, quiet_dependencies, step_progress, summary_table
+from fxml.data.loader import DataSplit, NumeraiData
+from fxml.scoring.scorer import Scores
+from fxml.tracking.mlflow_run import (
+    DEFAULT_URI,
+    git_commit,
+    log_config,
+    log_frame,
+    log_series,
+    tracked_run,
+    tracking_uri,
+)
+from fxml.tracking.plots import cumulative_scores
+from fxml.tracking.pyfunc import log_pyfunc_model
+
+log = logging.getLogger("fxml.run")
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@exits_on_user_error
+def train(cfg: DictConfig) -> dict[str, float]:
+    quiet_dependencies()
+    validate(cfg)
+    uri = tracking_uri(cfg.tracking.uri)
+    tags = {"fxml_version": __version__, "git_commit": git_commit(),
+            "model_family": cfg.model._target_.rsplit(".", 1)[-1], **cfg.tracking.tags}
+    with tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags) as run:
+        log_config(cfg)
+        data = NumeraiData.from_config(cfg.data, memory=instantiate(cfg.memory),
+                                       source=instantiate(cfg.data.source, _recursive_=False))
+        mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
+                         "feature_set": data.feature_set, "target": data.target})
+        with console.status("loading data"):
+            train_split, validation = data.load("train"), data.load("validation")
+
+        model = instantiate(cfg.model, _convert_="all")
+        started = time.perf_counter()
+        with step_progress(f"training {tags['model_family']}") as on_step:
+            model.fit(train_split, validation, on_step=on_step)
+        mlflow.log_metric("train_seconds", time.perf_counter() - started)
+
+        with console.status("scoring validation"):
+            predictions = model.predict(validation.features)
+            scores = instantiate(cfg.scorer).score(predictions, validation, data)
+        log_scores(scores, validation, predictions)
+        if cfg.tracking.log_model:
+            with console.status("logging the model"):
+                log_pyfunc_model(model, data.feature_names, {
+                    "data_version": data.version, "target": data.target,
+                    "feature_set": data.feature_set})
+    show_summary(scores, run.info.run_id, uri, cfg.tracking.experiment)
+    return scores.summary
+
+
+def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # type: ignore[no-untyped-def]
+    mlflow.log_metrics({k: float(v) for k, v in scores.summary.items() if pd.notna(v)})
+    if scores.benchmark_column:
+        mlflow.set_tag("bmc_benchmark", scores.benchmark_column)
+    log_series(scores.per_era, ("corr", "mmc", "bmc", "fnc"))
+    log_frame(scores.per_era, "metrics/per_era.csv")
+    mlflow.log_figure(cumulative_scores(scores.per_era), "plots/cumulative_scores.png")
+    frame = pd.DataFrame({"id": validation.ids, "era": validation.eras,
+                          "prediction": predictions, "target": validation.target})
+    if "meta_model" in scores.references:
+        frame["meta_model"] = scores.references["meta_model"]
+    log_frame(frame, "predictions/validation.parquet")
+
+
+def show_summary(scores: Scores, run_id: str, uri: str, experiment: str) -> None:
+    eras = int(scores.summary.get("n_eras", len(scores.per_era)))
+    console.print(summary_table(scores.summary, f"Validation over {eras} eras"))
+    console.print(f"MLflow run [bold]{run_id}[/bold] in experiment '{experiment}' at {uri}")
+    ui_uri = uri if uri != DEFAULT_URI else "sqlite:///mlruns/mlflow.db"
+    console.print(f"Browse: mlflow ui --backend-store-uri {ui_uri}")
+
+
+def main() -> None:
+    run_cli(train)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Summaries of per-era scores: Numerai judges a model by the level, the stability and the
+worst losing streak of its per-era scores, not by one pooled number."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fxml.scoring.metrics import SCORE_COLUMNS
+
+
+def mean_score(scores: np.ndarray) -> float:
+    """Average per-era score: the expected payout driver."""
+    return float(np.mean(scores)) if scores.size else float("nan")
+
+
+def std_score(scores: np.ndarray) -> float:
+    """Era-to-era volatility, population std (ddof=0) as numerai-tools' sharpe_ratio uses."""
+    return float(np.std(scores)) if scores.size else float("nan")
+
+
+def sharpe(scores: np.ndarray) -> float:
+    """Mean over std: consistency across eras. NaN when std is zero (one era, or a
+    constant score), where the ratio says nothing."""
+    std = std_score(scores)
+    if not std > 0:
+        return float("nan")
+    return mean_score(scores) / std
+
+
+def max_drawdown(scores: np.ndarray) -> float:
+    """Largest fall of the cumulative score below its running peak, as in Numerai's example
+    scripts: ``(cumsum.expanding(min_periods=1).max() - cumsum).max()``. The peak starts at
+    the first era's cumulative score, not at zero."""
+    if not scores.size:
+        return float("nan")
+    cumulative = np.cumsum(scores)
+    return float(np.max(np.maximum.accumulate(cumulative) - cumulative))
+
+
+def summarize(per_era: pd.DataFrame) -> dict[str, float]:
+    """Summary statistics of each score column of ``score_eras``' output, each over the eras
+    where that column is not NaN, in era order.
+
+    Keys: ``{column}_mean``, ``_std``, ``_sharpe``, ``_max_drawdown`` for each column present;
+    ``feature_exposure_max`` (mean over eras of the per-era maximum feature correlation,
+    Numerai's usual exposure figure) when exposure was scored; ``n_eras``, the number of
+    eras with a CORR score.
+    """
+    per_era = per_era.sort_index()
+    summary: dict[str, float] = {}
+    for column in SCORE_COLUMNS:
+        if column not in per_era.columns:
+            continue
+        values = per_era[column].to_numpy(dtype=np.float64)
+        values = values[~np.isnan(values)]
+        summary[f"{column}_mean"] = mean_score(values)
+        summary[f"{column}_std"] = std_score(values)
+        summary[f"{column}_sharpe"] = sharpe(values)
+        summary[f"{column}_max_drawdown"] = max_drawdown(values)
+    if "feature_exposure" in per_era.columns:
+        summary["feature_exposure_max"] = summary["feature_exposure_mean"]
+    if "corr" in per_era.columns:
+        summary["n_eras"] = int(per_era["corr"].notna().sum())
+    return summary

@@ -1,0 +1,28 @@
+"""Figures logged with every run."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # runs have no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def cumulative_scores(per_era: pd.DataFrame, columns: tuple[str, ...] = ("corr", "mmc")) -> Figure:
+    """Cumulative per-era scores: the curve Numerai users read drawdowns and consistency from."""
+    figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
+    for column in columns:
+        if column in per_era and per_era[column].notna().any():
+            series = per_era[column].dropna()
+            axis.plot(series.index, series.cumsum(), label=f"cumulative {column.upper()}")
+    axis.axhline(0.0, color="grey", linewidth=0.8)
+    axis.set_xlabel("era")
+    axis.set_ylabel("cumulative score")
+    axis.set_title("Validation: cumulative per-era scores")
+    axis.legend(loc="upper left")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,165 @@
+"""Benchmark fxml.scoring.score_eras against numerai-tools applied era by era.
+
+Usage: python scripts/bench_scoring.py [--rows 1000000 --eras 200 --features 42]
+
+Both sides score the same synthetic data (corr, mmc, bmc, fnc, feature exposure); the
+table gives the seconds each took, the speed ratio and the largest absolute difference
+per metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+import warnings
+
+import numpy as np
+import pandas as pd
+from numerai_tools.scoring import (
+    correlation_contribution,
+    feature_neutral_corr,
+    max_feature_correlation,
+    numerai_corr,
+)
+
+from fxml.scoring import SCORE_COLUMNS, score_eras
+
+BINS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+BIN_SHARES = np.array([0.05, 0.2, 0.5, 0.2, 0.05])
+
+
+def synthetic_data(n_rows: int, n_eras: int, n_features: int, seed: int = 42) -> dict:
+    """Numerai-shaped data: eras of varying size, int8 features 0..4, binned targets."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 + 0.25 * np.sin(np.linspace(0.0, 6.0, n_eras))
+    sizes = np.floor(weights / weights.sum() * n_rows).astype(np.int64)
+    sizes[-1] += n_rows - sizes.sum()
+    eras = np.repeat(np.arange(1, n_eras + 1), sizes)
+    targets = np.empty(n_rows)
+    start = 0
+    for size in sizes:  # exact 5/20/50/20/5 % bins in every era
+        counts = np.floor(BIN_SHARES * size).astype(np.int64)
+        counts[2] += size - counts.sum()
+        targets[start : start + size] = rng.permutation(np.repeat(BINS, counts))
+        start += size
+    features = rng.integers(0, 5, size=(n_rows, n_features), dtype=np.int8)
+    exposure = (features[:, : min(5, n_features)].mean(axis=1) - 2.0) / 2.0
+    signal = targets - 0.5
+    noise = rng.standard_normal((3, n_rows))
+    predictions = 0.5 + 0.04 * signal + 0.02 * exposure + 0.1 * noise[0]
+    meta_model = 0.5 + 0.03 * signal + 0.5 * (predictions - 0.5) + 0.08 * noise[1]
+    benchmark = 0.5 + 0.03 * signal + 0.01 * exposure + 0.1 * noise[2]
+    targets[rng.random(n_rows) < 0.005] = np.nan  # a few unresolved targets
+    return {
+        "predictions": predictions,
+        "targets": targets,
+        "eras": eras,
+        "meta_model": meta_model,
+        "benchmark": benchmark,
+        "features": features,
+    }
+
+
+def reference_inputs(data: dict) -> list[dict]:
+    """The per-era pandas objects numerai-tools expects (built outside the timed part)."""
+    names = [f"feature_{j}" for j in range(data["features"].shape[1])]
+    boundaries = np.flatnonzero(np.diff(data["eras"])) + 1
+    per_era = []
+    for rows in np.split(np.arange(data["eras"].size), boundaries):
+        ids = pd.Index([f"id{row:09d}" for row in rows])
+        per_era.append(
+            {
+                "era": int(data["eras"][rows[0]]),
+                "predictions": pd.DataFrame({"prediction": data["predictions"][rows]}, index=ids),
+                "targets": pd.Series(data["targets"][rows], index=ids, name="target"),
+                "meta_model": pd.Series(data["meta_model"][rows], index=ids, name="meta_model"),
+                "benchmark": pd.Series(data["benchmark"][rows], index=ids, name="benchmark"),
+                "features": pd.DataFrame(data["features"][rows], index=ids, columns=names),
+            }
+        )
+    return per_era
+
+
+REFERENCE_METRICS = {
+    "corr": lambda e: numerai_corr(e["predictions"], e["targets"])["prediction"],
+    "mmc": lambda e: correlation_contribution(e["predictions"], e["meta_model"], e["targets"])[
+        "prediction"
+    ],
+    "bmc": lambda e: correlation_contribution(e["predictions"], e["benchmark"], e["targets"])[
+        "prediction"
+    ],
+    "fnc": lambda e: feature_neutral_corr(e["predictions"], e["features"], e["targets"])[
+        "prediction"
+    ],
+    "feature_exposure": lambda e: max_feature_correlation(
+        e["predictions"]["prediction"], e["features"]
+    )[1],
+}
+
+
+def run_fxml(data: dict) -> pd.DataFrame:
+    return score_eras(
+        data["predictions"],
+        data["targets"],
+        data["eras"],
+        meta_model=data["meta_model"],
+        benchmark=data["benchmark"],
+        features=data["features"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--eras", type=int, default=200)
+    parser.add_argument("--features", type=int, default=42)
+    parser.add_argument("--repeats", type=int, default=3, help="fxml timing: best of N runs")
+    args = parser.parse_args()
+
+    data = synthetic_data(args.rows, args.eras, args.features)
+    print(
+        f"data: {args.rows:,} rows, {args.eras} eras, {args.features} int8 features, "
+        f"{int(np.isnan(data['targets']).sum()):,} NaN targets"
+    )
+
+    fxml_seconds = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        ours = run_fxml(data)
+        fxml_seconds.append(time.perf_counter() - started)
+    tracemalloc.start()
+    run_fxml(data)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+
+    per_era = reference_inputs(data)
+    reference_seconds: dict[str, float] = {}
+    reference: dict[str, list[float]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for metric, compute in REFERENCE_METRICS.items():
+            started = time.perf_counter()
+            reference[metric] = [float(compute(era)) for era in per_era]
+            reference_seconds[metric] = time.perf_counter() - started
+    expected = pd.DataFrame(reference, index=pd.Index([e["era"] for e in per_era], name="era"))
+
+    best = min(fxml_seconds)
+    total_reference = sum(reference_seconds.values())
+    print(f"\n{'metric':<18}{'numerai-tools s':>16}{'max |diff|':>14}")
+    for metric in SCORE_COLUMNS:
+        difference = np.nanmax(np.abs(ours[metric].to_numpy() - expected[metric].to_numpy()))
+        nan_mismatch = int((ours[metric].isna() != expected[metric].isna()).sum())
+        note = f"  ({nan_mismatch} NaN mismatches)" if nan_mismatch else ""
+        print(f"{metric:<18}{reference_seconds[metric]:>16.2f}{difference:>14.1e}{note}")
+    print(f"{'all (numerai-tools)':<18}{total_reference:>15.2f}")
+    print(
+        f"\nfxml score_eras, all five metrics: {best:.3f} s (best of {args.repeats}: "
+        + ", ".join(f"{s:.3f}" for s in fxml_seconds)
+        + f"), peak traced memory {peak_mb:.0f} MB"
+    )
+    print(f"speed ratio (numerai-tools all / fxml): {total_reference / best:.0f}x")
+
+
+if __name__ == "__main__":
+    main()

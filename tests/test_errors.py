@@ -1,0 +1,115 @@
+"""Bad input: one clear line, non-zero exit, no traceback, the MLflow run marked FAILED."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.conftest import Workspace, assert_one_line_error
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("model.learning_rate=-0.1", ("model.learning_rate", "must be > 0", "-0.1")),
+        ("model.n_estimator=3", ("n_estimator",)),
+        ("model.n_estimators=many", ("model.n_estimators", "many")),
+        ("trainer.accelerator=tpu", ("trainer.accelerator", "tpu")),
+        ("model=catboost", ("catboost",)),
+        ("data.every_nth_era=0", ("data.every_nth_era",)),
+    ],
+)
+def test_wrong_config_values_fail_before_any_work(workspace: Workspace, override, fragments) -> None:
+    before = len(workspace.runs())
+    result = workspace.run(override)
+    assert_one_line_error(result, *fragments)
+    assert len(workspace.runs()) == before, "a config error must not start an MLflow run"
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("data.feature_set=huge", ("data.feature_set=huge", "small")),
+        ("data.target=target_nobody_20", ("data.target=target_nobody_20",)),
+        ("data.features=[feature_does_not_exist]", ("feature_does_not_exist",)),
+        ("data.train_eras=[900,950]", ("data.train_eras",)),
+    ],
+)
+def test_wrong_data_selection_marks_the_run_failed(workspace: Workspace, override, fragments) -> None:
+    name = f"bad-{override.split('=')[0]}"
+    result = workspace.run(override, f"tracking.run_name={name}")
+    assert_one_line_error(result, *fragments)
+    run = next(r for r in workspace.runs() if r.info.run_name == name)
+    assert run.info.status == "FAILED"
+    assert fragments[0] in run.data.tags["error"]
+    assert "model.n_estimators" in run.data.params, "what was logged before the failure stays"
+
+
+@pytest.fixture()
+def broken_copy(workspace: Workspace, tmp_path: Path) -> Path:
+    """The small synthetic release copied as a local Numerai v5.2 folder that a test may damage."""
+    ok = workspace.run("--cfg", "job")
+    assert ok.returncode == 0, ok.stderr
+    releases = list((workspace.root / "data" / "synthetic").glob("v5.2-*"))
+    if not releases:
+        ok = workspace.run("tracking.log_model=false", "model.n_estimators=5",
+                           "tracking.run_name=prepare-copy")
+        assert ok.returncode == 0, ok.stderr
+        releases = list((workspace.root / "data" / "synthetic").glob("v5.2-*"))
+    copy = tmp_path / "numerai" / "v5.2"
+    shutil.copytree(releases[0], copy)
+    return copy
+
+
+def _small_features(folder: Path) -> list[str]:
+    return json.loads((folder / "features.json").read_text())["feature_sets"]["small"]
+
+
+def _run_on(workspace: Workspace, folder: Path, name: str):
+    """Run on a local v5 folder with no network: nothing can be downloaded."""
+    return workspace.run("data=v5", "data.version=v5.2", f"data.directory={folder.parent}",
+                         "data.source.api._target_=tests.fakes.OfflineNumerAPI",
+                         f"tracking.run_name={name}", small=False)
+
+
+def test_local_release_runs_offline(workspace: Workspace, broken_copy: Path) -> None:
+    result = _run_on(workspace, broken_copy, "offline-ok")
+    assert result.returncode == 0, result.stderr
+
+
+def test_truncated_parquet(workspace: Workspace, broken_copy: Path) -> None:
+    path = broken_copy / "validation.parquet"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = _run_on(workspace, broken_copy, "truncated")
+    assert_one_line_error(result, "validation.parquet", "not a complete parquet file")
+    run = next(r for r in workspace.runs() if r.info.run_name == "truncated")
+    assert run.info.status == "FAILED"
+
+
+def test_missing_parquet_without_network(workspace: Workspace, broken_copy: Path) -> None:
+    (broken_copy / "train.parquet").unlink()
+    result = _run_on(workspace, broken_copy, "missing-file")
+    assert_one_line_error(result, "could not download v5.2/train.parquet", "ConnectionError",
+                          "check the network")
+
+
+def test_missing_column(workspace: Workspace, broken_copy: Path) -> None:
+    path = broken_copy / "train.parquet"
+    dropped = _small_features(broken_copy)[0]
+    pl.read_parquet(path).drop(dropped).write_parquet(path)
+    result = _run_on(workspace, broken_copy, "missing-column")
+    assert_one_line_error(result, "train.parquet", dropped)
+
+
+def test_missing_feature_values(workspace: Workspace, broken_copy: Path) -> None:
+    path = broken_copy / "train.parquet"
+    column = _small_features(broken_copy)[-1]
+    frame = pl.read_parquet(path).with_columns(
+        pl.when(pl.int_range(pl.len()) == 7).then(None).otherwise(pl.col(column)).alias(column))
+    frame.write_parquet(path)
+    result = _run_on(workspace, broken_copy, "nan-feature")
+    assert_one_line_error(result, column, "missing values")
