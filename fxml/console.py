@@ -25,15 +25,17 @@ def quiet_dependencies() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"(mlflow|lightgbm|xgboost|pydantic|alembic)")
+        warnings.filterwarnings("ignore", category=category,
+                                module=r"(mlflow|lightgbm|xgboost|pydantic|alembic)")
     warnings.filterwarnings("ignore", message=".*git.*")
     for name in ("alembic", "mlflow", "numerapi", "urllib3", "matplotlib", "py.warnings"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextmanager
-def step_progress(description: str) -> Iterator[StepCallback]:
-    """A progress bar fed through the models' ``on_step`` hook."""
+def step_progress(description: str, *listeners: StepCallback) -> Iterator[StepCallback]:
+    """A progress bar fed through the models' ``on_step`` hook, passing each step on to
+    ``listeners`` (metric logging, sweep pruning)."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[metrics]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -42,6 +44,8 @@ def step_progress(description: str) -> Iterator[StepCallback]:
         def on_step(step: int, total: int, metrics: dict[str, float]) -> None:
             shown = "  ".join(f"{k}={v:.5f}" for k, v in metrics.items())
             progress.update(task, completed=step, total=total, metrics=shown)
+            for listener in listeners:
+                listener(step, total, metrics)
 
         yield on_step
 

@@ -19,6 +19,7 @@ from fxml.data.loader import DataSplit, NumeraiData
 from fxml.scoring.scorer import Scores
 from fxml.tracking.mlflow_run import (
     DEFAULT_URI,
+    StepMetrics,
     git_commit,
     log_config,
     log_frame,
@@ -52,12 +53,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         model = instantiate(cfg.model, _convert_="all")
         started = time.perf_counter()
-        with step_progress(f"training {tags['model_family']}") as on_step:
+        step_metrics = StepMetrics()
+        with step_progress(f"training {tags['model_family']}", step_metrics) as on_step:
             model.fit(train_split, validation, on_step=on_step)
+        step_metrics.flush()
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
 
         with console.status("scoring validation"):
-            predictions = model.predict(validation.features)
+            predictions = model.predict(validation.features, validation.eras)
             scores = instantiate(cfg.scorer).score(predictions, validation, data)
         log_scores(scores, validation, predictions)
         if cfg.tracking.log_model:

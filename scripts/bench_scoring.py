@@ -10,6 +10,7 @@ per metric.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 import tracemalloc
 import warnings
@@ -24,6 +25,11 @@ from numerai_tools.scoring import (
 )
 
 from fxml.scoring import SCORE_COLUMNS, score_eras
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:
+    threadpool_limits = None
 
 BINS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 BIN_SHARES = np.array([0.05, 0.2, 0.5, 0.2, 0.05])
@@ -136,7 +142,15 @@ def main() -> None:
     per_era = reference_inputs(data)
     reference_seconds: dict[str, float] = {}
     reference: dict[str, list[float]] = {}
-    with warnings.catch_warnings():
+    # score_eras limits BLAS to one thread for its many small per-era products; give
+    # numerai-tools' per-era lstsq the same setting (it is several times faster that way on
+    # a small or busy machine), so the ratio compares the algorithms, not thread settings.
+    single_blas = (
+        threadpool_limits(limits=1, user_api="blas")
+        if threadpool_limits is not None
+        else contextlib.nullcontext()
+    )
+    with warnings.catch_warnings(), single_blas:
         warnings.simplefilter("ignore", RuntimeWarning)
         for metric, compute in REFERENCE_METRICS.items():
             started = time.perf_counter()
@@ -153,6 +167,8 @@ def main() -> None:
         note = f"  ({nan_mismatch} NaN mismatches)" if nan_mismatch else ""
         print(f"{metric:<18}{reference_seconds[metric]:>16.2f}{difference:>14.1e}{note}")
     print(f"{'all (numerai-tools)':<18}{total_reference:>15.2f}")
+    blas = "1 BLAS thread" if threadpool_limits is not None else "default BLAS threads"
+    print(f"numerai-tools: era by era, {len(per_era)} eras, {blas}, pandas inputs prebuilt")
     print(
         f"\nfxml score_eras, all five metrics: {best:.3f} s (best of {args.repeats}: "
         + ", ".join(f"{s:.3f}" for s in fxml_seconds)

@@ -39,7 +39,7 @@ def test_run_logs_params_tags_and_named_metrics(default_run) -> None:
     tags = run.data.tags
     assert tags["data_version"] == "v5.2" and len(tags["data_fingerprint"]) == 16
     assert tags["fxml_version"] and tags["git_commit"] and tags["model_family"] == "LightGBMModel"
-    assert not any("TC" == k.split("_")[0].upper() for k in run.data.metrics)
+    assert not any(k.split("_")[0].upper() == "TC" for k in run.data.metrics)
 
 
 def test_per_era_series_use_era_numbers_as_steps(workspace: Workspace, default_run) -> None:

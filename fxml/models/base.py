@@ -1,7 +1,9 @@
 """The one contract every model family honours, so the runner never special-cases a family.
 
-``fit(train, validation, on_step)`` learns from int8 features, ``predict(features)`` returns one
-float per row, and ``save(dir)`` / ``load(dir)`` round-trip exactly: a model reloaded from MLflow
+``fit(train, validation, on_step)`` learns from int8 features, ``predict(features, eras)`` returns
+one float per row (``eras`` matters only to per-era steps such as rank-averaging ensembles or
+neutralisation; ``None`` means all rows are one era, as in a live round), and ``save(dir)`` /
+``load(dir)`` round-trip exactly: a model reloaded from MLflow
 predicts bit for bit what the run logged.
 """
 
@@ -42,7 +44,7 @@ class TabularModel(ABC):
     def predict_float32(self, features: np.ndarray) -> np.ndarray:
         """Predict a float32 block of rows (already converted from int8)."""
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
+    def predict(self, features: np.ndarray, eras: np.ndarray | None = None) -> np.ndarray:
         """Predict int8 rows in bounded float32 chunks: no full-size float copy."""
         out = np.empty(len(features), dtype=np.float64)
         for start, block in float32_chunks(features, PREDICT_CHUNK_ROWS):

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Above this era-number span a lookup table would waste memory; fall back to np.unique.
-_MAX_LOOKUP_SPAN = 10_000_000
+# Era numbers spanning more than this (or twice the row count) use np.unique instead of a
+# lookup table, which would cost 8 bytes per possible era number.
+_MAX_LOOKUP_SPAN = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def encode_eras(eras: np.ndarray) -> EraCodes:
         return EraCodes(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.intp))
     low, high = int(eras.min()), int(eras.max())
     span = high - low + 1
-    if span <= max(_MAX_LOOKUP_SPAN, 4 * eras.size):
+    if span <= max(_MAX_LOOKUP_SPAN, 2 * eras.size):
         offsets = (eras - low).astype(np.intp, copy=False)
         present = np.bincount(offsets, minlength=span) > 0
         lookup = np.cumsum(present) - 1
@@ -94,9 +95,6 @@ def order_within_eras(
     One global value sort followed by a stable era sort is cheaper than ``np.lexsort`` and
     yields the per-era sorted runs that tie-kept ranking needs.
     """
-    if rows is None:
-        by_value = np.argsort(values)
-    else:
-        by_value = rows[np.argsort(values[rows])]
+    by_value = np.argsort(values) if rows is None else rows[np.argsort(values[rows])]
     by_era = np.argsort(_sortable_codes(codes[by_value], n_eras), kind="stable")
     return by_value[by_era]

@@ -17,7 +17,7 @@ import pandas as pd
 try:
     from threadpoolctl import threadpool_limits
 except ImportError:  # optional: without it BLAS keeps its default thread count
-    threadpool_limits = None
+    threadpool_limits = None  # type: ignore[assignment]
 
 from fxml.scoring.eras import (
     encode_eras,

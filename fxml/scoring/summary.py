@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fxml.scoring.metrics import SCORE_COLUMNS
-
 
 def mean_score(scores: np.ndarray) -> float:
     """Average per-era score: the expected payout driver."""
@@ -39,19 +37,18 @@ def max_drawdown(scores: np.ndarray) -> float:
 
 
 def summarize(per_era: pd.DataFrame) -> dict[str, float]:
-    """Summary statistics of each score column of ``score_eras``' output, each over the eras
-    where that column is not NaN, in era order.
+    """Summary statistics of each column of ``score_eras``' output (and of any column a caller
+    added, such as a payout score), each over the eras where that column is not NaN, in era
+    order.
 
-    Keys: ``{column}_mean``, ``_std``, ``_sharpe``, ``_max_drawdown`` for each column present;
+    Keys: ``{column}_mean``, ``_std``, ``_sharpe``, ``_max_drawdown`` for each column;
     ``feature_exposure_max`` (mean over eras of the per-era maximum feature correlation,
     Numerai's usual exposure figure) when exposure was scored; ``n_eras``, the number of
     eras with a CORR score.
     """
     per_era = per_era.sort_index()
     summary: dict[str, float] = {}
-    for column in SCORE_COLUMNS:
-        if column not in per_era.columns:
-            continue
+    for column in per_era.columns:
         values = per_era[column].to_numpy(dtype=np.float64)
         values = values[~np.isnan(values)]
         summary[f"{column}_mean"] = mean_score(values)

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,6 +96,28 @@ def log_series(per_era: pd.DataFrame, columns: tuple[str, ...]) -> None:
     ]
     for start in range(0, len(metrics), BATCH):
         client.log_batch(run_id, metrics=metrics[start : start + BATCH])
+
+
+class StepMetrics:
+    """Buffers the metrics a model reports each boosting round or epoch, written in batches."""
+
+    def __init__(self, flush_every: int = 200) -> None:
+        self.pending: list[Metric] = []
+        self.flush_every = flush_every
+
+    def __call__(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        self.pending += [Metric(key=k, value=float(v), timestamp=now, step=step)
+                         for k, v in metrics.items()]
+        if len(self.pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        run_id = mlflow.active_run().info.run_id
+        client = mlflow.tracking.MlflowClient()
+        for start in range(0, len(self.pending), BATCH):
+            client.log_batch(run_id, metrics=self.pending[start : start + BATCH])
+        self.pending = []
 
 
 def log_frame(frame: pd.DataFrame, artifact_path: str) -> None:

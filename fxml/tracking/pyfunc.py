@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fxml import __version__
+from fxml.data.layout import era_numbers
 from fxml.models.base import TabularModel, load_model
 
 MODEL_ARTIFACT = "model"
@@ -33,15 +34,18 @@ class FxmlPyfunc(mlflow.pyfunc.PythonModel):
     def feature_names(self) -> list[str]:
         return self.manifest["features"]
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+    def predict(self, context: Any, model_input: pd.DataFrame,
+                params: dict | None = None) -> np.ndarray:
         missing = [name for name in self.feature_names if name not in model_input.columns]
         if missing:
             raise ValueError(f"input lacks {len(missing)} feature column(s), e.g. {missing[0]}")
         features = model_input[self.feature_names].to_numpy(dtype=np.int8)
-        return self.model.predict(features)
+        eras = era_numbers(model_input["era"].to_numpy()) if "era" in model_input else None
+        return self.model.predict(features, eras)
 
 
-def log_pyfunc_model(model: TabularModel, feature_names: list[str], manifest: dict[str, Any]) -> str:
+def log_pyfunc_model(model: TabularModel, feature_names: list[str],
+                     manifest: dict[str, Any]) -> str:
     """Log ``model`` to the active run; returns the model URI."""
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "fxml_model"
