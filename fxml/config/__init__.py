@@ -25,17 +25,16 @@ def describe_config_error(error: BaseException) -> str:
     cause = error
     while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
         cause = cause.__cause__
-    if isinstance(cause, FxmlError):
-        return str(cause)
-    if isinstance(cause.__cause__, FxmlError):
-        return str(cause.__cause__)
+    for candidate in (cause, cause.__cause__):
+        if isinstance(candidate, FxmlError):
+            return str(candidate)
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     message = lines[0] if lines else type(cause).__name__
     key = getattr(cause, "full_key", None)
     if key and key not in message:
         message = f"{message} (key: {key})"
-    if cause is not error and not isinstance(error, OmegaConfBaseException):
-        outer = str(error).splitlines()[0].strip()
-        if outer and outer not in message:
-            message = f"{outer}: {message}"
+    if "Available options" in str(cause):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
+        options = [line for line in lines[start + 1 :] if " " not in line and ":" not in line]
+        message = f"{message}; available: {', '.join(options)}"
     return message

