@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
+from typing import Any
 
 import hydra
 import mlflow
@@ -16,7 +18,15 @@ from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import register_schemas, validate
 from fxml.console import console, quiet_dependencies, step_progress, summary_table
 from fxml.data.loader import DataSplit, NumeraiData
+from fxml.models.base import TabularModel
+from fxml.scoring.importance import (
+    feature_groups,
+    importance_figure,
+    permutation_importance,
+    scorer_config,
+)
 from fxml.scoring.scorer import Scores
+from fxml.sweeps.pruning import trial_reporter
 from fxml.tracking.mlflow_run import (
     DEFAULT_URI,
     StepMetrics,
@@ -31,12 +41,12 @@ from fxml.tracking.plots import cumulative_scores
 from fxml.tracking.pyfunc import log_pyfunc_model
 
 log = logging.getLogger("fxml.run")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_schemas()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @exits_on_user_error
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_dependencies()
     validate(cfg)
     uri = tracking_uri(cfg.tracking.uri)
@@ -54,22 +64,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
         model = instantiate(cfg.model, _convert_="all")
         started = time.perf_counter()
         step_metrics = StepMetrics()
-        with step_progress(f"training {tags['model_family']}", step_metrics) as on_step:
+        listeners = [step_metrics, *filter(None, [trial_reporter(cfg.sweep)])]
+        with step_progress(f"training {tags['model_family']}", *listeners) as on_step:
             model.fit(train_split, validation, on_step=on_step)
         step_metrics.flush()
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
 
         with console.status("scoring validation"):
             predictions = model.predict(validation.features, validation.eras)
-            scores = instantiate(cfg.scorer).score(predictions, validation, data)
+            scores = instantiate(scorer_config(cfg.scorer)).score(predictions, validation, data)
         log_scores(scores, validation, predictions)
+        if cfg.scorer.importance != "none":
+            with console.status(f"permutation importance of {cfg.scorer.importance}"):
+                log_importance(model, validation, data, cfg.scorer)
         if cfg.tracking.log_model:
             with console.status("logging the model"):
                 log_pyfunc_model(model, data.feature_names, {
                     "data_version": data.version, "target": data.target,
                     "feature_set": data.feature_set})
     show_summary(scores, run.info.run_id, uri, cfg.tracking.experiment)
-    return scores.summary
+    # a sweep reads its objective from here, and keeps only this small dict per job
+    return {**scores.summary, "mlflow_run_id": run.info.run_id}
 
 
 def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # type: ignore[no-untyped-def]
@@ -86,6 +101,17 @@ def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # t
     log_frame(frame, "predictions/validation.parquet")
 
 
+def log_importance(model: TabularModel, validation: DataSplit, data: NumeraiData,
+                   scorer: DictConfig) -> None:
+    groups = None
+    if scorer.importance == "groups":
+        groups = feature_groups(data.metadata["feature_sets"], validation.feature_names)
+    table = permutation_importance(model, validation, groups, scorer.importance_repeats,
+                                   scorer.importance_seed)
+    log_frame(table, "importance/permutation.csv")
+    mlflow.log_figure(importance_figure(table), "importance/permutation.png")
+
+
 def show_summary(scores: Scores, run_id: str, uri: str, experiment: str) -> None:
     eras = int(scores.summary.get("n_eras", len(scores.per_era)))
     console.print(summary_table(scores.summary, f"Validation over {eras} eras"))
@@ -94,9 +120,17 @@ def show_summary(scores: Scores, run_id: str, uri: str, experiment: str) -> None
     console.print(f"Browse: mlflow ui --backend-store-uri {ui_uri}")
 
 
+# Hydra wraps ``train`` under another name, so parallel launchers can pickle ``train`` by reference.
+hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train)
+
+
 def main() -> None:
-    run_cli(train)
+    run_cli(hydra_main)
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable fxml.run, not this __main__ copy: parallel launchers pickle the task
+    # function by reference, which works only for a function of an importable module.
+    from fxml.run import main as importable_main
+
+    importable_main()

@@ -127,6 +127,7 @@ class GBDTConfig(ModelConfig):
     min_child_samples: int = 20
     reg_lambda: float = 0.0
     early_stopping_rounds: int | None = None
+    valid_corr_every: int = 0  # >0: validation CORR every n rounds (progress, pruning)
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -141,6 +142,8 @@ class GBDTConfig(ModelConfig):
         require(self.min_child_samples >= 1, "model.min_child_samples", "must be >= 1",
                 self.min_child_samples)
         require(self.reg_lambda >= 0, "model.reg_lambda", "must be >= 0", self.reg_lambda)
+        require(self.valid_corr_every >= 0, "model.valid_corr_every", "must be >= 0",
+                self.valid_corr_every)
         if self.early_stopping_rounds is not None:
             require(self.early_stopping_rounds >= 1, "model.early_stopping_rounds",
                     "must be >= 1 or null", self.early_stopping_rounds)
@@ -183,9 +186,14 @@ class TrainerConfig:
     precision: str = "32"
     n_jobs: int = -1
     seed: int = 42
+    max_epochs: int = 20  # deep models: epochs at most
+    patience: int | None = 5  # deep models: epochs without a better valid CORR; null: no early stop
 
     def __post_init__(self) -> None:
         one_of("trainer.accelerator", self.accelerator, ACCELERATORS)
+        require(self.max_epochs >= 1, "trainer.max_epochs", "must be >= 1", self.max_epochs)
+        if self.patience is not None:
+            require(self.patience >= 1, "trainer.patience", "must be >= 1 or null", self.patience)
         one_of("trainer.precision", self.precision, ("32", "16-mixed", "bf16-mixed", "64"))
         require(self.devices >= 1, "trainer.devices", "must be >= 1", self.devices)
         require(self.n_jobs == -1 or self.n_jobs >= 1, "trainer.n_jobs",
@@ -220,9 +228,15 @@ class ScorerConfig:
     payout_corr_weight: float = 0.5
     payout_mmc_weight: float = 2.0
     payout_clip: float = 0.05
+    importance: str = "none"  # permutation importance: none | features | groups
+    importance_repeats: int = 1
+    importance_seed: int = 0
 
     def __post_init__(self) -> None:
         require(self.payout_clip > 0, "scorer.payout_clip", "must be > 0", self.payout_clip)
+        one_of("scorer.importance", self.importance, ("none", "features", "groups"))
+        require(self.importance_repeats >= 1, "scorer.importance_repeats", "must be >= 1",
+                self.importance_repeats)
 
 
 @dataclass
@@ -235,6 +249,16 @@ class TrackingConfig:
 
 
 @dataclass
+class SweepJobConfig:
+    """Set by the Optuna sweeper on each trial's job, so the job can reach its trial."""
+
+    study_name: str | None = None
+    storage: str | None = None
+    trial_id: int | None = None
+    prune_on: str = "valid_corr"
+
+
+@dataclass
 class RootConfig:
     data: Any = MISSING
     model: Any = MISSING
@@ -242,7 +266,234 @@ class RootConfig:
     memory: Any = MISSING
     scorer: Any = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepJobConfig = field(default_factory=SweepJobConfig)
+    postprocess: Any = None
 
+
+# --- deep tabular models ---
+
+
+@dataclass
+class DeepConfig(ModelConfig):
+    devices: int = "${trainer.devices}"  # type: ignore[assignment]
+    precision: str = "${trainer.precision}"
+    max_epochs: int = "${trainer.max_epochs}"  # type: ignore[assignment]
+    patience: int | None = "${trainer.patience}"  # type: ignore[assignment]
+    loss: str = "mse"
+    aux_targets: list[str] = field(default_factory=list)
+    aux_weight: float = 0.5
+    batch_size: int = 1024
+    era_batching: bool = False
+    eras_per_batch: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    gradient_clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        one_of("model.loss", self.loss, ("mse", "corr"))
+        require(self.aux_weight >= 0, "model.aux_weight", "must be >= 0", self.aux_weight)
+        for key in ("batch_size", "eras_per_batch"):
+            require(getattr(self, key) >= 1, f"model.{key}", "must be >= 1", getattr(self, key))
+        require(self.learning_rate > 0, "model.learning_rate", "must be > 0", self.learning_rate)
+        for key in ("weight_decay", "gradient_clip"):
+            require(getattr(self, key) >= 0, f"model.{key}", "must be >= 0", getattr(self, key))
+
+    def check_dropout(self, *keys: str) -> None:
+        for key in keys:
+            value = getattr(self, key)
+            require(0 <= value < 1, f"model.{key}", "must be in [0, 1)", value)
+
+    def check_width(self, *keys: str) -> None:
+        for key in keys:
+            require(getattr(self, key) >= 1, f"model.{key}", "must be >= 1", getattr(self, key))
+
+
+NORMS, ACTIVATIONS = ("batch", "layer", "none"), ("relu", "silu", "gelu")
+
+
+@dataclass
+class MLPConfig(DeepConfig):
+    _target_: str = "fxml.models.deep.MLPModel"
+    widths: list[int] = field(default_factory=lambda: [256, 128])
+    dropout: float = 0.1
+    norm: str = "batch"
+    activation: str = "silu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(len(self.widths) >= 1 and min(self.widths) >= 1, "model.widths",
+                "must list at least one layer width, each >= 1", list(self.widths))
+        self.check_dropout("dropout")
+        one_of("model.norm", self.norm, NORMS)
+        one_of("model.activation", self.activation, ACTIVATIONS)
+
+
+@dataclass
+class ResNetConfig(DeepConfig):
+    _target_: str = "fxml.models.deep.ResNetModel"
+    d_main: int = 128
+    d_hidden: int = 256
+    n_blocks: int = 2
+    dropout: float = 0.1
+    residual_dropout: float = 0.0
+    norm: str = "batch"
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_width("d_main", "d_hidden", "n_blocks")
+        self.check_dropout("dropout", "residual_dropout")
+        one_of("model.norm", self.norm, NORMS)
+        one_of("model.activation", self.activation, ACTIVATIONS)
+
+
+@dataclass
+class TabNetConfig(DeepConfig):
+    _target_: str = "fxml.models.deep.TabNetModel"
+    n_d: int = 8
+    n_a: int = 8
+    n_steps: int = 3
+    gamma: float = 1.3
+    n_shared: int = 2
+    n_independent: int = 2
+    mask_type: str = "sparsemax"
+    ghost_batch_norm: bool = True
+    virtual_batch_size: int = 128
+    momentum: float = 0.02
+    lambda_sparse: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_width("n_d", "n_a", "n_steps", "virtual_batch_size")
+        require(self.gamma >= 1, "model.gamma", "must be >= 1", self.gamma)
+        require(self.n_shared >= 0 and self.n_independent >= 0 and self.n_shared + self.n_independent >= 1,
+                "model.n_shared/n_independent", "must be >= 0 with at least one GLU block",
+                (self.n_shared, self.n_independent))
+        one_of("model.mask_type", self.mask_type, ("sparsemax", "entmax"))
+        require(0 < self.momentum < 1, "model.momentum", "must be in (0, 1)", self.momentum)
+        require(self.lambda_sparse >= 0, "model.lambda_sparse", "must be >= 0", self.lambda_sparse)
+
+
+# --- ensembles, post-processing, promotion, submission ---
+
+ENSEMBLE_WEIGHTS = ("equal", "fit")
+MODEL_URI_PREFIXES = ("runs:/", "models:/")
+
+
+@dataclass
+class EnsembleConfig(ModelConfig):
+    _target_: str = "fxml.models.ensemble.EnsembleModel"
+    # members stay plain configs: the ensemble builds (or loads) each one itself in fit()
+    _recursive_: bool = False
+    # name -> a model config (with _target_), or the URI of a logged or registered fxml model
+    members: dict[str, Any] = field(default_factory=dict)
+    # equal | fit (non-negative, summing to 1, fitted on validation) | {member: weight}
+    weights: Any = "equal"
+
+    def __post_init__(self) -> None:
+        require(len(self.members) >= 1, "model.members", "must name at least one member", {})
+        for name, member in self.members.items():
+            if isinstance(member, str):
+                require(member.startswith(MODEL_URI_PREFIXES), f"model.members.{name}",
+                        "must be a model config or a runs:/... or models:/... URI", member)
+            else:
+                target = getattr(member, "_target_", None) or (
+                    member.get("_target_") if isinstance(member, dict) else None)
+                require(bool(target), f"model.members.{name}", "needs a _target_ (a model config)",
+                        member)
+        if isinstance(self.weights, str):
+            one_of("model.weights", self.weights, ENSEMBLE_WEIGHTS)
+            return
+        weights = dict(self.weights or {})
+        require(set(weights) == set(self.members), "model.weights",
+                f"must give one weight per member ({', '.join(self.members)})", sorted(weights))
+        require(all(isinstance(w, int | float) and w >= 0 for w in weights.values()) and
+                sum(weights.values()) > 0, "model.weights",
+                "must be numbers >= 0 with a positive sum", weights)
+
+
+@dataclass
+class NoPostprocessConfig:
+    method: str = "none"
+
+    def __post_init__(self) -> None:
+        one_of("postprocess.method", self.method, ("none",))
+
+
+@dataclass
+class NeutralizeConfig:
+    method: str = "neutralize"
+    proportion: float = 0.5
+    feature_set: str = "small"
+    features: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        one_of("postprocess.method", self.method, ("neutralize",))
+        require(0 <= self.proportion <= 1, "postprocess.proportion", "must be in [0, 1]",
+                self.proportion)
+        if self.features is not None:
+            require(len(self.features) > 0, "postprocess.features", "must name at least one column",
+                    [])
+
+
+@dataclass
+class PromoteConfig:
+    run_id: str | None = None
+    experiment: str = "fxml"
+    metric: str = "corr_sharpe"
+    mode: str = "max"
+    name: str | None = None
+    alias: str = "champion"
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        one_of("mode", self.mode, ("max", "min"))
+        require(bool(self.alias) and not self.alias.startswith(("v", "V")) or
+                not self.alias[1:].isdigit(), "alias", "must not look like a version (v1, v2...)",
+                self.alias)
+
+
+@dataclass
+class SubmitConfig:
+    model_uri: str = MISSING
+    numerai_model: str = MISSING
+    dry_run: bool = False
+    force: bool = False
+    data_version: str | None = None
+    data_directory: str = "data/numerai"
+    output_dir: str = "submissions"
+    api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
+    tracking_uri: str | None = None
+    experiment: str = "fxml-submissions"
+
+    def __post_init__(self) -> None:
+        require(self.model_uri.startswith(MODEL_URI_PREFIXES), "model_uri",
+                "must be a models:/<name>@<alias> or runs:/<id>/model URI", self.model_uri)
+        require(self.numerai_model.replace("_", "").replace("-", "").isalnum(), "numerai_model",
+                "must be a Numerai model name (letters, digits, _ or -)", self.numerai_model)
+
+
+@dataclass
+class ExportModelConfig:
+    model_uri: str = MISSING
+    output: str = "model.pkl"
+    check: bool = True
+    check_rows: int = 500
+    live: str | None = None
+    upload: bool = False
+    numerai_model: str | None = None
+    upload_data_version: str | None = None
+    api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.model_uri.startswith(MODEL_URI_PREFIXES), "model_uri",
+                "must be a models:/<name>@<alias> or runs:/<id>/model URI", self.model_uri)
+        require(self.output.endswith(".pkl"), "output", "must end with .pkl (Numerai's rule)",
+                self.output)
+        require(self.check_rows >= 2, "check_rows", "must be >= 2", self.check_rows)
+        require(not self.upload or bool(self.numerai_model), "numerai_model",
+                "is needed with upload=true", self.numerai_model)
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"synthetic": SyntheticDataConfig, "v5": NumeraiDataConfig},
@@ -251,6 +502,13 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "memory": {"in_memory": InMemoryConfig, "era_subsample": EraSubsampleConfig},
     "scorer": {"numerai": ScorerConfig},
 }
+SCHEMAS["model"]["mlp"] = MLPConfig
+SCHEMAS["model"]["resnet"] = ResNetConfig
+SCHEMAS["model"]["tabnet"] = TabNetConfig
+SCHEMAS["model"]["ensemble"] = EnsembleConfig
+SCHEMAS["postprocess"] = {"none": NoPostprocessConfig, "neutralize": NeutralizeConfig}
+SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig,
+                      "export_model": ExportModelConfig}
 
 
 def schema_name(group: str, name: str) -> str:

@@ -17,6 +17,7 @@ import xgboost as xgb
 from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows
+from fxml.scoring import score_eras
 
 log = logging.getLogger(__name__)
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -34,6 +35,7 @@ class GBDTModel(TabularModel):
         min_child_samples: int = 20,
         reg_lambda: float = 0.0,
         early_stopping_rounds: int | None = None,
+        valid_corr_every: int = 0,
         params: dict[str, Any] | None = None,
         device: str = "cpu",
         n_jobs: int = -1,
@@ -44,7 +46,8 @@ class GBDTModel(TabularModel):
             n_estimators=n_estimators, learning_rate=learning_rate, max_depth=max_depth,
             num_leaves=num_leaves, colsample_bytree=colsample_bytree, subsample=subsample,
             min_child_samples=min_child_samples, reg_lambda=reg_lambda,
-            early_stopping_rounds=early_stopping_rounds, params=dict(params or {}),
+            early_stopping_rounds=early_stopping_rounds, valid_corr_every=valid_corr_every,
+            params=dict(params or {}),
             device=device, n_jobs=n_jobs, seed=seed, **extra,
         )
         self.booster: Any = None
@@ -58,6 +61,29 @@ class GBDTModel(TabularModel):
             return None
         labelled = labelled_rows(validation)
         return labelled if len(labelled) else None
+
+
+class _ValidCorr:
+    """Mean per-era CORR of the booster's running validation scores, every ``every`` rounds.
+
+    The boosters hand their incrementally kept validation predictions to a custom metric each
+    round; scoring only every few rounds keeps that cheap on a large validation set. Between
+    scorings it repeats the last value, which ``fresh`` tells apart.
+    """
+
+    name = "corr"
+
+    def __init__(self, validation: DataSplit, every: int) -> None:
+        self.target, self.eras, self.every = validation.target, validation.eras, every
+        self.rounds, self.value, self.fresh = 0, float("nan"), False
+
+    def __call__(self, predictions: np.ndarray) -> float:
+        self.rounds += 1
+        self.fresh = self.rounds % self.every == 0
+        if self.fresh:
+            per_era = score_eras(np.asarray(predictions, dtype=np.float64), self.target, self.eras)
+            self.value = float(per_era["corr"].mean())
+        return self.value
 
 
 class _Int8Rows(lgb.Sequence):
@@ -117,21 +143,26 @@ class LightGBMModel(GBDTModel):
         train_set = lgb.Dataset([_Int8Rows(train.features)], label=train.target, params=params,
                                 free_raw_data=True)
         valid = self._validation_set(validation)
-        valid_sets, callbacks = [], []
+        valid_sets, callbacks, feval = [], [], None
+        corr = _ValidCorr(valid, self.options["valid_corr_every"]) \
+            if valid is not None and self.options["valid_corr_every"] else None
         if valid is not None:
             valid_sets = [lgb.Dataset([_Int8Rows(valid.features)], label=valid.target,
                                       reference=train_set)]
+            if corr is not None:
+                feval = lambda preds, _: (corr.name, corr(preds), True)  # noqa: E731
             if self.options["early_stopping_rounds"]:
                 callbacks.append(lgb.early_stopping(self.options["early_stopping_rounds"],
-                                                    verbose=False))
+                                                    first_metric_only=True, verbose=False))
         if on_step is not None:
             def report(env: Any) -> None:
-                metrics = {f"valid_{name}": value for _, name, value, _ in env.evaluation_result_list}
+                metrics = {f"valid_{name}": value for _, name, value, _ in env.evaluation_result_list
+                           if name != _ValidCorr.name or (corr is not None and corr.fresh)}
                 on_step(env.iteration + 1, total, metrics)
             callbacks.append(report)
         log.info("model: LightGBM on %s, %d rounds", device_type, total)
         return lgb.train(params, train_set, num_boost_round=total, valid_sets=valid_sets,
-                         valid_names=["valid"] * len(valid_sets), callbacks=callbacks)
+                         valid_names=["valid"] * len(valid_sets), feval=feval, callbacks=callbacks)
 
     def predict_float32(self, features: np.ndarray) -> np.ndarray:
         return self.booster.predict(features, num_iteration=self.booster.best_iteration or None)
@@ -145,13 +176,14 @@ class LightGBMModel(GBDTModel):
 
 
 class _StepReporter(xgb.callback.TrainingCallback):
-    def __init__(self, on_step: StepCallback, total: int) -> None:
+    def __init__(self, on_step: StepCallback, total: int, corr: _ValidCorr | None) -> None:
         super().__init__()
-        self.on_step, self.total = on_step, total
+        self.on_step, self.total, self.corr = on_step, total, corr
 
     def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
         metrics = {f"{data}_{name}": values[-1]
-                   for data, by_metric in evals_log.items() for name, values in by_metric.items()}
+                   for data, by_metric in evals_log.items() for name, values in by_metric.items()
+                   if name != _ValidCorr.name or (self.corr is not None and self.corr.fresh)}
         self.on_step(epoch + 1, self.total, metrics)
         return False
 
@@ -184,19 +216,25 @@ class XGBoostModel(GBDTModel):
         params = self._params()
         total = self.options["n_estimators"]
         dtrain = xgb.QuantileDMatrix(train.features, label=train.target, max_bin=params["max_bin"])
-        evals, callbacks = [], []
+        evals, callbacks, metric = [], [], None
         valid = self._validation_set(validation)
+        corr = _ValidCorr(valid, self.options["valid_corr_every"]) \
+            if valid is not None and self.options["valid_corr_every"] else None
         if valid is not None:
             evals = [(xgb.QuantileDMatrix(valid.features, label=valid.target, ref=dtrain,
                                           max_bin=params["max_bin"]), "valid")]
+        if corr is not None:
+            metric = lambda preds, _: (corr.name, corr(preds))  # noqa: E731
+            # early stopping follows the last metric: keep it on the squared error
+            params = {**params, "eval_metric": "rmse"}
         if on_step is not None:
-            callbacks.append(_StepReporter(on_step, total))
+            callbacks.append(_StepReporter(on_step, total, corr))
         log.info("model: XGBoost on %s, %d rounds", params["device"], total)
         try:
             self.booster = xgb.train(
                 params, dtrain, num_boost_round=total, evals=evals, verbose_eval=False,
                 early_stopping_rounds=self.options["early_stopping_rounds"] if evals else None,
-                callbacks=callbacks,
+                callbacks=callbacks, custom_metric=metric,
             )
         except xgb.core.XGBoostError as error:
             raise FxmlError(f"XGBoost failed: {str(error).splitlines()[0]}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -20,6 +21,7 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
+from optuna import TrialPruned
 
 from fxml.errors import FxmlError
 
@@ -28,6 +30,7 @@ DEFAULT_STORE = Path("mlruns")
 DEFAULT_URI = f"sqlite:///{DEFAULT_STORE}/mlflow.db"
 MAX_PARAM_LENGTH = 6000
 BATCH = 1000
+_URL_PASSWORD = re.compile(r"://([^:/@\s]+):([^@\s]+)@")
 
 
 def tracking_uri(configured: str | None) -> str:
@@ -53,16 +56,28 @@ def use_experiment(uri: str, experiment: str) -> str:
 
 @contextmanager
 def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, str]) -> Iterator[Any]:
+    """A run that ends FINISHED, FAILED (with an ``error`` tag) or KILLED (interrupted or
+    pruned); inside a sweep it is a child of the sweep's parent run."""
     experiment_id = use_experiment(uri, experiment)
+    parent = os.environ.get("FXML_PARENT_RUN_ID")
+    if parent:
+        tags = {**tags, "mlflow.parentRunId": parent}
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
     try:
         yield run
     except BaseException as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        mlflow.set_tag("error", f"{type(error).__name__}: {message}"[:5000])
-        mlflow.end_run(status="FAILED" if not isinstance(error, KeyboardInterrupt) else "KILLED")
+        stopped = isinstance(error, (KeyboardInterrupt, TrialPruned))
+        mlflow.set_tag("pruned" if isinstance(error, TrialPruned) else "error",
+                       f"{type(error).__name__}: {message}"[:5000])
+        mlflow.end_run(status="KILLED" if stopped else "FAILED")
         raise
     mlflow.end_run(status="FINISHED")
+
+
+def redact(text: str) -> str:
+    """Hide the password of a database URL (an Optuna or MLflow server) before it is logged."""
+    return _URL_PASSWORD.sub(r"://\1:***@", text)
 
 
 def flatten(config: DictConfig) -> dict[str, str]:
@@ -74,7 +89,7 @@ def flatten(config: DictConfig) -> dict[str, str]:
             for key, value in node.items():
                 walk(value, f"{prefix}{key}.")
             return
-        text = str(node)
+        text = redact(str(node))
         flat[prefix[:-1]] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 1] + "…"
 
     walk(OmegaConf.to_container(config, resolve=True), "")

@@ -1,0 +1,60 @@
+"""Search spaces written in Hydra's override grammar, turned into Optuna distributions.
+
+``choice(a, b)`` or ``a,b`` is categorical, ``range(lo, hi[, step])`` integer (hi excluded, as
+in Hydra), ``interval(lo, hi)`` float, ``tag(log, interval(...))`` log-uniform and
+``tag(int, interval(...))`` integer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna.distributions as dist
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+
+from fxml.errors import FxmlError
+
+
+def parse_overrides(lines: list[str]) -> list[Override]:
+    return OverridesParser.create().parse_overrides(lines)
+
+
+def distribution(override: Override) -> dist.BaseDistribution:
+    key, value = override.get_key_element(), override.value()
+    if isinstance(value, ChoiceSweep):
+        return dist.CategoricalDistribution([_plain(v) for v in value.list])
+    if isinstance(value, RangeSweep):
+        if value.step <= 0 or value.stop <= value.start:
+            raise FxmlError(f"search space {key}: range needs start < stop and a positive step")
+        is_int = all(float(x).is_integer() for x in (value.start, value.stop, value.step))
+        if is_int:
+            # Hydra's range excludes stop; Optuna's high is inclusive
+            return dist.IntDistribution(int(value.start), int(value.stop) - int(value.step),
+                                        step=int(value.step))
+        return dist.FloatDistribution(value.start, value.stop - value.step, step=value.step)
+    if isinstance(value, IntervalSweep):
+        if value.end <= value.start:
+            raise FxmlError(f"search space {key}: interval needs low < high")
+        log = "log" in value.tags
+        if "int" in value.tags:
+            return dist.IntDistribution(int(value.start), int(value.end), log=log)
+        return dist.FloatDistribution(value.start, value.end, log=log)
+    raise FxmlError(f"search space {key}: {override.input_line} is not a choice, range or interval")
+
+
+def grid(space: dict[str, dist.BaseDistribution]) -> dict[str, list[Any]]:
+    """The finite values of each dimension, for the grid sampler."""
+    values: dict[str, list[Any]] = {}
+    for key, d in space.items():
+        if isinstance(d, dist.CategoricalDistribution):
+            values[key] = list(d.choices)
+        elif isinstance(d, dist.IntDistribution) and not d.log:
+            values[key] = list(range(d.low, d.high + 1, d.step))
+        else:
+            raise FxmlError(f"the grid sampler needs choice() or range() for {key}, not an interval")
+    return values
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
