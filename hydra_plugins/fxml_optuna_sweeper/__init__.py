@@ -23,12 +23,6 @@ class PrunerConf:
 
 
 @dataclass
-class ObjectiveConf:
-    metric: str | None = "corr_sharpe"
-    weights: dict[str, float] | None = None
-
-
-@dataclass
 class FxmlOptunaSweeperConf:
     _target_: str = "hydra_plugins.fxml_optuna_sweeper.optuna_sweeper.FxmlOptunaSweeper"
     study_name: str = "fxml"
@@ -38,7 +32,8 @@ class FxmlOptunaSweeperConf:
     n_jobs: int = 1  # trials launched together (in parallel with a parallel launcher)
     sampler: SamplerConf = field(default_factory=SamplerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
-    objective: ObjectiveConf = field(default_factory=ObjectiveConf)
+    # a logged metric, or a weighted sum such as "0.5*corr_mean + 2*mmc_mean"
+    objective: str = "corr_sharpe"
     params: dict[str, Any] | None = None
     heartbeat_interval: int = 10
     grace_period: int = 30

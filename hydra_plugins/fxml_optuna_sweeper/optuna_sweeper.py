@@ -10,6 +10,7 @@ several workers can share one.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import warnings
@@ -29,6 +30,7 @@ from optuna.exceptions import ExperimentalWarning
 from fxml.errors import FxmlError
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.parent import PARENT_ENV
+from fxml.sweeps.pruning import make_pruner
 from fxml.sweeps.space import distribution, grid, parse_overrides
 from fxml.tracking.mlflow_run import redact, tracking_uri
 
@@ -42,7 +44,7 @@ FINISHED_OR_RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState
 
 class FxmlOptunaSweeper(Sweeper):
     def __init__(self, study_name: str, storage: str | None, direction: str, n_trials: int,
-                 n_jobs: int, sampler: DictConfig, pruner: DictConfig, objective: DictConfig,
+                 n_jobs: int, sampler: DictConfig, pruner: DictConfig, objective: str,
                  params: DictConfig | None, heartbeat_interval: int, grace_period: int) -> None:
         super().__init__()
         if direction not in ("maximize", "minimize"):
@@ -53,7 +55,7 @@ class FxmlOptunaSweeper(Sweeper):
         self.storage_url = storage or DEFAULT_STORAGE
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
-        self.objective = Objective.from_config(objective.metric, objective.weights)
+        self.objective = Objective.parse(objective)
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.heartbeat = (heartbeat_interval, grace_period)
         self.job_index = 0
@@ -69,6 +71,12 @@ class FxmlOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         fixed, space = self._split(arguments)
         study = self._study(space)
+        if self.sampler_cfg.name == "grid":
+            points = math.prod(len(values) for values in grid(space).values())
+            if self.n_trials > points:
+                log.info("sweep: the grid has %d points; running %d trials, not %d", points, points,
+                         self.n_trials)
+                self.n_trials = points
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -171,32 +179,14 @@ class FxmlOptunaSweeper(Sweeper):
             "random": lambda: optuna.samplers.RandomSampler(seed=seed),
             "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup),
             "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup),
-            "grid": lambda: optuna.samplers.GridSampler(grid(space), seed=seed),
+            "grid": lambda: _AskTellGridSampler(grid(space), seed=seed),
         }
         if name not in samplers:
             raise FxmlError(f"hydra.sweeper.sampler.name must be one of {', '.join(samplers)} (got {name!r})")
         return samplers[name]()
 
     def _pruner(self) -> optuna.pruners.BasePruner:
-        cfg = self.pruner_cfg
-        pruners = {
-            "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
-                                                          n_warmup_steps=cfg.n_warmup_steps),
-            "percentile": lambda: optuna.pruners.PercentilePruner(
-                cfg.percentile, n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps),
-            "hyperband": lambda: optuna.pruners.HyperbandPruner(),
-            # stop any trial whose validation CORR falls below a floor
-            "threshold": lambda: optuna.pruners.ThresholdPruner(lower=cfg.lower,
-                                                                n_warmup_steps=cfg.n_warmup_steps),
-            "none": lambda: optuna.pruners.NopPruner(),
-        }
-        if cfg.name not in pruners:
-            raise FxmlError(f"hydra.sweeper.pruner.name must be one of {', '.join(pruners)} "
-                            f"(got {cfg.name!r})")
-        if cfg.name != "none" and self.direction != "maximize":
-            log.warning("sweep: pruning compares validation CORR, so it is off for a minimised objective")
-            return optuna.pruners.NopPruner()
-        return pruners[cfg.name]()
+        return make_pruner(self.pruner_cfg, self.direction)
 
     # --- the end of a search ------------------------------------------------------------------
 
@@ -227,6 +217,14 @@ class FxmlOptunaSweeper(Sweeper):
                                mlflow.entities.RunTag("objective", self.objective.label),
                                mlflow.entities.RunTag("optuna_study", self.study_name)])
         _log_study_plots(client, run_id, study)
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler stops the study from inside ``optimize`` once the grid is done,
+    which ask-and-tell cannot do; the sweep stops itself after one trial per grid point."""
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        pass
 
 
 class _Heartbeat:

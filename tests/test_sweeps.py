@@ -1,0 +1,168 @@
+"""Sweeps run as users run them, read back with Optuna's and MLflow's own clients."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import optuna
+import optuna.distributions as dists
+import pytest
+
+from fxml.errors import FxmlError
+from fxml.sweeps.objective import Objective
+from fxml.sweeps.space import distribution, grid, parse_overrides
+from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
+
+FAST = ("model.n_estimators=30", "model.valid_corr_every=5", "tracking.log_model=false",
+        "scorer.fnc=false")
+
+
+def study(workspace: Workspace, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workspace.root}/mlruns/optuna.db")
+
+
+def children(workspace: Workspace, parent_id: str, experiment: str = "fxml") -> list:
+    return [r for r in workspace.runs(experiment) if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def parent_of(workspace: Workspace, key_fragment: str, experiment: str = "fxml"):
+    return next(r for r in workspace.runs(experiment)
+                if key_fragment in r.data.tags.get("fxml.sweep_key", ""))
+
+
+def test_grid_multirun_groups_every_job_under_one_parent(workspace: Workspace) -> None:
+    result = workspace.run("-m", "model=lgbm,xgboost", "model.learning_rate=0.02,0.05", *FAST,
+                           "tracking.experiment=grid", "hydra.sweep.dir=multirun/grid")
+    assert result.returncode == 0, result.stderr
+    parent = parent_of(workspace, "multirun/grid", "grid")
+    assert parent.info.status == "FINISHED"
+    jobs = children(workspace, parent.info.run_id, "grid")
+    combos = {(r.data.tags["model_family"], r.data.params["model.learning_rate"]) for r in jobs}
+    assert combos == {(f, lr) for f in ("LightGBMModel", "XGBoostModel") for lr in ("0.02", "0.05")}
+    assert all(r.info.status == "FINISHED" for r in jobs)
+
+
+def test_search_logs_trials_best_and_plots_then_resumes(workspace: Workspace) -> None:
+    args = ("-m", "hparams_search=lgbm", "hydra.sweeper.study_name=resumable",
+            "hydra.sweeper.sampler.n_startup_trials=2", "hydra.sweeper.pruner.name=none",
+            "tracking.experiment=search", *FAST)
+    first = workspace.run(*args, "hydra.sweeper.n_trials=2")
+    assert first.returncode == 0, first.stderr
+    assert "Run it: python -m fxml.run" in first.stdout and "hparams_search" not in \
+        first.stdout.split("Run it:")[1].splitlines()[0]
+    assert len(study(workspace, "resumable").trials) == 2
+
+    again = workspace.run(*args, "hydra.sweeper.n_trials=4")
+    assert again.returncode == 0, again.stderr
+    assert "resuming study resumable with 2 trial(s)" in again.stdout + again.stderr
+    found = study(workspace, "resumable")
+    assert [t.state for t in found.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert len({t.params["model.learning_rate"] for t in found.trials}) == 4
+
+    parent = parent_of(workspace, "optuna:resumable@", "search")
+    trial_runs = children(workspace, parent.info.run_id, "search")
+    assert {r.info.run_id for r in trial_runs} == {t.user_attrs["mlflow_run_id"] for t in found.trials}
+    best = found.best_trial
+    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
+    assert parent.data.params["best.model.num_leaves"] == str(best.params["model.num_leaves"])
+    best_run = next(r for r in trial_runs if r.info.run_id == best.user_attrs["mlflow_run_id"])
+    assert best_run.data.metrics["corr_sharpe"] == pytest.approx(best.value)
+    plots = {a.path for a in workspace.client().list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/param_importances.png"} <= plots
+
+
+def test_pruned_and_failed_trials_are_recorded_and_the_sweep_goes_on(workspace: Workspace) -> None:
+    result = workspace.run(
+        "-m", "hparams_search=lgbm", "hydra.sweeper.study_name=prune-fail", "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.sampler.name=grid", "hydra.sweeper.params=null",
+        "model.colsample_bytree=choice(0.5,5.0)", "model.min_child_samples=choice(20,100000)",
+        "hydra.sweeper.pruner.name=threshold", "hydra.sweeper.pruner.lower=-0.5",
+        "hydra.sweeper.pruner.n_warmup_steps=0", "tracking.experiment=prune", *FAST)
+    assert result.returncode == 0, result.stderr
+    trials = study(workspace, "prune-fail").trials
+    assert len(trials) == 4, "the grid has four points"
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert {t.params["model.colsample_bytree"] for t in failed} == {5.0} and len(failed) == 2
+    assert all("model.colsample_bytree must be in (0, 1]" in t.user_attrs["error"] for t in failed)
+    assert [t.params for t in trials if t.state == optuna.trial.TrialState.COMPLETE] == [
+        {"model.colsample_bytree": 0.5, "model.min_child_samples": 20}]
+    # a model that cannot split predicts a constant: NaN validation CORR, pruned at the first report
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert [t.params for t in pruned] == [{"model.colsample_bytree": 0.5, "model.min_child_samples": 100000}]
+    assert pruned[0].last_step == 5 and pruned[0].intermediate_values == {5: -1.0}
+    killed = [r for r in workspace.runs("prune") if r.info.status == "KILLED"]
+    assert killed and all("pruned at step 5" in r.data.tags["pruned"] for r in killed)
+
+
+def test_payout_style_objective(workspace: Workspace) -> None:
+    result = workspace.run(
+        "-m", "hparams_search=lgbm", "hydra.sweeper.study_name=payout", "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.objective='0.5*corr_mean + 2*mmc_mean'", "tracking.experiment=payout",
+        *FAST)
+    assert result.returncode == 0, result.stderr
+    trial = study(workspace, "payout").trials[0]
+    run = workspace.client().get_run(trial.user_attrs["mlflow_run_id"])
+    expected = 0.5 * run.data.metrics["corr_mean"] + 2.0 * run.data.metrics["mmc_mean"]
+    assert trial.value == pytest.approx(expected)
+
+
+def test_misspelt_objective_fails_before_the_first_trial(workspace: Workspace) -> None:
+    result = workspace.run("-m", "hparams_search=lgbm", "hydra.sweeper.study_name=typo",
+                           "hydra.sweeper.objective=corr_sharp", *FAST)
+    assert_one_line_error(result, "unknown metric 'corr_sharp'", "corr_sharpe")
+    assert "typo" not in optuna.get_all_study_names(f"sqlite:///{workspace.root}/mlruns/optuna.db")
+
+
+def test_two_workers_share_one_study_without_repeats(workspace: Workspace) -> None:
+    command = [sys.executable, "-m", "fxml.run", "-m", "hparams_search=lgbm",
+               "hydra.sweeper.study_name=shared", "hydra.sweeper.n_trials=6",
+               "hydra.sweeper.sampler.name=random", "hydra.sweeper.pruner.name=none",
+               "tracking.experiment=shared", *FAST, *SMALL_DATA]
+    workers = [subprocess.Popen([*command, f"hydra.sweep.dir=multirun/worker{i}"], cwd=workspace.root,
+                                env=workspace.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for i in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    trials = study(workspace, "shared").trials
+    assert len(trials) == 6 and {t.number for t in trials} == set(range(6))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    run_ids = [t.user_attrs["mlflow_run_id"] for t in trials]
+    assert len(set(run_ids)) == 6
+    both_worked = [sum(f"trial {t.number} corr_sharpe" in out for t in trials) for out, _ in outputs]
+    assert all(count > 0 for count in both_worked), both_worked
+
+
+@pytest.mark.parametrize(
+    ("text", "weights"),
+    [
+        ("corr_sharpe", {"corr_sharpe": 1.0}),
+        ("0.5*corr_mean + 2*mmc_mean", {"corr_mean": 0.5, "mmc_mean": 2.0}),
+        ("corr_mean - 0.25 * feature_exposure_max", {"corr_mean": 1.0, "feature_exposure_max": -0.25}),
+    ],
+)
+def test_objective_grammar(text: str, weights: dict) -> None:
+    objective = Objective.parse(text)
+    assert dict(objective.weights) == weights
+    metrics = {"corr_sharpe": 0.9, "corr_mean": 0.02, "mmc_mean": 0.01, "feature_exposure_max": 0.2}
+    assert objective.value(metrics) == pytest.approx(sum(w * metrics[k] for k, w in weights.items()))
+
+
+@pytest.mark.parametrize("text", ["corr_sharp", "0.5*corr_mean 2*mmc_mean", "corr_mean +", ""])
+def test_objective_grammar_rejects(text: str) -> None:
+    with pytest.raises(FxmlError, match="hydra.sweeper.objective"):
+        Objective.parse(text)
+
+
+def test_search_space_from_hydra_override_grammar() -> None:
+    overrides = parse_overrides(["a=choice(x,y)", "b=range(8,65,8)", "c=tag(log, interval(0.001, 0.1))",
+                                 "d=interval(0.1, 0.9)", "e=tag(int, interval(1, 5))"])
+    space = {o.get_key_element(): distribution(o) for o in overrides}
+    assert space["a"] == dists.CategoricalDistribution(["x", "y"])
+    assert space["b"] == dists.IntDistribution(8, 64, step=8)
+    assert space["c"] == dists.FloatDistribution(0.001, 0.1, log=True)
+    assert space["d"] == dists.FloatDistribution(0.1, 0.9)
+    assert space["e"] == dists.IntDistribution(1, 5)
+    assert grid({k: space[k] for k in ("a", "b")}) == {"a": ["x", "y"], "b": [8, 16, 24, 32, 40, 48, 56, 64]}
+    with pytest.raises(FxmlError, match="grid sampler needs choice"):
+        grid({"d": space["d"]})
