@@ -7,6 +7,7 @@ in Hydra), ``interval(lo, hi)`` float, ``tag(log, interval(...))`` log-uniform a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna.distributions as dist
@@ -28,11 +29,12 @@ def distribution(override: Override) -> dist.BaseDistribution:
         if value.step <= 0 or value.stop <= value.start:
             raise FxmlError(f"search space {key}: range needs start < stop and a positive step")
         is_int = all(float(x).is_integer() for x in (value.start, value.stop, value.step))
+        # Hydra's range excludes stop, like Python's; Optuna's high is the last value taken
+        steps = math.ceil((value.stop - value.start) / value.step) - 1
         if is_int:
-            # Hydra's range excludes stop; Optuna's high is inclusive
-            return dist.IntDistribution(int(value.start), int(value.stop) - int(value.step),
-                                        step=int(value.step))
-        return dist.FloatDistribution(value.start, value.stop - value.step, step=value.step)
+            start, step = int(value.start), int(value.step)
+            return dist.IntDistribution(start, start + steps * step, step=step)
+        return dist.FloatDistribution(value.start, value.start + steps * value.step, step=value.step)
     if isinstance(value, IntervalSweep):
         if value.end <= value.start:
             raise FxmlError(f"search space {key}: interval needs low < high")
