@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import optuna.distributions as dists
@@ -166,3 +168,55 @@ def test_search_space_from_hydra_override_grammar() -> None:
     assert grid({k: space[k] for k in ("a", "b")}) == {"a": ["x", "y"], "b": [8, 16, 24, 32, 40, 48, 56, 64]}
     with pytest.raises(FxmlError, match="grid sampler needs choice"):
         grid({"d": space["d"]})
+
+
+def test_interrupted_sweep_resumes_with_the_same_command(workspace: Workspace) -> None:
+    command = [sys.executable, "-m", "fxml.run", "-m", "hparams_search=lgbm",
+               "hydra.sweeper.study_name=interrupted", "hydra.sweeper.n_trials=3",
+               "hydra.sweeper.pruner.name=none", "tracking.experiment=interrupted",
+               "model.n_estimators=1500", "model.valid_corr_every=0", "tracking.log_model=false",
+               "scorer.fnc=false", *SMALL_DATA]
+    first = subprocess.Popen(command, cwd=workspace.root, env=workspace.env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # interrupt while the second trial is training
+        time.sleep(0.5)
+        storage = f"sqlite:///{workspace.root}/mlruns/optuna.db"
+        if not (workspace.root / "mlruns" / "optuna.db").is_file() or \
+                "interrupted" not in optuna.get_all_study_names(storage):
+            continue
+        trials = study(workspace, "interrupted").trials
+        if any(t.number == 1 and t.state == optuna.trial.TrialState.RUNNING for t in trials):
+            time.sleep(1.0)
+            break
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("fxml: interrupted")
+    trials = study(workspace, "interrupted").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert trials[1].user_attrs["error"] == "interrupted"
+    killed = workspace.client().get_run(
+        next(r.info.run_id for r in workspace.runs("interrupted") if r.info.run_name == "trial-1"))
+    assert killed.info.status == "KILLED"
+
+    again = subprocess.run(command, cwd=workspace.root, env=workspace.env(), capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    states = [t.state for t in study(workspace, "interrupted").trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                      optuna.trial.TrialState.COMPLETE]
+    parents = [r for r in workspace.runs("interrupted") if r.data.tags.get("fxml.role") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+def test_joblib_launcher_runs_trials_in_parallel_processes(workspace: Workspace) -> None:
+    result = workspace.run("-m", "hparams_search=lgbm", "hydra.sweeper.study_name=joblib",
+                           "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib",
+                           "hydra.launcher.n_jobs=2", "hydra.sweeper.pruner.name=none",
+                           "tracking.experiment=joblib", *FAST)
+    assert result.returncode == 0, result.stderr
+    trials = study(workspace, "joblib").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    parent = parent_of(workspace, "optuna:joblib@", "joblib")
+    assert len(children(workspace, parent.info.run_id, "joblib")) == 2
