@@ -41,14 +41,11 @@ class SyntheticSourceConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for key in ("train_eras", "validation_eras", "rows_per_era", "live_rows", "n_features"):
-            require(getattr(self, key) > 0, f"data.source.{key}", "must be > 0", getattr(self, key))
-        require(
-            0 <= self.unresolved_eras < self.validation_eras,
-            "data.source.unresolved_eras",
-            "must be >= 0 and below data.source.validation_eras",
-            self.unresolved_eras,
-        )
+        # the generator's own rules, checked now rather than once the run has started
+        from fxml.data.synthetic import SyntheticSpec, validate_spec
+
+        spec = {name: value for name, value in vars(self).items() if name != "_target_"}
+        validate_spec(SyntheticSpec(**spec), key_prefix="data.source.")
 
 
 @dataclass
@@ -380,6 +377,12 @@ ENSEMBLE_WEIGHTS = ("equal", "fit")
 MODEL_URI_PREFIXES = ("runs:/", "models:/")
 
 
+def check_model_uri(uri: str, key: str = "model_uri") -> None:
+    if uri != MISSING:
+        require(uri.startswith(MODEL_URI_PREFIXES), key,
+                "must be a models:/<name>@<alias> or runs:/<run id>/model URI", uri)
+
+
 @dataclass
 class EnsembleConfig(ModelConfig):
     _target_: str = "fxml.models.ensemble.EnsembleModel"
@@ -394,8 +397,7 @@ class EnsembleConfig(ModelConfig):
         require(len(self.members) >= 1, "model.members", "must name at least one member", {})
         for name, member in self.members.items():
             if isinstance(member, str):
-                require(member.startswith(MODEL_URI_PREFIXES), f"model.members.{name}",
-                        "must be a model config or a runs:/... or models:/... URI", member)
+                check_model_uri(member, f"model.members.{name}")
             else:
                 target = getattr(member, "_target_", None) or (
                     member.get("_target_") if isinstance(member, dict) else None)
@@ -448,9 +450,9 @@ class PromoteConfig:
 
     def __post_init__(self) -> None:
         one_of("mode", self.mode, ("max", "min"))
-        require(bool(self.alias) and not self.alias.startswith(("v", "V")) or
-                not self.alias[1:].isdigit(), "alias", "must not look like a version (v1, v2...)",
-                self.alias)
+        version_like = self.alias[:1] in ("v", "V") and self.alias[1:].isdigit()
+        require(bool(self.alias) and self.alias != "latest" and not version_like, "alias",
+                "must be a name other than latest or v<number>", self.alias)
 
 
 @dataclass
@@ -467,10 +469,10 @@ class SubmitConfig:
     experiment: str = "fxml-submissions"
 
     def __post_init__(self) -> None:
-        require(self.model_uri.startswith(MODEL_URI_PREFIXES), "model_uri",
-                "must be a models:/<name>@<alias> or runs:/<id>/model URI", self.model_uri)
-        require(self.numerai_model.replace("_", "").replace("-", "").isalnum(), "numerai_model",
-                "must be a Numerai model name (letters, digits, _ or -)", self.numerai_model)
+        check_model_uri(self.model_uri)
+        if self.numerai_model != MISSING:
+            require(self.numerai_model.replace("_", "").replace("-", "").isalnum(), "numerai_model",
+                    "must be a Numerai model name (letters, digits, _ or -)", self.numerai_model)
 
 
 @dataclass
@@ -487,13 +489,13 @@ class ExportModelConfig:
     tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
-        require(self.model_uri.startswith(MODEL_URI_PREFIXES), "model_uri",
-                "must be a models:/<name>@<alias> or runs:/<id>/model URI", self.model_uri)
+        check_model_uri(self.model_uri)
         require(self.output.endswith(".pkl"), "output", "must end with .pkl (Numerai's rule)",
                 self.output)
         require(self.check_rows >= 2, "check_rows", "must be >= 2", self.check_rows)
         require(not self.upload or bool(self.numerai_model), "numerai_model",
                 "is needed with upload=true", self.numerai_model)
+
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"synthetic": SyntheticDataConfig, "v5": NumeraiDataConfig},

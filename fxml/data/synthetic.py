@@ -149,7 +149,7 @@ def write_synthetic(directory: Path, spec: SyntheticSpec = SyntheticSpec()) -> P
     marker file ``.synthetic.json``, written last, matches and every file exists). Every file is
     written under a temporary name and renamed, so no half-written file carries a real name.
     """
-    _validate(spec)
+    validate_spec(spec)
     directory = Path(directory)
     marker = directory / MARKER_NAME
     expected = _marker_payload(spec)
@@ -179,7 +179,8 @@ def version_prefix(version: str) -> str:
 # Spec checks and the marker
 
 
-def _validate(spec: SyntheticSpec) -> None:
+def validate_spec(spec: SyntheticSpec, key_prefix: str = "synthetic data: ") -> None:
+    """Reject a spec that cannot be generated; ``key_prefix`` names where the values came from."""
     ints = {
         "train_eras": 1,
         "validation_eras": 1,
@@ -192,21 +193,21 @@ def _validate(spec: SyntheticSpec) -> None:
     for name, low in ints.items():
         value = getattr(spec, name)
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-            raise FxmlError(f"synthetic data: {name} must be an integer >= {low}, got {value!r}")
+            raise FxmlError(f"{key_prefix}{name} must be an integer >= {low}, got {value!r}")
     if spec.unresolved_eras >= spec.validation_eras:
         raise FxmlError(
-            "synthetic data: unresolved_eras must be smaller than validation_eras "
+            f"{key_prefix}unresolved_eras must be smaller than validation_eras "
             f"({spec.unresolved_eras} >= {spec.validation_eras})"
         )
     max_features = len(_ADJECTIVES) * len(_NOUNS) * len(_WORDS)
     if spec.n_features > max_features:
-        raise FxmlError(f"synthetic data: n_features must be <= {max_features}")
+        raise FxmlError(f"{key_prefix}n_features must be <= {max_features}")
     for name in ("signal_strength", "regime_strength"):
         value = getattr(spec, name)
         if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
-            raise FxmlError(f"synthetic data: {name} must be a finite number >= 0, got {value!r}")
+            raise FxmlError(f"{key_prefix}{name} must be a finite number >= 0, got {value!r}")
     if not re.fullmatch(r"v?\d+(\.\d+)*", str(spec.version)):
-        raise FxmlError(f"synthetic data: version must look like 'v5.2', got {spec.version!r}")
+        raise FxmlError(f"{key_prefix}version must look like 'v5.2', got {spec.version!r}")
 
 
 def _marker_payload(spec: SyntheticSpec) -> dict:
