@@ -18,13 +18,8 @@ from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import register_schemas, validate
 from fxml.console import console, quiet_dependencies, step_progress, summary_table
 from fxml.data.loader import DataSplit, NumeraiData
-from fxml.models.base import TabularModel
-from fxml.scoring.importance import (
-    feature_groups,
-    importance_figure,
-    permutation_importance,
-    scorer_config,
-)
+from fxml.models.postprocess import postprocessed
+from fxml.scoring.importance import importance_figure
 from fxml.scoring.scorer import Scores
 from fxml.sweeps.pruning import trial_reporter
 from fxml.tracking.mlflow_run import (
@@ -61,7 +56,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with console.status("loading data"):
             train_split, validation = data.load("train"), data.load("validation")
 
-        model = instantiate(cfg.model, _convert_="all")
+        # post-processing wraps the model; extra neutraliser columns join the validation split
+        model, validation = postprocessed(instantiate(cfg.model, _convert_="all"),
+                                          cfg.get("postprocess"), data, validation)
         started = time.perf_counter()
         step_metrics = StepMetrics()
         listeners = [step_metrics, *filter(None, [trial_reporter(cfg.sweep)])]
@@ -72,11 +69,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         with console.status("scoring validation"):
             predictions = model.predict(validation.features, validation.eras)
-            scores = instantiate(scorer_config(cfg.scorer)).score(predictions, validation, data)
+            scorer = instantiate(cfg.scorer)
+            scores = scorer.score(predictions, validation, data)
         log_scores(scores, validation, predictions)
-        if cfg.scorer.importance != "none":
-            with console.status(f"permutation importance of {cfg.scorer.importance}"):
-                log_importance(model, validation, data, cfg.scorer)
+        with console.status("permutation importance"):
+            importance = scorer.importance(model, validation, data)
+        if importance is not None:
+            log_frame(importance, "importance/permutation.csv")
+            mlflow.log_figure(importance_figure(importance), "importance/permutation.png")
         if cfg.tracking.log_model:
             with console.status("logging the model"):
                 log_pyfunc_model(model, data.feature_names, {
@@ -99,17 +99,6 @@ def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # t
     if "meta_model" in scores.references:
         frame["meta_model"] = scores.references["meta_model"]
     log_frame(frame, "predictions/validation.parquet")
-
-
-def log_importance(model: TabularModel, validation: DataSplit, data: NumeraiData,
-                   scorer: DictConfig) -> None:
-    groups = None
-    if scorer.importance == "groups":
-        groups = feature_groups(data.metadata["feature_sets"], validation.feature_names)
-    table = permutation_importance(model, validation, groups, scorer.importance_repeats,
-                                   scorer.importance_seed)
-    log_frame(table, "importance/permutation.csv")
-    mlflow.log_figure(importance_figure(table), "importance/permutation.png")
 
 
 def show_summary(scores: Scores, run_id: str, uri: str, experiment: str) -> None:

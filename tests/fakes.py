@@ -2,21 +2,80 @@
 
 Point ``data.source.api._target_`` at one of these. ``FakeNumerAPI`` serves the files of a
 synthetic release folder named by $FXML_FAKE_NUMERAI_DIR as every version in ``VERSIONS``.
+
+For submissions it also answers the current round ($FXML_FAKE_NUMERAI_ROUND, default 1000) and the
+account's models (``FAKE_MODELS``, keys required), and records what would have been uploaded: each
+``upload_predictions`` / ``model_upload`` call is appended as a JSON line to $FXML_FAKE_NUMERAI_LOG,
+with a copy of the uploaded file beside it (fxml's commands run in a subprocess).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
+from fxml.models.base import TabularModel
+
 VERSIONS = ("v5.0", "v5.1", "v5.2")
+ROUND_ENV, LOG_ENV = "FXML_FAKE_NUMERAI_ROUND", "FXML_FAKE_NUMERAI_LOG"
+FAKE_MODELS = {"fxml_test": "6f0c1d2e-0000-4000-8000-00000000a001",
+               "fxml_other": "6f0c1d2e-0000-4000-8000-00000000a002"}
+
+
+def recorded_calls(log: Path) -> list[dict]:
+    """The calls a FakeNumerAPI appended to ``log`` (empty if none)."""
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
 class FakeNumerAPI:
     def __init__(self, public_id: str | None = None, secret_key: str | None = None) -> None:
         self.served = Path(os.environ["FXML_FAKE_NUMERAI_DIR"])
         self.downloads: list[str] = []
+        # like numerapi, authenticated only with both keys; the keys themselves are not kept
+        self.authenticated = bool(public_id and secret_key)
+
+    def get_current_round(self, tournament: int | None = None) -> int:
+        return int(os.environ.get(ROUND_ENV, "1000"))
+
+    def get_models(self, tournament: int | None = None) -> dict[str, str]:
+        self._require_keys()
+        return dict(FAKE_MODELS)
+
+    def upload_predictions(self, file_path: str = "predictions.csv", model_id: str | None = None,
+                           df=None, data_datestamp: int | None = None, timeout=None) -> str:
+        self._require_keys()
+        if model_id not in FAKE_MODELS.values():
+            raise ValueError(f"model {model_id} not found")
+        return self._record("upload_predictions", file_path, model_id=model_id)
+
+    def model_upload(self, file_path: str, tournament: int | None = None, model_id: str | None = None,
+                     data_version: str | None = None, docker_image: str | None = None) -> str:
+        self._require_keys()
+        if not file_path.endswith(".pkl"):
+            raise ValueError("file_path needs to end with .pkl")
+        return self._record("model_upload", file_path, model_id=model_id, data_version=data_version)
+
+    def _require_keys(self) -> None:
+        if not self.authenticated:
+            raise ValueError("API keys required for this action.")
+
+    def _record(self, call: str, file_path: str, **details) -> str:
+        log = Path(os.environ[LOG_ENV])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        number = len(recorded_calls(log)) + 1
+        copy = log.parent / f"{number:03d}_{Path(file_path).name}"
+        shutil.copyfile(file_path, copy)
+        entry = {"call": call, "file": str(copy), "filename": Path(file_path).name,
+                 "round": self.get_current_round(), **details}
+        with log.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        return f"fake-{call}-{number}"
 
     def list_datasets(self, round_num: int | None = None) -> list[str]:
         files = sorted(p.name for p in self.served.iterdir() if not p.name.startswith("."))
@@ -44,3 +103,31 @@ class OfflineNumerAPI:
 
     def download_dataset(self, filename: str, dest_path: str | None = None, round_num=None) -> str:
         raise ConnectionError("Failed to resolve 'api-tournament.numer.ai'")
+
+
+# --- broken models, logged with fxml.tracking.pyfunc.log_pyfunc_model to test submission checks ---
+
+
+class ConstantModel(TabularModel):
+    """Predicts the same value for every row: a submission without spread."""
+
+    def fit(self, train, validation=None, on_step=None) -> ConstantModel:
+        return self
+
+    def predict_float32(self, features: np.ndarray) -> np.ndarray:
+        return np.full(len(features), 0.5)
+
+    def save_state(self, directory: Path) -> None:
+        pass
+
+    def load_state(self, directory: Path) -> None:
+        pass
+
+
+class NaNModel(ConstantModel):
+    """Predicts NaN for every other row."""
+
+    def predict_float32(self, features: np.ndarray) -> np.ndarray:
+        values = np.linspace(0.0, 1.0, len(features))
+        values[::2] = np.nan
+        return values

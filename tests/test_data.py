@@ -144,3 +144,16 @@ def test_v5_from_the_command_line_with_a_fake_client(workspace: Workspace, serve
     run = next(r for r in workspace.runs() if r.info.run_name == "v5-fake")
     assert run.data.tags["data_version"] == "v5.2"
     assert run.data.params["data.every_nth_era"] == "4"
+
+
+def test_extra_targets_ride_along_in_the_split(synthetic_root: Path) -> None:
+    data = synthetic(synthetic_root, extra_targets=["target_cyrusd_20", "target_ender_60", "target"])
+    assert data.extra_targets == ["target_cyrusd_20", "target_ender_60"], "the main target is not repeated"
+    validation = data.load("validation")
+    frame = pd.read_parquet(data.folder / "validation.parquet", columns=data.extra_targets)
+    for name in data.extra_targets:
+        assert validation.extra[name].dtype == np.float32
+        np.testing.assert_array_equal(validation.extra[name], frame[name].loc[validation.ids].to_numpy())
+    assert data.load("live").extra == {}
+    with pytest.raises(FxmlError, match="data.extra_targets=target_nobody_20 is not a target"):
+        synthetic(synthetic_root, extra_targets=["target_nobody_20"])

@@ -220,3 +220,15 @@ def test_joblib_launcher_runs_trials_in_parallel_processes(workspace: Workspace)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     parent = parent_of(workspace, "optuna:joblib@", "joblib")
     assert len(children(workspace, parent.info.run_id, "joblib")) == 2
+
+
+def test_mlp_search_reports_every_epoch(workspace: Workspace) -> None:
+    result = workspace.run("-m", "hparams_search=mlp", "hydra.sweeper.study_name=mlp",
+                           "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none",
+                           "trainer.max_epochs=3", "trainer.patience=null", "trainer.n_jobs=1",
+                           "tracking.log_model=false", "tracking.experiment=mlp-search")
+    assert result.returncode == 0, result.stderr
+    trials = study(workspace, "mlp").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in trials)
+    assert all(isinstance(t.params["model.learning_rate"], float) for t in trials)

@@ -62,6 +62,7 @@ class DataConfig:
     feature_set: str = "small"
     features: list[str] | None = None
     target: str = "target"
+    extra_targets: list[str] = field(default_factory=list)
     train_eras: list[int] | None = None
     validation_eras: list[int] | None = None
     every_nth_era: int = 1
@@ -461,6 +462,8 @@ class SubmitConfig:
     numerai_model: str = MISSING
     dry_run: bool = False
     force: bool = False
+    round: int | None = None
+    live: str | None = None
     data_version: str | None = None
     data_directory: str = "data/numerai"
     output_dir: str = "submissions"
@@ -470,6 +473,8 @@ class SubmitConfig:
 
     def __post_init__(self) -> None:
         check_model_uri(self.model_uri)
+        if self.round is not None:
+            require(self.round >= 1, "round", "must be a round number >= 1 or null", self.round)
         if self.numerai_model != MISSING:
             require(self.numerai_model.replace("_", "").replace("-", "").isalnum(), "numerai_model",
                     "must be a Numerai model name (letters, digits, _ or -)", self.numerai_model)

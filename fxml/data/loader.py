@@ -67,6 +67,7 @@ class NumeraiData:
         feature_set: str = "small",
         features: list[str] | None = None,
         target: str = "target",
+        extra_targets: list[str] | None = None,
         train_eras: list[int] | None = None,
         validation_eras: list[int] | None = None,
         every_nth_era: int = 1,
@@ -75,23 +76,26 @@ class NumeraiData:
         self.source = source
         self.folder, self.version = source.resolve(Path(directory), version)
         self.target = target
+        # auxiliary targets some models train on as extra outputs; carried in DataSplit.extra
+        self.extra_targets = [name for name in extra_targets or [] if name != target]
         self.era_spans = {"train": train_eras, "validation": validation_eras}
         self.every_nth_era = every_nth_era
         self.memory = memory or InMemory()
         self.metadata = read_feature_metadata(self.path(FEATURES_JSON))
         self.feature_names = self._select_features(feature_set, features)
         targets = self.metadata.get("targets", [])
-        if targets and target not in targets:
-            raise FxmlError(
-                f"data.target={target} is not a target in {FEATURES_JSON} "
-                f"(for example: {', '.join(targets[:4])})"
-            )
+        for key, name in [("data.target", target)] + [("data.extra_targets", n) for n in self.extra_targets]:
+            if targets and name not in targets:
+                raise FxmlError(
+                    f"{key}={name} is not a target in {FEATURES_JSON} "
+                    f"(for example: {', '.join(targets[:4])})"
+                )
         self.feature_set = feature_set if features is None else "custom"
 
     @classmethod
     def from_config(cls, data_cfg: Any, memory: MemoryPolicy, source: DataSource) -> NumeraiData:
         options = {k: data_cfg[k] for k in ("version", "feature_set", "target", "every_nth_era")}
-        for key in ("features", "train_eras", "validation_eras"):
+        for key in ("features", "extra_targets", "train_eras", "validation_eras"):
             value = data_cfg[key]
             options[key] = list(value) if value is not None else None
         return cls(source=source, directory=data_cfg.directory, memory=memory, **options)
@@ -114,14 +118,15 @@ class NumeraiData:
         """Read one split; train honours era spans, every_nth_era and the memory policy."""
         path = self.path(SPLIT_FILES[split])
         frame = self._scan(path, split)
-        wanted = [ID, ERA, *self.feature_names] + ([self.target] if split != "live" else [])
+        labels = [self.target, *self.extra_targets] if split != "live" else []
+        wanted = [ID, ERA, *self.feature_names, *labels]
         self._check_columns(path, frame, wanted)
         frame = frame.select(
             pl.col(ID).cast(pl.String),
             pl.col(ERA).cast(pl.String),
             # non-strict: NaN or out-of-range values become nulls, reported below by name
             pl.col(self.feature_names).cast(pl.Int8, strict=False),
-            *([pl.col(self.target).cast(pl.Float32)] if split != "live" else []),
+            *(pl.col(name).cast(pl.Float32) for name in labels),
         )
         eras = self._eras_to_read(frame, split)
         if eras is not None:
@@ -144,6 +149,7 @@ class NumeraiData:
             features=features,
             target=target,
             feature_names=self.feature_names,
+            extra={name: table[name].to_numpy() for name in labels[1:]},
         )
         log.info("data: %s %s rows, %s eras, %d features (int8, %.1f MiB)", split,
                  f"{len(result):,}", result.n_eras, len(self.feature_names), features.nbytes / 2**20)
@@ -183,7 +189,7 @@ class NumeraiData:
                 handle.seek(max(size - 65536, 0))
                 digest.update(f"{filename}:{size}".encode())
                 digest.update(handle.read())
-        digest.update(repr((self.feature_names, self.target, self.era_spans,
+        digest.update(repr((self.feature_names, self.target, self.extra_targets, self.era_spans,
                             self.every_nth_era)).encode())
         return digest.hexdigest()[:16]
 

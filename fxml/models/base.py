@@ -85,4 +85,5 @@ def labelled_rows(split: DataSplit) -> DataSplit:
     if keep.all():
         return split
     return DataSplit(split.name, split.ids[keep], split.eras[keep], split.features[keep],
-                     split.target[keep], split.feature_names)
+                     split.target[keep], split.feature_names,
+                     {name: values[keep] for name, values in split.extra.items()})

@@ -10,7 +10,9 @@ import pandas as pd
 
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.errors import FxmlError
+from fxml.models.base import TabularModel
 from fxml.scoring import score_eras, summarize
+from fxml.scoring.importance import feature_groups, permutation_importance
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +41,26 @@ class NumeraiScorer:
         payout_corr_weight: float = 0.5,
         payout_mmc_weight: float = 2.0,
         payout_clip: float = 0.05,
+        importance: str = "none",
+        importance_repeats: int = 1,
+        importance_seed: int = 0,
     ) -> None:
         self.use_meta_model, self.use_benchmark = meta_model, benchmark
         self.benchmark_column = benchmark_column
         self.use_features = fnc or feature_exposure
         self.keep = {"fnc": fnc, "feature_exposure": feature_exposure}
         self.payout = (payout_corr_weight, payout_mmc_weight, payout_clip)
+        self.importance_of = importance
+        self.importance_repeats, self.importance_seed = importance_repeats, importance_seed
+
+    def importance(self, model: TabularModel, split: DataSplit, data: NumeraiData) -> pd.DataFrame | None:
+        """Permutation importance of features or feature groups; None when not asked for."""
+        if self.importance_of == "none":
+            return None
+        groups = None
+        if self.importance_of == "groups":
+            groups = feature_groups(data.metadata["feature_sets"], split.feature_names)
+        return permutation_importance(model, split, groups, self.importance_repeats, self.importance_seed)
 
     def score(self, predictions: np.ndarray, split: DataSplit, data: NumeraiData) -> Scores:
         if split.target is None:

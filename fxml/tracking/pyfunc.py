@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, DataType, Schema
 
 from fxml import __version__
 from fxml.data.layout import era_numbers
@@ -44,9 +47,19 @@ class FxmlPyfunc(mlflow.pyfunc.PythonModel):
         return self.model.predict(features, eras)
 
 
+def model_requirements() -> list[str]:
+    """fxml pinned to this version, plus its own runtime dependencies (test extras left out)."""
+    needs = [r for r in (metadata.requires("fxml") or []) if "extra ==" not in r]
+    return [f"fxml=={__version__}", *needs]
+
+
 def log_pyfunc_model(model: TabularModel, feature_names: list[str],
                      manifest: dict[str, Any]) -> str:
     """Log ``model`` to the active run; returns the model URI."""
+    # a wrapper (post-processing, ensemble) may read more columns than the run's feature set,
+    # and says what it does: the manifest records both
+    feature_names = list(getattr(model, "input_features", None) or feature_names)
+    manifest = {**manifest, **getattr(model, "describe", dict)()}
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "fxml_model"
         model.save(directory)
@@ -54,12 +67,16 @@ def log_pyfunc_model(model: TabularModel, feature_names: list[str],
         example = pd.DataFrame(np.full((2, len(feature_names)), 2, dtype=np.int8),
                                columns=feature_names)
         signature = mlflow.models.infer_signature(example, model.predict(example.to_numpy()))
+        if getattr(model, "per_era", False):
+            # per-era steps (ranks, neutralisation) need the era column: keep it past the schema
+            inputs = Schema([*signature.inputs.inputs, ColSpec(DataType.string, "era", required=False)])
+            signature = ModelSignature(inputs=inputs, outputs=signature.outputs)
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=FxmlPyfunc(),
             artifacts={"fxml_model": str(directory)},
             signature=signature,
-            # fxml itself must be importable where the model is loaded
-            pip_requirements=[f"fxml=={__version__}", "lightgbm", "xgboost", "numpy", "pandas"],
+            # fxml must be importable where the model loads, and with it what fxml needs
+            pip_requirements=model_requirements(),
         )
     return info.model_uri

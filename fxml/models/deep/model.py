@@ -1,0 +1,264 @@
+"""Deep tabular models behind the common ``TabularModel`` contract.
+
+``MLPModel``, ``ResNetModel`` and ``TabNetModel`` differ only in the network they build; training
+(PyTorch Lightning, one device), feeding, losses, early stopping and the state round-trip are
+shared here. The runner treats them like any other family.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fxml.data.loader import DataSplit
+from fxml.errors import FxmlError
+from fxml.models.base import PREDICT_CHUNK_ROWS, StepCallback, TabularModel, labelled_rows
+from fxml.models.deep.device import DeviceChoice, check_precision, choose_device
+from fxml.models.deep.networks import MLP, ResNet, run_network, scale_features
+from fxml.models.deep.tabnet import TabNet
+from fxml.scoring import score_eras
+
+log = logging.getLogger(__name__)
+STATE_FILE, SHAPE_FILE = "network.pt", "network.json"
+
+
+def validation_corr(predictions: np.ndarray, split: DataSplit) -> float:
+    """Mean over eras of the per-era Numerai CORR (NaN when predictions are NaN or constant)."""
+    if not np.isfinite(predictions).all():
+        return math.nan
+    assert split.target is not None
+    return float(score_eras(predictions, split.target, split.eras)["corr"].mean())
+
+
+class DeepTabularModel(TabularModel):
+    """Shared training and inference; subclasses name their network and its options."""
+
+    network_class: ClassVar[type[nn.Module]]
+    network_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        loss: str = "mse",
+        aux_targets: list[str] | None = None,
+        aux_weight: float = 0.5,
+        batch_size: int = 1024,
+        era_batching: bool = False,
+        eras_per_batch: int = 1,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        gradient_clip: float = 0.0,
+        max_epochs: int = 20,
+        patience: int | None = 5,
+        device: str = "cpu",
+        devices: int = 1,
+        precision: str = "32",
+        n_jobs: int = -1,
+        seed: int = 42,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            loss=loss, aux_targets=list(aux_targets or []), aux_weight=aux_weight,
+            batch_size=batch_size, era_batching=era_batching, eras_per_batch=eras_per_batch,
+            learning_rate=learning_rate, weight_decay=weight_decay, gradient_clip=gradient_clip,
+            max_epochs=max_epochs, patience=patience, device=device, devices=devices,
+            precision=precision, n_jobs=n_jobs, seed=seed, **options,
+        )
+        self.network: nn.Module | None = None
+        self.shape: dict[str, int] = {}
+        self.history: list[dict[str, float]] = []
+        self.best_epoch = 0
+        self._device: torch.device | None = None
+
+    # -- network -------------------------------------------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64 if self.options["precision"] == "64" else torch.float32
+
+    def build_network(self, n_inputs: int, n_outputs: int) -> nn.Module:
+        options = {key: self.options[key] for key in self.network_keys}
+        self.shape = {"n_inputs": n_inputs, "n_outputs": n_outputs}
+        return self.network_class(n_inputs, n_outputs, **options).to(self.dtype)
+
+    def network_summary(self) -> str:
+        shown = ", ".join(f"{key}={self.options[key]}" for key in self.network_keys)
+        return f"{self.network_class.__name__}({shown})"
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _targets(self, split: DataSplit) -> np.ndarray:
+        assert split.target is not None
+        columns = [split.target]
+        for name in self.options["aux_targets"]:
+            if name not in split.extra:
+                carried = ", ".join(sorted(split.extra)) or "none"
+                raise FxmlError(f"model.aux_targets: {name} is not loaded with the {split.name} "
+                                f"split (auxiliary columns loaded: {carried})")
+            columns.append(split.extra[name])
+        return np.column_stack(columns).astype(np.float32)
+
+    def fit(self, train: DataSplit, validation: DataSplit | None = None,
+            on_step: StepCallback | None = None) -> DeepTabularModel:
+        import lightning.pytorch as pl
+
+        from fxml.models.deep.feeding import BatchFeeder
+        from fxml.models.deep.losses import Objective
+        from fxml.models.deep.module import BestState, EpochReport, TabularModule
+
+        o = self.options
+        choice = choose_device(o["device"])
+        precision = check_precision(choice, o["precision"], o["devices"])
+        if o["n_jobs"] > 0:
+            torch.set_num_threads(o["n_jobs"])
+        log.info("device: %s, precision %s", choice.description, o["precision"])
+        self._device = choice.torch_device
+        torch.manual_seed(o["seed"])
+        targets = self._targets(train)
+        self.network = self.build_network(train.features.shape[1], targets.shape[1])
+        feeder = BatchFeeder(train.features, targets, train.eras, o["batch_size"], self._device,
+                             era_batches=o["era_batching"], eras_per_batch=o["eras_per_batch"],
+                             seed=o["seed"], dtype=self.dtype)
+        valid = None
+        if validation is not None and validation.target is not None:
+            valid = labelled_rows(validation)
+            valid = valid if len(valid) else None
+        if valid is None:
+            log.warning("no labelled validation rows: no early stopping, the last epoch is kept")
+
+        def evaluate() -> float:
+            return validation_corr(self._predict(valid.features), valid)
+
+        best = BestState(o["patience"])
+        report = EpochReport(o["max_epochs"], evaluate if valid is not None else None, best, on_step)
+        module = TabularModule(self.network, Objective(o["loss"], o["aux_weight"], feeder.n_eras),
+                               o["learning_rate"], o["weight_decay"], o.get("lambda_sparse", 0.0))
+        plan = (f"era batches of {o['eras_per_batch']} era(s)" if o["era_batching"]
+                else f"batches of {o['batch_size']}")
+        log.info("model: %s, %d outputs, loss %s, %s, up to %d epochs on %s rows", self.network_summary(),
+                 targets.shape[1], o["loss"], plan, o["max_epochs"], f"{len(train):,}")
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        trainer = pl.Trainer(
+            accelerator=choice.kind, devices=1, precision=precision, max_epochs=o["max_epochs"],
+            logger=False, enable_progress_bar=False, enable_checkpointing=False,
+            enable_model_summary=False, num_sanity_val_steps=0,
+            gradient_clip_val=o["gradient_clip"] or None, callbacks=[report],
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"lightning")
+            trainer.fit(module, train_dataloaders=feeder)
+        self.history = report.history
+        if best.state is not None:
+            best.restore(self.network)
+            self.best_epoch = best.best_epoch
+            log.info("model: best epoch %d of %d (valid_corr %.5f)", best.best_epoch,
+                     len(self.history), best.best_score)
+        else:
+            self.best_epoch = len(self.history)
+        self.network.to(self._device).eval()
+        return self
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def _inference_device(self) -> torch.device:
+        if self._device is None:
+            try:
+                choice = choose_device(self.options["device"])
+            except FxmlError:
+                choice = DeviceChoice("cpu", "cpu")
+                log.warning("model trained on %s, predicting on the CPU", self.options["device"])
+            self._device = choice.torch_device
+        return self._device
+
+    @torch.no_grad()
+    def _predict(self, features: np.ndarray) -> np.ndarray:
+        """The main target's output for each row; int8 rows go to the device as int8."""
+        assert self.network is not None, "the model is not fitted"
+        device = self._inference_device()
+        network = self.network.to(device)
+        training = network.training
+        network.eval()
+        out = np.empty(len(features), dtype=np.float64)
+        for start in range(0, len(features), PREDICT_CHUNK_ROWS):
+            block = torch.from_numpy(np.ascontiguousarray(features[start : start + PREDICT_CHUNK_ROWS]))
+            outputs, _ = run_network(network, block.to(device).to(self.dtype))
+            out[start : start + len(block)] = outputs[:, 0].double().cpu().numpy()
+        network.train(training)
+        return out
+
+    def predict_float32(self, features: np.ndarray) -> np.ndarray:
+        return self._predict(np.asarray(features, dtype=np.float32))
+
+    def predict(self, features: np.ndarray, eras: np.ndarray | None = None) -> np.ndarray:
+        return self._predict(features)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def save_state(self, directory: Path) -> None:
+        assert self.network is not None, "the model is not fitted"
+        state = {key: value.detach().cpu() for key, value in self.network.state_dict().items()}
+        torch.save(state, directory / STATE_FILE)
+        (directory / SHAPE_FILE).write_text(json.dumps(
+            {**self.shape, "best_epoch": self.best_epoch, "history": self.history}, indent=1))
+
+    def load_state(self, directory: Path) -> None:
+        saved = json.loads((directory / SHAPE_FILE).read_text())
+        self.history, self.best_epoch = saved["history"], saved["best_epoch"]
+        self.network = self.build_network(saved["n_inputs"], saved["n_outputs"])
+        self.network.load_state_dict(torch.load(directory / STATE_FILE, map_location="cpu",
+                                                weights_only=True))
+        self.network.eval()
+
+
+class MLPModel(DeepTabularModel):
+    network_class = MLP
+    network_keys = ("widths", "dropout", "norm", "activation")
+
+    def __init__(self, widths: list[int] | tuple[int, ...] = (256, 128), dropout: float = 0.1,
+                 norm: str = "batch", activation: str = "silu", **common: Any) -> None:
+        super().__init__(widths=list(widths), dropout=dropout, norm=norm, activation=activation,
+                         **common)
+
+
+class ResNetModel(DeepTabularModel):
+    network_class = ResNet
+    network_keys = ("d_main", "d_hidden", "n_blocks", "dropout", "residual_dropout", "norm",
+                    "activation")
+
+    def __init__(self, d_main: int = 128, d_hidden: int = 256, n_blocks: int = 2,
+                 dropout: float = 0.1, residual_dropout: float = 0.0, norm: str = "batch",
+                 activation: str = "relu", **common: Any) -> None:
+        super().__init__(d_main=d_main, d_hidden=d_hidden, n_blocks=n_blocks, dropout=dropout,
+                         residual_dropout=residual_dropout, norm=norm, activation=activation,
+                         **common)
+
+
+class TabNetModel(DeepTabularModel):
+    network_class = TabNet
+    network_keys = ("n_d", "n_a", "n_steps", "gamma", "n_shared", "n_independent", "mask_type",
+                    "ghost_batch_norm", "virtual_batch_size", "momentum")
+
+    def __init__(self, n_d: int = 8, n_a: int = 8, n_steps: int = 3, gamma: float = 1.3,
+                 n_shared: int = 2, n_independent: int = 2, mask_type: str = "sparsemax",
+                 ghost_batch_norm: bool = True, virtual_batch_size: int = 128,
+                 momentum: float = 0.02, lambda_sparse: float = 1e-3, **common: Any) -> None:
+        super().__init__(n_d=n_d, n_a=n_a, n_steps=n_steps, gamma=gamma, n_shared=n_shared,
+                         n_independent=n_independent, mask_type=mask_type,
+                         ghost_batch_norm=ghost_batch_norm, virtual_batch_size=virtual_batch_size,
+                         momentum=momentum, lambda_sparse=lambda_sparse, **common)
+
+    def feature_masks(self, features: np.ndarray) -> list[np.ndarray]:
+        """Each decision step's feature mask for int8 rows: (rows, features), rows sum to 1."""
+        assert isinstance(self.network, TabNet), "the model is not fitted"
+        device = self._inference_device()
+        self.network.to(device).eval()
+        block = torch.from_numpy(np.ascontiguousarray(features)).to(device).to(self.dtype)
+        return [mask.cpu().numpy() for mask in self.network.masks(scale_features(block))]

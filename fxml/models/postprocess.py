@@ -1,0 +1,247 @@
+"""Post-processing as a model wrapper: per-era feature neutralisation, configurable for any model.
+
+``postprocess=neutralize`` wraps the instantiated model in :class:`NeutralizedModel`, whose
+``predict`` does, era by era:
+
+1. rank the wrapped model's predictions into (0, 1): ``(rank - 0.5) / n``, ties averaged;
+2. subtract ``proportion`` times their least-squares fit on the chosen features plus a constant
+   (``numerai_tools.scoring.neutralize`` with the same ``rcond``);
+3. standardise to mean 0 and standard deviation 1 (an era left constant becomes all zeros).
+
+The runner scores these values, so logged metrics include the post-processing, and the wrapper is
+what gets logged and registered: the MLflow model reproduces them. The neutraliser features may
+lie outside the model's own features; the wrapper then reads both (``input_features``: the model's
+columns first, then the extra ones), and the pyfunc manifest lists them all.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fxml.data.layout import ID, SPLIT_FILES, check_parquet
+from fxml.data.loader import DataSplit, NumeraiData
+from fxml.errors import FxmlError
+from fxml.models.base import StepCallback, TabularModel, load_model
+from fxml.scoring.eras import encode_eras, era_count, era_order, era_starts, order_within_eras
+from fxml.scoring.transforms import tie_kept_rank
+
+log = logging.getLogger(__name__)
+# numerai_tools.scoring.neutralize solves with np.linalg.lstsq(..., rcond=1e-6)
+LSTSQ_RCOND = 1e-6
+INNER = "inner"
+
+
+def era_codes(eras: np.ndarray | None, n_rows: int) -> tuple[np.ndarray, int]:
+    """Dense era codes; ``None`` means every row is in one era (a live round)."""
+    if eras is None:
+        return np.zeros(n_rows, dtype=np.intp), 1
+    encoded = encode_eras(np.asarray(eras))
+    return encoded.codes, encoded.n_eras
+
+
+def rank_by_era(values: np.ndarray, eras: np.ndarray | None = None) -> np.ndarray:
+    """``(rank - 0.5) / n`` inside each era, ties sharing their average rank (pandas'
+    ``rank(method="average")``), so every value lies strictly inside (0, 1). NaN stays NaN and
+    does not count in ``n``."""
+    values = np.asarray(values, dtype=np.float64)
+    codes, n_eras = era_codes(eras, len(values))
+    order = order_within_eras(values, codes, n_eras)
+    order = order[~np.isnan(values[order])]
+    return tie_kept_rank(values, codes, n_eras, order)
+
+
+def era_slices(eras: np.ndarray | None, n_rows: int) -> list[np.ndarray]:
+    """Row indices of each era, eras in ascending order, rows in input order."""
+    codes, n_eras = era_codes(eras, n_rows)
+    order = era_order(codes, n_eras)
+    counts = era_count(codes, n_eras)
+    return [order[start : start + count] for start, count in zip(era_starts(counts), counts, strict=True)]
+
+
+def neutralize(values: np.ndarray, neutralizers: np.ndarray, proportion: float) -> np.ndarray:
+    """One era: ``values - proportion * (least-squares fit on [neutralizers, 1])``."""
+    exog = np.empty((len(values), neutralizers.shape[1] + 1))
+    exog[:, :-1] = neutralizers
+    exog[:, -1] = 1.0
+    coefficients = np.linalg.lstsq(exog, values, rcond=LSTSQ_RCOND)[0]
+    return values - proportion * (exog @ coefficients)
+
+
+def standardize(values: np.ndarray) -> np.ndarray:
+    centred = values - values.mean()
+    spread = centred.std()
+    return centred / spread if spread > 1e-12 else np.zeros_like(centred)
+
+
+def neutralize_by_era(predictions: np.ndarray, neutralizers: np.ndarray, eras: np.ndarray | None,
+                      proportion: float) -> np.ndarray:
+    """Rank, neutralise and standardise each era (the module docstring's three steps)."""
+    ranks = rank_by_era(predictions, eras)
+    out = np.full(len(ranks), np.nan)
+    for rows in era_slices(eras, len(ranks)):
+        era_ranks = ranks[rows]
+        if np.isnan(era_ranks).any():
+            continue  # NaN predictions stay NaN: scoring and submission reject them by name
+        residual = neutralize(era_ranks, neutralizers[rows].astype(np.float64), proportion)
+        out[rows] = standardize(residual)
+    return out
+
+
+class NeutralizedModel(TabularModel):
+    """Any :class:`TabularModel` followed by per-era feature neutralisation.
+
+    ``input_features`` are the columns ``predict`` takes: the wrapped model's ``n_model_features``
+    columns first, then neutraliser columns the model does not read.
+    """
+
+    per_era = True
+
+    def __init__(self, proportion: float = 0.5, feature_set: str = "custom",
+                 neutralizers: list[str] | None = None, input_features: list[str] | None = None,
+                 n_model_features: int | None = None, **options: Any) -> None:
+        super().__init__(proportion=proportion, feature_set=feature_set,
+                         neutralizers=list(neutralizers or []),
+                         input_features=list(input_features or []),
+                         n_model_features=n_model_features, **options)
+        self.inner: TabularModel | None = None
+
+    @classmethod
+    def wrap(cls, inner: TabularModel, model_features: list[str], neutralizers: list[str],
+             proportion: float, feature_set: str) -> NeutralizedModel:
+        extra = [name for name in dict.fromkeys(neutralizers) if name not in set(model_features)]
+        wrapped = cls(proportion=proportion, feature_set=feature_set, neutralizers=neutralizers,
+                      input_features=[*model_features, *extra], n_model_features=len(model_features))
+        wrapped.inner = inner
+        return wrapped
+
+    @property
+    def input_features(self) -> list[str]:
+        return self.options["input_features"]
+
+    @property
+    def neutralizer_columns(self) -> np.ndarray:
+        position = {name: i for i, name in enumerate(self.input_features)}
+        return np.array([position[name] for name in self.options["neutralizers"]], dtype=np.intp)
+
+    def describe(self) -> dict[str, Any]:
+        """What the pyfunc manifest records about this step."""
+        return {**getattr(self.inner, "describe", dict)(), "postprocess": {
+            "method": "neutralize", "proportion": self.options["proportion"],
+            "feature_set": self.options["feature_set"],
+            "neutralizers": len(self.options["neutralizers"]),
+            "steps": "per era: rank into (0, 1), subtract proportion x least-squares fit on "
+                     "[features, 1], standardise to mean 0 / std 1",
+        }}
+
+    def _model_columns(self, features: np.ndarray) -> np.ndarray:
+        n = self.options["n_model_features"]
+        return features if features.shape[1] == n else features[:, :n]
+
+    def _model_split(self, split: DataSplit | None) -> DataSplit | None:
+        if split is None or split.features.shape[1] == self.options["n_model_features"]:
+            return split
+        n = self.options["n_model_features"]
+        return DataSplit(split.name, split.ids, split.eras, np.ascontiguousarray(split.features[:, :n]),
+                         split.target, split.feature_names[:n], split.extra)
+
+    def fit(self, train: DataSplit, validation: DataSplit | None = None,
+            on_step: StepCallback | None = None) -> NeutralizedModel:
+        assert self.inner is not None, "wrap a model first (NeutralizedModel.wrap)"
+        self.inner.fit(self._model_split(train), self._model_split(validation), on_step=on_step)
+        return self
+
+    def predict(self, features: np.ndarray, eras: np.ndarray | None = None) -> np.ndarray:
+        assert self.inner is not None
+        expected = len(self.input_features)
+        if features.ndim != 2 or features.shape[1] != expected:
+            raise ValueError(f"expected {expected} feature columns ({', '.join(self.input_features[:3])}"
+                             f", ...), got shape {features.shape}")
+        raw = self.inner.predict(self._model_columns(features), eras)
+        return neutralize_by_era(raw, features[:, self.neutralizer_columns], eras,
+                                 self.options["proportion"])
+
+    def predict_float32(self, features: np.ndarray) -> np.ndarray:
+        return self.predict(np.asarray(features, dtype=np.int8))
+
+    def save_state(self, directory: Path) -> None:
+        assert self.inner is not None
+        self.inner.save(directory / INNER)
+
+    def load_state(self, directory: Path) -> None:
+        self.inner = load_model(directory / INNER)
+
+
+def postprocessed(model: TabularModel, settings: DictConfig | None, data: NumeraiData,
+                  validation: DataSplit) -> tuple[TabularModel, DataSplit]:
+    """Wrap ``model`` as the ``postprocess`` config group says.
+
+    Returns the model to fit, score and log, and the validation split it predicts on: when the
+    neutraliser features are not all among the run's features, their validation columns are
+    appended (the scorer's FNC and feature exposure then cover them too).
+    """
+    if settings is None:
+        return model, validation
+    try:
+        options = OmegaConf.to_container(settings, resolve=True)
+        OmegaConf.to_object(settings)  # the schema's range checks
+    except OmegaConfBaseException as error:
+        from fxml.config import describe_config_error
+
+        raise FxmlError(describe_config_error(error)) from None
+    assert isinstance(options, dict)
+    if options.get("method", "none") == "none":
+        return model, validation
+    names = neutralizer_features(data, options.get("feature_set"), options.get("features"))
+    feature_set = "custom" if options.get("features") else str(options.get("feature_set"))
+    wrapped = NeutralizedModel.wrap(model, list(data.feature_names), names,
+                                    float(options["proportion"]), feature_set)
+    extra = wrapped.input_features[len(data.feature_names):]
+    log.info("post-processing: neutralise %s%% against %d feature(s) (%s), %d outside the model's",
+             format(100 * float(options["proportion"]), "g"), len(names), feature_set, len(extra))
+    if extra:
+        validation = with_columns(validation, data, extra)
+    return wrapped, validation
+
+
+def neutralizer_features(data: NumeraiData, feature_set: str | None,
+                         features: list[str] | None) -> list[str]:
+    sets = data.metadata["feature_sets"]
+    if features:
+        names = list(dict.fromkeys(features))
+    elif feature_set in sets:
+        names = list(sets[feature_set])
+    else:
+        raise FxmlError(f"postprocess.feature_set={feature_set} is not in features.json "
+                        f"(available: {', '.join(sorted(sets))})")
+    if not names:
+        raise FxmlError(f"postprocess.feature_set={feature_set} is empty")
+    return names
+
+
+def with_columns(split: DataSplit, data: NumeraiData, columns: list[str]) -> DataSplit:
+    """``split`` with more int8 feature columns read from its file, aligned by id."""
+    path = data.path(SPLIT_FILES[split.name])
+    check_parquet(path)
+    frame = pl.scan_parquet(path)
+    present = set(frame.collect_schema().names())
+    missing = [name for name in columns if name not in present]
+    if missing:
+        raise FxmlError(f"{path.name} has no column {missing[0]}"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    values = frame.select(pl.col(ID).cast(pl.String), pl.col(columns).cast(pl.Int8, strict=False))
+    aligned = (pl.DataFrame({ID: split.ids}).lazy()
+               .join(values, on=ID, how="left", maintain_order="left").collect())
+    nulls = [name for name, count in zip(columns, aligned.select(pl.col(columns).null_count()).row(0),
+                                         strict=True) if count]
+    if nulls:
+        raise FxmlError(f"{path.name}: neutraliser column {nulls[0]} has missing values")
+    extra = aligned.select(columns).to_numpy(order="c").astype(np.int8, copy=False)
+    return DataSplit(split.name, split.ids, split.eras, np.hstack([split.features, extra]),
+                     split.target, [*split.feature_names, *columns], split.extra)

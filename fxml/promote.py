@@ -1,0 +1,54 @@
+"""``python -m fxml.promote``: register a run's model in the MLflow registry and move an alias.
+
+``run_id=<id>`` promotes that run; without it, the best FINISHED run of ``experiment`` that logged a
+model, by ``metric`` (``mode=max`` or ``min``). See conf/promote.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fxml.cli import exits_on_user_error, run_cli
+from fxml.config import register_schemas
+from fxml.console import console, quiet_dependencies
+from fxml.submission import checked
+from fxml.submission.registry import Promotion, promote
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+register_schemas()
+
+
+@exits_on_user_error
+def promote_command(cfg: DictConfig) -> Promotion:
+    quiet_dependencies()
+    settings = checked(cfg)
+    done = promote(settings.run_id, settings.experiment, settings.metric, settings.mode,
+                   settings.name, settings.alias, settings.tracking_uri)
+    value = "not logged" if done.value is None else f"{done.value:.4f}"
+    how = "already registered as" if done.reused else "registered as"
+    console.print(f"run {done.run_id} ({done.metric} = {value}) {how} {done.name} version "
+                  f"{done.version}", highlight=False, soft_wrap=True)
+    if done.previous_version is None:
+        moved = f"now on version {done.version}"
+    elif done.previous_version == done.version:
+        moved = f"already on version {done.version}"
+    else:
+        moved = f"moved from version {done.previous_version} to version {done.version}"
+    console.print(f"alias {done.alias} {moved}: mlflow.pyfunc.load_model('{done.uri}')",
+                  highlight=False, soft_wrap=True)
+    return done
+
+
+hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="promote")(
+    promote_command)
+
+
+def main() -> None:
+    run_cli(hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Numerai API keys: from the environment or a ``.env`` file, never logged, printed or stored.
+
+The values live only in a :class:`Credentials` object (whose repr hides them) and are handed to the
+numerapi client's constructor. Messages that could echo them go through :meth:`Credentials.redact`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fxml.errors import FxmlError
+
+PUBLIC_ID, SECRET_KEY = "NUMERAI_PUBLIC_ID", "NUMERAI_SECRET_KEY"
+KEY_NAMES = (PUBLIC_ID, SECRET_KEY)
+DOTENV = ".env"
+
+
+@dataclass(frozen=True, repr=False)
+class Credentials:
+    public_id: str
+    secret_key: str
+    source: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(<hidden>, from {self.source})"
+
+    __str__ = __repr__
+
+    def redact(self, text: str) -> str:
+        for secret in (self.secret_key, self.public_id):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines (``export`` prefix, quotes and ``#`` comments allowed)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text(errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if value[:1] in ("'", '"') and value.endswith(value[0]) and len(value) >= 2:
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key.strip()] = value
+    return values
+
+
+def find_credentials(directory: Path | None = None) -> Credentials | None:
+    """Both keys from the environment, else from ``.env`` in ``directory`` (the working folder);
+    None when either is missing."""
+    dotenv = read_dotenv((directory or Path.cwd()) / DOTENV)
+    found: dict[str, str] = {}
+    sources = set()
+    for name in KEY_NAMES:
+        for source, values in (("the environment", os.environ), (DOTENV, dotenv)):
+            value = values.get(name, "").strip()
+            if value:
+                found[name] = value
+                sources.add(source)
+                break
+    if len(found) < len(KEY_NAMES):
+        return None
+    return Credentials(found[PUBLIC_ID], found[SECRET_KEY], " and ".join(sorted(sources)))
+
+
+def missing_credentials_hint() -> str:
+    return (f"no Numerai API keys: set {PUBLIC_ID} and {SECRET_KEY} in the environment or in a "
+            f"{DOTENV} file in this folder")
+
+
+def build_client(api: DictConfig | dict[str, Any], credentials: Credentials | None) -> Any:
+    """The numerapi client the config names (``api._target_``), given the keys if there are any."""
+    settings = OmegaConf.to_container(api, resolve=True) if isinstance(api, DictConfig) else dict(api)
+    assert isinstance(settings, dict)
+    if any(key in settings for key in ("public_id", "secret_key")):
+        raise FxmlError(f"api: do not put keys in the config (it may be printed or logged); set "
+                        f"{PUBLIC_ID} and {SECRET_KEY} in the environment or {DOTENV}")
+    keys = {} if credentials is None else {"public_id": credentials.public_id,
+                                           "secret_key": credentials.secret_key}
+    try:
+        return instantiate(settings, **keys)
+    except InstantiationException as error:
+        message = str(error.__cause__ or error).splitlines()[0]
+        if credentials is not None:
+            message = credentials.redact(message)
+        raise FxmlError(f"cannot create the Numerai client {settings.get('_target_')}: {message}") from None

@@ -1,0 +1,38 @@
+"""``python -m fxml.submit``: this round's live predictions from a registered model, validated and
+uploaded to Numerai with numerapi, logged as an MLflow run. See conf/submit.yaml and
+:mod:`fxml.submission.submit` for the order of work and what stops it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fxml.cli import exits_on_user_error, run_cli
+from fxml.config import register_schemas
+from fxml.console import quiet_dependencies
+from fxml.submission import checked
+from fxml.submission.submit import Submission, submit
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+register_schemas()
+
+
+@exits_on_user_error
+def submit_command(cfg: DictConfig) -> Submission:
+    quiet_dependencies()
+    checked(cfg)
+    return submit(cfg)
+
+
+hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="submit")(
+    submit_command)
+
+
+def main() -> None:
+    run_cli(hydra_main)
+
+
+if __name__ == "__main__":
+    main()
