@@ -52,10 +52,14 @@ class Workspace:
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    space = Workspace(tmp_path_factory.mktemp("project"))
-    # artifact downloads go through MLflow's global client
-    mlflow.set_tracking_uri(space.uri)
-    return space
+    return Workspace(tmp_path_factory.mktemp("project"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tracking_points_at_the_workspace(workspace: Workspace) -> None:
+    """Artifact downloads go through MLflow's global client. A module may point it at a store of
+    its own; each module starts at the shared workspace's store again."""
+    mlflow.set_tracking_uri(workspace.uri)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -83,13 +83,6 @@ def test_wrapper_with_extra_neutraliser_columns_round_trips(tmp_path) -> None:
 # --- from the command line ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def restore_tracking_uri():  # type: ignore[no-untyped-def]
-    previous = mlflow.get_tracking_uri()
-    yield
-    mlflow.set_tracking_uri(previous)
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     space = Workspace(tmp_path_factory.mktemp("neutralised"))

@@ -78,14 +78,6 @@ def served_release(ws: Workspace) -> Path:
     return releases[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def restore_tracking_uri():  # type: ignore[no-untyped-def]
-    """Tests here point MLflow's global client at their own store; later modules expect theirs."""
-    previous = mlflow.get_tracking_uri()
-    yield
-    mlflow.set_tracking_uri(previous)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     ws = Workspace(tmp_path_factory.mktemp("weekly"))
