@@ -133,6 +133,10 @@ def test_two_workers_share_one_study_without_repeats(workspace: Workspace) -> No
     assert len(set(run_ids)) == 6
     both_worked = [sum(f"trial {t.number} corr_sharpe" in out for t in trials) for out, _ in outputs]
     assert all(count > 0 for count in both_worked), both_worked
+    parents = [r for r in workspace.runs("shared") if r.data.tags.get("fxml.role") == "sweep"]
+    assert len(parents) == 1, "workers of one study share its parent run"
+    assert {r.data.tags.get("mlflow.parentRunId") for r in workspace.runs("shared")
+            if r.data.tags.get("fxml.role") != "sweep"} == {parents[0].info.run_id}
 
 
 @pytest.mark.parametrize(
@@ -174,21 +178,19 @@ def test_interrupted_sweep_resumes_with_the_same_command(workspace: Workspace) -
     command = [sys.executable, "-m", "fxml.run", "-m", "hparams_search=lgbm",
                "hydra.sweeper.study_name=interrupted", "hydra.sweeper.n_trials=3",
                "hydra.sweeper.pruner.name=none", "tracking.experiment=interrupted",
-               "model.n_estimators=1500", "model.valid_corr_every=0", "tracking.log_model=false",
+               # trials of some seconds each, so that one is surely caught mid-run
+               "model.n_estimators=3000", "model.valid_corr_every=0", "tracking.log_model=false",
                "scorer.fnc=false", *SMALL_DATA]
     first = subprocess.Popen(command, cwd=workspace.root, env=workspace.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # interrupt while the second trial is training
-        time.sleep(0.5)
-        storage = f"sqlite:///{workspace.root}/mlruns/optuna.db"
-        if not (workspace.root / "mlruns" / "optuna.db").is_file() or \
-                "interrupted" not in optuna.get_all_study_names(storage):
-            continue
-        trials = study(workspace, "interrupted").trials
-        if any(t.number == 1 and t.state == optuna.trial.TrialState.RUNNING for t in trials):
-            time.sleep(1.0)
+    while time.monotonic() < deadline:  # interrupt once the second trial's job is training
+        time.sleep(0.2)
+        if any(r.info.run_name == "trial-1" and r.info.status == "RUNNING"
+               for r in workspace.runs("interrupted")):
+            time.sleep(0.5)
             break
+    assert first.poll() is None, "the sweep ended before it could be interrupted"
     first.send_signal(signal.SIGINT)
     _, stderr = first.communicate(timeout=120)
     assert first.returncode == 130, stderr

@@ -35,13 +35,21 @@ def sweep_identity(config: DictConfig) -> tuple[str, str]:
 def open_parent_run(uri: str, experiment: str, key: str, name: str) -> str:
     experiment_id = use_experiment(uri, experiment)
     client = mlflow.MlflowClient(uri)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_KEY_TAG}` = '{key}'",
-                               max_results=1)
+
+    def parents() -> list:
+        return client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_KEY_TAG}` = '{key}'",
+                                  order_by=["attributes.start_time ASC"])
+
+    found = parents()
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=name, tags={SWEEP_KEY_TAG: key, "fxml.role": "sweep"})
-    return run.info.run_id
+    mine = client.create_run(experiment_id, run_name=name, tags={SWEEP_KEY_TAG: key, "fxml.role": "sweep"})
+    # workers started together may both have created one: all keep the oldest
+    oldest = parents()[0].info.run_id
+    if oldest != mine.info.run_id:
+        client.delete_run(mine.info.run_id)
+    return oldest
 
 
 class MlflowSweepParent(Callback):

@@ -6,6 +6,7 @@ failure stays.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -40,18 +41,34 @@ def tracking_uri(configured: str | None) -> str:
 def use_experiment(uri: str, experiment: str) -> str:
     """Point MLflow at ``uri`` and ``experiment``; a local SQLite store keeps artifacts beside it."""
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        existing = mlflow.get_experiment_by_name(experiment)
-        if existing is not None:
-            return existing.experiment_id
-        location = None
-        if uri == DEFAULT_URI:
-            location = (DEFAULT_STORE / "artifacts").resolve().as_uri()
-        return mlflow.create_experiment(experiment, artifact_location=location)
-    except mlflow.exceptions.MlflowException as error:
-        raise FxmlError(f"MLflow tracking at {uri} failed: {error.message.splitlines()[0]}") from None
+    with _store_lock(uri):
+        try:
+            existing = mlflow.get_experiment_by_name(experiment)
+            if existing is not None:
+                return existing.experiment_id
+            location = None
+            if uri == DEFAULT_URI:
+                location = (DEFAULT_STORE / "artifacts").resolve().as_uri()
+            return mlflow.create_experiment(experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException as error:
+            raise FxmlError(f"MLflow tracking at {uri} failed: {error.message.splitlines()[0]}") from None
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Processes starting together (sweep workers, parallel launchers) would race to create a new
+    SQLite store's tables; the first one in creates them while the others wait."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -35,7 +35,6 @@ from fxml.sweeps.space import distribution, grid, parse_overrides
 from fxml.tracking.mlflow_run import redact, tracking_uri
 
 log = logging.getLogger(__name__)
-warnings.filterwarnings("ignore", category=ExperimentalWarning)
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 GROUPS = ("data", "model", "trainer", "memory", "scorer")
 FINISHED_OR_RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
@@ -47,6 +46,10 @@ class FxmlOptunaSweeper(Sweeper):
                  n_jobs: int, sampler: DictConfig, pruner: DictConfig, objective: str,
                  params: DictConfig | None, heartbeat_interval: int, grace_period: int) -> None:
         super().__init__()
+        # here, not at import: Hydra imports plugins inside warnings.catch_warnings()
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)
+        # heartbeats are meant for Study.optimize; this sweeper records them itself (_Heartbeat)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         if direction not in ("maximize", "minimize"):
             raise FxmlError(f"hydra.sweeper.direction must be maximize or minimize (got {direction!r})")
         if n_trials < 1 or n_jobs < 1:
