@@ -181,8 +181,11 @@ def test_interrupted_sweep_resumes_with_the_same_command(workspace: Workspace) -
                # trials of some seconds each, so that one is surely caught mid-run
                "model.n_estimators=3000", "model.valid_corr_every=0", "tracking.log_model=false",
                "scorer.fnc=false", *SMALL_DATA]
+    # a shell that starts jobs in the background (CI may) makes them ignore SIGINT; a user's
+    # terminal does not, so give the sweep the default handling a terminal would
     first = subprocess.Popen(command, cwd=workspace.root, env=workspace.env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # interrupt once the second trial's job is training
         time.sleep(0.2)
