@@ -18,8 +18,12 @@ META_MODEL = "meta_model.parquet"
 META_MODEL_COLUMN = "numerai_meta_model"
 SPLIT_FILES = {"train": TRAIN, "validation": VALIDATION, "live": LIVE}
 BENCHMARK_FILES = {split: f"{split}_benchmark_models.parquet" for split in SPLIT_FILES}
+EXAMPLE_PREDS_FILES = {split: f"{split}_example_preds.parquet" for split in ("live", "validation")}
+# every file of a v5 release, as numerapi lists them
+RELEASE_FILES: tuple[str, ...] = (FEATURES_JSON, *SPLIT_FILES.values(), META_MODEL,
+                                  *EXAMPLE_PREDS_FILES.values(), *BENCHMARK_FILES.values())
 
-ID, ERA, DATA_TYPE = "id", "era", "data_type"
+ID, ERA, DATA_TYPE, PREDICTION = "id", "era", "data_type", "prediction"
 # Live rows carry a non-numeric era ("X"); they get one sentinel era number.
 LIVE_ERA = -1
 PARQUET_MAGIC = b"PAR1"

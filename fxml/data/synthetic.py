@@ -41,6 +41,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fxml.data.layout import (
+    BENCHMARK_FILES,
+    DATA_TYPE,
+    ERA,
+    EXAMPLE_PREDS_FILES,
+    FEATURES_JSON,
+    ID,
+    META_MODEL,
+    META_MODEL_COLUMN,
+    PREDICTION,
+    RELEASE_FILES,
+    SPLIT_FILES,
+)
 from fxml.errors import FxmlError
 
 __all__ = ["SYNTHETIC_FILES", "SyntheticSpec", "write_synthetic"]
@@ -48,18 +61,7 @@ __all__ = ["SYNTHETIC_FILES", "SyntheticSpec", "write_synthetic"]
 GENERATOR_VERSION = 1
 MARKER_NAME = ".synthetic.json"
 
-SYNTHETIC_FILES: tuple[str, ...] = (
-    "features.json",
-    "train.parquet",
-    "validation.parquet",
-    "live.parquet",
-    "meta_model.parquet",
-    "live_example_preds.parquet",
-    "validation_example_preds.parquet",
-    "train_benchmark_models.parquet",
-    "validation_benchmark_models.parquet",
-    "live_benchmark_models.parquet",
-)
+SYNTHETIC_FILES: tuple[str, ...] = RELEASE_FILES
 
 TARGET_NAMES: tuple[str, ...] = ("cyrusd", "ender", "jasper", "teager2b", "victor", "xerxes")
 HORIZONS: tuple[int, ...] = (20, 60)
@@ -342,7 +344,7 @@ def _pandas_metadata(schema: pa.Schema) -> bytes:
     except importlib.metadata.PackageNotFoundError:
         pandas_version = "2.2.3"
     meta = {
-        "index_columns": ["id"],
+        "index_columns": [ID],
         "column_indexes": [
             {
                 "name": None,
@@ -352,7 +354,7 @@ def _pandas_metadata(schema: pa.Schema) -> bytes:
                 "metadata": {"encoding": "UTF-8"},
             }
         ],
-        "columns": [describe(f) for f in schema if f.name != "id"] + [describe(schema.field("id"))],
+        "columns": [describe(f) for f in schema if f.name != ID] + [describe(schema.field(ID))],
         "creator": {"library": "pyarrow", "version": pa.__version__},
         "pandas_version": pandas_version,
     }
@@ -626,7 +628,7 @@ class _Generator:
 
     def write(self, directory: Path) -> None:
         _write_text_atomic(
-            directory / "features.json", json.dumps(self.features_json(), indent=2) + "\n"
+            directory / FEATURES_JSON, json.dumps(self.features_json(), indent=2) + "\n"
         )
         spec = self.spec
         splits = (
@@ -639,9 +641,9 @@ class _Generator:
 
     def _write_split(self, directory: Path, data_type: str, eras: range) -> None:
         idx = [
-            pa.field("id", pa.string()),
-            pa.field("era", pa.string()),
-            pa.field("data_type", pa.string()),
+            pa.field(ID, pa.string()),
+            pa.field(ERA, pa.string()),
+            pa.field(DATA_TYPE, pa.string()),
         ]
         main_fields = (
             idx
@@ -649,21 +651,21 @@ class _Generator:
             + [pa.field(name, pa.float32()) for name in self.target_columns]
         )
         outputs: dict[str, tuple[str, list[pa.Field]]] = {
-            "main": (f"{data_type}.parquet", main_fields),
+            "main": (SPLIT_FILES[data_type], main_fields),
             "bench": (
-                f"{data_type}_benchmark_models.parquet",
+                BENCHMARK_FILES[data_type],
                 idx + [pa.field(c, pa.float32()) for c in self.benchmark_columns],
             ),
         }
         if data_type != "train":
             outputs["example"] = (
-                f"{data_type}_example_preds.parquet",
-                [pa.field("id", pa.string()), pa.field("prediction", pa.float32())],
+                EXAMPLE_PREDS_FILES[data_type],
+                [pa.field(ID, pa.string()), pa.field(PREDICTION, pa.float32())],
             )
         if data_type == "validation":
             outputs["meta"] = (
-                "meta_model.parquet",
-                idx + [pa.field("numerai_meta_model", pa.float32())],
+                META_MODEL,
+                idx + [pa.field(META_MODEL_COLUMN, pa.float32())],
             )
         sinks: dict[str, _Sink] = {}
         try:

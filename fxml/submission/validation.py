@@ -13,10 +13,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from fxml.data.layout import ID, PREDICTION
 from fxml.errors import FxmlError
 from fxml.models.postprocess import rank_by_era
 
-ID_COLUMN, PREDICTION_COLUMN = "id", "prediction"
+ID_COLUMN, PREDICTION_COLUMN = ID, PREDICTION
 MIN_STD = 1e-9
 
 
