@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +44,17 @@ class Workspace:
     def client(self) -> mlflow.MlflowClient:
         return mlflow.MlflowClient(tracking_uri=self.uri)
 
+    def artifact_frame(self, run, path: str) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+        local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=path,
+                                                    tracking_uri=self.uri)
+        return pd.read_csv(local) if path.endswith(".csv") else pd.read_parquet(local)
+
+    def validation_frame(self, ids: pd.Series) -> pd.DataFrame:
+        """Rows of the synthetic validation file, in the order of ``ids``, as a user would feed them."""
+        files = list((self.root / "data" / "synthetic").glob("*/validation.parquet"))
+        assert len(files) == 1, files
+        return pd.read_parquet(files[0]).loc[ids.to_numpy()]
+
     def runs(self, experiment: str = "fxml") -> list:
         client = self.client()
         found = client.get_experiment_by_name(experiment)
@@ -60,6 +73,15 @@ def tracking_points_at_the_workspace(workspace: Workspace) -> None:
     """Artifact downloads go through MLflow's global client. A module may point it at a store of
     its own; each module starts at the shared workspace's store again."""
     mlflow.set_tracking_uri(workspace.uri)
+
+
+def assert_reloads_to_logged_predictions(workspace: Workspace, run) -> mlflow.pyfunc.PyFuncModel:  # type: ignore[no-untyped-def]
+    """The run's MLflow model, reloaded, predicts exactly the predictions the run logged."""
+    logged = workspace.artifact_frame(run, "predictions/validation.parquet")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    predicted = np.asarray(model.predict(workspace.validation_frame(logged["id"])))
+    np.testing.assert_array_equal(predicted, logged["prediction"].to_numpy())
+    return model
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import torch
@@ -21,8 +20,7 @@ from fxml.models.deep.feeding import BatchFeeder
 from fxml.models.deep.losses import Objective, correlation_loss
 from fxml.models.deep.sparse import entmax15, sparsemax
 from fxml.models.deep.tabnet import TabNet
-from tests.conftest import Workspace, assert_one_line_error
-from tests.test_run import _artifact_frame, _validation_frame
+from tests.conftest import Workspace, assert_one_line_error, assert_reloads_to_logged_predictions
 
 # a few epochs on one thread: each run takes seconds on a 2-core machine
 FAST = ("trainer.n_jobs=1", "trainer.max_epochs=6", "trainer.patience=3")
@@ -66,12 +64,7 @@ def test_epoch_metrics_are_in_the_same_run(workspace: Workspace, family_run) -> 
 
 def test_reloaded_model_predicts_exactly_what_was_logged(workspace: Workspace, family_run) -> None:
     _, _, run = family_run
-    mlflow.set_tracking_uri(workspace.uri)
-    logged = _artifact_frame(run, "predictions/validation.parquet")
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    features = model.unwrap_python_model().feature_names
-    validation = _validation_frame(workspace, features, logged["id"])
-    np.testing.assert_array_equal(model.predict(validation), logged["prediction"].to_numpy())
+    assert_reloads_to_logged_predictions(workspace, run)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from fxml.errors import FxmlError
 from fxml.models.base import load_model
 from fxml.models.ensemble import EnsembleModel, fit_weights
 from fxml.models.postprocess import rank_by_era
-from tests.conftest import Workspace, assert_one_line_error
+from tests.conftest import Workspace, assert_one_line_error, assert_reloads_to_logged_predictions
 from tests.test_promote_submit import fxml_command, served_release
 
 RIDGE = {"_target_": "fxml.models.linear.RidgeModel", "alpha": 1.0}
@@ -84,16 +84,6 @@ def run_named(ws: Workspace, name: str, *overrides: str):  # type: ignore[no-unt
     return next(r for r in ws.runs() if r.info.run_name == name)
 
 
-def logged_predictions(run_id: str) -> pd.DataFrame:
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions/validation.parquet")
-    return pd.read_parquet(path)
-
-
-def validation_frame(ws: Workspace, ids: pd.Series) -> pd.DataFrame:
-    frame = pd.read_parquet(served_release(ws) / "validation.parquet")
-    return frame.loc[ids.to_numpy()]
-
-
 @pytest.fixture(scope="module")
 def trained_ensemble(ws: Workspace):  # type: ignore[no-untyped-def]
     return run_named(ws, "ensemble-fit", "model=ensemble", "model.members.lgbm.n_estimators=20",
@@ -111,12 +101,8 @@ def test_ensemble_of_two_configs_is_scored_logged_and_reloads_exactly(ws: Worksp
     assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
     assert run.data.params["model.members.ridge._target_"] == "fxml.models.linear.RidgeModel"
 
-    logged = logged_predictions(run.info.run_id)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    manifest = model.unwrap_python_model().manifest
-    assert set(manifest["ensemble"]) == {"lgbm", "ridge"}
-    frame = validation_frame(ws, logged["id"])
-    np.testing.assert_array_equal(np.asarray(model.predict(frame)), logged["prediction"].to_numpy())
+    model = assert_reloads_to_logged_predictions(ws, run)
+    assert set(model.unwrap_python_model().manifest["ensemble"]) == {"lgbm", "ridge"}
 
 
 def test_promoted_ensemble_predicts_live(ws: Workspace, trained_ensemble) -> None:
@@ -137,11 +123,12 @@ def test_ensemble_of_existing_runs_rank_averages_their_predictions(ws: Workspace
                     f"+model.members.b=runs:/{second.info.run_id}/model",
                     "model.weights={a: 1, b: 3}")
     assert run.info.status == "FINISHED"
-    combined = logged_predictions(run.info.run_id).set_index("id")
+    combined = ws.artifact_frame(run, "predictions/validation.parquet").set_index("id")
     eras = combined["era"].to_numpy()
     expected = np.zeros(len(combined))
     for weight, member in ((0.25, first), (0.75, second)):
-        member_predictions = logged_predictions(member.info.run_id).set_index("id").loc[combined.index]
+        logged = ws.artifact_frame(member, "predictions/validation.parquet")
+        member_predictions = logged.set_index("id").loc[combined.index]
         expected += weight * rank_by_era(member_predictions["prediction"].to_numpy(), eras)
     np.testing.assert_allclose(combined["prediction"].to_numpy(), expected, rtol=0, atol=1e-12)
     manifest = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").unwrap_python_model().manifest

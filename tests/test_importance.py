@@ -13,7 +13,6 @@ from fxml.models.base import StepCallback, TabularModel
 from fxml.scoring.importance import feature_groups, permutation_importance, within_era_permutation
 from tests.conftest import Workspace
 from tests.test_deep import toy_split
-from tests.test_run import _artifact_frame
 
 
 class OneFeature(TabularModel):
@@ -71,7 +70,7 @@ def test_run_logs_importance_table_and_plot(workspace: Workspace) -> None:
     run = next(r for r in workspace.runs() if r.info.run_name == name)
     paths = {a.path for a in workspace.client().list_artifacts(run.info.run_id, "importance")}
     assert paths == {"importance/permutation.csv", "importance/permutation.png"}
-    table: pd.DataFrame = _artifact_frame(run, "importance/permutation.csv")
+    table: pd.DataFrame = workspace.artifact_frame(run, "importance/permutation.csv")
     assert (table["kind"] == "group").all() and table["n_features"].sum() >= 1
     assert table["corr_baseline"].iloc[0] == pytest.approx(run.data.metrics["corr_mean"], abs=1e-9)
     assert table["corr_drop"].is_monotonic_decreasing

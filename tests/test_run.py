@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 from numerai_tools.scoring import correlation_contribution, numerai_corr
 
-from tests.conftest import Workspace
+from tests.conftest import Workspace, assert_reloads_to_logged_predictions
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +43,15 @@ def test_run_logs_params_tags_and_named_metrics(default_run) -> None:
 def test_per_era_series_use_era_numbers_as_steps(workspace: Workspace, default_run) -> None:
     _, run = default_run
     history = workspace.client().get_metric_history(run.info.run_id, "era_corr")
-    per_era = _artifact_frame(run, "metrics/per_era.csv").set_index("era")
+    per_era = workspace.artifact_frame(run, "metrics/per_era.csv").set_index("era")
     assert [m.step for m in history] == per_era.index.tolist()
     assert np.allclose([m.value for m in history], per_era["corr"].to_numpy())
     assert workspace.client().get_metric_history(run.info.run_id, "era_mmc")
 
 
-def test_logged_metrics_recomputed_from_logged_predictions(default_run) -> None:
+def test_logged_metrics_recomputed_from_logged_predictions(workspace: Workspace, default_run) -> None:
     _, run = default_run
-    frame = _artifact_frame(run, "predictions/validation.parquet")
+    frame = workspace.artifact_frame(run, "predictions/validation.parquet")
     assert list(frame.columns[:4]) == ["id", "era", "prediction", "target"]
     assert "meta_model" in frame
     corrs, mmcs = [], []
@@ -71,12 +69,7 @@ def test_logged_metrics_recomputed_from_logged_predictions(default_run) -> None:
 
 def test_reloaded_model_predicts_what_was_logged(workspace: Workspace, default_run) -> None:
     _, run = default_run
-    mlflow.set_tracking_uri(workspace.uri)
-    logged = _artifact_frame(run, "predictions/validation.parquet")
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
-    features = model.unwrap_python_model().feature_names
-    validation = _validation_frame(workspace, features, logged["id"])
-    np.testing.assert_array_equal(model.predict(validation), logged["prediction"].to_numpy())
+    assert_reloads_to_logged_predictions(workspace, run)
 
 
 def test_artifacts_include_config_and_plot(workspace: Workspace, default_run) -> None:
@@ -117,16 +110,3 @@ def test_help_and_cfg_show_groups_and_resolved_config(workspace: Workspace) -> N
     assert shown.returncode == 0
     assert "_target_: fxml.models.gbdt.XGBoostModel" in shown.stdout
     assert "accelerator: cpu" in shown.stdout
-
-
-def _artifact_frame(run, path: str) -> pd.DataFrame:
-    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=path,
-                                                tracking_uri=None)
-    return pd.read_csv(local) if path.endswith(".csv") else pd.read_parquet(local)
-
-
-def _validation_frame(workspace: Workspace, features: list[str], ids: pd.Series) -> pd.DataFrame:
-    files = list((workspace.root / "data" / "synthetic").glob("*/validation.parquet"))
-    assert len(files) == 1
-    frame = pd.read_parquet(files[0], columns=features)
-    return frame.loc[ids.to_numpy()]
