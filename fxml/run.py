@@ -23,7 +23,6 @@ from fxml.scoring.importance import importance_figure
 from fxml.scoring.scorer import Scores
 from fxml.sweeps.pruning import trial_reporter
 from fxml.tracking.mlflow_run import (
-    DEFAULT_URI,
     StepMetrics,
     git_commit,
     log_config,
@@ -105,8 +104,7 @@ def show_summary(scores: Scores, run_id: str, uri: str, experiment: str) -> None
     eras = int(scores.summary.get("n_eras", len(scores.per_era)))
     console.print(summary_table(scores.summary, f"Validation over {eras} eras"))
     console.print(f"MLflow run [bold]{run_id}[/bold] in experiment '{experiment}' at {uri}")
-    ui_uri = uri if uri != DEFAULT_URI else "sqlite:///mlruns/mlflow.db"
-    console.print(f"Browse: mlflow ui --backend-store-uri {ui_uri}")
+    console.print(f"Browse: mlflow ui --backend-store-uri {uri}")
 
 
 # Hydra wraps ``train`` under another name, so parallel launchers can pickle ``train`` by reference.

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from hydra.utils import instantiate
 
 from fxml.data.layout import version_key
+from fxml.data.synthetic import SyntheticSpec, write_synthetic
 from fxml.errors import FxmlError
 
 log = logging.getLogger(__name__)
@@ -34,15 +35,10 @@ class SyntheticSource:
     """Deterministic synthetic data in the v5 layout, one folder per spec."""
 
     def __init__(self, **spec: Any) -> None:
-        from fxml.data.synthetic import SyntheticSpec
-
         self.spec_options = spec
-        self.spec_type = SyntheticSpec
 
     def resolve(self, directory: Path, version: str) -> tuple[Path, str]:
-        from fxml.data.synthetic import write_synthetic
-
-        spec = self.spec_type(version=version if version != "latest" else "v5.2", **self.spec_options)
+        spec = SyntheticSpec(version=version if version != "latest" else "v5.2", **self.spec_options)
         digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()
         folder = Path(directory) / f"{spec.version}-{digest[:10]}"
         log.info("data: synthetic %s layout in %s", spec.version, folder)

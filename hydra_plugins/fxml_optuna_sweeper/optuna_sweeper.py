@@ -125,7 +125,8 @@ class FxmlOptunaSweeper(Sweeper):
             storage = optuna.storages.RDBStorage(self.storage_url, heartbeat_interval=interval,
                                                  grace_period=grace)
             study = optuna.create_study(study_name=self.study_name, storage=storage,
-                                        sampler=self._sampler(space), pruner=self._pruner(),
+                                        sampler=self._sampler(space),
+                                        pruner=make_pruner(self.pruner_cfg, self.direction),
                                         direction=self.direction, load_if_exists=True)
         except (optuna.exceptions.OptunaError, ValueError, ImportError) as error:
             raise FxmlError(f"cannot open Optuna study {self.study_name} at "
@@ -187,9 +188,6 @@ class FxmlOptunaSweeper(Sweeper):
         if name not in samplers:
             raise FxmlError(f"hydra.sweeper.sampler.name must be one of {', '.join(samplers)} (got {name!r})")
         return samplers[name]()
-
-    def _pruner(self) -> optuna.pruners.BasePruner:
-        return make_pruner(self.pruner_cfg, self.direction)
 
     # --- the end of a search ------------------------------------------------------------------
 
