@@ -118,16 +118,20 @@ def log_config(config: DictConfig) -> None:
     mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
 
 
+def log_metric_batch(metrics: list[Metric]) -> None:
+    """Many metric values to the active run in few requests (MLflow takes 1000 per batch)."""
+    client, run_id = mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id
+    for start in range(0, len(metrics), BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + BATCH])
+
+
 def log_series(per_era: pd.DataFrame, columns: tuple[str, ...]) -> None:
     """Per-era scores as metric series, the era number as the step."""
-    client, run_id = mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id
-    metrics = [
+    log_metric_batch([
         Metric(key=f"era_{column}", value=float(value), timestamp=0, step=int(era))
         for column in columns if column in per_era
         for era, value in per_era[column].dropna().items()
-    ]
-    for start in range(0, len(metrics), BATCH):
-        client.log_batch(run_id, metrics=metrics[start : start + BATCH])
+    ])
 
 
 class StepMetrics:
@@ -145,10 +149,7 @@ class StepMetrics:
             self.flush()
 
     def flush(self) -> None:
-        run_id = mlflow.active_run().info.run_id
-        client = mlflow.tracking.MlflowClient()
-        for start in range(0, len(self.pending), BATCH):
-            client.log_batch(run_id, metrics=self.pending[start : start + BATCH])
+        log_metric_batch(self.pending)
         self.pending = []
 
 
