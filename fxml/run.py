@@ -18,6 +18,8 @@ from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import register_schemas, validate
 from fxml.console import console, quiet_dependencies, step_progress, summary_table
 from fxml.data.loader import DataSplit, NumeraiData
+from fxml.data.memory import MemoryPlan, MemoryPolicy
+from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.models.postprocess import postprocessed
 from fxml.scoring.importance import importance_figure
 from fxml.scoring.scorer import Scores
@@ -48,16 +50,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "model_family": cfg.model._target_.rsplit(".", 1)[-1], **cfg.tracking.tags}
     with tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags) as run:
         log_config(cfg)
-        data = NumeraiData.from_config(cfg.data, memory=instantiate(cfg.memory),
-                                       source=instantiate(cfg.data.source, _recursive_=False))
+        data = NumeraiData.from_config(cfg.data, source=instantiate(cfg.data.source, _recursive_=False))
         mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
                          "feature_set": data.feature_set, "target": data.target})
+        # post-processing wraps the model; neutralisers outside the run's features load with validation
+        model, neutralizers = postprocessed(instantiate(cfg.model, _convert_="all"),
+                                            cfg.get("postprocess"), data)
+        plan = plan_memory(instantiate(cfg.memory), data, model)
         with console.status("loading data"):
-            train_split, validation = data.load("train"), data.load("validation")
+            train_split = data.load("train", storage=plan.storage, every_nth_train_era=plan.every)
+            # the model may free the train matrix once it has its own dataset
+            train_split.releasable = True
+            validation = (data.load("validation", neutralizers, plan.storage)
+                          if model.uses_validation else None)
 
-        # post-processing wraps the model; extra neutraliser columns join the validation split
-        model, validation = postprocessed(instantiate(cfg.model, _convert_="all"),
-                                          cfg.get("postprocess"), data, validation)
         started = time.perf_counter()
         step_metrics = StepMetrics()
         listeners = [step_metrics, *filter(None, [trial_reporter(cfg.sweep)])]
@@ -65,9 +71,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             model.fit(train_split, validation, on_step=on_step)
         step_metrics.flush()
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
+        del train_split
+        if validation is None:
+            with console.status("loading validation"):
+                validation = data.load("validation", neutralizers, plan.storage)
+        mlflow.log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
 
         with console.status("scoring validation"):
-            predictions = model.predict(validation.features, validation.eras)
+            predictions = predict_in_era_blocks(model, validation)
             scorer = instantiate(cfg.scorer)
             scores = scorer.score(predictions, validation, data)
         log_scores(scores, validation, predictions)
@@ -84,6 +95,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     show_summary(scores, run.info.run_id, uri, cfg.tracking.experiment)
     # a sweep reads its objective from here, and keeps only this small dict per job
     return {**scores.summary, "mlflow_run_id": run.info.run_id}
+
+
+def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel) -> MemoryPlan:
+    """The memory policy's choice for this run, logged as tags and one console line."""
+    plan = policy.plan(data.memory_need(model.dataset_bytes_per_value))
+    mlflow.set_tags({"memory_plan": f"{plan.storage}, every {plan.every} training era(s)",
+                     "memory_reason": plan.reason})
+    log.info("memory: %s", plan.describe())
+    return plan
 
 
 def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # type: ignore[no-untyped-def]

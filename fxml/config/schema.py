@@ -66,10 +66,15 @@ class DataConfig:
     train_eras: list[int] | None = None
     validation_eras: list[int] | None = None
     every_nth_era: int = 1
+    missing_features: str = "error"  # a missing feature value: error | fill
+    missing_fill: int = 2  # the value filled in (the middle of Numerai's five bins)
     source: Any = MISSING
 
     def __post_init__(self) -> None:
         require(self.every_nth_era >= 1, "data.every_nth_era", "must be >= 1", self.every_nth_era)
+        one_of("data.missing_features", self.missing_features, ("error", "fill"))
+        require(0 <= self.missing_fill <= 127, "data.missing_fill", "must be an int8 value 0..127",
+                self.missing_fill)
         for key in ("train_eras", "validation_eras"):
             span = getattr(self, key)
             if span is not None:
@@ -201,6 +206,23 @@ class TrainerConfig:
 @dataclass
 class InMemoryConfig:
     _target_: str = "fxml.data.memory.InMemory"
+
+
+@dataclass
+class OnDiskConfig:
+    _target_: str = "fxml.data.memory.OnDisk"
+
+
+@dataclass
+class AutoMemoryConfig:
+    _target_: str = "fxml.data.memory.Auto"
+    max_gib: float | None = None  # plan for at most this much even if more is available
+    headroom: float = 0.85  # share of the available memory a plan may use
+
+    def __post_init__(self) -> None:
+        if self.max_gib is not None:
+            require(self.max_gib > 0, "memory.max_gib", "must be > 0 or null", self.max_gib)
+        require(0 < self.headroom <= 1, "memory.headroom", "must be in (0, 1]", self.headroom)
 
 
 @dataclass
@@ -506,7 +528,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"synthetic": SyntheticDataConfig, "v5": NumeraiDataConfig},
     "model": {"lgbm": LGBMConfig, "xgboost": XGBoostConfig, "ridge": RidgeConfig},
     "trainer": {"trainer": TrainerConfig},
-    "memory": {"in_memory": InMemoryConfig, "era_subsample": EraSubsampleConfig},
+    "memory": {"in_memory": InMemoryConfig, "era_subsample": EraSubsampleConfig, "disk": OnDiskConfig,
+               "auto": AutoMemoryConfig},
     "scorer": {"numerai": ScorerConfig},
 }
 SCHEMAS["model"]["mlp"] = MLPConfig

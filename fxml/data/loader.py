@@ -1,7 +1,8 @@
-"""One loader for every source: lazy Polars scans of only the needed columns, int8 features.
+"""One loader for every source: only the needed columns, int8 features in the era-indexed store.
 
-The feature matrix goes from parquet to an int8 numpy array without ever passing through a float
-copy; targets are float32 and eras integers.
+Ids, eras and targets come from a lazy Polars scan; the feature matrix goes from parquet row
+groups straight into one preallocated int8 matrix (``fxml.data.store``), never through a table
+of the whole split or a float copy. Rows are sorted by era; targets are float32, eras integers.
 """
 
 from __future__ import annotations
@@ -29,16 +30,20 @@ from fxml.data.layout import (
     era_numbers,
     read_feature_metadata,
 )
-from fxml.data.memory import InMemory, MemoryPolicy
+from fxml.data.memory import MemoryNeed
 from fxml.data.sources import DataSource
+from fxml.data.store import MissingFeatures, disk_matrix, memory_matrix, plan_rows
 from fxml.errors import FxmlError
 
 log = logging.getLogger(__name__)
+# int8 store files of a release live beside its parquet files
+STORE_FOLDER = ".fxml-store"
 
 
 @dataclass
 class DataSplit:
-    """Rows of one split, aligned arrays; ``features`` is int8 (rows, features), C order."""
+    """Rows of one split, aligned arrays, sorted by era; ``features`` is int8 (rows, features),
+    C order, in memory or memory-mapped from the int8 store (``storage``)."""
 
     name: str
     ids: np.ndarray
@@ -47,6 +52,10 @@ class DataSplit:
     target: np.ndarray | None
     feature_names: list[str]
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    storage: str = "memory"
+    # the runner hands over a split it will not read again: a model may then drop its features
+    # once it has built its own training data (see ``release_features``)
+    releasable: bool = False
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -54,6 +63,33 @@ class DataSplit:
     @property
     def n_eras(self) -> int:
         return len(np.unique(self.eras))
+
+    def rows(self, keep: np.ndarray) -> DataSplit:
+        """The rows where ``keep`` is true: a view when they are one contiguous run (unresolved
+        eras at the end of validation, an era range of an era-sorted split), else a copy."""
+        where = np.flatnonzero(keep)
+        if len(where) == len(self):
+            return self
+        if len(where) and where[-1] - where[0] + 1 == len(where):
+            index: slice | np.ndarray = slice(int(where[0]), int(where[-1]) + 1)
+        else:
+            index = where
+        return DataSplit(self.name, self.ids[index], self.eras[index], self.features[index],
+                         None if self.target is None else self.target[index], self.feature_names,
+                         {name: values[index] for name, values in self.extra.items()}, self.storage)
+
+    def era_range(self, first: int, last: int) -> DataSplit:
+        """Eras ``first`` to ``last`` (inclusive): a view of the era-sorted rows."""
+        lo, hi = np.searchsorted(self.eras, [first, last + 1])
+        keep = np.zeros(len(self), dtype=bool)
+        keep[lo:hi] = True
+        return self.rows(keep)
+
+    def release_features(self) -> None:
+        """Drop the feature matrix if the runner said it will not need it again (the model has
+        its own binned copy): the int8 train matrix is then freed during training."""
+        if self.releasable:
+            self.features = np.empty((0, len(self.feature_names)), dtype=np.int8)
 
 
 class NumeraiData:
@@ -71,7 +107,8 @@ class NumeraiData:
         train_eras: list[int] | None = None,
         validation_eras: list[int] | None = None,
         every_nth_era: int = 1,
-        memory: MemoryPolicy | None = None,
+        missing_features: str = "error",
+        missing_fill: int = 2,
     ) -> None:
         self.source = source
         self.folder, self.version = source.resolve(Path(directory), version)
@@ -80,7 +117,8 @@ class NumeraiData:
         self.extra_targets = [name for name in extra_targets or [] if name != target]
         self.era_spans = {"train": train_eras, "validation": validation_eras}
         self.every_nth_era = every_nth_era
-        self.memory = memory or InMemory()
+        self.missing = MissingFeatures(missing_features, missing_fill)
+        self.filled: dict[str, int] = {}
         self.metadata = read_feature_metadata(self.path(FEATURES_JSON))
         self.feature_names = self._select_features(feature_set, features)
         targets = self.metadata.get("targets", [])
@@ -93,12 +131,13 @@ class NumeraiData:
         self.feature_set = feature_set if features is None else "custom"
 
     @classmethod
-    def from_config(cls, data_cfg: Any, memory: MemoryPolicy, source: DataSource) -> NumeraiData:
-        options = {k: data_cfg[k] for k in ("version", "feature_set", "target", "every_nth_era")}
+    def from_config(cls, data_cfg: Any, source: DataSource) -> NumeraiData:
+        options = {k: data_cfg[k] for k in ("version", "feature_set", "target", "every_nth_era",
+                                            "missing_features", "missing_fill")}
         for key in ("features", "extra_targets", "train_eras", "validation_eras"):
             value = data_cfg[key]
             options[key] = list(value) if value is not None else None
-        return cls(source=source, directory=data_cfg.directory, memory=memory, **options)
+        return cls(source=source, directory=data_cfg.directory, **options)
 
     def path(self, filename: str) -> Path:
         return self.source.ensure(self.folder, filename)
@@ -114,46 +153,67 @@ class NumeraiData:
             )
         return list(sets[feature_set])
 
-    def load(self, split: str) -> DataSplit:
-        """Read one split; train honours era spans, every_nth_era and the memory policy."""
+    def load(self, split: str, extra_features: list[str] | None = None,
+             storage: str = "memory", every_nth_train_era: int = 1) -> DataSplit:
+        """Read one split into the era-indexed int8 store (``storage`` = memory or disk).
+
+        Train honours the era spans, ``every_nth_era`` and ``every_nth_train_era`` (a memory
+        plan's subsampling); ``extra_features`` are more int8 columns after the run's features
+        (neutralisers outside the model's set).
+        """
         path = self.path(SPLIT_FILES[split])
         frame = self._scan(path, split)
         labels = [self.target, *self.extra_targets] if split != "live" else []
-        wanted = [ID, ERA, *self.feature_names, *labels]
-        self._check_columns(path, frame, wanted)
-        frame = frame.select(
-            pl.col(ID).cast(pl.String),
-            pl.col(ERA).cast(pl.String),
-            # non-strict: NaN or out-of-range values become nulls, reported below by name
-            pl.col(self.feature_names).cast(pl.Int8, strict=False),
-            *(pl.col(name).cast(pl.Float32) for name in labels),
-        )
-        eras = self._eras_to_read(frame, split)
-        if eras is not None:
-            frame = frame.filter(pl.col(ERA).is_in([f"{era:04d}" for era in eras]))
-        try:
-            table = frame.collect()
-        except pl.exceptions.PolarsError as error:
-            raise FxmlError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
-        if table.height == 0:
+        columns = [*self.feature_names, *[c for c in extra_features or [] if c not in self.feature_names]]
+        self._check_columns(path, frame, [ID, ERA, *columns, *labels])
+        small = self._small_columns(path, frame, labels)
+        file_eras = era_numbers(small[ERA].to_numpy())
+        keep = self._kept_rows(file_eras, split, every_nth_train_era)
+        if not keep.any():
             raise FxmlError(f"no rows left in {path.name} after the era selection")
-        self._check_no_missing_features(path, table)
-        features = table.select(self.feature_names).to_numpy(order="c")
-        target = table[self.target].to_numpy() if split != "live" else None
+        plan = plan_rows(file_eras, keep)
+        if storage == "disk":
+            features, filled = disk_matrix(path, columns, plan, self.missing, self.folder / STORE_FOLDER)
+        else:
+            features, filled = memory_matrix(path, columns, plan, self.missing)
+        if filled:
+            log.warning("data: %s had %s missing feature value(s), filled with %d "
+                        "(data.missing_features=fill)", path.name, f"{filled:,}", self.missing.fill)
+        self.filled[split] = filled
+        order = plan.source[np.argsort(plan.destination)]
+        small = small[order]
+        target = small[self.target].to_numpy() if split != "live" else None
         if split == "train" and np.isnan(target).any():
             raise FxmlError(f"{path.name}: column {self.target} has NaN in training rows")
         result = DataSplit(
             name=split,
-            ids=table[ID].to_numpy(),
-            eras=era_numbers(table[ERA].to_numpy()),
+            ids=small[ID].to_numpy(),
+            eras=file_eras[order],
             features=features,
             target=target,
-            feature_names=self.feature_names,
-            extra={name: table[name].to_numpy() for name in labels[1:]},
+            feature_names=columns,
+            extra={name: small[name].to_numpy() for name in labels[1:]},
+            storage=storage,
         )
-        log.info("data: %s %s rows, %s eras, %d features (int8, %.1f MiB)", split,
-                 f"{len(result):,}", result.n_eras, len(self.feature_names), features.nbytes / 2**20)
+        log.info("data: %s %s rows, %s eras, %d features (int8, %.1f MiB, %s)", split,
+                 f"{len(result):,}", result.n_eras, len(columns), features.nbytes / 2**20, storage)
         return result
+
+    def memory_need(self, dataset_bytes_per_value: float) -> MemoryNeed:
+        """What loading train and validation would hold, for a memory policy to plan with."""
+        train, validation = self.era_rows("train"), self.era_rows("validation")
+        n_train, n_validation, k = sum(train.values()), sum(validation.values()), len(self.feature_names)
+        return MemoryNeed(train_features=n_train * k, validation_features=n_validation * k,
+                          model_dataset=int(n_train * k * dataset_bytes_per_value),
+                          rows=n_train + n_validation, train_eras=len(train))
+
+    def era_rows(self, split: str) -> dict[int, int]:
+        """Rows per era of the eras a split would load (before any memory plan)."""
+        path = self.path(SPLIT_FILES[split])
+        frame = self._scan(path, split)
+        eras = era_numbers(self._small_columns(path, frame, [])[ERA].to_numpy())
+        values, counts = np.unique(eras[self._kept_rows(eras, split, 1)], return_counts=True)
+        return dict(zip(values.tolist(), counts.tolist(), strict=True))
 
     def column_for(self, split: DataSplit, filename: str, column: str | None) -> tuple[str, np.ndarray]:
         """A float column from another file (meta model, benchmarks), aligned to ``split`` by id.
@@ -209,30 +269,24 @@ class NumeraiData:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise FxmlError(f"{path.name} is missing column(s) {shown}")
 
-    def _eras_to_read(self, frame: pl.LazyFrame, split: str) -> list[int] | None:
+    def _small_columns(self, path: Path, frame: pl.LazyFrame, labels: list[str]) -> pl.DataFrame:
+        """Ids, eras and targets of every row in file order (the features go to the store)."""
+        try:
+            return frame.select(pl.col(ID).cast(pl.String), pl.col(ERA).cast(pl.String),
+                                *(pl.col(name).cast(pl.Float32) for name in labels)).collect()
+        except pl.exceptions.PolarsError as error:
+            raise FxmlError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+
+    def _kept_rows(self, file_eras: np.ndarray, split: str, every_nth_train_era: int) -> np.ndarray:
+        """Which rows of a split's file the run reads: era spans, then every nth training era."""
         if split == "live":
-            return None
-        counts = frame.group_by(ERA).len().collect()
-        rows = dict(zip(era_numbers(counts[ERA].to_numpy()).tolist(), counts["len"].to_list(),
-                        strict=True))
-        rows.pop(LIVE_ERA, None)
+            return np.ones(len(file_eras), dtype=bool)
+        eras = np.unique(file_eras[file_eras != LIVE_ERA])
         span = self.era_spans[split]
         if span is not None:
-            rows = {era: n for era, n in rows.items() if span[0] <= era <= span[1]}
-            if not rows:
+            eras = eras[(eras >= span[0]) & (eras <= span[1])]
+            if not len(eras):
                 raise FxmlError(f"data.{split}_eras={list(span)} selects no era in {split}")
         if split == "train":
-            kept = sorted(rows)[:: self.every_nth_era]
-            rows = {era: rows[era] for era in kept}
-            return self.memory.select_train_eras(rows, row_bytes=len(self.feature_names))
-        return sorted(rows)
-
-    def _check_no_missing_features(self, path: Path, table: pl.DataFrame) -> None:
-        nulls = table.select(pl.col(self.feature_names).null_count()).row(0)
-        bad = [name for name, count in zip(self.feature_names, nulls, strict=True) if count]
-        if bad:
-            raise FxmlError(
-                f"{path.name}: feature column {bad[0]} has missing values"
-                + (f" (and {len(bad) - 1} more columns)" if len(bad) > 1 else "")
-                + "; Numerai fills missing features with 2"
-            )
+            eras = eras[:: self.every_nth_era][::every_nth_train_era]
+        return np.isin(file_eras, eras)

@@ -1,28 +1,77 @@
-"""Memory policies: which training eras are loaded, given their row counts.
+"""Memory policies: where the splits live and how many training eras are read.
 
-A policy sees the era row counts and the bytes one row of int8 features takes, and returns the
-eras to read. Later policies (automatic choice, external-memory training) plug in here.
+A policy sees what a run will hold (the int8 payload of the training eras and of validation, and
+the bytes the model's own training dataset takes) and returns a :class:`MemoryPlan`: the splits in
+memory or in the int8 store on disk (memory-mapped, streamed by the models), and a stride over the
+training eras. ``memory=auto`` prefers, in order: everything in memory; the store on disk; the
+store on disk with fewer training eras.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
+# what a run holds besides features and the model's dataset, per row (ids, eras, targets,
+# predictions, scores) and in all (interpreter, libraries)
+BYTES_PER_ROW = 160
+BASE_BYTES = 1 * GIB
+# one block of validation rows predicted and scored at a time when the store is on disk
+SCORING_BLOCK_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What a run would hold, in bytes, with every selected training era."""
+
+    train_features: int
+    validation_features: int
+    model_dataset: int
+    rows: int
+    train_eras: int
+
+    def in_memory(self, every: int = 1) -> int:
+        return (self.train_features // every + self.validation_features + self.model_dataset // every
+                + self.rows * BYTES_PER_ROW + BASE_BYTES)
+
+    def on_disk(self, every: int = 1) -> int:
+        return self.model_dataset // every + self.rows * BYTES_PER_ROW + SCORING_BLOCK_BYTES + BASE_BYTES
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    storage: str  # "memory" or "disk"
+    every: int  # keep every nth training era
+    reason: str
+
+    def describe(self) -> str:
+        eras = "all training eras" if self.every == 1 else f"1 training era in {self.every}"
+        return f"{self.storage}, {eras}: {self.reason}"
 
 
 class MemoryPolicy(Protocol):
-    def select_train_eras(self, rows_per_era: dict[int, int], row_bytes: int) -> list[int]: ...
+    def plan(self, need: MemoryNeed) -> MemoryPlan: ...
 
 
 class InMemory:
     """Every selected training era, fully in memory (features stay int8)."""
 
-    def select_train_eras(self, rows_per_era: dict[int, int], row_bytes: int) -> list[int]:
-        return sorted(rows_per_era)
+    def plan(self, need: MemoryNeed) -> MemoryPlan:
+        return MemoryPlan("memory", 1, "memory=in_memory")
+
+
+class OnDisk:
+    """Every selected training era in the int8 store on disk, memory-mapped and streamed."""
+
+    def plan(self, need: MemoryNeed) -> MemoryPlan:
+        return MemoryPlan("disk", 1, "memory=disk")
 
 
 class EraSubsample:
@@ -32,14 +81,94 @@ class EraSubsample:
         self.every = every
         self.max_gib = max_gib
 
-    def select_train_eras(self, rows_per_era: dict[int, int], row_bytes: int) -> list[int]:
-        eras = sorted(rows_per_era)
-        every = self.every or self._stride_for_budget(rows_per_era, row_bytes)
-        chosen = eras[::every]
-        log.info("memory: keeping 1 training era in %d (%d of %d)", every, len(chosen), len(eras))
-        return chosen
+    def plan(self, need: MemoryNeed) -> MemoryPlan:
+        if self.every:
+            return MemoryPlan("memory", self.every, f"memory.every={self.every}")
+        every = max(1, math.ceil(need.train_features / (self.max_gib * GIB)))
+        return MemoryPlan("memory", every, f"training features fit memory.max_gib={self.max_gib:g}")
 
-    def _stride_for_budget(self, rows_per_era: dict[int, int], row_bytes: int) -> int:
-        total = sum(rows_per_era.values()) * row_bytes
-        return max(1, math.ceil(total / (self.max_gib * GIB)))
 
+class Auto:
+    """The cheapest plan that fits the memory actually available (or ``max_gib``, if smaller)."""
+
+    def __init__(self, max_gib: float | None = None, headroom: float = 0.85) -> None:
+        self.max_gib = max_gib
+        self.headroom = headroom
+
+    def plan(self, need: MemoryNeed) -> MemoryPlan:
+        limit, source = available_memory()
+        if self.max_gib is not None and self.max_gib * GIB < limit:
+            limit, source = int(self.max_gib * GIB), "memory.max_gib"
+        budget = int(limit * self.headroom)
+        have = f"{_gib(budget)} usable of {_gib(limit)} ({source})"
+        if need.in_memory() <= budget:
+            return MemoryPlan("memory", 1, f"needs {_gib(need.in_memory())} in memory, {have}")
+        # under an address-space limit a memory-mapped store counts in full
+        mapped = source.startswith("address-space")
+
+        def streamed(every: int) -> int:
+            files = need.train_features // every + need.validation_features if mapped else 0
+            return need.on_disk(every) + files
+
+        if streamed(1) <= budget:
+            return MemoryPlan("disk", 1, f"in memory needs {_gib(need.in_memory())}, streamed from "
+                                         f"the int8 store {_gib(streamed(1))}, {have}")
+        for every in range(2, max(need.train_eras, 2) + 1):
+            if need.in_memory(every) <= budget:
+                return MemoryPlan("memory", every, f"all training eras need {_gib(streamed(1))} "
+                                                   f"even streamed, {have}")
+            if streamed(every) <= budget:
+                return MemoryPlan("disk", every, f"all training eras need {_gib(streamed(1))} "
+                                                 f"even streamed, {have}")
+        return MemoryPlan("disk", max(need.train_eras, 1), f"even one training era may not fit: {have}")
+
+
+def available_memory() -> tuple[int, str]:
+    """Bytes this process may still use, and what limits it: the least of the system's available
+    memory, a cgroup limit and an address-space limit."""
+    candidates = [(_meminfo_available(), "available system memory")]
+    cgroup = _cgroup_room()
+    if cgroup is not None:
+        candidates.append((cgroup, "cgroup memory limit"))
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        candidates.append((max(soft - _own_virtual_bytes(), 0), "address-space limit (ulimit -v)"))
+    return min(candidates)
+
+
+def _meminfo_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _cgroup_room() -> int | None:
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 2**60:
+            return max(int(limit) - usage, 0)
+    return None
+
+
+def _own_virtual_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / GIB:.1f} GiB"

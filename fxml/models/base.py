@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,13 +24,29 @@ from fxml.data.loader import DataSplit
 StepCallback = Callable[[int, int, dict[str, float]], None]
 MANIFEST = "fxml_model.json"
 PREDICT_CHUNK_ROWS = 65_536
+# float32 bytes of one prediction chunk: at 2,748 features 65,536 rows would be 720 MB
+PREDICT_CHUNK_BYTES = 64 * 2**20
+
+
+def predict_chunk_rows(n_features: int) -> int:
+    return max(1024, min(PREDICT_CHUNK_ROWS, PREDICT_CHUNK_BYTES // (4 * max(n_features, 1))))
 
 
 class TabularModel(ABC):
     """Base class: subclasses implement ``fit``, ``predict_float32`` and the state round-trip."""
 
+    # bytes per int8 feature value that the family's own training dataset takes (bins,
+    # quantiles), for memory plans; 0 for families that train from the int8 matrix itself
+    dataset_bytes_per_value: ClassVar[float] = 0.0
+
     def __init__(self, **options: Any) -> None:
         self.options = options
+
+    @property
+    def uses_validation(self) -> bool:
+        """Whether ``fit`` reads the validation split (early stopping, per-step scores): if not,
+        the runner loads validation only after training."""
+        return True
 
     @abstractmethod
     def fit(
@@ -47,7 +63,7 @@ class TabularModel(ABC):
     def predict(self, features: np.ndarray, eras: np.ndarray | None = None) -> np.ndarray:
         """Predict int8 rows in bounded float32 chunks: no full-size float copy."""
         out = np.empty(len(features), dtype=np.float64)
-        for start, block in float32_chunks(features, PREDICT_CHUNK_ROWS):
+        for start, block in float32_chunks(features, predict_chunk_rows(features.shape[1])):
             out[start : start + len(block)] = self.predict_float32(block)
         return out
 
@@ -79,11 +95,29 @@ def float32_chunks(features: np.ndarray, rows: int) -> Iterator[tuple[int, np.nd
 
 
 def labelled_rows(split: DataSplit) -> DataSplit:
-    """The rows of a split whose target is known (recent validation eras are unresolved)."""
+    """The rows of a split whose target is known: the unresolved eras at the end of an era-sorted
+    validation split are cut off as a view, not a copy."""
     assert split.target is not None
-    keep = ~np.isnan(split.target)
-    if keep.all():
-        return split
-    return DataSplit(split.name, split.ids[keep], split.eras[keep], split.features[keep],
-                     split.target[keep], split.feature_names,
-                     {name: values[keep] for name, values in split.extra.items()})
+    return split.rows(~np.isnan(split.target))
+
+
+def predict_in_era_blocks(model: TabularModel, split: DataSplit,
+                          block_bytes: int = 512 * 2**20) -> np.ndarray:
+    """Predictions for an era-sorted split, whole eras at a time when it lives on disk, so that no
+    more than ``block_bytes`` of its features are read at once (every family predicts a row from
+    its row and its era alone, so blocks of whole eras give the same values as one call)."""
+    if split.storage != "disk":
+        return model.predict(split.features, split.eras)
+    row_bytes = max(split.features.shape[1], 1)
+    boundaries = np.flatnonzero(np.diff(split.eras)) + 1
+    starts = np.concatenate([[0], boundaries, [len(split)]])
+    out = np.empty(len(split), dtype=np.float64)
+    lo = 0
+    while lo < len(split):
+        # the furthest era boundary within the budget, at least one era
+        limit = lo + max(block_bytes // row_bytes, 1)
+        candidates = starts[(starts > lo) & (starts <= limit)]
+        hi = int(candidates[-1]) if len(candidates) else int(starts[starts > lo][0])
+        out[lo:hi] = model.predict(split.features[lo:hi], split.eras[lo:hi])
+        lo = hi
+    return out

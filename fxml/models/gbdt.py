@@ -1,14 +1,21 @@
 """Gradient-boosted trees: LightGBM and XGBoost behind the common contract.
 
-Neither family sees a full float copy of the features: LightGBM reads row batches through a
-``lgb.Sequence``; XGBoost's ``QuantileDMatrix`` reads the int8 array in place.
+Neither family sees a full float copy of the features: LightGBM reads float32 row batches through
+a ``lgb.Sequence``; XGBoost's ``QuantileDMatrix`` reads an in-memory int8 matrix in place and a
+disk-backed one block by block through a ``DataIter`` into external memory. Once a family has
+built its own (binned) dataset the runner's int8 train matrix is released, and a validation
+dataset is built only when training reads it (early stopping, ``valid_corr_every``).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightgbm as lgb
 import numpy as np
@@ -16,14 +23,22 @@ import xgboost as xgb
 
 from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
-from fxml.models.base import StepCallback, TabularModel, labelled_rows
+from fxml.models.base import StepCallback, TabularModel, labelled_rows, predict_chunk_rows
 from fxml.scoring import score_eras
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 GPU_ACCELERATORS = ("gpu", "cuda")
+BIN_SAMPLE_BYTES = 256 * 2**20
+LIGHTGBM_SAMPLE_BYTES_PER_VALUE = 18.6
+LIGHTGBM_DEFAULT_SAMPLE_ROWS = 200_000
+MIN_BIN_SAMPLE_ROWS = 2_000
 
 
 class GBDTModel(TabularModel):
+    # LightGBM keeps 4-bit bins for 5-valued features, XGBoost one byte; histograms on top
+    dataset_bytes_per_value = 1.0
+
     def __init__(
         self,
         n_estimators: int = 300,
@@ -56,8 +71,12 @@ class GBDTModel(TabularModel):
     def wants_gpu(self) -> bool:
         return self.options["device"] in GPU_ACCELERATORS
 
+    @property
+    def uses_validation(self) -> bool:
+        return bool(self.options["early_stopping_rounds"] or self.options["valid_corr_every"])
+
     def _validation_set(self, validation: DataSplit | None) -> DataSplit | None:
-        if validation is None or validation.target is None:
+        if not self.uses_validation or validation is None or validation.target is None:
             return None
         labelled = labelled_rows(validation)
         return labelled if len(labelled) else None
@@ -87,19 +106,31 @@ class _ValidCorr:
 
 
 class _Int8Rows(lgb.Sequence):
-    """Hands LightGBM row batches of the int8 matrix as float64 (what it samples bins from),
-    never the whole matrix as float."""
-
-    batch_size = 65_536
+    """Hands LightGBM float32 row batches of the int8 matrix (in memory or memory-mapped), of a
+    bounded size, never the whole matrix as float."""
 
     def __init__(self, features: np.ndarray) -> None:
         self.features = features
+        self.batch_size = predict_chunk_rows(features.shape[1])
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
-        return np.asarray(self.features[index], dtype=np.float64)
+        # single rows are LightGBM's bin sample, which it wants as float64
+        dtype = np.float32 if isinstance(index, slice) else np.float64
+        return np.asarray(self.features[index], dtype=dtype)
+
+
+def bin_sample_rows(n_features: int) -> int | None:
+    """Rows LightGBM samples to find bin edges, so the sample stays within BIN_SAMPLE_BYTES.
+
+    LightGBM keeps ~18.6 bytes per sampled value (10 GB at its default 200k rows x 2,748
+    features); Numerai's features have five values, which a few thousand rows find. None keeps
+    LightGBM's default where that already fits.
+    """
+    rows = BIN_SAMPLE_BYTES // int(LIGHTGBM_SAMPLE_BYTES_PER_VALUE * max(n_features, 1))
+    return None if rows >= LIGHTGBM_DEFAULT_SAMPLE_ROWS else max(rows, MIN_BIN_SAMPLE_ROWS)
 
 
 class LightGBMModel(GBDTModel):
@@ -123,25 +154,24 @@ class LightGBMModel(GBDTModel):
         }
         return {**params, **o["params"]}
 
+    def _dataset_params(self, params: dict[str, Any], n_features: int) -> dict[str, Any]:
+        sample = bin_sample_rows(n_features)
+        if sample is None or "bin_construct_sample_cnt" in params:
+            return params
+        return {**params, "bin_construct_sample_cnt": sample}
+
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> LightGBMModel:
-        device_type = "cuda" if self.wants_gpu else "cpu"
-        try:
-            self.booster = self._train(train, validation, on_step, device_type)
-        except lgb.basic.LightGBMError as error:
-            if device_type == "cpu":
-                raise FxmlError(f"LightGBM failed: {str(error).splitlines()[0]}") from None
-            log.warning("LightGBM has no GPU support in this build (%s); training on CPU",
-                        str(error).splitlines()[0])
-            self.booster = self._train(train, validation, on_step, "cpu")
-        return self
-
-    def _train(self, train: DataSplit, validation: DataSplit | None,
-               on_step: StepCallback | None, device_type: str) -> lgb.Booster:
-        params = self._params(device_type)
+        params = self._dataset_params(self._params("cuda" if self.wants_gpu else "cpu"),
+                                      train.features.shape[1])
         total = self.options["n_estimators"]
-        train_set = lgb.Dataset([_Int8Rows(train.features)], label=train.target, params=params,
-                                free_raw_data=True)
+
+        def construct(params: dict[str, Any]) -> lgb.Dataset:
+            return lgb.Dataset([_Int8Rows(train.features)], label=train.target, params=params,
+                               free_raw_data=True).construct()
+
+        train_set, params = self._on_device(construct, params)
+        train.release_features()
         valid = self._validation_set(validation)
         valid_sets, callbacks, feval = [], [], None
         corr = _ValidCorr(valid, self.options["valid_corr_every"]) \
@@ -160,9 +190,27 @@ class LightGBMModel(GBDTModel):
                            if name != _ValidCorr.name or (corr is not None and corr.fresh)}
                 on_step(env.iteration + 1, total, metrics)
             callbacks.append(report)
-        log.info("model: LightGBM on %s, %d rounds", device_type, total)
-        return lgb.train(params, train_set, num_boost_round=total, valid_sets=valid_sets,
-                         valid_names=["valid"] * len(valid_sets), feval=feval, callbacks=callbacks)
+
+        def boost(params: dict[str, Any]) -> lgb.Booster:
+            log.info("model: LightGBM on %s, %d rounds", params["device_type"], total)
+            return lgb.train(params, train_set, num_boost_round=total, valid_sets=valid_sets,
+                             valid_names=["valid"] * len(valid_sets), feval=feval, callbacks=callbacks)
+
+        self.booster, _ = self._on_device(boost, params)
+        return self
+
+    @staticmethod
+    def _on_device(step: Callable[[dict[str, Any]], T], params: dict[str, Any]) -> tuple[T, dict[str, Any]]:
+        """Run ``step`` with ``params``; a LightGBM build without GPU support falls back to CPU."""
+        try:
+            return step(params), params
+        except lgb.basic.LightGBMError as error:
+            if params["device_type"] == "cpu":
+                raise FxmlError(f"LightGBM failed: {str(error).splitlines()[0]}") from None
+            log.warning("LightGBM has no GPU support in this build (%s); training on CPU",
+                        str(error).splitlines()[0])
+            cpu = {**params, "device_type": "cpu"}
+            return step(cpu), cpu
 
     def predict_float32(self, features: np.ndarray) -> np.ndarray:
         return self.booster.predict(features, num_iteration=self.booster.best_iteration or None)
@@ -186,6 +234,39 @@ class _StepReporter(xgb.callback.TrainingCallback):
                    if name != _ValidCorr.name or (self.corr is not None and self.corr.fresh)}
         self.on_step(epoch + 1, self.total, metrics)
         return False
+
+
+class _Int8Blocks(xgb.DataIter):
+    """Feeds XGBoost a disk-backed split in row blocks, for external-memory training."""
+
+    def __init__(self, split: DataSplit, cache_prefix: str) -> None:
+        super().__init__(cache_prefix=cache_prefix)
+        self.split, self.rows, self.position = split, predict_chunk_rows(split.features.shape[1]), 0
+
+    def next(self, input_data: Callable[..., None]) -> bool:
+        start = self.position
+        if start >= len(self.split):
+            return False
+        stop = start + self.rows
+        input_data(data=np.asarray(self.split.features[start:stop]), label=self.split.target[start:stop])
+        self.position = stop
+        return True
+
+    def reset(self) -> None:
+        self.position = 0
+
+
+def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
+    """In memory: a ``QuantileDMatrix`` reading the int8 matrix in place. Disk-backed: an
+    ``ExtMemQuantileDMatrix`` fed block by block, its pages cached beside the store."""
+    if split.storage != "disk":
+        return xgb.QuantileDMatrix(split.features, label=split.target, max_bin=max_bin, ref=ref)
+    cache = Path(tempfile.mkdtemp(prefix="fxml-xgb-"))
+    blocks = _Int8Blocks(split, str(cache / split.name))
+    log.info("model: XGBoost reads the %s split from the int8 store into external memory", split.name)
+    matrix = xgb.ExtMemQuantileDMatrix(blocks, max_bin=max_bin, ref=ref)
+    weakref.finalize(matrix, shutil.rmtree, cache, ignore_errors=True)
+    return matrix
 
 
 class XGBoostModel(GBDTModel):
@@ -215,14 +296,14 @@ class XGBoostModel(GBDTModel):
             on_step: StepCallback | None = None) -> XGBoostModel:
         params = self._params()
         total = self.options["n_estimators"]
-        dtrain = xgb.QuantileDMatrix(train.features, label=train.target, max_bin=params["max_bin"])
+        dtrain = quantile_matrix(train, params["max_bin"])
+        train.release_features()
         evals, callbacks, metric = [], [], None
         valid = self._validation_set(validation)
         corr = _ValidCorr(valid, self.options["valid_corr_every"]) \
             if valid is not None and self.options["valid_corr_every"] else None
         if valid is not None:
-            evals = [(xgb.QuantileDMatrix(valid.features, label=valid.target, ref=dtrain,
-                                          max_bin=params["max_bin"]), "valid")]
+            evals = [(quantile_matrix(valid, params["max_bin"], ref=dtrain), "valid")]
         if corr is not None:
             metric = lambda preds, _: (corr.name, corr(preds))  # noqa: E731
             # early stopping follows the last metric: keep it on the squared error

@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fxml.data.layout import ID, SPLIT_FILES, check_parquet
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, load_model
@@ -122,6 +120,14 @@ class NeutralizedModel(TabularModel):
         return wrapped
 
     @property
+    def uses_validation(self) -> bool:  # type: ignore[override]
+        return self.inner.uses_validation
+
+    @property
+    def dataset_bytes_per_value(self) -> float:  # type: ignore[override]
+        return self.inner.dataset_bytes_per_value
+
+    @property
     def input_features(self) -> list[str]:
         return self.options["input_features"]
 
@@ -178,16 +184,16 @@ class NeutralizedModel(TabularModel):
         self.inner = load_model(directory / INNER)
 
 
-def postprocessed(model: TabularModel, settings: DictConfig | None, data: NumeraiData,
-                  validation: DataSplit) -> tuple[TabularModel, DataSplit]:
+def postprocessed(model: TabularModel, settings: DictConfig | None,
+                  data: NumeraiData) -> tuple[TabularModel, list[str]]:
     """Wrap ``model`` as the ``postprocess`` config group says.
 
-    Returns the model to fit, score and log, and the validation split it predicts on: when the
-    neutraliser features are not all among the run's features, their validation columns are
-    appended (the scorer's FNC and feature exposure then cover them too).
+    Returns the model to fit, score and log, and the feature columns its ``predict`` needs beyond
+    the run's features (neutralisers outside the model's set): the runner loads validation with
+    them, and the scorer's FNC and feature exposure then cover them too.
     """
     if settings is None:
-        return model, validation
+        return model, []
     try:
         options = OmegaConf.to_container(settings, resolve=True)
         OmegaConf.to_object(settings)  # the schema's range checks
@@ -197,7 +203,7 @@ def postprocessed(model: TabularModel, settings: DictConfig | None, data: Numera
         raise FxmlError(describe_config_error(error)) from None
     assert isinstance(options, dict)
     if options.get("method", "none") == "none":
-        return model, validation
+        return model, []
     names = neutralizer_features(data, options.get("feature_set"), options.get("features"))
     feature_set = "custom" if options.get("features") else str(options.get("feature_set"))
     wrapped = NeutralizedModel.wrap(model, list(data.feature_names), names,
@@ -205,9 +211,7 @@ def postprocessed(model: TabularModel, settings: DictConfig | None, data: Numera
     extra = wrapped.input_features[len(data.feature_names):]
     log.info("post-processing: neutralise %s%% against %d feature(s) (%s), %d outside the model's",
              format(100 * float(options["proportion"]), "g"), len(names), feature_set, len(extra))
-    if extra:
-        validation = with_columns(validation, data, extra)
-    return wrapped, validation
+    return wrapped, extra
 
 
 def neutralizer_features(data: NumeraiData, feature_set: str | None,
@@ -223,25 +227,3 @@ def neutralizer_features(data: NumeraiData, feature_set: str | None,
     if not names:
         raise FxmlError(f"postprocess.feature_set={feature_set} is empty")
     return names
-
-
-def with_columns(split: DataSplit, data: NumeraiData, columns: list[str]) -> DataSplit:
-    """``split`` with more int8 feature columns read from its file, aligned by id."""
-    path = data.path(SPLIT_FILES[split.name])
-    check_parquet(path)
-    frame = pl.scan_parquet(path)
-    present = set(frame.collect_schema().names())
-    missing = [name for name in columns if name not in present]
-    if missing:
-        raise FxmlError(f"{path.name} has no column {missing[0]}"
-                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    values = frame.select(pl.col(ID).cast(pl.String), pl.col(columns).cast(pl.Int8, strict=False))
-    aligned = (pl.DataFrame({ID: split.ids}).lazy()
-               .join(values, on=ID, how="left", maintain_order="left").collect())
-    nulls = [name for name, count in zip(columns, aligned.select(pl.col(columns).null_count()).row(0),
-                                         strict=True) if count]
-    if nulls:
-        raise FxmlError(f"{path.name}: neutraliser column {nulls[0]} has missing values")
-    extra = aligned.select(columns).to_numpy(order="c").astype(np.int8, copy=False)
-    return DataSplit(split.name, split.ids, split.eras, np.hstack([split.features, extra]),
-                     split.target, [*split.feature_names, *columns], split.extra)

@@ -20,7 +20,7 @@ from torch import nn
 
 from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
-from fxml.models.base import PREDICT_CHUNK_ROWS, StepCallback, TabularModel, labelled_rows
+from fxml.models.base import StepCallback, TabularModel, labelled_rows, predict_chunk_rows
 from fxml.models.deep.device import DeviceChoice, check_precision, choose_device
 from fxml.models.deep.networks import MLP, ResNet, run_network, scale_features
 from fxml.models.deep.tabnet import TabNet
@@ -187,8 +187,9 @@ class DeepTabularModel(TabularModel):
         training = network.training
         network.eval()
         out = np.empty(len(features), dtype=np.float64)
-        for start in range(0, len(features), PREDICT_CHUNK_ROWS):
-            block = torch.from_numpy(np.ascontiguousarray(features[start : start + PREDICT_CHUNK_ROWS]))
+        rows = predict_chunk_rows(features.shape[1])
+        for start in range(0, len(features), rows):
+            block = torch.from_numpy(np.ascontiguousarray(features[start : start + rows]))
             outputs, _ = run_network(network, block.to(device).to(self.dtype))
             out[start : start + len(block)] = outputs[:, 0].double().cpu().numpy()
         network.train(training)

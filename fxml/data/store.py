@@ -1,0 +1,184 @@
+"""The era-indexed int8 feature store: parquet row groups streamed into one preallocated matrix.
+
+A split's feature matrix is written once, row group by row group and a few hundred columns at a
+time, straight into a C-order int8 array: in memory (``np.empty``) or in a file on disk that is
+then memory-mapped. No table of the whole split, no float copy, no second matrix ever exists, so
+peak memory is the matrix plus one bounded block. Rows are sorted by era (stable), so an era or a
+run of eras is a row range of the matrix: a view, never a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fxml.errors import FxmlError
+
+log = logging.getLogger(__name__)
+# bytes of one decoded block (row group rows x columns read at once)
+BLOCK_BYTES = 64 * 2**20
+# columns per block when a row group is small enough; 256 measured fastest for the transposing write
+BLOCK_COLUMNS = 256
+# rows per transposing write: keeps source and destination of one write in cache
+WRITE_ROWS = 1024
+MISSING_POLICIES = ("error", "fill")
+
+
+@dataclass(frozen=True)
+class MissingFeatures:
+    """What a missing (null or NaN) feature value does: stop the run, or become ``fill``."""
+
+    policy: str = "error"
+    fill: int = 2
+
+    def __post_init__(self) -> None:
+        if self.policy not in MISSING_POLICIES:
+            raise FxmlError(f"data.missing_features must be error or fill (got {self.policy!r})")
+        if not 0 <= self.fill <= 127:
+            raise FxmlError(f"data.missing_fill must be an int8 feature value 0..127 (got {self.fill})")
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Where the selected rows of a file land: ``source`` file rows (ascending) go to
+    ``destination`` rows of the matrix, which orders them by era (stable)."""
+
+    source: np.ndarray
+    destination: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.source)
+
+
+def plan_rows(file_eras: np.ndarray, keep: np.ndarray) -> RowPlan:
+    """The rows whose era is kept (``keep`` a boolean per file row), era-sorted in the matrix."""
+    source = np.flatnonzero(keep)
+    order = np.argsort(file_eras[source], kind="stable")
+    destination = np.empty(len(source), dtype=np.int64)
+    destination[order] = np.arange(len(source))
+    return RowPlan(source=source.astype(np.int64), destination=destination)
+
+
+def fill_matrix(path: Path, columns: list[str], plan: RowPlan, out: np.ndarray,
+                missing: MissingFeatures) -> int:
+    """Write the ``columns`` of the planned rows of ``path`` into ``out`` (rows, len(columns)).
+
+    Returns how many missing values were filled (0 unless ``missing.policy == "fill"``).
+    """
+    parquet = pq.ParquetFile(path)
+    filled = 0
+    first_row = 0
+    for group in range(parquet.metadata.num_row_groups):
+        group_rows = parquet.metadata.row_group(group).num_rows
+        lo, hi = np.searchsorted(plan.source, [first_row, first_row + group_rows])
+        local = plan.source[lo:hi] - first_row
+        destination = plan.destination[lo:hi]
+        first_row += group_rows
+        if not len(local):
+            continue
+        step = max(1, min(BLOCK_COLUMNS, BLOCK_BYTES // max(group_rows, 1)))
+        for start in range(0, len(columns), step):
+            names = columns[start : start + step]
+            try:
+                table = parquet.read_row_group(group, columns=names)
+            except (pa.ArrowException, OSError) as error:
+                raise FxmlError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+            block = np.empty((len(names), len(local)), dtype=np.int8)
+            for j, name in enumerate(names):
+                values, n_filled = int8_column(table.column(j), name, path, missing)
+                block[j] = values[local]
+                filled += n_filled
+            _write_transposed(out, destination, start, block)
+    return filled
+
+
+def _write_transposed(out: np.ndarray, destination: np.ndarray, column: int, block: np.ndarray) -> None:
+    """``out[destination, column:column + len(block)] = block.T``, cache-friendly."""
+    width = len(block)
+    contiguous = destination[-1] - destination[0] + 1 == len(destination) and (
+        len(destination) < 2 or bool(np.all(np.diff(destination) == 1)))
+    for start in range(0, block.shape[1], WRITE_ROWS):
+        part = block[:, start : start + WRITE_ROWS].T
+        if contiguous:
+            first = int(destination[start])
+            out[first : first + len(part), column : column + width] = part
+        else:
+            out[destination[start : start + WRITE_ROWS], column : column + width] = part
+
+
+def int8_column(column: pa.ChunkedArray, name: str, path: Path,
+                missing: MissingFeatures) -> tuple[np.ndarray, int]:
+    """One feature column as int8, with missing values (null, or NaN in a float column) filled or
+    reported by name; a value outside int8 or not a whole number is an error."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_floating(array.type):
+        array = pc.if_else(pc.is_nan(array), pa.scalar(None, array.type), array)
+    n_missing = array.null_count
+    if n_missing:
+        if missing.policy == "error":
+            raise FxmlError(
+                f"{path.name}: feature column {name} has {n_missing} missing value(s); "
+                f"data.missing_features=fill fills them with data.missing_fill (default 2)")
+        array = pc.fill_null(array, pa.scalar(missing.fill, array.type) if not pa.types.is_floating(
+            array.type) else pa.scalar(float(missing.fill), array.type))
+    if array.type != pa.int8():
+        try:
+            array = pc.cast(array, pa.int8(), safe=True)
+        except pa.ArrowInvalid:
+            raise FxmlError(f"{path.name}: feature column {name} has values that are not int8 "
+                            "feature values (0..4)") from None
+    return array.to_numpy(zero_copy_only=False), n_missing
+
+
+def store_key(path: Path, columns: list[str], plan: RowPlan, missing: MissingFeatures) -> str:
+    """Names one store file: the parquet file (size, mtime), the columns, the rows, the fill rule."""
+    stat = path.stat()
+    digest = hashlib.sha256()
+    digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}:{missing}".encode())
+    digest.update("\0".join(columns).encode())
+    digest.update(plan.source.tobytes())
+    return digest.hexdigest()[:20]
+
+
+def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingFeatures,
+                directory: Path) -> tuple[np.ndarray, int]:
+    """The planned rows as a read-only memory-mapped int8 matrix in ``directory``, written on
+    first use and reused after (a store file is complete once its ``.json`` exists)."""
+    key = store_key(path, columns, plan, missing)
+    matrix_path = directory / f"{path.stem}-{key}.int8"
+    info_path = matrix_path.with_suffix(".json")
+    shape = (plan.n_rows, len(columns))
+    if info_path.is_file() and matrix_path.is_file():
+        info = json.loads(info_path.read_text())
+        if tuple(info["shape"]) == shape:
+            log.info("data: reusing the int8 store %s", matrix_path)
+            return np.memmap(matrix_path, dtype=np.int8, mode="r", shape=shape), info["filled"]
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = matrix_path.with_name(matrix_path.name + f".{os.getpid()}.partial")
+    try:
+        writable = np.memmap(partial, dtype=np.int8, mode="w+", shape=shape)
+        filled = fill_matrix(path, columns, plan, writable, missing)
+        writable.flush()
+        del writable
+        os.replace(partial, matrix_path)
+    finally:
+        partial.unlink(missing_ok=True)
+    info_path.write_text(json.dumps({"shape": list(shape), "filled": filled, "source": path.name}))
+    log.info("data: wrote the int8 store %s (%.1f MiB)", matrix_path, shape[0] * shape[1] / 2**20)
+    return np.memmap(matrix_path, dtype=np.int8, mode="r", shape=shape), filled
+
+
+def memory_matrix(path: Path, columns: list[str], plan: RowPlan,
+                  missing: MissingFeatures) -> tuple[np.ndarray, int]:
+    out = np.empty((plan.n_rows, len(columns)), dtype=np.int8)
+    return out, fill_matrix(path, columns, plan, out, missing)
