@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fxml.data.loader import NumeraiData
-from fxml.data.memory import EraSubsample
+from fxml.data.memory import EraSubsample, MemoryNeed, MemoryPlan
 from fxml.data.sources import NumeraiSource, SyntheticSource
 from fxml.errors import FxmlError
 from tests.conftest import Workspace
@@ -80,13 +80,15 @@ def test_meta_model_and_benchmark_align_by_id(synthetic_root: Path) -> None:
     assert name.startswith("v52_") and not np.isnan(bench).all()
 
 
-def test_era_subsample_policy_fits_the_budget() -> None:
-    rows = {era: 1000 for era in range(1, 101)}
-    assert EraSubsample(every=3).select_train_eras(rows, 50) == list(range(1, 101, 3))
+def test_era_subsample_policy_fits_the_budget(synthetic_root: Path) -> None:
+    need = MemoryNeed(train_features=100 * 1000 * 50, validation_features=0, model_dataset=0,
+                      rows=100_000, train_eras=100)
+    assert EraSubsample(every=3).plan(need).every == 3
     budget = 100 * 1000 * 50 / 4 / 1024**3  # a quarter of the full matrix
-    chosen = EraSubsample(max_gib=budget).select_train_eras(rows, 50)
-    assert chosen == list(range(1, 101, 4))
-    assert sum(rows[e] for e in chosen) * 50 <= budget * 1024**3
+    assert EraSubsample(max_gib=budget).plan(need) == MemoryPlan(
+        "memory", 4, f"training features fit memory.max_gib={budget:g}")
+    train = synthetic(synthetic_root).load("train", every_nth_train_era=4)
+    assert sorted(np.unique(train.eras)) == list(range(1, 25, 4))
 
 
 def test_fingerprint_changes_with_content_and_selection(synthetic_root: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ GIB = 1024**3
 # what a run holds besides features and the model's dataset, per row (ids, eras, targets,
 # predictions, scores) and in all (interpreter, libraries)
 BYTES_PER_ROW = 160
-BASE_BYTES = 1 * GIB
+BASE_BYTES = 512 * 2**20
 # one block of validation rows predicted and scored at a time when the store is on disk
 SCORING_BLOCK_BYTES = 512 * 2**20
 
@@ -42,7 +42,8 @@ class MemoryNeed:
                 + self.rows * BYTES_PER_ROW + BASE_BYTES)
 
     def on_disk(self, every: int = 1) -> int:
-        return self.model_dataset // every + self.rows * BYTES_PER_ROW + SCORING_BLOCK_BYTES + BASE_BYTES
+        block = min(SCORING_BLOCK_BYTES, self.validation_features)
+        return self.model_dataset // every + self.rows * BYTES_PER_ROW + block + BASE_BYTES
 
 
 @dataclass(frozen=True)

@@ -127,8 +127,8 @@ def int8_column(column: pa.ChunkedArray, name: str, path: Path,
     if n_missing:
         if missing.policy == "error":
             raise FxmlError(
-                f"{path.name}: feature column {name} has {n_missing} missing value(s); "
-                f"data.missing_features=fill fills them with data.missing_fill (default 2)")
+                f"{path.name}: feature column {name} has missing values ({n_missing:,} rows); "
+                "data.missing_features=fill fills them with data.missing_fill (default 2)")
         array = pc.fill_null(array, pa.scalar(missing.fill, array.type) if not pa.types.is_floating(
             array.type) else pa.scalar(float(missing.fill), array.type))
     if array.type != pa.int8():

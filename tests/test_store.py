@@ -1,0 +1,190 @@
+"""The era-indexed int8 store and memory plans, on files written by another program than fxml's
+synthetic writer: rows out of era order, several row groups, float and int64 feature columns."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fxml.data.layout import FEATURES_JSON
+from fxml.data.loader import NumeraiData
+from fxml.data.memory import GIB, Auto, MemoryNeed, available_memory
+from fxml.data.sources import SyntheticSource
+from fxml.data.store import BLOCK_COLUMNS
+from fxml.errors import FxmlError
+from fxml.models.base import labelled_rows
+from fxml.models.gbdt import LightGBMModel
+from tests.conftest import SMALL_DATA, Workspace
+
+N_FEATURES = BLOCK_COLUMNS + 44  # more than one block of columns
+
+
+class FolderSource:
+    """A release folder that is simply there (what a user's own download looks like)."""
+
+    def resolve(self, directory: Path, version: str) -> tuple[Path, str]:
+        return Path(directory), "v5.2"
+
+    def ensure(self, folder: Path, filename: str) -> Path:
+        return folder / filename
+
+
+def write_release(folder: Path, seed: int = 0, missing: bool = False) -> pd.DataFrame:
+    """train.parquet and validation.parquet with eras shuffled, in row groups of 150 rows."""
+    rng = np.random.default_rng(seed)
+    names = [f"feature_{i:04d}" for i in range(N_FEATURES)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / FEATURES_JSON).write_text(json.dumps(
+        {"feature_sets": {"small": names[:10], "all": names}, "targets": ["target"]}))
+    frames = {}
+    for split, eras, offset in (("train", 12, 0), ("validation", 6, 12)):
+        n = eras * 70
+        era = rng.integers(1 + offset, eras + 1 + offset, n)
+        target = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], n).astype(np.float32)
+        if split == "validation":
+            target[era == era.max()] = np.nan  # the newest era is unresolved
+        values = rng.integers(0, 5, (n, N_FEATURES))
+        frame = pd.DataFrame(values.astype(np.int8), columns=names)
+        frame[names[3]] = frame[names[3]].astype(np.int64)
+        frame[names[5]] = frame[names[5]].astype(np.float32)
+        if missing:
+            frame.loc[[4, 77], names[5]] = np.nan
+        frame.insert(0, "era", [f"{e:04d}" for e in era])
+        frame.insert(0, "id", [f"{split[0]}{i:06d}" for i in range(n)])
+        frame["target"] = target
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), folder / f"{split}.parquet",
+                       row_group_size=150)
+        frames[split] = frame
+    return frames["validation"]
+
+
+def reference(folder: Path, split: str, features: list[str], eras: list[int] | None = None) -> pd.DataFrame:
+    frame = pd.read_parquet(folder / f"{split}.parquet")
+    frame["era_number"] = frame["era"].astype(int)
+    if eras is not None:
+        frame = frame[frame["era_number"].isin(eras)]
+    return frame.sort_values("era_number", kind="stable")
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("release")
+    write_release(folder)
+    return folder
+
+
+def load(folder: Path, split: str, storage: str = "memory", **options):  # type: ignore[no-untyped-def]
+    data = NumeraiData(FolderSource(), folder, feature_set=options.pop("feature_set", "all"), **options)
+    return data, data.load(split, storage=storage, every_nth_train_era=options.pop("every", 1))
+
+
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_rows_sorted_by_era_and_equal_to_the_file(release: Path, storage: str) -> None:
+    data, split = load(release, "train", storage)
+    expected = reference(release, "train", data.feature_names)
+    assert split.features.dtype == np.int8 and split.features.flags.c_contiguous
+    assert isinstance(split.features, np.memmap) == (storage == "disk")
+    np.testing.assert_array_equal(split.ids, expected["id"].to_numpy())
+    np.testing.assert_array_equal(split.eras, expected["era_number"].to_numpy())
+    np.testing.assert_array_equal(split.features, expected[data.feature_names].to_numpy(np.int8))
+    np.testing.assert_array_equal(split.target, expected["target"].to_numpy(np.float32))
+    assert np.all(np.diff(split.eras) >= 0)
+
+
+def test_era_selection_reads_only_the_chosen_eras(release: Path) -> None:
+    data, split = load(release, "train", every_nth_era=2, train_eras=[3, 12])
+    eras = list(range(3, 13, 2))
+    assert sorted(np.unique(split.eras)) == eras
+    expected = reference(release, "train", data.feature_names, eras)
+    np.testing.assert_array_equal(split.features, expected[data.feature_names].to_numpy(np.int8))
+
+
+def test_disk_store_is_written_once_and_reused(release: Path) -> None:
+    _, first = load(release, "validation", "disk")
+    files = sorted((release / ".fxml-store").glob("validation-*.int8"))
+    assert len(files) == 1
+    written = files[0].stat().st_mtime_ns
+    _, again = load(release, "validation", "disk")
+    assert files[0].stat().st_mtime_ns == written
+    np.testing.assert_array_equal(np.asarray(first.features), np.asarray(again.features))
+    _, fewer = load(release, "validation", "disk", feature_set="small")
+    assert fewer.features.shape[1] == 10
+    assert len(list((release / ".fxml-store").glob("validation-*.int8"))) == 2
+
+
+def test_unresolved_eras_and_era_ranges_are_views(release: Path) -> None:
+    _, validation = load(release, "validation")
+    labelled = labelled_rows(validation)
+    assert len(labelled) < len(validation) and not np.isnan(labelled.target).any()
+    assert np.shares_memory(labelled.features, validation.features)
+    middle = validation.era_range(14, 15)
+    assert set(np.unique(middle.eras)) == {14, 15}
+    assert np.shares_memory(middle.features, validation.features)
+    scattered = validation.rows(np.isin(validation.eras, [13, 16]))
+    assert set(np.unique(scattered.eras)) == {13, 16}
+    assert not np.shares_memory(scattered.features, validation.features)
+
+
+def test_loading_holds_the_matrix_and_one_bounded_block(release: Path) -> None:
+    data = NumeraiData(FolderSource(), release, feature_set="all")
+    tracemalloc.start()
+    split = data.load("train")
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1.3 * split.features.nbytes + 2 * 2**20, (peak, split.features.nbytes)
+
+
+def test_missing_feature_values_error_or_fill(tmp_path: Path) -> None:
+    validation = write_release(tmp_path, missing=True)
+    with pytest.raises(FxmlError, match="validation.parquet: feature column feature_0005 has missing "
+                                        r"values \(2 rows\); data.missing_features=fill"):
+        load(tmp_path, "validation")
+    data, split = load(tmp_path, "validation", missing_features="fill", missing_fill=3)
+    assert data.filled == {"validation": 2}
+    column = split.features[:, 5]
+    filled_ids = validation["id"].iloc[[4, 77]].to_numpy()
+    assert (column[np.isin(split.ids, filled_ids)] == 3).all()
+    with pytest.raises(FxmlError, match="data.missing_features must be error or fill"):
+        load(tmp_path, "validation", missing_features="zero")
+
+
+def test_auto_prefers_memory_then_disk_then_fewer_eras() -> None:
+    need = MemoryNeed(train_features=4 * GIB, validation_features=5 * GIB, model_dataset=4 * GIB,
+                      rows=2_000_000, train_eras=100)
+    assert Auto(max_gib=40).plan(need).storage == "memory"
+    on_disk = Auto(max_gib=12).plan(need)
+    assert (on_disk.storage, on_disk.every) == ("disk", 1)
+    assert "streamed from the int8 store" in on_disk.reason and "memory.max_gib" in on_disk.reason
+    fewer = Auto(max_gib=4).plan(need)
+    assert fewer.every > 1 and need.on_disk(fewer.every) <= 4 * GIB * 0.85
+    assert need.on_disk(fewer.every - 1) > 4 * GIB * 0.85 or need.in_memory(fewer.every - 1) > 4 * GIB
+    limit, source = available_memory()
+    assert limit > 0 and source
+
+
+def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> None:
+    spec = {key.split(".")[-1]: int(value) for key, value in (o.split("=") for o in SMALL_DATA)}
+    data = NumeraiData(SyntheticSource(**spec), workspace.root / "data" / "synthetic", version="v5.2")
+    need = data.memory_need(LightGBMModel.dataset_bytes_per_value)
+    # a limit between what streaming and what everything in memory needs
+    limit = (need.on_disk() + need.in_memory()) / 2 / 0.85 / GIB
+    result = workspace.run("memory=auto", f"memory.max_gib={limit}", "tracking.run_name=auto-low",
+                           "tracking.log_model=false", COLUMNS="300")
+    assert result.returncode == 0, result.stderr
+    assert "memory: disk, all training eras" in result.stdout + result.stderr
+    memory = workspace.run("tracking.run_name=in-memory", "tracking.log_model=false")
+    assert memory.returncode == 0, memory.stderr
+    runs = {run.info.run_name: run for run in workspace.runs()}
+    streamed, in_memory = runs["auto-low"], runs["in-memory"]
+    assert streamed.data.tags["memory_plan"] == "disk, every 1 training era(s)"
+    assert "memory.max_gib" in streamed.data.tags["memory_reason"]
+    assert in_memory.data.tags["memory_plan"] == "memory, every 1 training era(s)"
+    for name in ("corr_mean", "mmc_mean", "fnc_mean", "feature_exposure_mean"):
+        assert streamed.data.metrics[name] == in_memory.data.metrics[name], name
