@@ -148,17 +148,40 @@ def _meminfo_available() -> int:
 
 
 def _cgroup_room() -> int | None:
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    """Room left under the tightest memory limit of this process's cgroup and its ancestors
+    (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``); None when nothing limits it."""
+    rooms = []
+    for folder, limit_name, usage_name in _cgroup_folders():
         try:
-            limit = Path(limit_file).read_text().strip()
-            usage = int(Path(usage_file).read_text().strip())
+            limit = (folder / limit_name).read_text().strip()
+            usage = int((folder / usage_name).read_text().strip())
         except (OSError, ValueError):
             continue
         if limit.isdigit() and int(limit) < 2**60:
-            return max(int(limit) - usage, 0)
-    return None
+            rooms.append(max(int(limit) - usage, 0))
+    return min(rooms) if rooms else None
+
+
+def _cgroup_folders() -> list[tuple[Path, str, str]]:
+    root = Path("/sys/fs/cgroup")
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2, mounted at the root or under unified/
+            bases, names = [root, root / "unified"], ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):
+            bases, names = [root / "memory"], ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        parts = [part for part in path.split("/") if part]
+        for base in bases:
+            for depth in range(len(parts), -1, -1):
+                found.append((base.joinpath(*parts[:depth]), *names))
+    return found
 
 
 def _own_virtual_bytes() -> int:
