@@ -16,6 +16,7 @@ are used (fitting only), so a pickled fitted ensemble (``fxml.export_model``) pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -55,6 +56,8 @@ class EnsembleModel(TabularModel):
             on_step: StepCallback | None = None) -> EnsembleModel:
         self.input_features = list(train.feature_names)
         self.models, self.columns, self.sources = [], [], []
+        # every member reads the same train matrix: none may release it before the last
+        shared_train = dataclasses.replace(train, releasable=False)
         for name, spec in self.options["members"].items():
             if isinstance(spec, str):
                 model, columns = self._load_member(name, spec, train.feature_names)
@@ -62,11 +65,13 @@ class EnsembleModel(TabularModel):
             else:
                 model, columns = self._build_member(name, spec), None
                 log.info("ensemble: training member %s (%s)", name, type(model).__name__)
-                model.fit(train, validation, on_step=_prefixed(on_step, name))
+                model.fit(shared_train, validation, on_step=_prefixed(on_step, name))
                 source = "trained in this run"
             self.models.append(model)
             self.columns.append(columns)
             self.sources.append(source)
+        del shared_train
+        train.release_features()
         self.weights = self._weights(validation)
         shown = ", ".join(f"{n}={w:.3f}" for n, w in zip(self.names, self.weights, strict=True))
         log.info("ensemble weights (%s): %s", self._weight_kind, shown)
