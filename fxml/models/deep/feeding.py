@@ -14,6 +14,7 @@ Two batch plans:
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -73,7 +74,10 @@ class BatchFeeder:
             log.info("data: int8 features (%.0f MiB) stay in host memory, batches copied to %s",
                      features.nbytes / 2**20, self.device)
         self.home = home
-        self.features = torch.from_numpy(np.ascontiguousarray(features)).to(home)
+        with warnings.catch_warnings():
+            # a memory-mapped store is read-only; batches only ever read from it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.features = torch.from_numpy(np.ascontiguousarray(features)).to(home)
         if targets.ndim == 1:
             targets = targets[:, None]
         self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)).to(home)
