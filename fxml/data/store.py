@@ -94,9 +94,10 @@ def fill_matrix(path: Path, columns: list[str], plan: RowPlan, out: np.ndarray,
             except (pa.ArrowException, OSError) as error:
                 raise FxmlError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
             block = np.empty((len(names), len(local)), dtype=np.int8)
+            every_row = len(local) == group_rows
             for j, name in enumerate(names):
                 values, n_filled = int8_column(table.column(j), name, path, missing)
-                block[j] = values[local]
+                block[j] = values if every_row else values[local]
                 filled += n_filled
             _write_transposed(out, destination, start, block)
     return filled
