@@ -151,6 +151,10 @@ def test_missing_feature_values_error_or_fill(tmp_path: Path) -> None:
     column = split.features[:, 5]
     filled_ids = validation["id"].iloc[[4, 77]].to_numpy()
     assert (column[np.isin(split.ids, filled_ids)] == 3).all()
+    era = int(validation["era"].iloc[4])
+    in_era = int((validation["era"].iloc[[4, 77]].astype(int) == era).sum())
+    data, _ = load(tmp_path, "validation", missing_features="fill", validation_eras=[era, era])
+    assert data.filled == {"validation": in_era}, "only the rows read count"
     with pytest.raises(FxmlError, match="data.missing_features must be error or fill"):
         load(tmp_path, "validation", missing_features="zero")
 

@@ -96,9 +96,10 @@ def fill_matrix(path: Path, columns: list[str], plan: RowPlan, out: np.ndarray,
             block = np.empty((len(names), len(local)), dtype=np.int8)
             every_row = len(local) == group_rows
             for j, name in enumerate(names):
-                values, n_filled = int8_column(table.column(j), name, path, missing)
+                values, was_missing = int8_column(table.column(j), name, path, missing)
                 block[j] = values if every_row else values[local]
-                filled += n_filled
+                if was_missing is not None:
+                    filled += int(was_missing.sum() if every_row else was_missing[local].sum())
             _write_transposed(out, destination, start, block)
     return filled
 
@@ -118,27 +119,29 @@ def _write_transposed(out: np.ndarray, destination: np.ndarray, column: int, blo
 
 
 def int8_column(column: pa.ChunkedArray, name: str, path: Path,
-                missing: MissingFeatures) -> tuple[np.ndarray, int]:
+                missing: MissingFeatures) -> tuple[np.ndarray, np.ndarray | None]:
     """One feature column as int8, with missing values (null, or NaN in a float column) filled or
-    reported by name; a value outside int8 or not a whole number is an error."""
+    reported by name, and where values were filled (None if none was); a value outside int8 or
+    not a whole number is an error."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_floating(array.type):
         array = pc.if_else(pc.is_nan(array), pa.scalar(None, array.type), array)
     n_missing = array.null_count
+    was_missing = None
     if n_missing:
         if missing.policy == "error":
             raise FxmlError(
                 f"{path.name}: feature column {name} has missing values ({n_missing:,} rows); "
                 "data.missing_features=fill fills them with data.missing_fill (default 2)")
-        array = pc.fill_null(array, pa.scalar(missing.fill, array.type) if not pa.types.is_floating(
-            array.type) else pa.scalar(float(missing.fill), array.type))
+        was_missing = array.is_null().to_numpy(zero_copy_only=False)
+        array = pc.fill_null(array, pa.scalar(missing.fill).cast(array.type))
     if array.type != pa.int8():
         try:
             array = pc.cast(array, pa.int8(), safe=True)
         except pa.ArrowInvalid:
             raise FxmlError(f"{path.name}: feature column {name} has values that are not int8 "
                             "feature values (0..4)") from None
-    return array.to_numpy(zero_copy_only=False), n_missing
+    return array.to_numpy(zero_copy_only=False), was_missing
 
 
 def store_key(path: Path, columns: list[str], plan: RowPlan, missing: MissingFeatures) -> str:
