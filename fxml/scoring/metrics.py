@@ -24,12 +24,16 @@ from fxml.scoring.eras import (
 )
 from fxml.scoring.transforms import (
     center_by_era,
+    centre_gram_upper,
     centred_cross_products,
     centred_gram,
+    centred_variances,
     gaussianize,
     gram_pseudo_inverse,
     neutralize_padded,
+    neutralizing_coefficients,
     orthogonalize_by_era,
+    raw_gram_upper,
     signed_power,
     tie_kept_rank,
 )
@@ -45,6 +49,17 @@ SCORE_COLUMNS: tuple[str, ...] = ("corr", "mmc", "bmc", "fnc", "feature_exposure
 # is a block on its own). Blocks that stay in cache are faster than big ones: at 1M rows x
 # 42 features, 8-16 MiB blocks scored ~15% faster than 128 MiB ones.
 FEATURE_CHUNK_BYTES = 16 * 2**20
+
+# From this many features on, FNC and exposure run era by era on threaded BLAS (one
+# Gram matrix and one Cholesky factorisation per era) instead of padded blocks of eras on
+# one thread. Measured with scripts/bench_scoring.py: see README's benchmarks.
+PER_ERA_MIN_FEATURES = 200
+# Per-era float blocks may be larger than FEATURE_CHUNK_BYTES: syrk needs many rows
+# per call to run at full speed (one 6,000-row era at 2,748 features is one block).
+PER_ERA_BLOCK_BYTES = 256 * 2**20
+
+# numerai-tools' neutralize: np.linalg.lstsq(..., rcond=1e-6) with a constant column.
+NEUTRALIZE_RCOND = 1e-6
 
 
 def pearson_by_era(a: np.ndarray, b: np.ndarray, codes: np.ndarray, n_eras: int) -> np.ndarray:
@@ -130,14 +145,22 @@ def feature_neutral_residuals_and_exposure(
     """Feature-neutral gaussianized predictions (per row) and feature exposure (per era).
 
     Both need the same per-era feature moments, so they share one pass over the features,
-    and only one block of eras is converted to float64 at a time. Rows and eras not in
-    ``era_ids`` stay NaN.
+    and only one block of eras is converted to float at a time. Rows and eras not in
+    ``era_ids`` stay NaN. Few features: padded blocks of eras on one BLAS thread; many
+    (``PER_ERA_MIN_FEATURES``): one era at a time on threaded BLAS.
     """
     residuals = np.full(predictions.shape, np.nan)
     exposure = np.full(n_eras, np.nan)
     counts = era_count(codes, n_eras)
     starts = era_starts(counts)
     contiguous = era_order(codes, n_eras)
+    if features.shape[1] >= PER_ERA_MIN_FEATURES:
+        for era in era_ids.tolist():
+            rows = contiguous[starts[era] : starts[era] + counts[era]]
+            residuals[rows], exposure[era] = _era_feature_scores(
+                features[rows], gaussian_predictions[rows], predictions[rows]
+            )
+        return residuals, exposure
     with _single_threaded_blas():
         for chunk in _plan_feature_chunks(era_ids, counts, features.shape[1], chunk_bytes):
             sizes = counts[chunk]
@@ -154,6 +177,88 @@ def feature_neutral_residuals_and_exposure(
             )
             residuals[rows] = chunk_residuals
     return residuals, exposure
+
+
+class _FloatRows:
+    """One era's feature rows as float64 blocks of at most ``block_bytes`` (one block for
+    a typical era, kept for the second pass), so no float copy of a large era is ever
+    whole."""
+
+    def __init__(self, features: np.ndarray, block_bytes: int) -> None:
+        self._features = features
+        self._step = max(1, block_bytes // (8 * features.shape[1]))
+        self._whole = np.asarray(features, dtype=np.float64) if features.shape[0] <= self._step else None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._whole is not None:
+            yield self._whole
+            return
+        for start in range(0, self._features.shape[0], self._step):
+            yield np.asarray(self._features[start : start + self._step], dtype=np.float64)
+
+    def transposed_times(self, vectors: np.ndarray) -> np.ndarray:
+        """``X' V`` for per-row ``vectors`` (rows, m)."""
+        product = np.zeros((self._features.shape[1], vectors.shape[1]))
+        start = 0
+        for block in self:
+            product += block.T @ vectors[start : start + block.shape[0]]
+            start += block.shape[0]
+        return product
+
+    def times(self, coefficients: np.ndarray) -> np.ndarray:
+        """``X b`` per row."""
+        return np.concatenate([block @ coefficients for block in self])
+
+
+def _era_feature_scores(
+    features: np.ndarray, gaussian_predictions: np.ndarray, predictions: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """FNC residuals (per row) and feature exposure of one era with many features.
+
+    One Gram matrix (exact float32 ``syrk`` for integer features) and one Cholesky
+    factorisation per era, on threaded BLAS; exposure needs only ``X'p`` and the
+    centred column norms, so it costs no solve.
+    """
+    n_rows, n_features = features.shape
+    rows = _FloatRows(features, PER_ERA_BLOCK_BYTES)
+    sums = features.sum(axis=0, dtype=np.float64)
+    # column 0: gaussianized ranks (FNC); column 1: raw predictions (exposure)
+    vectors = np.column_stack([gaussian_predictions, predictions])
+    centred = vectors - vectors.sum(axis=0) / n_rows
+    # the mean term is subtracted because centred vectors sum to zero only up to rounding
+    cross = rows.transposed_times(centred) - np.outer(sums, centred.sum(axis=0) / n_rows)
+
+    gram = raw_gram_upper(features, max(1, PER_ERA_BLOCK_BYTES // (4 * n_features)))
+    variances = centred_variances(np.diagonal(gram).copy(), sums, n_rows)
+    centre_gram_upper(gram, sums, n_rows)
+    # A feature constant in the era has no direction to remove: a unit pivot and a zero
+    # right-hand side give it a zero coefficient without disturbing the others.
+    constant = variances == 0
+    gram[constant, :] = 0.0
+    gram[:, constant] = 0.0
+    gram[constant, constant] = max(float(variances.max()), 1.0)
+    coefficients = neutralizing_coefficients(
+        gram, np.where(constant, 0.0, cross[:, 0]), _rcond_tolerance(features)
+    )
+    residuals = centred[:, 0] - (rows.times(coefficients) - sums @ coefficients / n_rows)
+
+    if predictions.min() == predictions.max() or constant.all():
+        return residuals, np.nan
+    # numerai-tools gets NaN for a feature constant in the era and skips it (idxmax)
+    feature_norm = np.sqrt(variances[~constant])
+    prediction_norm = np.sqrt(centred[:, 1] @ centred[:, 1])
+    correlations = np.abs(cross[~constant, 1]) / feature_norm / prediction_norm
+    return residuals, float(correlations.max())
+
+
+def _rcond_tolerance(features: np.ndarray) -> float:
+    """Pivot below which a feature counts as a combination of the others: lstsq's
+    ``rcond`` cut on singular values, squared for the Gram matrix, relative to the largest
+    eigenvalue of ``[X 1]'[X 1]`` (estimated by its Rayleigh quotient at the all-ones
+    vector, close for non-negative features such as Numerai's)."""
+    row_totals = features.sum(axis=1, dtype=np.float64) + 1.0
+    largest = (row_totals @ row_totals) / (features.shape[1] + 1)
+    return NEUTRALIZE_RCOND**2 * largest
 
 
 def _feature_block_scores(
@@ -183,9 +288,7 @@ def _feature_block_scores(
     vectors[slots, 1] = predictions
     vectors = vectors.reshape(n_block, longest, 2)
     raw = vectors[..., 1]
-    constant = np.where(valid, raw, np.inf).min(axis=1) == np.where(valid, raw, -np.inf).max(
-        axis=1
-    )
+    constant = np.where(valid, raw, np.inf).min(axis=1) == np.where(valid, raw, -np.inf).max(axis=1)
     vectors -= (vectors.sum(axis=1) / sizes[:, None])[:, None, :]
     vectors[~valid] = 0.0
     cross = centred_cross_products(block, sums, sizes, vectors)
@@ -264,8 +367,7 @@ def score_eras(
     n_nan = int(np.isnan(predictions).sum())
     if n_nan:
         raise ValueError(
-            f"predictions contain {n_nan} NaN value(s) out of {n_rows}; "
-            "fill or drop them before scoring"
+            f"predictions contain {n_nan} NaN value(s) out of {n_rows}; fill or drop them before scoring"
         )
     targets = _as_vector("targets", targets, n_rows)
     references = {
@@ -279,9 +381,7 @@ def score_eras(
     if features is not None:
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[0] != n_rows or features.shape[1] == 0:
-            raise ValueError(
-                f"features must have shape ({n_rows}, k) with k >= 1, got {features.shape}"
-            )
+            raise ValueError(f"features must have shape ({n_rows}, k) with k >= 1, got {features.shape}")
     era_codes = encode_eras(eras)
     codes, n_eras = era_codes.codes, era_codes.n_eras
 

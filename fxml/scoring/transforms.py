@@ -7,6 +7,7 @@ are looked up by code, so no Python loop runs over eras.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import blas, lapack
 from scipy.special import ndtri
 
 from fxml.scoring.eras import era_count, era_mean, era_starts, era_sum
@@ -16,9 +17,7 @@ from fxml.scoring.eras import era_count, era_mean, era_starts, era_sum
 GRAM_RCOND = 1e-12
 
 
-def tie_kept_rank(
-    values: np.ndarray, codes: np.ndarray, n_eras: int, order: np.ndarray
-) -> np.ndarray:
+def tie_kept_rank(values: np.ndarray, codes: np.ndarray, n_eras: int, order: np.ndarray) -> np.ndarray:
     """Percentile rank inside each era, ties sharing their average rank: ``(rank - 0.5) / n``.
 
     Numerai ranks with pandas' ``rank(method="average")``; ties must keep one value so two
@@ -41,9 +40,7 @@ def tie_kept_rank(
     group_sizes = np.diff(first, append=size)
     # 1-based average rank inside the era: ((first + 1) + (last + 1)) / 2 - era offset;
     # the sorted rows are contiguous runs, so per-group and per-era values are repeated.
-    twice_rank = np.repeat(2 * first + group_sizes + 1, group_sizes) - np.repeat(
-        2 * starts, counts
-    )
+    twice_rank = np.repeat(2 * first + group_sizes + 1, group_sizes) - np.repeat(2 * starts, counts)
     out[order] = (twice_rank / 2 - 0.5) / np.repeat(counts, counts)
     return out
 
@@ -72,9 +69,7 @@ def orthogonalize_by_era(
     the part of a model the meta model (or benchmark) does not already provide.
     An era where the reference is all zero (constant) gets NaN: no direction to remove."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        slope = era_sum(values * reference, codes, n_eras) / era_sum(
-            reference * reference, codes, n_eras
-        )
+        slope = era_sum(values * reference, codes, n_eras) / era_sum(reference * reference, codes, n_eras)
     return values - reference * slope[codes]
 
 
@@ -123,3 +118,73 @@ def neutralize_padded(
     fitted = np.matmul(features, coefficients[..., None])[..., 0]
     offset = np.einsum("ek,ek->e", sums, coefficients) / sizes
     return values - (fitted - offset[:, None])
+
+
+# Numerai features are small integers (0..4), so every product and partial sum of their
+# Gram matrix is an integer: float32 holds it exactly while sums stay at or below 2**24,
+# and single-precision BLAS runs about twice as fast as double.
+FLOAT32_EXACT_LIMIT = 2**24
+
+
+def exact_float32_rows(features: np.ndarray) -> int:
+    """How many rows of an integer feature block one float32 Gram pass can take exactly
+    (0 when the features are not integers: their Gram matrix needs float64)."""
+    if not np.issubdtype(features.dtype, np.integer) or features.size == 0:
+        return 0
+    largest = max(abs(int(features.min())), abs(int(features.max())), 1)
+    return FLOAT32_EXACT_LIMIT // (largest * largest)
+
+
+def raw_gram_upper(features: np.ndarray, rows_per_pass: int) -> np.ndarray:
+    """Upper triangle of ``X'X`` (float64, Fortran order; the lower triangle is not set)
+    for one era's feature rows, with threaded ``syrk`` passes over at most
+    ``rows_per_pass`` rows. Integer features are multiplied in float32, which is exact
+    within ``exact_float32_rows``; other features in float64."""
+    exact_rows = exact_float32_rows(features)
+    syrk, dtype = (blas.ssyrk, np.float32) if exact_rows else (blas.dsyrk, np.float64)
+    step = max(1, min(rows_per_pass, exact_rows) if exact_rows else rows_per_pass)
+    k = features.shape[1]
+    gram = np.zeros((k, k), order="F")
+    for start in range(0, features.shape[0], step):
+        block = np.asarray(features[start : start + step], dtype=dtype)
+        # block.T is a Fortran-order view: syrk reads it in place, no transposed copy
+        gram += syrk(1.0, block.T, trans=0, lower=0)
+    return gram
+
+
+def centre_gram_upper(gram: np.ndarray, sums: np.ndarray, n_rows: int) -> np.ndarray:
+    """``X'X - s s'/n`` in place on the upper triangle: the Gram matrix of the centred
+    features, so the constant column of numerai-tools' regression drops out. A rank-one
+    BLAS update; the exact diagonal is ``centred_variances``."""
+    return blas.dsyr(-1.0 / n_rows, sums, a=gram, lower=0, overwrite_a=1)
+
+
+def centred_variances(raw_diagonal: np.ndarray, sums: np.ndarray, n_rows: int) -> np.ndarray:
+    """Sums of squares of the centred features, ``x'x - s^2/n``: exactly zero for a
+    feature constant in the era (the integer terms are exact)."""
+    return raw_diagonal - sums * sums / n_rows
+
+
+def neutralizing_coefficients(centred_gram: np.ndarray, cross: np.ndarray, tolerance: float) -> np.ndarray:
+    """Least-squares coefficients ``b`` of a centred vector on the centred features, from
+    the normal equations ``G b = X_c'v`` (``centred_gram`` upper triangle, Fortran order;
+    a feature constant in the era must have been cleared to a unit row/column).
+
+    One Cholesky factorisation solves them. When a feature is (numerically) a linear
+    combination of others, its pivot falls below ``tolerance``; the system is then solved
+    again with a pivoted Cholesky that keeps only the features above ``tolerance``. The
+    solution is not unique then, but the residual ``v - X_c b`` is, and it equals what
+    lstsq's rcond cut gives numerai-tools.
+    """
+    factor, info = lapack.dpotrf(centred_gram, lower=0, clean=0)
+    if info == 0 and np.diagonal(factor).min() ** 2 > tolerance:
+        solution, info = lapack.dpotrs(factor, cross, lower=0)
+        if info == 0:
+            return solution
+    factor, pivots, rank, _ = lapack.dpstrf(centred_gram, tol=tolerance, lower=0)
+    kept = pivots[:rank] - 1
+    coefficients = np.zeros_like(cross)
+    if rank:
+        kept_factor = np.asfortranarray(factor[:rank, :rank])
+        coefficients[kept], _ = lapack.dpotrs(kept_factor, cross[kept], lower=0)
+    return coefficients
