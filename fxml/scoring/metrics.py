@@ -2,7 +2,8 @@
 
 Each metric equals the numerai-tools function of the same name applied to one era at a
 time; here every era is scored in one pass of numpy operations on era codes, and the
-feature-heavy metrics run on padded blocks of consecutive eras.
+feature-heavy metrics (FNC, exposure) run era by era on one Gram matrix and one Cholesky
+factorisation each.
 """
 
 from __future__ import annotations
@@ -25,12 +26,8 @@ from fxml.scoring.eras import (
 from fxml.scoring.transforms import (
     center_by_era,
     centre_gram_upper,
-    centred_cross_products,
-    centred_gram,
     centred_variances,
     gaussianize,
-    gram_pseudo_inverse,
-    neutralize_padded,
     neutralizing_coefficients,
     orthogonalize_by_era,
     raw_gram_upper,
@@ -45,18 +42,15 @@ except ImportError:  # optional: without it BLAS keeps its default thread count
 
 SCORE_COLUMNS: tuple[str, ...] = ("corr", "mmc", "bmc", "fnc", "feature_exposure")
 
-# Float64 working set of one block of eras in the feature metrics (an era larger than this
-# is a block on its own). Blocks that stay in cache are faster than big ones: at 1M rows x
-# 42 features, 8-16 MiB blocks scored ~15% faster than 128 MiB ones.
-FEATURE_CHUNK_BYTES = 16 * 2**20
+# Largest float copy of an era's feature rows in FNC and exposure (an era beyond it is
+# processed in row blocks). syrk needs many rows per call to run at full speed: one
+# 6,000-row era at 2,748 features (66 MB in float32, 132 MB in float64) is one block.
+FLOAT_BLOCK_BYTES = 256 * 2**20
 
-# From this many features on, FNC and exposure run era by era on threaded BLAS (one
-# Gram matrix and one Cholesky factorisation per era) instead of padded blocks of eras on
-# one thread. Measured with scripts/bench_scoring.py: see README's benchmarks.
-PER_ERA_MIN_FEATURES = 200
-# Per-era float blocks may be larger than FEATURE_CHUNK_BYTES: syrk needs many rows
-# per call to run at full speed (one 6,000-row era at 2,748 features is one block).
-PER_ERA_BLOCK_BYTES = 256 * 2**20
+# From this many features on, the per-era Gram matrix and Cholesky factorisation run on
+# threaded BLAS. Measured with scripts/bench_scoring.py and per-kernel timings on idle
+# cores (see README's benchmarks).
+THREADED_MIN_FEATURES = 1000
 
 # numerai-tools' neutralize: np.linalg.lstsq(..., rcond=1e-6) with a constant column.
 NEUTRALIZE_RCOND = 1e-6
@@ -105,32 +99,16 @@ def correlation_contribution_by_era(
         return era_sum(centred_targets * orthogonal, codes, n_eras) / era_count(codes, n_eras)
 
 
-def _single_threaded_blas() -> contextlib.AbstractContextManager[Any]:
-    """The feature metrics make many small BLAS/LAPACK calls (one per era, k x k): thread
-    start-up and spinning cost more than they save, and far more on a busy machine
-    (measured at 1M rows x 42 features on 2 shared cores: 2.5-19 s threaded, 1.4 s not)."""
+def _blas_threads(n_features: int) -> contextlib.AbstractContextManager[Any]:
+    """BLAS threads for one era's k x k work: worth starting only when k is large.
+    Small per-era calls lose more to thread start-up and spinning than they gain, far more
+    on a busy machine (1M rows x 42 features on 2 shared cores: 2.5-19 s threaded, 1.4 s
+    not); at 2,748 features two threads ran syrk and Cholesky ~1.5x faster on idle cores."""
     if threadpool_limits is None:
         return contextlib.nullcontext()
+    if n_features >= THREADED_MIN_FEATURES:
+        return threadpool_limits(limits=None, user_api="blas")
     return threadpool_limits(limits=1, user_api="blas")
-
-
-def _plan_feature_chunks(
-    era_ids: np.ndarray, counts: np.ndarray, n_features: int, chunk_bytes: int
-) -> Iterator[np.ndarray]:
-    """Group consecutive eras so one padded float64 block (plus Gram matrices) stays
-    within ``chunk_bytes``; an era larger than that forms a block on its own."""
-    chunk: list[int] = []
-    longest = 0
-    for era in era_ids.tolist():
-        longest_with = max(longest, int(counts[era]))
-        per_era_bytes = 8 * (longest_with * n_features + 3 * n_features * n_features)
-        if chunk and (len(chunk) + 1) * per_era_bytes > chunk_bytes:
-            yield np.asarray(chunk, dtype=np.intp)
-            chunk, longest_with = [], int(counts[era])
-        chunk.append(era)
-        longest = longest_with
-    if chunk:
-        yield np.asarray(chunk, dtype=np.intp)
 
 
 def feature_neutral_residuals_and_exposure(
@@ -140,42 +118,21 @@ def feature_neutral_residuals_and_exposure(
     codes: np.ndarray,
     n_eras: int,
     era_ids: np.ndarray,
-    chunk_bytes: int = FEATURE_CHUNK_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Feature-neutral gaussianized predictions (per row) and feature exposure (per era).
-
-    Both need the same per-era feature moments, so they share one pass over the features,
-    and only one block of eras is converted to float at a time. Rows and eras not in
-    ``era_ids`` stay NaN. Few features: padded blocks of eras on one BLAS thread; many
-    (``PER_ERA_MIN_FEATURES``): one era at a time on threaded BLAS.
-    """
+    """Feature-neutral gaussianized predictions (per row) and feature exposure (per era),
+    one era at a time; only that era's rows are ever converted to float. Rows and eras
+    not in ``era_ids`` stay NaN."""
     residuals = np.full(predictions.shape, np.nan)
     exposure = np.full(n_eras, np.nan)
     counts = era_count(codes, n_eras)
     starts = era_starts(counts)
     contiguous = era_order(codes, n_eras)
-    if features.shape[1] >= PER_ERA_MIN_FEATURES:
+    with _blas_threads(features.shape[1]):
         for era in era_ids.tolist():
             rows = contiguous[starts[era] : starts[era] + counts[era]]
             residuals[rows], exposure[era] = _era_feature_scores(
                 features[rows], gaussian_predictions[rows], predictions[rows]
             )
-        return residuals, exposure
-    with _single_threaded_blas():
-        for chunk in _plan_feature_chunks(era_ids, counts, features.shape[1], chunk_bytes):
-            sizes = counts[chunk]
-            local_era = np.repeat(np.arange(chunk.size), sizes)
-            position = np.arange(local_era.size) - np.repeat(era_starts(sizes), sizes)
-            rows = contiguous[starts[chunk][local_era] + position]
-            chunk_residuals, exposure[chunk] = _feature_block_scores(
-                features[rows],
-                gaussian_predictions[rows],
-                predictions[rows],
-                local_era,
-                position,
-                sizes,
-            )
-            residuals[rows] = chunk_residuals
     return residuals, exposure
 
 
@@ -187,7 +144,9 @@ class _FloatRows:
     def __init__(self, features: np.ndarray, block_bytes: int) -> None:
         self._features = features
         self._step = max(1, block_bytes // (8 * features.shape[1]))
-        self._whole = np.asarray(features, dtype=np.float64) if features.shape[0] <= self._step else None
+        self._whole = (
+            np.asarray(features, dtype=np.float64) if features.shape[0] <= self._step else None
+        )
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self._whole is not None:
@@ -213,14 +172,16 @@ class _FloatRows:
 def _era_feature_scores(
     features: np.ndarray, gaussian_predictions: np.ndarray, predictions: np.ndarray
 ) -> tuple[np.ndarray, float]:
-    """FNC residuals (per row) and feature exposure of one era with many features.
+    """FNC residuals (per row) and feature exposure of one era.
 
-    One Gram matrix (exact float32 ``syrk`` for integer features) and one Cholesky
-    factorisation per era, on threaded BLAS; exposure needs only ``X'p`` and the
-    centred column norms, so it costs no solve.
+    numerai-tools regresses the gaussianized ranks on the features plus a constant
+    (``lstsq``); here that is the centred ranks regressed on the centred features, solved
+    from the normal equations with one Gram matrix (exact float32 ``syrk`` for integer
+    features, centred by a rank-one update) and one Cholesky factorisation. Exposure
+    needs only ``X'p`` and the centred column norms, so it costs no solve.
     """
     n_rows, n_features = features.shape
-    rows = _FloatRows(features, PER_ERA_BLOCK_BYTES)
+    rows = _FloatRows(features, FLOAT_BLOCK_BYTES)
     sums = features.sum(axis=0, dtype=np.float64)
     # column 0: gaussianized ranks (FNC); column 1: raw predictions (exposure)
     vectors = np.column_stack([gaussian_predictions, predictions])
@@ -228,12 +189,14 @@ def _era_feature_scores(
     # the mean term is subtracted because centred vectors sum to zero only up to rounding
     cross = rows.transposed_times(centred) - np.outer(sums, centred.sum(axis=0) / n_rows)
 
-    gram = raw_gram_upper(features, max(1, PER_ERA_BLOCK_BYTES // (4 * n_features)))
+    gram = raw_gram_upper(features, max(1, FLOAT_BLOCK_BYTES // (4 * n_features)))
     variances = centred_variances(np.diagonal(gram).copy(), sums, n_rows)
     centre_gram_upper(gram, sums, n_rows)
     # A feature constant in the era has no direction to remove: a unit pivot and a zero
-    # right-hand side give it a zero coefficient without disturbing the others.
-    constant = variances == 0
+    # right-hand side give it a zero coefficient without touching the others' solution.
+    # (For integer features its variance is exactly zero; for float ones only nearly.)
+    constant = features.min(axis=0) == features.max(axis=0)
+    variances[constant] = 0.0
     gram[constant, :] = 0.0
     gram[:, constant] = 0.0
     gram[constant, constant] = max(float(variances.max()), 1.0)
@@ -259,53 +222,6 @@ def _rcond_tolerance(features: np.ndarray) -> float:
     row_totals = features.sum(axis=1, dtype=np.float64) + 1.0
     largest = (row_totals @ row_totals) / (features.shape[1] + 1)
     return NEUTRALIZE_RCOND**2 * largest
-
-
-def _feature_block_scores(
-    features: np.ndarray,
-    gaussian_predictions: np.ndarray,
-    predictions: np.ndarray,
-    local_era: np.ndarray,
-    position: np.ndarray,
-    sizes: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """FNC residuals (per row) and feature exposure (per era) for a block of eras whose
-    rows are given era by era; eras are padded to a common length so every product is one
-    batched matmul."""
-    n_block, longest = sizes.size, int(sizes.max())
-    slots = local_era * longest + position
-    valid = np.arange(longest)[None, :] < sizes[:, None]
-
-    block = np.zeros((n_block * longest, features.shape[1]))
-    block[slots] = features
-    block = block.reshape(n_block, longest, features.shape[1])
-    sums = block.sum(axis=1)
-    gram = centred_gram(block, sums, sizes)
-
-    # column 0: gaussianized ranks (FNC); column 1: raw predictions (exposure)
-    vectors = np.zeros((n_block * longest, 2))
-    vectors[slots, 0] = gaussian_predictions
-    vectors[slots, 1] = predictions
-    vectors = vectors.reshape(n_block, longest, 2)
-    raw = vectors[..., 1]
-    constant = np.where(valid, raw, np.inf).min(axis=1) == np.where(valid, raw, -np.inf).max(axis=1)
-    vectors -= (vectors.sum(axis=1) / sizes[:, None])[:, None, :]
-    vectors[~valid] = 0.0
-    cross = centred_cross_products(block, sums, sizes, vectors)
-
-    coefficients = np.matmul(gram_pseudo_inverse(gram), cross[..., :1])[..., 0]
-    residuals = neutralize_padded(vectors[..., 0], block, sums, sizes, coefficients)
-
-    feature_norm = np.sqrt(np.diagonal(gram, axis1=1, axis2=2))
-    prediction_norm = np.sqrt(np.einsum("er,er->e", vectors[..., 1], vectors[..., 1]))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        correlations = cross[..., 1] / feature_norm / prediction_norm[:, None]
-    # A feature constant in the era has no correlation: numerai-tools gets NaN for it and
-    # skips it (idxmax skipna). Constant predictions have none with any feature.
-    correlations[feature_norm == 0] = np.nan
-    exposure = np.fmax.reduce(np.abs(correlations), axis=1)
-    exposure[constant] = np.nan
-    return residuals.reshape(-1)[slots], exposure
 
 
 class _GaussianRanks:
@@ -367,7 +283,8 @@ def score_eras(
     n_nan = int(np.isnan(predictions).sum())
     if n_nan:
         raise ValueError(
-            f"predictions contain {n_nan} NaN value(s) out of {n_rows}; fill or drop them before scoring"
+            f"predictions contain {n_nan} NaN value(s) out of {n_rows}; "
+            "fill or drop them before scoring"
         )
     targets = _as_vector("targets", targets, n_rows)
     references = {
@@ -381,7 +298,9 @@ def score_eras(
     if features is not None:
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[0] != n_rows or features.shape[1] == 0:
-            raise ValueError(f"features must have shape ({n_rows}, k) with k >= 1, got {features.shape}")
+            raise ValueError(
+                f"features must have shape ({n_rows}, k) with k >= 1, got {features.shape}"
+            )
     era_codes = encode_eras(eras)
     codes, n_eras = era_codes.codes, era_codes.n_eras
 
@@ -418,7 +337,6 @@ def score_eras(
             codes,
             n_eras,
             np.flatnonzero(scored),
-            chunk_bytes=FEATURE_CHUNK_BYTES,
         )
         columns["fnc"] = numerai_corr_by_era(
             _GaussianRanks(residuals, codes, n_eras).over(has_target)[target_rows],

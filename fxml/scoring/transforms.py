@@ -12,12 +12,10 @@ from scipy.special import ndtri
 
 from fxml.scoring.eras import era_count, era_mean, era_starts, era_sum
 
-# numerai-tools neutralizes with np.linalg.lstsq(rcond=1e-6), a cut on singular values of
-# the feature matrix. Eigenvalues of the Gram matrix are squared singular values.
-GRAM_RCOND = 1e-12
 
-
-def tie_kept_rank(values: np.ndarray, codes: np.ndarray, n_eras: int, order: np.ndarray) -> np.ndarray:
+def tie_kept_rank(
+    values: np.ndarray, codes: np.ndarray, n_eras: int, order: np.ndarray
+) -> np.ndarray:
     """Percentile rank inside each era, ties sharing their average rank: ``(rank - 0.5) / n``.
 
     Numerai ranks with pandas' ``rank(method="average")``; ties must keep one value so two
@@ -40,7 +38,9 @@ def tie_kept_rank(values: np.ndarray, codes: np.ndarray, n_eras: int, order: np.
     group_sizes = np.diff(first, append=size)
     # 1-based average rank inside the era: ((first + 1) + (last + 1)) / 2 - era offset;
     # the sorted rows are contiguous runs, so per-group and per-era values are repeated.
-    twice_rank = np.repeat(2 * first + group_sizes + 1, group_sizes) - np.repeat(2 * starts, counts)
+    twice_rank = np.repeat(2 * first + group_sizes + 1, group_sizes) - np.repeat(
+        2 * starts, counts
+    )
     out[order] = (twice_rank / 2 - 0.5) / np.repeat(counts, counts)
     return out
 
@@ -69,55 +69,10 @@ def orthogonalize_by_era(
     the part of a model the meta model (or benchmark) does not already provide.
     An era where the reference is all zero (constant) gets NaN: no direction to remove."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        slope = era_sum(values * reference, codes, n_eras) / era_sum(reference * reference, codes, n_eras)
+        slope = era_sum(values * reference, codes, n_eras) / era_sum(
+            reference * reference, codes, n_eras
+        )
     return values - reference * slope[codes]
-
-
-def centred_gram(features: np.ndarray, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Per-era Gram matrices of the centred features, from a zero-padded block of raw ones.
-
-    For integer-valued features the raw Gram matrix and the column sums are exact, so
-    ``X'X - s s'/n`` has a single rounding per entry: it is as accurate as centring first,
-    without writing a centred copy of the block. A constant column comes out exactly zero.
-    """
-    raw = np.matmul(features.transpose(0, 2, 1), features)
-    return raw - sums[:, :, None] * sums[:, None, :] / sizes[:, None, None]
-
-
-def gram_pseudo_inverse(gram: np.ndarray) -> np.ndarray:
-    """Pseudo-inverse of per-era Gram matrices; directions without variance (a constant or
-    duplicated feature) are dropped, as lstsq's rcond drops them."""
-    return np.linalg.pinv(gram, rtol=GRAM_RCOND, hermitian=True)
-
-
-def centred_cross_products(
-    features: np.ndarray, sums: np.ndarray, sizes: np.ndarray, vectors: np.ndarray
-) -> np.ndarray:
-    """Per-era products of the centred features with centred vectors (eras, rows, m), from
-    the raw zero-padded feature block. The mean term is subtracted explicitly because the
-    centred vectors sum to zero only up to rounding."""
-    raw = np.matmul(features.transpose(0, 2, 1), vectors)
-    totals = vectors.sum(axis=1)
-    return raw - sums[:, :, None] * (totals / sizes[:, None])[:, None, :]
-
-
-def neutralize_padded(
-    values: np.ndarray,
-    features: np.ndarray,
-    sums: np.ndarray,
-    sizes: np.ndarray,
-    coefficients: np.ndarray,
-) -> np.ndarray:
-    """Least-squares residual of centred per-era ``values`` (eras, rows) on the era's
-    features plus a constant, given the coefficients on the centred features.
-
-    With centred features the span of (features, 1) splits into two orthogonal parts, so
-    the residual is the centred values minus their projection on the centred features;
-    ``X_c b = X b - (mean(X) . b)`` is evaluated on the raw block.
-    """
-    fitted = np.matmul(features, coefficients[..., None])[..., 0]
-    offset = np.einsum("ek,ek->e", sums, coefficients) / sizes
-    return values - (fitted - offset[:, None])
 
 
 # Numerai features are small integers (0..4), so every product and partial sum of their
@@ -165,7 +120,9 @@ def centred_variances(raw_diagonal: np.ndarray, sums: np.ndarray, n_rows: int) -
     return raw_diagonal - sums * sums / n_rows
 
 
-def neutralizing_coefficients(centred_gram: np.ndarray, cross: np.ndarray, tolerance: float) -> np.ndarray:
+def neutralizing_coefficients(
+    centred_gram: np.ndarray, cross: np.ndarray, tolerance: float
+) -> np.ndarray:
     """Least-squares coefficients ``b`` of a centred vector on the centred features, from
     the normal equations ``G b = X_c'v`` (``centred_gram`` upper triangle, Fortran order;
     a feature constant in the era must have been cleared to a unit row/column).
