@@ -413,3 +413,34 @@ def test_neutralizing_residual_equals_lstsq_with_rcond(dependent):
     solution = np.linalg.lstsq(with_constant, values, rcond=1e-6)[0]
     np.testing.assert_allclose(residual, values - with_constant @ solution, rtol=0, atol=1e-12)
     assert (coefficients == 0).any() == dependent
+
+
+def test_era_threads_measure_one_against_all_and_keep_the_faster(monkeypatch):
+    monkeypatch.setattr(scoring_metrics, "RETUNE_ERAS", 4)
+    threads = scoring_metrics._EraThreads(n_features=scoring_metrics.THREADED_MIN_FEATURES)
+    used = []
+
+    def run_era(seconds_per_row: dict) -> None:
+        choice = threads._next()
+        used.append(choice)
+        threads._record(choice, seconds_per_row[choice])
+
+    one_faster = {None: 2.0, 1: 1.0}
+    for _ in range(4):
+        run_era(one_faster)
+    # warm-up on all threads, a probe of each, then the faster one (one thread)
+    assert used == [None, None, 1, 1]
+    all_faster = {None: 0.5, 1: 1.0}
+    for _ in range(4):
+        run_era(all_faster)
+    assert used[4:] == [1, None, 1, None]  # re-measured: the machine got idle
+    narrow = scoring_metrics._EraThreads(n_features=scoring_metrics.THREADED_MIN_FEATURES - 1)
+    assert narrow._next() == 1
+
+
+def test_scoring_leaves_torch_threads_as_it_found_them(wide_data):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    wide = np.repeat(wide_data["features"], 4, axis=1)  # 1,200 features: thread choice runs
+    score_features(wide_data, wide)
+    assert torch.get_num_threads() == before

@@ -9,8 +9,10 @@ factorisation each.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import time
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,9 +38,9 @@ from fxml.scoring.transforms import (
 )
 
 try:
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 except ImportError:  # optional: without it BLAS keeps its default thread count
-    threadpool_limits = None  # type: ignore[assignment]
+    ThreadpoolController = None  # type: ignore[assignment,misc]
 
 SCORE_COLUMNS: tuple[str, ...] = ("corr", "mmc", "bmc", "fnc", "feature_exposure")
 
@@ -47,10 +49,12 @@ SCORE_COLUMNS: tuple[str, ...] = ("corr", "mmc", "bmc", "fnc", "feature_exposure
 # 6,000-row era at 2,748 features (66 MB in float32, 132 MB in float64) is one block.
 FLOAT_BLOCK_BYTES = 256 * 2**20
 
-# From this many features on, the per-era Gram matrix and Cholesky factorisation run on
-# threaded BLAS. Measured with scripts/bench_scoring.py and per-kernel timings on idle
-# cores (see README's benchmarks).
+# From this many features on, each era's Gram matrix and Cholesky factorisation may run on
+# several threads (see _EraThreads): at 1,000 features they took ~0.2 s per 6,000-row era
+# on one thread, enough work for threads to pay on idle cores.
 THREADED_MIN_FEATURES = 1000
+# How often (in eras) the thread count is measured again.
+RETUNE_ERAS = 32
 
 # numerai-tools' neutralize: np.linalg.lstsq(..., rcond=1e-6) with a constant column.
 NEUTRALIZE_RCOND = 1e-6
@@ -99,16 +103,61 @@ def correlation_contribution_by_era(
         return era_sum(centred_targets * orthogonal, codes, n_eras) / era_count(codes, n_eras)
 
 
-def _blas_threads(n_features: int) -> contextlib.AbstractContextManager[Any]:
-    """BLAS threads for one era's k x k work: worth starting only when k is large.
-    Small per-era calls lose more to thread start-up and spinning than they gain, far more
-    on a busy machine (1M rows x 42 features on 2 shared cores: 2.5-19 s threaded, 1.4 s
-    not); at 2,748 features two threads ran syrk and Cholesky ~1.5x faster on idle cores."""
-    if threadpool_limits is None:
-        return contextlib.nullcontext()
-    if n_features >= THREADED_MIN_FEATURES:
-        return threadpool_limits(limits=None, user_api="blas")
-    return threadpool_limits(limits=1, user_api="blas")
+class _EraThreads:
+    """Threads for each era's Gram matrix and Cholesky factorisation (BLAS and torch).
+
+    Below ``THREADED_MIN_FEATURES`` one thread: per-era calls are too small to gain from
+    more, and lose far more on a busy machine (1M rows x 42 features on 2 shared cores:
+    2.5-19 s threaded, 1.4 s not). Above it, threads win on idle cores (~1.5x for syrk and
+    Cholesky at 2,748 features) but lose ~2x on cores shared with other processes, as
+    spinning threads wait for descheduled ones; so the count is measured: every
+    ``RETUNE_ERAS`` eras, one era runs on one thread and the next on all, and the faster
+    (per row) is kept until the next check. The choice changes timing only, not results
+    beyond rounding.
+    """
+
+    def __init__(self, n_features: int) -> None:
+        tunable = n_features >= THREADED_MIN_FEATURES and (os.cpu_count() or 1) > 1
+        self._choices: tuple[int | None, ...] = (None, 1) if tunable else (1,)
+        self._chosen = self._choices[0]
+        self._seconds_per_row: dict[int | None, float] = {}
+        self._eras_done = 0
+        self._controller = ThreadpoolController() if ThreadpoolController else None
+
+    def _next(self) -> int | None:
+        # era 0 of each round warms up (allocations, thread start); eras 1 and 2 compare
+        position = self._eras_done % RETUNE_ERAS
+        if len(self._choices) > 1 and position in (1, 2):
+            return self._choices[position - 1]
+        return self._chosen
+
+    @contextlib.contextmanager
+    def era(self, n_rows: int) -> Iterator[None]:
+        threads = self._next()
+        torch = sys.modules.get("torch")
+        torch_threads = torch.get_num_threads() if torch is not None else None
+        limits = (
+            self._controller.limit(limits=threads, user_api="blas")
+            if self._controller is not None
+            else contextlib.nullcontext()
+        )
+        started = time.perf_counter()
+        with limits:
+            if torch is not None and threads is not None:
+                torch.set_num_threads(threads)
+            try:
+                yield
+            finally:
+                if torch is not None and threads is not None:
+                    torch.set_num_threads(torch_threads)
+        self._record(threads, (time.perf_counter() - started) / max(n_rows, 1))
+
+    def _record(self, threads: int | None, seconds_per_row: float) -> None:
+        if len(self._choices) > 1 and self._eras_done % RETUNE_ERAS in (1, 2):
+            self._seconds_per_row[threads] = seconds_per_row
+            if self._eras_done % RETUNE_ERAS == 2:
+                self._chosen = min(self._choices, key=self._seconds_per_row.__getitem__)
+        self._eras_done += 1
 
 
 def feature_neutral_residuals_and_exposure(
@@ -127,9 +176,10 @@ def feature_neutral_residuals_and_exposure(
     counts = era_count(codes, n_eras)
     starts = era_starts(counts)
     contiguous = era_order(codes, n_eras)
-    with _blas_threads(features.shape[1]):
-        for era in era_ids.tolist():
-            rows = contiguous[starts[era] : starts[era] + counts[era]]
+    threads = _EraThreads(features.shape[1])
+    for era in era_ids.tolist():
+        rows = contiguous[starts[era] : starts[era] + counts[era]]
+        with threads.era(rows.size):
             residuals[rows], exposure[era] = _era_feature_scores(
                 features[rows], gaussian_predictions[rows], predictions[rows]
             )

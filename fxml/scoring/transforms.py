@@ -1,10 +1,14 @@
 """Per-era transforms of predictions and targets, as numerai-tools applies them.
 
-Every function works on all eras at once: rows carry an era code and per-era quantities
-are looked up by code, so no Python loop runs over eras.
+The rank and correlation transforms work on all eras at once: rows carry an era code and
+per-era quantities are looked up by code, so no Python loop runs over eras. The linear
+algebra of feature neutralization (Gram matrix, centring, the solve) works on one era.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import numpy as np
 from scipy.linalg import blas, lapack
@@ -76,34 +80,64 @@ def orthogonalize_by_era(
 
 
 # Numerai features are small integers (0..4), so every product and partial sum of their
-# Gram matrix is an integer: float32 holds it exactly while sums stay at or below 2**24,
-# and single-precision BLAS runs about twice as fast as double.
+# Gram matrix is an integer: float32 holds it exactly while sums stay at or below 2**24
+# (int32: below 2**31), and single-precision BLAS runs about twice as fast as double.
 FLOAT32_EXACT_LIMIT = 2**24
+INT32_LIMIT = 2**31 - 1
 
 
-def exact_float32_rows(features: np.ndarray) -> int:
-    """How many rows of an integer feature block one float32 Gram pass can take exactly
-    (0 when the features are not integers: their Gram matrix needs float64)."""
+@functools.cache
+def int8_matmul() -> Any:
+    """torch, where its int8 x int8 -> int32 matrix product runs on this machine, else None.
+    On CPUs with VNNI/AMX it forms an int8 Gram matrix 4-5x faster than float32 ``syrk``
+    (6,000 x 2,748: 0.10 s against 0.48 s on one thread)."""
+    try:
+        import torch
+
+        probe = torch.ones((2, 2), dtype=torch.int8)
+        torch._int_mm(probe, probe)
+    except (ImportError, AttributeError, RuntimeError, NotImplementedError):
+        return None
+    return torch
+
+
+def exact_rows_per_pass(features: np.ndarray, limit: int) -> int:
+    """How many rows of an integer feature block one Gram pass can take with every
+    partial sum at most ``limit`` (0 when the features are not integers)."""
     if not np.issubdtype(features.dtype, np.integer) or features.size == 0:
         return 0
     largest = max(abs(int(features.min())), abs(int(features.max())), 1)
-    return FLOAT32_EXACT_LIMIT // (largest * largest)
+    return limit // (largest * largest)
 
 
 def raw_gram_upper(features: np.ndarray, rows_per_pass: int) -> np.ndarray:
-    """Upper triangle of ``X'X`` (float64, Fortran order; the lower triangle is not set)
-    for one era's feature rows, with threaded ``syrk`` passes over at most
-    ``rows_per_pass`` rows. Integer features are multiplied in float32, which is exact
-    within ``exact_float32_rows``; other features in float64."""
-    exact_rows = exact_float32_rows(features)
-    syrk, dtype = (blas.ssyrk, np.float32) if exact_rows else (blas.dsyrk, np.float64)
+    """``X'X`` (float64, Fortran order; only the upper triangle is meant to be read) for
+    one era's feature rows, in passes over at most ``rows_per_pass`` rows.
+
+    int8 features go through torch's int8 matrix product when it runs here, other integer
+    features through float32 ``syrk``; both are exact within ``exact_rows_per_pass``.
+    Float features use float64 ``syrk``.
+    """
+    torch = int8_matmul() if features.dtype == np.int8 else None
+    if torch is not None:
+        exact_rows = exact_rows_per_pass(features, INT32_LIMIT)
+    else:
+        exact_rows = exact_rows_per_pass(features, FLOAT32_EXACT_LIMIT)
     step = max(1, min(rows_per_pass, exact_rows) if exact_rows else rows_per_pass)
     k = features.shape[1]
     gram = np.zeros((k, k), order="F")
     for start in range(0, features.shape[0], step):
-        block = np.asarray(features[start : start + step], dtype=dtype)
-        # block.T is a Fortran-order view: syrk reads it in place, no transposed copy
-        gram += syrk(1.0, block.T, trans=0, lower=0)
+        block = features[start : start + step]
+        if torch is not None:
+            rows = torch.from_numpy(np.require(block, requirements=["C", "W"]))
+            # the product is symmetric: its transpose is the same matrix in Fortran order,
+            # which the addition then reads in memory order
+            gram += torch._int_mm(rows.T, rows).numpy().T
+        elif exact_rows:
+            # block.T is a Fortran-order view: syrk reads it in place, no transposed copy
+            gram += blas.ssyrk(1.0, np.asarray(block, dtype=np.float32).T, trans=0, lower=0)
+        else:
+            gram += blas.dsyrk(1.0, np.asarray(block, dtype=np.float64).T, trans=0, lower=0)
     return gram
 
 
