@@ -1,24 +1,26 @@
 """Benchmark fxml.scoring.score_eras against numerai-tools applied era by era.
 
 Usage: python scripts/bench_scoring.py [--rows 1000000 --eras 200 --features 42]
-       python scripts/bench_scoring.py --features 2748 --rows-per-era 6000 --eras 3
+       python scripts/bench_scoring.py --features 2748 --rows-per-era 6000 --eras 24
 
 Default mode: both sides score the same synthetic data (corr, mmc, bmc, fnc, feature
 exposure); the table gives the seconds each took, the speed ratio and the largest
 absolute difference per metric.
 
-Full-width mode (``--rows-per-era``): a few eras of equal size at full feature width;
-fxml's FNC + feature exposure per era against numerai-tools' ``feature_neutral_corr`` and
-``max_feature_correlation`` per era on the same eras, and fxml's time extrapolated to a
-full validation set (``--full-eras`` x ``--full-rows-per-era`` rows). fxml is timed on
-full-rank features and on features with exact dependencies (duplicated, mirrored and
-constant columns: the pivoted fallback), numerai-tools on the latter.
+Full-width mode (``--rows-per-era``): eras of equal size at full feature width; fxml's
+FNC + feature exposure per era over ``--eras`` eras against numerai-tools'
+``feature_neutral_corr`` and ``max_feature_correlation`` per era on the first
+``--reference-eras`` of them, and fxml's time extrapolated to a full validation set
+(``--full-eras`` x ``--full-rows-per-era`` rows). fxml is timed on full-rank features and
+on features with exact dependencies (duplicated, mirrored and constant columns: the
+pivoted fallback), numerai-tools on the latter.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 import tracemalloc
 import warnings
@@ -212,51 +214,66 @@ def default_benchmark(args: argparse.Namespace) -> None:
     print(f"speed ratio (numerai-tools all / fxml median): {total_reference / typical:.0f}x")
 
 
+def subset_eras(data: dict, n_eras: int) -> dict:
+    """The first ``n_eras`` eras of ``data`` (rows are sorted by era)."""
+    rows = data["eras"] <= np.unique(data["eras"])[n_eras - 1]
+    return {name: values[rows] for name, values in data.items()}
+
+
 def full_width_benchmark(args: argparse.Namespace) -> None:
     sizes = np.full(args.eras, args.rows_per_era, dtype=np.int64)
     data = synthetic_data(sizes, args.features)
     dependent = dict(data, features=with_dependent_columns(data["features"]))
     print(
         f"data: {args.eras} eras x {args.rows_per_era:,} rows, {args.features} int8 features "
-        f"(full-width mode: FNC + feature exposure)"
+        f"(full-width mode: FNC + feature exposure; CORR, computed too, costs milliseconds)"
     )
-    # CORR is computed too (score_eras always returns it): a few ms per era.
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     fxml_only = {"meta_model": False, "benchmark": False}
+    time_fxml(subset_eras(data, 1), 1, **fxml_only)  # warm-up: imports, thread pools
+    tracemalloc.start()
+    time_fxml(subset_eras(dependent, min(2, args.eras)), 1, **fxml_only)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
     timings = {}
     for label, variant in (("full-rank features", data), ("with dependent columns", dependent)):
         ours, seconds = time_fxml(variant, args.repeats, **fxml_only)
         timings[label] = float(np.median(seconds)) / args.eras
         print(
-            f"fxml, {label}: {timings[label]:.3f} s per era (median of {args.repeats} runs: "
-            + ", ".join(f"{s / args.eras:.3f}" for s in seconds)
-            + ")"
+            f"fxml, {label}: {timings[label]:.3f} s per era (median of {args.repeats} runs "
+            f"over {args.eras} eras: " + ", ".join(f"{s / args.eras:.3f}" for s in seconds) + ")"
         )
+    print(f"fxml peak traced memory (2 eras): {peak_mb:.0f} MB")
 
-    per_era = reference_inputs(dependent)
+    reference_eras = min(args.reference_eras, args.eras)
+    per_era = reference_inputs(subset_eras(dependent, reference_eras))
     # numerai-tools at default BLAS threads: one large lstsq per era gains from them
     expected, reference_seconds = time_reference(per_era, ("fnc", "feature_exposure"))
-    reference_per_era = sum(reference_seconds.values()) / args.eras
+    reference_per_era = sum(reference_seconds.values()) / reference_eras
     print(
-        f"numerai-tools, with dependent columns: {reference_per_era:.2f} s per era "
-        f"(fnc {reference_seconds['fnc'] / args.eras:.2f}, feature exposure "
-        f"{reference_seconds['feature_exposure'] / args.eras:.2f}; default BLAS threads)"
+        f"numerai-tools, with dependent columns, first {reference_eras} eras: "
+        f"{reference_per_era:.2f} s per era (fnc {reference_seconds['fnc'] / reference_eras:.2f}"
+        f", feature exposure {reference_seconds['feature_exposure'] / reference_eras:.2f}; "
+        "default BLAS threads)"
     )
     worst = timings["with dependent columns"]
-    print(f"speed ratio (numerai-tools / fxml, same eras): {reference_per_era / worst:.0f}x")
+    print(f"speed ratio (numerai-tools / fxml per era): {reference_per_era / worst:.0f}x")
+    compared = ours.loc[expected.index]
     for metric in ("fnc", "feature_exposure"):
-        print(f"max |diff| {metric}: {largest_difference(ours, expected, metric)}")
+        print(f"max |diff| {metric}: {largest_difference(compared, expected, metric)}")
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
-    scale = args.full_eras * args.full_rows_per_era / (args.eras * args.rows_per_era)
     full_rows = args.full_eras * args.full_rows_per_era
+    scale = args.full_rows_per_era / args.rows_per_era
     print(
         f"\nextrapolated full validation set ({args.full_eras} eras x "
         f"{args.full_rows_per_era:,} rows = {full_rows / 1e6:.1f}M rows, {args.features} "
-        "features, time linear in rows):"
+        "features; time per era linear in rows):"
     )
     for label, per_era_seconds in timings.items():
-        total = per_era_seconds * args.eras * scale
+        total = per_era_seconds * scale * args.full_eras
         print(f"  fxml, {label}: {total:.0f} s = {total / 60:.1f} min")
-    total = reference_per_era * args.eras * scale
+    total = reference_per_era * scale * args.full_eras
     print(f"  numerai-tools: {total:.0f} s = {total / 3600:.1f} h")
 
 
@@ -268,6 +285,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fxml timing: median of N runs")
     parser.add_argument(
         "--rows-per-era", type=int, default=None, help="full-width mode: rows in each era"
+    )
+    parser.add_argument(
+        "--reference-eras", type=int, default=2, help="full-width mode: eras numerai-tools scores"
     )
     parser.add_argument("--full-eras", type=int, default=600, help="extrapolation: eras")
     parser.add_argument(

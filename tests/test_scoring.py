@@ -21,7 +21,7 @@ from numerai_tools.scoring import (
     sharpe_ratio,
 )
 
-from fxml.scoring import SCORE_COLUMNS, score_eras, summarize
+from fxml.scoring import SCORE_COLUMNS, score_eras, summarize, transforms
 from fxml.scoring import metrics as scoring_metrics
 from fxml.scoring.eras import encode_eras, order_within_eras
 from fxml.scoring.transforms import (
@@ -392,27 +392,54 @@ def test_integer_gram_is_exact_in_float32_passes():
     np.testing.assert_array_equal(np.triu(gram), np.triu(wide.T @ wide).astype(np.float64))
 
 
-@pytest.mark.parametrize("dependent", [False, True])
-def test_neutralizing_residual_equals_lstsq_with_rcond(dependent):
+@pytest.mark.parametrize("case", ["independent", "nearly dependent", "dependent"])
+def test_neutralizing_residual_equals_lstsq_with_rcond(case, monkeypatch):
     rng = np.random.default_rng(4)
-    features = rng.integers(0, 5, size=(400, 30)).astype(np.int8)
-    if dependent:  # the Cholesky fails: the pivoted one must drop the dependent columns
+    n_rows = 2000
+    features = rng.integers(0, 5, size=(n_rows, 30)).astype(np.int8)
+    if case == "nearly dependent":  # 1 - R^2 ~ 2e-4: too close for float32, fine in double
         features[:, 5] = features[:, 6]
-        features[:, 7] = features[:, 8] + features[:, 9] // 2 - features[:, 9] // 2
+        features[0, 5], features[0, 6] = 2, 1  # 1 - R^2 = 1 / (2000 x variance)
+    if case == "dependent":  # exact: the Cholesky fails, the pivoted one drops columns
+        features[:, 5] = features[:, 6]
+        halves = rng.integers(0, 3, size=(n_rows, 2)).astype(np.int8)
+        features[:, 7], features[:, 8], features[:, 9] = halves[:, 0], halves[:, 1], halves.sum(1)
         features[:, 10] = 4 - features[:, 11]
-    values = rng.standard_normal(400)
-    n_rows = features.shape[0]
+    paths = []  # which solves ran: float32 refined, double Cholesky, pivoted Cholesky
+    refined = transforms.refined_single_precision_solution
+
+    def spy_refined(*args):
+        solution = refined(*args)
+        paths.append("refined" if solution is not None else "double")
+        return solution
+
+    def spy_pivoted(*args, **kwargs):
+        paths.append("pivoted")
+        return pivoted(*args, **kwargs)
+
+    pivoted = transforms.lapack.dpstrf
+    monkeypatch.setattr(transforms, "refined_single_precision_solution", spy_refined)
+    monkeypatch.setattr(transforms.lapack, "dpstrf", spy_pivoted)
+
+    values = rng.standard_normal(n_rows)
     sums = features.sum(axis=0, dtype=np.float64)
     centred_values = values - values.mean()
     cross = features.T.astype(np.float64) @ centred_values - sums * centred_values.sum() / n_rows
     gram = centre_gram_upper(raw_gram_upper(features, 10_000), sums, n_rows)
-    coefficients = neutralizing_coefficients(gram, cross, tolerance=1e-4)
+    with_constant = np.column_stack([features, np.ones(n_rows)])
+    tolerance = 1e-12 * np.linalg.norm(with_constant, 2) ** 2
+    coefficients = neutralizing_coefficients(gram, cross, tolerance)
     residual = centred_values - (features @ coefficients - sums @ coefficients / n_rows)
 
-    with_constant = np.column_stack([features, np.ones(n_rows)])
     solution = np.linalg.lstsq(with_constant, values, rcond=1e-6)[0]
     np.testing.assert_allclose(residual, values - with_constant @ solution, rtol=0, atol=1e-12)
-    assert (coefficients == 0).any() == dependent
+    assert (coefficients == 0).any() == (case == "dependent")
+    expected_paths = {
+        "independent": ["refined"],
+        "nearly dependent": ["double"],
+        "dependent": ["double", "pivoted"],
+    }
+    assert paths == expected_paths[case]
 
 
 def test_era_threads_measure_one_against_all_and_keep_the_faster(monkeypatch):
