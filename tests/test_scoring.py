@@ -397,20 +397,20 @@ def test_neutralizing_residual_equals_lstsq_with_rcond(case, monkeypatch):
     rng = np.random.default_rng(4)
     n_rows = 2000
     features = rng.integers(0, 5, size=(n_rows, 30)).astype(np.int8)
-    if case == "nearly dependent":  # 1 - R^2 ~ 2e-4: too close for float32, fine in double
+    if case == "nearly dependent":  # 1 - R^2 ~ 2e-4: too close for float32, kept in double
         features[:, 5] = features[:, 6]
         features[0, 5], features[0, 6] = 2, 1  # 1 - R^2 = 1 / (2000 x variance)
-    if case == "dependent":  # exact: the Cholesky fails, the pivoted one drops columns
+    if case == "dependent":  # exact: the pivoted Cholesky drops columns
         features[:, 5] = features[:, 6]
         halves = rng.integers(0, 3, size=(n_rows, 2)).astype(np.int8)
         features[:, 7], features[:, 8], features[:, 9] = halves[:, 0], halves[:, 1], halves.sum(1)
         features[:, 10] = 4 - features[:, 11]
-    paths = []  # which solves ran: float32 refined, double Cholesky, pivoted Cholesky
+    paths = []  # which solves ran: float32 refined (or rejected), pivoted Cholesky
     refined = transforms.refined_single_precision_solution
 
     def spy_refined(*args):
         solution = refined(*args)
-        paths.append("refined" if solution is not None else "double")
+        paths.append("refined" if solution is not None else "rejected")
         return solution
 
     def spy_pivoted(*args, **kwargs):
@@ -436,8 +436,8 @@ def test_neutralizing_residual_equals_lstsq_with_rcond(case, monkeypatch):
     assert (coefficients == 0).any() == (case == "dependent")
     expected_paths = {
         "independent": ["refined"],
-        "nearly dependent": ["double"],
-        "dependent": ["double", "pivoted"],
+        "nearly dependent": ["rejected", "pivoted"],
+        "dependent": ["rejected", "pivoted"],
     }
     assert paths == expected_paths[case]
 
@@ -452,15 +452,15 @@ def test_era_threads_measure_one_against_all_and_keep_the_faster(monkeypatch):
         used.append(choice)
         threads._record(choice, seconds_per_row[choice])
 
-    one_faster = {None: 2.0, 1: 1.0}
-    for _ in range(4):
-        run_era(one_faster)
-    # warm-up on all threads, a probe of each, then the faster one (one thread)
-    assert used == [None, None, 1, 1]
     all_faster = {None: 0.5, 1: 1.0}
     for _ in range(4):
         run_era(all_faster)
-    assert used[4:] == [1, None, 1, None]  # re-measured: the machine got idle
+    # warm-up on one thread, a probe of each, then the faster one (all threads)
+    assert used == [1, None, 1, None]
+    one_faster = {None: 2.0, 1: 1.0}
+    for _ in range(4):
+        run_era(one_faster)
+    assert used[4:] == [None, None, 1, 1]  # re-measured: the cores got busy
     narrow = scoring_metrics._EraThreads(n_features=scoring_metrics.THREADED_MIN_FEATURES - 1)
     assert narrow._next() == 1
 

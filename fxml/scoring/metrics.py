@@ -111,14 +111,16 @@ class _EraThreads:
     2.5-19 s threaded, 1.4 s not). Above it, threads win on idle cores (~1.5x for syrk and
     Cholesky at 2,748 features) but lose ~2x on cores shared with other processes, as
     spinning threads wait for descheduled ones; so the count is measured: every
-    ``RETUNE_ERAS`` eras, one era runs on one thread and the next on all, and the faster
+    ``RETUNE_ERAS`` eras, one era runs on all threads and the next on one, and the faster
     (per row) is kept until the next check. The choice changes timing only, not results
     beyond rounding.
     """
 
     def __init__(self, n_features: int) -> None:
         tunable = n_features >= THREADED_MIN_FEATURES and (os.cpu_count() or 1) > 1
-        self._choices: tuple[int | None, ...] = (None, 1) if tunable else (1,)
+        # one thread first: it is never far from the best, while threads on busy cores
+        # can be 2-3x slower
+        self._choices: tuple[int | None, ...] = (1, None) if tunable else (1,)
         self._chosen = self._choices[0]
         self._seconds_per_row: dict[int | None, float] = {}
         self._eras_done = 0
@@ -128,7 +130,7 @@ class _EraThreads:
         # era 0 of each round warms up (allocations, thread start); eras 1 and 2 compare
         position = self._eras_done % RETUNE_ERAS
         if len(self._choices) > 1 and position in (1, 2):
-            return self._choices[position - 1]
+            return self._choices[2 - position]
         return self._chosen
 
     @contextlib.contextmanager

@@ -162,21 +162,15 @@ def neutralizing_coefficients(
     a feature constant in the era must have been cleared to a unit row/column).
 
     One Cholesky factorisation solves them: in single precision refined to double
-    (``refined_single_precision_solution``) when every feature stands clear of the others,
-    else in double. When a feature is (numerically) a linear combination of others, its
-    pivot falls below ``tolerance``; the system is then solved again with a pivoted
-    Cholesky that keeps only the features above ``tolerance``. The solution is not unique
-    then, but the residual ``v - X_c b`` is, and it equals what lstsq's rcond cut gives
-    numerai-tools.
+    (``refined_single_precision_solution``) when every feature stands clear of the others.
+    Otherwise a feature may be (numerically) a linear combination of others, and a
+    pivoted Cholesky in double keeps only the features whose pivot stays above
+    ``tolerance``. The solution is not unique then, but the residual ``v - X_c b`` is, and
+    it equals what lstsq's rcond cut gives numerai-tools.
     """
     refined = refined_single_precision_solution(centred_gram, cross)
     if refined is not None:
         return refined
-    factor, info = lapack.dpotrf(centred_gram, lower=0, clean=0)
-    if info == 0 and np.diagonal(factor).min() ** 2 > tolerance:
-        solution, info = lapack.dpotrs(factor, cross, lower=0)
-        if info == 0:
-            return solution
     factor, pivots, rank, _ = lapack.dpstrf(centred_gram, tol=tolerance, lower=0)
     kept = pivots[:rank] - 1
     coefficients = np.zeros_like(cross)
