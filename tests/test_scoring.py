@@ -366,6 +366,35 @@ def test_fnc_and_exposure_match_numerai_tools_at_300_features_with_dependencies(
     assert ((actual["fnc"] - actual["corr"]).abs() > 1e-3).any()
 
 
+@pytest.mark.slow
+def test_fnc_and_exposure_match_numerai_tools_at_2748_features():
+    # v5.2's `all` width; one era with more rows than features (numerai-tools' lstsq on it
+    # takes tens of seconds, hence slow), with duplicated and constant columns
+    rng = np.random.default_rng(6)
+    n_rows, n_features = 3200, 2748
+    latent = rng.standard_normal((n_rows, 40))
+    raw = 0.7 * latent[:, rng.integers(0, 40, n_features)] + rng.standard_normal(
+        (n_rows, n_features)
+    )
+    features = np.digitize(raw, np.quantile(raw, [0.2, 0.4, 0.6, 0.8])).astype(np.int8)
+    features[:, :20] = features[:, 20:40]
+    features[:, 40:45] = 2
+    targets = rng.choice(BINS, size=n_rows, p=BIN_PROBABILITIES)
+    exposure = (features[:, 100:110].mean(axis=1) - 2.0) / 2.0
+    predictions = 0.5 + 0.05 * (targets - 0.5) + 0.1 * exposure + 0.1 * rng.standard_normal(n_rows)
+    data = {
+        "predictions": predictions,
+        "targets": targets,
+        "eras": np.full(n_rows, 700),
+        "features": features,
+    }
+    actual = score_features(data, features)
+    expected = reference_feature_metrics(data)
+    for column in ("fnc", "feature_exposure"):
+        difference = max_difference(actual, expected, column)
+        assert difference < WIDE_TOLERANCE, (column, difference)
+
+
 def test_threads_row_blocks_and_float_features_give_the_same_scores(
     wide_data, wide_expected, monkeypatch
 ):
@@ -383,11 +412,19 @@ def test_threads_row_blocks_and_float_features_give_the_same_scores(
             assert difference < WIDE_TOLERANCE, (column, difference)
 
 
-def test_integer_gram_is_exact_in_float32_passes():
+@pytest.mark.parametrize("int8_product", [True, False])
+def test_integer_gram_is_exact_in_passes(int8_product, monkeypatch):
+    if int8_product:
+        if transforms.int8_matmul() is None:
+            pytest.skip("torch's int8 matrix product does not run here")
+        monkeypatch.setattr(transforms, "INT8_MATMUL_MIN_FEATURES", 0)
+    else:
+        monkeypatch.setattr(transforms, "int8_matmul", lambda: None)
     rng = np.random.default_rng(3)
     features = rng.integers(-128, 128, size=(2500, 7)).astype(np.int8)
-    # |x| up to 128: 2**24 / 128**2 = 1024 rows per exact float32 pass, so three passes
-    gram = raw_gram_upper(features, rows_per_pass=10_000)
+    # float32: |x| up to 128 allows 2**24 / 128**2 = 1024 rows per exact pass, so three
+    # passes; int32: the 1,000 rows asked for, three passes as well
+    gram = raw_gram_upper(features, rows_per_pass=1000)
     wide = features.astype(np.int64)
     np.testing.assert_array_equal(np.triu(gram), np.triu(wide.T @ wide).astype(np.float64))
 

@@ -228,9 +228,9 @@ def _era_feature_scores(
 
     numerai-tools regresses the gaussianized ranks on the features plus a constant
     (``lstsq``); here that is the centred ranks regressed on the centred features, solved
-    from the normal equations with one Gram matrix (exact float32 ``syrk`` for integer
-    features, centred by a rank-one update) and one Cholesky factorisation. Exposure
-    needs only ``X'p`` and the centred column norms, so it costs no solve.
+    from the normal equations with one Gram matrix (exact for integer features, centred
+    by a rank-one update) and one Cholesky factorisation. Exposure needs only ``X'p`` and
+    the centred column norms, so it costs no solve.
     """
     n_rows, n_features = features.shape
     rows = _FloatRows(features, FLOAT_BLOCK_BYTES)
@@ -242,7 +242,8 @@ def _era_feature_scores(
     cross = rows.transposed_times(centred) - np.outer(sums, centred.sum(axis=0) / n_rows)
 
     gram = raw_gram_upper(features, max(1, FLOAT_BLOCK_BYTES // (4 * n_features)))
-    variances = centred_variances(np.diagonal(gram).copy(), sums, n_rows)
+    raw_diagonal = np.diagonal(gram).copy()
+    variances = centred_variances(raw_diagonal, sums, n_rows)
     centre_gram_upper(gram, sums, n_rows)
     # A feature constant in the era has no direction to remove: a unit pivot and a zero
     # right-hand side give it a zero coefficient without touching the others' solution.
@@ -253,7 +254,7 @@ def _era_feature_scores(
     gram[:, constant] = 0.0
     gram[constant, constant] = max(float(variances.max()), 1.0)
     coefficients = neutralizing_coefficients(
-        gram, np.where(constant, 0.0, cross[:, 0]), _rcond_tolerance(features)
+        gram, np.where(constant, 0.0, cross[:, 0]), _rcond_tolerance(features, raw_diagonal)
     )
     residuals = centred[:, 0] - (rows.times(coefficients) - sums @ coefficients / n_rows)
 
@@ -266,13 +267,15 @@ def _era_feature_scores(
     return residuals, float(correlations.max())
 
 
-def _rcond_tolerance(features: np.ndarray) -> float:
+def _rcond_tolerance(features: np.ndarray, raw_diagonal: np.ndarray) -> float:
     """Pivot below which a feature counts as a combination of the others: lstsq's
     ``rcond`` cut on singular values, squared for the Gram matrix, relative to the largest
-    eigenvalue of ``[X 1]'[X 1]`` (estimated by its Rayleigh quotient at the all-ones
-    vector, close for non-negative features such as Numerai's)."""
+    eigenvalue of ``[X 1]'[X 1]``. That eigenvalue is estimated from below by the largest
+    of its Rayleigh quotient at the all-ones vector (close for non-negative features such
+    as Numerai's), its diagonal and the constant column's ``n``."""
     row_totals = features.sum(axis=1, dtype=np.float64) + 1.0
-    largest = (row_totals @ row_totals) / (features.shape[1] + 1)
+    rayleigh = (row_totals @ row_totals) / (features.shape[1] + 1)
+    largest = max(rayleigh, float(raw_diagonal.max()), float(features.shape[0]))
     return NEUTRALIZE_RCOND**2 * largest
 
 
