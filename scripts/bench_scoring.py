@@ -247,14 +247,16 @@ def full_width_benchmark(args: argparse.Namespace) -> None:
 
     reference_eras = min(args.reference_eras, args.eras)
     per_era = reference_inputs(subset_eras(dependent, reference_eras))
-    # numerai-tools at default BLAS threads: one large lstsq per era gains from them
-    expected, reference_seconds = time_reference(per_era, ("fnc", "feature_exposure"))
+    # numerai-tools on one BLAS thread: on this 2-core machine shared with other work its
+    # lstsq ran 1.5-3x faster so than on two (96 s against 35 s per 2,900-row era)
+    with single_blas_thread():
+        expected, reference_seconds = time_reference(per_era, ("fnc", "feature_exposure"))
     reference_per_era = sum(reference_seconds.values()) / reference_eras
     print(
         f"numerai-tools, with dependent columns, first {reference_eras} eras: "
         f"{reference_per_era:.2f} s per era (fnc {reference_seconds['fnc'] / reference_eras:.2f}"
         f", feature exposure {reference_seconds['feature_exposure'] / reference_eras:.2f}; "
-        "default BLAS threads)"
+        "1 BLAS thread)"
     )
     worst = timings["with dependent columns"]
     print(f"speed ratio (numerai-tools / fxml per era): {reference_per_era / worst:.0f}x")

@@ -20,6 +20,7 @@ from numerai_tools.scoring import (
     numerai_corr,
     sharpe_ratio,
 )
+from threadpoolctl import threadpool_limits
 
 from fxml.scoring import SCORE_COLUMNS, score_eras, summarize, transforms
 from fxml.scoring import metrics as scoring_metrics
@@ -371,7 +372,7 @@ def test_fnc_and_exposure_match_numerai_tools_at_2748_features():
     # v5.2's `all` width; one era with more rows than features (numerai-tools' lstsq on it
     # takes tens of seconds, hence slow), with duplicated and constant columns
     rng = np.random.default_rng(6)
-    n_rows, n_features = 3200, 2748
+    n_rows, n_features = 2900, 2748
     latent = rng.standard_normal((n_rows, 40))
     raw = 0.7 * latent[:, rng.integers(0, 40, n_features)] + rng.standard_normal(
         (n_rows, n_features)
@@ -389,7 +390,8 @@ def test_fnc_and_exposure_match_numerai_tools_at_2748_features():
         "features": features,
     }
     actual = score_features(data, features)
-    expected = reference_feature_metrics(data)
+    with threadpool_limits(limits=1, user_api="blas"):  # far faster on busy cores
+        expected = reference_feature_metrics(data)
     for column in ("fnc", "feature_exposure"):
         difference = max_difference(actual, expected, column)
         assert difference < WIDE_TOLERANCE, (column, difference)
