@@ -247,8 +247,8 @@ def full_width_benchmark(args: argparse.Namespace) -> None:
 
     reference_eras = min(args.reference_eras, args.eras)
     per_era = reference_inputs(subset_eras(dependent, reference_eras))
-    # numerai-tools on one BLAS thread: on this 2-core machine shared with other work its
-    # lstsq ran 1.5-3x faster so than on two (96 s against 35 s per 2,900-row era)
+    # numerai-tools on one BLAS thread: on this 2-core machine shared with other work, its
+    # large per-era lstsq ran faster so than on two (as in the default mode)
     with single_blas_thread():
         expected, reference_seconds = time_reference(per_era, ("fnc", "feature_exposure"))
     reference_per_era = sum(reference_seconds.values()) / reference_eras

@@ -431,7 +431,9 @@ def test_integer_gram_is_exact_in_passes(int8_product, monkeypatch):
     np.testing.assert_array_equal(np.triu(gram), np.triu(wide.T @ wide).astype(np.float64))
 
 
-@pytest.mark.parametrize("case", ["independent", "nearly dependent", "dependent"])
+@pytest.mark.parametrize(
+    "case", ["independent", "nearly dependent", "duplicated", "dependent"]
+)
 def test_neutralizing_residual_equals_lstsq_with_rcond(case, monkeypatch):
     rng = np.random.default_rng(4)
     n_rows = 2000
@@ -439,11 +441,12 @@ def test_neutralizing_residual_equals_lstsq_with_rcond(case, monkeypatch):
     if case == "nearly dependent":  # 1 - R^2 ~ 2e-4: too close for float32, kept in double
         features[:, 5] = features[:, 6]
         features[0, 5], features[0, 6] = 2, 1  # 1 - R^2 = 1 / (2000 x variance)
-    if case == "dependent":  # exact: the pivoted Cholesky drops columns
+    if case in ("duplicated", "dependent"):  # exact pairs: dropped before the fast solve
         features[:, 5] = features[:, 6]
+        features[:, 10] = 4 - features[:, 11]
+    if case == "dependent":  # and a sum of two: the pivoted Cholesky drops it
         halves = rng.integers(0, 3, size=(n_rows, 2)).astype(np.int8)
         features[:, 7], features[:, 8], features[:, 9] = halves[:, 0], halves[:, 1], halves.sum(1)
-        features[:, 10] = 4 - features[:, 11]
     paths = []  # which solves ran: float32 refined (or rejected), pivoted Cholesky
     refined = transforms.refined_single_precision_solution
 
@@ -472,11 +475,12 @@ def test_neutralizing_residual_equals_lstsq_with_rcond(case, monkeypatch):
 
     solution = np.linalg.lstsq(with_constant, values, rcond=1e-6)[0]
     np.testing.assert_allclose(residual, values - with_constant @ solution, rtol=0, atol=1e-12)
-    assert (coefficients == 0).any() == (case == "dependent")
+    assert (coefficients == 0).any() == (case in ("duplicated", "dependent"))
     expected_paths = {
         "independent": ["refined"],
         "nearly dependent": ["rejected", "pivoted"],
-        "dependent": ["rejected", "pivoted"],
+        "duplicated": ["rejected", "refined"],
+        "dependent": ["rejected", "rejected", "pivoted"],
     }
     assert paths == expected_paths[case]
 

@@ -29,6 +29,7 @@ from fxml.scoring.transforms import (
     center_by_era,
     centre_gram_upper,
     centred_variances,
+    clear_features,
     gaussianize,
     neutralizing_coefficients,
     orthogonalize_by_era,
@@ -245,16 +246,14 @@ def _era_feature_scores(
     raw_diagonal = np.diagonal(gram).copy()
     variances = centred_variances(raw_diagonal, sums, n_rows)
     centre_gram_upper(gram, sums, n_rows)
-    # A feature constant in the era has no direction to remove: a unit pivot and a zero
-    # right-hand side give it a zero coefficient without touching the others' solution.
+    # A feature constant in the era has no direction to remove: it leaves the equations.
     # (For integer features its variance is exactly zero; for float ones only nearly.)
     constant = features.min(axis=0) == features.max(axis=0)
     variances[constant] = 0.0
-    gram[constant, :] = 0.0
-    gram[:, constant] = 0.0
-    gram[constant, constant] = max(float(variances.max()), 1.0)
+    fnc_cross = cross[:, 0].copy()
+    clear_features(gram, fnc_cross, constant)
     coefficients = neutralizing_coefficients(
-        gram, np.where(constant, 0.0, cross[:, 0]), _rcond_tolerance(features, raw_diagonal)
+        gram, fnc_cross, _rcond_tolerance(features, raw_diagonal)
     )
     residuals = centred[:, 0] - (rows.times(coefficients) - sums @ coefficients / n_rows)
 

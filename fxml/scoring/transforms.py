@@ -184,6 +184,17 @@ def neutralizing_coefficients(
     refined = refined_single_precision_solution(centred_gram, cross)
     if refined is not None:
         return refined
+    # Most dependencies in Numerai eras are pairs (a duplicated or mirrored feature): drop
+    # the later feature of each such pair, which leaves the span and so the residual as it
+    # is, and try the fast solve again before the pivoted one.
+    paired = pair_dependent_features(centred_gram, tolerance)
+    if paired.any():
+        centred_gram = centred_gram.copy(order="F")
+        cross = cross.copy()
+        clear_features(centred_gram, cross, paired)
+        refined = refined_single_precision_solution(centred_gram, cross)
+        if refined is not None:
+            return refined
     factor, pivots, rank, _ = lapack.dpstrf(centred_gram, tol=tolerance, lower=0)
     kept = pivots[:rank] - 1
     coefficients = np.zeros_like(cross)
@@ -191,6 +202,27 @@ def neutralizing_coefficients(
         kept_factor = np.asfortranarray(factor[:rank, :rank])
         coefficients[kept], _ = lapack.dpotrs(kept_factor, cross[kept], lower=0)
     return coefficients
+
+
+def pair_dependent_features(gram: np.ndarray, tolerance: float) -> np.ndarray:
+    """Features j that another feature i < j alone explains: the pivot of j after i,
+    ``G_jj - G_ij^2 / G_ii``, is below ``tolerance`` (the Cholesky criterion for one
+    predecessor). From the upper triangle of a centred Gram matrix."""
+    variances = np.diagonal(gram)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        explained = np.triu(gram, 1) ** 2 / variances[:, None]
+    return (variances - explained.max(axis=0, initial=0.0)) < tolerance
+
+
+def clear_features(gram: np.ndarray, cross: np.ndarray, cleared: np.ndarray) -> None:
+    """Take features out of the normal equations in place: a unit pivot on the largest
+    variance's scale and a zero right-hand side give them a zero coefficient without
+    touching the others' solution."""
+    scale = max(float(np.diagonal(gram).max()), 1.0)
+    gram[cleared, :] = 0.0
+    gram[:, cleared] = 0.0
+    gram[cleared, cleared] = scale
+    cross[cleared] = 0.0
 
 
 # A float32 Cholesky pivot below this share of its feature's variance (the feature is
