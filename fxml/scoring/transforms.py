@@ -172,7 +172,7 @@ def neutralizing_coefficients(
 ) -> np.ndarray:
     """Least-squares coefficients ``b`` of a centred vector on the centred features, from
     the normal equations ``G b = X_c'v`` (``centred_gram`` upper triangle, Fortran order;
-    a feature constant in the era must have been cleared to a unit row/column).
+    features constant in the era must have been taken out with ``clear_features``).
 
     One Cholesky factorisation solves them: in single precision refined to double
     (``refined_single_precision_solution``) when every feature stands clear of the others.
@@ -184,9 +184,9 @@ def neutralizing_coefficients(
     refined = refined_single_precision_solution(centred_gram, cross)
     if refined is not None:
         return refined
-    # Most dependencies in Numerai eras are pairs (a duplicated or mirrored feature): drop
-    # the later feature of each such pair, which leaves the span and so the residual as it
-    # is, and try the fast solve again before the pivoted one.
+    # The common exact dependencies are pairs (a duplicated or mirrored feature): drop the
+    # later feature of each such pair, which leaves the span and so the residual as it is,
+    # and try the fast solve again before the pivoted one (~2x a Cholesky's time).
     paired = pair_dependent_features(centred_gram, tolerance)
     if paired.any():
         centred_gram = centred_gram.copy(order="F")
