@@ -209,9 +209,19 @@ def pair_dependent_features(gram: np.ndarray, tolerance: float) -> np.ndarray:
     ``G_jj - G_ij^2 / G_ii``, is below ``tolerance`` (the Cholesky criterion for one
     predecessor). From the upper triangle of a centred Gram matrix."""
     variances = np.diagonal(gram)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        explained = np.triu(gram, 1) ** 2 / variances[:, None]
-    return (variances - explained.max(axis=0, initial=0.0)) < tolerance
+    explained = np.zeros(variances.size)
+    # column blocks of the upper triangle only: one read of half the matrix, small buffers
+    for start in range(0, variances.size, PAIR_SCAN_COLUMNS):
+        stop = min(start + PAIR_SCAN_COLUMNS, variances.size)
+        block = np.square(gram[:stop, start:stop])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            block /= variances[:stop, None]
+        block[start:] = np.triu(block[start:], 1)  # i < j only
+        explained[start:stop] = block.max(axis=0)
+    return (variances - explained) < tolerance
+
+
+PAIR_SCAN_COLUMNS = 256
 
 
 def clear_features(gram: np.ndarray, cross: np.ndarray, cleared: np.ndarray) -> None:
