@@ -1,16 +1,26 @@
 """Benchmark fxml.scoring.score_eras against numerai-tools applied era by era.
 
 Usage: python scripts/bench_scoring.py [--rows 1000000 --eras 200 --features 42]
+       python scripts/bench_scoring.py --features 2748 --rows-per-era 6000 --eras 24
 
-Both sides score the same synthetic data (corr, mmc, bmc, fnc, feature exposure); the
-table gives the seconds each took, the speed ratio and the largest absolute difference
-per metric.
+Default mode: both sides score the same synthetic data (corr, mmc, bmc, fnc, feature
+exposure); the table gives the seconds each took, the speed ratio and the largest
+absolute difference per metric.
+
+Full-width mode (``--rows-per-era``): eras of equal size at full feature width; fxml's
+FNC + feature exposure per era over ``--eras`` eras against numerai-tools'
+``feature_neutral_corr`` and ``max_feature_correlation`` per era on the first
+``--reference-eras`` of them, and fxml's time extrapolated to a full validation set
+(``--full-eras`` x ``--full-rows-per-era`` rows). fxml is timed on full-rank features and
+on features with exact dependencies (duplicated, mirrored and constant columns: the
+pivoted fallback), numerai-tools on the latter.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 import tracemalloc
 import warnings
@@ -35,12 +45,18 @@ BINS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 BIN_SHARES = np.array([0.05, 0.2, 0.5, 0.2, 0.05])
 
 
-def synthetic_data(n_rows: int, n_eras: int, n_features: int, seed: int = 42) -> dict:
-    """Numerai-shaped data: eras of varying size, int8 features 0..4, binned targets."""
-    rng = np.random.default_rng(seed)
+def varying_era_sizes(n_rows: int, n_eras: int) -> np.ndarray:
+    """Era sizes that vary smoothly by +-25 % around the mean, summing to ``n_rows``."""
     weights = 1.0 + 0.25 * np.sin(np.linspace(0.0, 6.0, n_eras))
     sizes = np.floor(weights / weights.sum() * n_rows).astype(np.int64)
     sizes[-1] += n_rows - sizes.sum()
+    return sizes
+
+
+def synthetic_data(sizes: np.ndarray, n_features: int, seed: int = 42) -> dict:
+    """Numerai-shaped data: eras of the given sizes, int8 features 0..4, binned targets."""
+    rng = np.random.default_rng(seed)
+    n_eras, n_rows = sizes.size, int(sizes.sum())
     eras = np.repeat(np.arange(1, n_eras + 1), sizes)
     targets = np.empty(n_rows)
     start = 0
@@ -104,68 +120,96 @@ REFERENCE_METRICS = {
 }
 
 
-def run_fxml(data: dict) -> pd.DataFrame:
-    return score_eras(
-        data["predictions"],
-        data["targets"],
-        data["eras"],
-        meta_model=data["meta_model"],
-        benchmark=data["benchmark"],
-        features=data["features"],
-    )
+def with_dependent_columns(features: np.ndarray, fraction: float = 0.01) -> np.ndarray:
+    """A copy whose columns include exact linear dependencies, as real eras have: a
+    ``fraction`` of columns duplicated, as many mirrored (4 - x), and two constant."""
+    features = features.copy()
+    n_features = features.shape[1]
+    count = max(1, int(fraction * n_features))
+    if n_features < 4 * count + 2:
+        return features
+    sources = np.arange(count)
+    features[:, count : 2 * count] = features[:, sources]
+    features[:, 2 * count : 3 * count] = 4 - features[:, sources]
+    features[:, 3 * count : 3 * count + 2] = 2
+    return features
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--eras", type=int, default=200)
-    parser.add_argument("--features", type=int, default=42)
-    parser.add_argument("--repeats", type=int, default=3, help="fxml timing: median of N runs")
-    args = parser.parse_args()
+def single_blas_thread() -> contextlib.AbstractContextManager:
+    if threadpool_limits is None:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
-    data = synthetic_data(args.rows, args.eras, args.features)
+
+def time_fxml(
+    data: dict, repeats: int, references: bool = True
+) -> tuple[pd.DataFrame, list[float], list[float]]:
+    """fxml's scores, and wall-clock and CPU seconds (all threads) of each run."""
+    seconds, cpu_seconds = [], []
+    for _ in range(repeats):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        ours = score_eras(
+            data["predictions"],
+            data["targets"],
+            data["eras"],
+            meta_model=data["meta_model"] if references else None,
+            benchmark=data["benchmark"] if references else None,
+            features=data["features"],
+        )
+        seconds.append(time.perf_counter() - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
+    return ours, seconds, cpu_seconds
+
+
+def time_reference(per_era: list[dict], metrics: tuple[str, ...]) -> tuple[pd.DataFrame, dict]:
+    """numerai-tools era by era: the per-era scores and per-metric wall-clock seconds
+    (CPU seconds of all metrics under "cpu")."""
+    seconds: dict[str, float] = {}
+    scores: dict[str, list[float]] = {}
+    cpu_started = time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for metric in metrics:
+            started = time.perf_counter()
+            scores[metric] = [float(REFERENCE_METRICS[metric](era)) for era in per_era]
+            seconds[metric] = time.perf_counter() - started
+    seconds["cpu"] = time.process_time() - cpu_started
+    index = pd.Index([e["era"] for e in per_era], name="era")
+    return pd.DataFrame(scores, index=index), seconds
+
+
+def largest_difference(ours: pd.DataFrame, expected: pd.DataFrame, metric: str) -> str:
+    difference = np.nanmax(np.abs(ours[metric].to_numpy() - expected[metric].to_numpy()))
+    nan_mismatch = int((ours[metric].isna() != expected[metric].isna()).sum())
+    note = f"  ({nan_mismatch} NaN mismatches)" if nan_mismatch else ""
+    return f"{difference:.1e}{note}"
+
+
+def default_benchmark(args: argparse.Namespace) -> None:
+    data = synthetic_data(varying_era_sizes(args.rows, args.eras), args.features)
     print(
         f"data: {args.rows:,} rows, {args.eras} eras, {args.features} int8 features, "
         f"{int(np.isnan(data['targets']).sum()):,} NaN targets"
     )
-
-    fxml_seconds = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        ours = run_fxml(data)
-        fxml_seconds.append(time.perf_counter() - started)
+    ours, fxml_seconds, _ = time_fxml(data, args.repeats)
     tracemalloc.start()
-    run_fxml(data)
+    time_fxml(data, 1)
     peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
 
     per_era = reference_inputs(data)
-    reference_seconds: dict[str, float] = {}
-    reference: dict[str, list[float]] = {}
-    # score_eras limits BLAS to one thread for its many small per-era products; give
-    # numerai-tools' per-era lstsq the same setting (it is several times faster that way on
-    # a small or busy machine), so the ratio compares the algorithms, not thread settings.
-    single_blas = (
-        threadpool_limits(limits=1, user_api="blas")
-        if threadpool_limits is not None
-        else contextlib.nullcontext()
-    )
-    with warnings.catch_warnings(), single_blas:
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for metric, compute in REFERENCE_METRICS.items():
-            started = time.perf_counter()
-            reference[metric] = [float(compute(era)) for era in per_era]
-            reference_seconds[metric] = time.perf_counter() - started
-    expected = pd.DataFrame(reference, index=pd.Index([e["era"] for e in per_era], name="era"))
+    # score_eras limits BLAS to one thread for its many small per-era products at few
+    # features; give numerai-tools' per-era lstsq the same setting (it is several times
+    # faster that way on a small or busy machine), so the ratio compares the algorithms.
+    with single_blas_thread():
+        expected, reference_seconds = time_reference(per_era, tuple(REFERENCE_METRICS))
 
     typical = float(np.median(fxml_seconds))
-    total_reference = sum(reference_seconds.values())
+    total_reference = sum(reference_seconds[metric] for metric in REFERENCE_METRICS)
     print(f"\n{'metric':<18}{'numerai-tools s':>16}{'max |diff|':>14}")
     for metric in SCORE_COLUMNS:
-        difference = np.nanmax(np.abs(ours[metric].to_numpy() - expected[metric].to_numpy()))
-        nan_mismatch = int((ours[metric].isna() != expected[metric].isna()).sum())
-        note = f"  ({nan_mismatch} NaN mismatches)" if nan_mismatch else ""
-        print(f"{metric:<18}{reference_seconds[metric]:>16.2f}{difference:>14.1e}{note}")
+        difference = largest_difference(ours, expected, metric)
+        print(f"{metric:<18}{reference_seconds[metric]:>16.2f}{difference:>14}")
     print(f"{'all (numerai-tools)':<18}{total_reference:>15.2f}")
     blas = "1 BLAS thread" if threadpool_limits is not None else "default BLAS threads"
     print(f"numerai-tools: era by era, {len(per_era)} eras, {blas}, pandas inputs prebuilt")
@@ -175,6 +219,104 @@ def main() -> None:
         + f"), peak traced memory {peak_mb:.0f} MB"
     )
     print(f"speed ratio (numerai-tools all / fxml median): {total_reference / typical:.0f}x")
+
+
+def subset_eras(data: dict, n_eras: int) -> dict:
+    """The first ``n_eras`` eras of ``data`` (rows are sorted by era)."""
+    rows = data["eras"] <= np.unique(data["eras"])[n_eras - 1]
+    return {name: values[rows] for name, values in data.items()}
+
+
+def full_width_benchmark(args: argparse.Namespace) -> None:
+    sizes = np.full(args.eras, args.rows_per_era, dtype=np.int64)
+    data = synthetic_data(sizes, args.features)
+    dependent = dict(data, features=with_dependent_columns(data["features"]))
+    print(
+        f"data: {args.eras} eras x {args.rows_per_era:,} rows, {args.features} int8 features "
+        f"(full-width mode: FNC + feature exposure; CORR, computed too, costs milliseconds)"
+    )
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    time_fxml(subset_eras(data, 1), 1, references=False)  # warm-up: imports, thread pools
+    tracemalloc.start()
+    time_fxml(subset_eras(dependent, min(2, args.eras)), 1, references=False)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    timings, cpu_timings = {}, {}
+    for label, variant in (("full-rank features", data), ("with dependent columns", dependent)):
+        ours, seconds, cpu_seconds = time_fxml(variant, args.repeats, references=False)
+        timings[label] = float(np.median(seconds)) / args.eras
+        cpu_timings[label] = float(np.median(cpu_seconds)) / args.eras
+        print(
+            f"fxml, {label}: {timings[label]:.3f} s per era, CPU {cpu_timings[label]:.3f} s "
+            f"(median of {args.repeats} runs over {args.eras} eras; wall: "
+            + ", ".join(f"{s / args.eras:.3f}" for s in seconds)
+            + ")"
+        )
+    print(f"fxml peak traced memory (2 eras): {peak_mb:.0f} MB")
+
+    reference_eras = min(args.reference_eras, args.eras)
+    per_era = reference_inputs(subset_eras(dependent, reference_eras))
+    # numerai-tools on one BLAS thread: on this 2-core machine shared with other work, its
+    # large per-era lstsq ran faster so than on two (as in the default mode)
+    with single_blas_thread():
+        expected, reference_seconds = time_reference(per_era, ("fnc", "feature_exposure"))
+    reference_per_era = (reference_seconds["fnc"] + reference_seconds["feature_exposure"]) / (
+        reference_eras
+    )
+    reference_cpu = reference_seconds["cpu"] / reference_eras
+    print(
+        f"numerai-tools, with dependent columns, first {reference_eras} eras: "
+        f"{reference_per_era:.2f} s per era, CPU {reference_cpu:.2f} s (fnc "
+        f"{reference_seconds['fnc'] / reference_eras:.2f}, feature exposure "
+        f"{reference_seconds['feature_exposure'] / reference_eras:.2f}; 1 BLAS thread)"
+    )
+    worst = timings["with dependent columns"]
+    print(
+        f"speed ratio (numerai-tools / fxml per era, with dependent columns): "
+        f"{reference_per_era / worst:.0f}x wall, "
+        f"{reference_cpu / cpu_timings['with dependent columns']:.0f}x CPU"
+    )
+    compared = ours.loc[expected.index]
+    for metric in ("fnc", "feature_exposure"):
+        print(f"max |diff| {metric}: {largest_difference(compared, expected, metric)}")
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
+
+    full_rows = args.full_eras * args.full_rows_per_era
+    scale = args.full_rows_per_era / args.rows_per_era * args.full_eras
+    print(
+        f"\nextrapolated full validation set ({args.full_eras} eras x "
+        f"{args.full_rows_per_era:,} rows = {full_rows / 1e6:.1f}M rows, {args.features} "
+        "features; time per era linear in rows; CPU seconds of all threads, about the wall "
+        "time on otherwise idle cores):"
+    )
+    for label in timings:
+        wall, cpu = timings[label] * scale, cpu_timings[label] * scale
+        print(f"  fxml, {label}: {wall / 60:.1f} min at this load, {cpu / 60:.1f} min CPU")
+    wall, cpu = reference_per_era * scale, reference_cpu * scale
+    print(f"  numerai-tools: {wall / 3600:.1f} h at this load, {cpu / 3600:.1f} h CPU")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--eras", type=int, default=200)
+    parser.add_argument("--features", type=int, default=42)
+    parser.add_argument("--repeats", type=int, default=3, help="fxml timing: median of N runs")
+    parser.add_argument(
+        "--rows-per-era", type=int, default=None, help="full-width mode: rows in each era"
+    )
+    parser.add_argument(
+        "--reference-eras", type=int, default=2, help="full-width mode: eras numerai-tools scores"
+    )
+    parser.add_argument("--full-eras", type=int, default=600, help="extrapolation: eras")
+    parser.add_argument(
+        "--full-rows-per-era", type=int, default=6000, help="extrapolation: rows per era"
+    )
+    args = parser.parse_args()
+    if args.rows_per_era is None:
+        default_benchmark(args)
+    else:
+        full_width_benchmark(args)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 
 Each metric equals the numerai-tools function of the same name applied to one era at a
 time; here every era is scored in one pass of numpy operations on era codes, and the
-feature-heavy metrics run on padded blocks of consecutive eras.
+feature-heavy metrics (FNC, exposure) run era by era on one Gram matrix and one Cholesky
+factorisation each.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import time
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,27 +27,38 @@ from fxml.scoring.eras import (
 )
 from fxml.scoring.transforms import (
     center_by_era,
-    centred_cross_products,
-    centred_gram,
+    centre_gram_upper,
+    centred_variances,
+    clear_features,
     gaussianize,
-    gram_pseudo_inverse,
-    neutralize_padded,
+    neutralizing_coefficients,
     orthogonalize_by_era,
+    raw_gram_upper,
     signed_power,
     tie_kept_rank,
 )
 
 try:
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 except ImportError:  # optional: without it BLAS keeps its default thread count
-    threadpool_limits = None  # type: ignore[assignment]
+    ThreadpoolController = None  # type: ignore[assignment,misc]
 
 SCORE_COLUMNS: tuple[str, ...] = ("corr", "mmc", "bmc", "fnc", "feature_exposure")
 
-# Float64 working set of one block of eras in the feature metrics (an era larger than this
-# is a block on its own). Blocks that stay in cache are faster than big ones: at 1M rows x
-# 42 features, 8-16 MiB blocks scored ~15% faster than 128 MiB ones.
-FEATURE_CHUNK_BYTES = 16 * 2**20
+# Largest float copy of an era's feature rows in FNC and exposure (an era beyond it is
+# processed in row blocks). syrk needs many rows per call to run at full speed: one
+# 6,000-row era at 2,748 features (66 MB in float32, 132 MB in float64) is one block.
+FLOAT_BLOCK_BYTES = 256 * 2**20
+
+# From this many features on, each era's Gram matrix and Cholesky factorisation may run on
+# several threads (see _EraThreads): at 1,000 features they took ~0.2 s per 6,000-row era
+# on one thread, enough work for threads to pay on idle cores.
+THREADED_MIN_FEATURES = 1000
+# How often (in eras) the thread count is measured again.
+RETUNE_ERAS = 32
+
+# numerai-tools' neutralize: np.linalg.lstsq(..., rcond=1e-6) with a constant column.
+NEUTRALIZE_RCOND = 1e-6
 
 
 def pearson_by_era(a: np.ndarray, b: np.ndarray, codes: np.ndarray, n_eras: int) -> np.ndarray:
@@ -90,32 +104,63 @@ def correlation_contribution_by_era(
         return era_sum(centred_targets * orthogonal, codes, n_eras) / era_count(codes, n_eras)
 
 
-def _single_threaded_blas() -> contextlib.AbstractContextManager[Any]:
-    """The feature metrics make many small BLAS/LAPACK calls (one per era, k x k): thread
-    start-up and spinning cost more than they save, and far more on a busy machine
-    (measured at 1M rows x 42 features on 2 shared cores: 2.5-19 s threaded, 1.4 s not)."""
-    if threadpool_limits is None:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+class _EraThreads:
+    """Threads for each era's Gram matrix and Cholesky factorisation (BLAS and torch).
 
+    Below ``THREADED_MIN_FEATURES`` one thread: per-era calls are too small to gain from
+    more, and lose far more on a busy machine (1M rows x 42 features on 2 shared cores:
+    2.5-19 s threaded, 1.4 s not). Above it, threads win on idle cores (~1.5x for syrk and
+    Cholesky at 2,748 features) but lose ~2x on cores shared with other processes, as
+    spinning threads wait for descheduled ones; so the count is measured: every
+    ``RETUNE_ERAS`` eras, one era runs on all threads and the next on one, and the faster
+    (per row) is kept until the next check. The choice changes timing only, not results
+    beyond rounding.
+    """
 
-def _plan_feature_chunks(
-    era_ids: np.ndarray, counts: np.ndarray, n_features: int, chunk_bytes: int
-) -> Iterator[np.ndarray]:
-    """Group consecutive eras so one padded float64 block (plus Gram matrices) stays
-    within ``chunk_bytes``; an era larger than that forms a block on its own."""
-    chunk: list[int] = []
-    longest = 0
-    for era in era_ids.tolist():
-        longest_with = max(longest, int(counts[era]))
-        per_era_bytes = 8 * (longest_with * n_features + 3 * n_features * n_features)
-        if chunk and (len(chunk) + 1) * per_era_bytes > chunk_bytes:
-            yield np.asarray(chunk, dtype=np.intp)
-            chunk, longest_with = [], int(counts[era])
-        chunk.append(era)
-        longest = longest_with
-    if chunk:
-        yield np.asarray(chunk, dtype=np.intp)
+    def __init__(self, n_features: int) -> None:
+        tunable = n_features >= THREADED_MIN_FEATURES and (os.cpu_count() or 1) > 1
+        # one thread first: it is never far from the best, while threads on busy cores
+        # can be 2-3x slower
+        self._choices: tuple[int | None, ...] = (1, None) if tunable else (1,)
+        self._chosen = self._choices[0]
+        self._seconds_per_row: dict[int | None, float] = {}
+        self._eras_done = 0
+        self._controller = ThreadpoolController() if ThreadpoolController else None
+
+    def _next(self) -> int | None:
+        # era 0 of each round warms up (allocations, thread start); eras 1 and 2 compare
+        position = self._eras_done % RETUNE_ERAS
+        if len(self._choices) > 1 and position in (1, 2):
+            return self._choices[2 - position]
+        return self._chosen
+
+    @contextlib.contextmanager
+    def era(self, n_rows: int) -> Iterator[None]:
+        threads = self._next()
+        torch = sys.modules.get("torch")
+        torch_threads = torch.get_num_threads() if torch is not None else None
+        limits = (
+            self._controller.limit(limits=threads, user_api="blas")
+            if self._controller is not None
+            else contextlib.nullcontext()
+        )
+        started = time.perf_counter()
+        with limits:
+            if torch is not None and threads is not None:
+                torch.set_num_threads(threads)
+            try:
+                yield
+            finally:
+                if torch is not None and threads is not None:
+                    torch.set_num_threads(torch_threads)
+        self._record(threads, (time.perf_counter() - started) / max(n_rows, 1))
+
+    def _record(self, threads: int | None, seconds_per_row: float) -> None:
+        if len(self._choices) > 1 and self._eras_done % RETUNE_ERAS in (1, 2):
+            self._seconds_per_row[threads] = seconds_per_row
+            if self._eras_done % RETUNE_ERAS == 2:
+                self._chosen = min(self._choices, key=self._seconds_per_row.__getitem__)
+        self._eras_done += 1
 
 
 def feature_neutral_residuals_and_exposure(
@@ -125,84 +170,112 @@ def feature_neutral_residuals_and_exposure(
     codes: np.ndarray,
     n_eras: int,
     era_ids: np.ndarray,
-    chunk_bytes: int = FEATURE_CHUNK_BYTES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Feature-neutral gaussianized predictions (per row) and feature exposure (per era).
-
-    Both need the same per-era feature moments, so they share one pass over the features,
-    and only one block of eras is converted to float64 at a time. Rows and eras not in
-    ``era_ids`` stay NaN.
-    """
+    """Feature-neutral gaussianized predictions (per row) and feature exposure (per era),
+    one era at a time; only that era's rows are ever converted to float. Rows and eras
+    not in ``era_ids`` stay NaN."""
     residuals = np.full(predictions.shape, np.nan)
     exposure = np.full(n_eras, np.nan)
     counts = era_count(codes, n_eras)
     starts = era_starts(counts)
     contiguous = era_order(codes, n_eras)
-    with _single_threaded_blas():
-        for chunk in _plan_feature_chunks(era_ids, counts, features.shape[1], chunk_bytes):
-            sizes = counts[chunk]
-            local_era = np.repeat(np.arange(chunk.size), sizes)
-            position = np.arange(local_era.size) - np.repeat(era_starts(sizes), sizes)
-            rows = contiguous[starts[chunk][local_era] + position]
-            chunk_residuals, exposure[chunk] = _feature_block_scores(
-                features[rows],
-                gaussian_predictions[rows],
-                predictions[rows],
-                local_era,
-                position,
-                sizes,
+    threads = _EraThreads(features.shape[1])
+    for era in era_ids.tolist():
+        rows = contiguous[starts[era] : starts[era] + counts[era]]
+        with threads.era(rows.size):
+            residuals[rows], exposure[era] = _era_feature_scores(
+                features[rows], gaussian_predictions[rows], predictions[rows]
             )
-            residuals[rows] = chunk_residuals
     return residuals, exposure
 
 
-def _feature_block_scores(
-    features: np.ndarray,
-    gaussian_predictions: np.ndarray,
-    predictions: np.ndarray,
-    local_era: np.ndarray,
-    position: np.ndarray,
-    sizes: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """FNC residuals (per row) and feature exposure (per era) for a block of eras whose
-    rows are given era by era; eras are padded to a common length so every product is one
-    batched matmul."""
-    n_block, longest = sizes.size, int(sizes.max())
-    slots = local_era * longest + position
-    valid = np.arange(longest)[None, :] < sizes[:, None]
+class _FloatRows:
+    """One era's feature rows as float64 blocks of at most ``block_bytes`` (one block for
+    a typical era, kept for the second pass), so no float copy of a large era is ever
+    whole."""
 
-    block = np.zeros((n_block * longest, features.shape[1]))
-    block[slots] = features
-    block = block.reshape(n_block, longest, features.shape[1])
-    sums = block.sum(axis=1)
-    gram = centred_gram(block, sums, sizes)
+    def __init__(self, features: np.ndarray, block_bytes: int) -> None:
+        self._features = features
+        self._step = max(1, block_bytes // (8 * features.shape[1]))
+        self._whole = (
+            np.asarray(features, dtype=np.float64) if features.shape[0] <= self._step else None
+        )
 
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self._whole is not None:
+            yield self._whole
+            return
+        for start in range(0, self._features.shape[0], self._step):
+            yield np.asarray(self._features[start : start + self._step], dtype=np.float64)
+
+    def transposed_times(self, vectors: np.ndarray) -> np.ndarray:
+        """``X' V`` for per-row ``vectors`` (rows, m)."""
+        product = np.zeros((self._features.shape[1], vectors.shape[1]))
+        start = 0
+        for block in self:
+            product += block.T @ vectors[start : start + block.shape[0]]
+            start += block.shape[0]
+        return product
+
+    def times(self, coefficients: np.ndarray) -> np.ndarray:
+        """``X b`` per row."""
+        return np.concatenate([block @ coefficients for block in self])
+
+
+def _era_feature_scores(
+    features: np.ndarray, gaussian_predictions: np.ndarray, predictions: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """FNC residuals (per row) and feature exposure of one era.
+
+    numerai-tools regresses the gaussianized ranks on the features plus a constant
+    (``lstsq``); here that is the centred ranks regressed on the centred features, solved
+    from the normal equations with one Gram matrix (exact for integer features, centred
+    by a rank-one update) and one Cholesky factorisation. Exposure needs only ``X'p`` and
+    the centred column norms, so it costs no solve.
+    """
+    n_rows, n_features = features.shape
+    rows = _FloatRows(features, FLOAT_BLOCK_BYTES)
+    sums = features.sum(axis=0, dtype=np.float64)
     # column 0: gaussianized ranks (FNC); column 1: raw predictions (exposure)
-    vectors = np.zeros((n_block * longest, 2))
-    vectors[slots, 0] = gaussian_predictions
-    vectors[slots, 1] = predictions
-    vectors = vectors.reshape(n_block, longest, 2)
-    raw = vectors[..., 1]
-    constant = np.where(valid, raw, np.inf).min(axis=1) == np.where(valid, raw, -np.inf).max(
-        axis=1
+    vectors = np.column_stack([gaussian_predictions, predictions])
+    centred = vectors - vectors.sum(axis=0) / n_rows
+    # the mean term is subtracted because centred vectors sum to zero only up to rounding
+    cross = rows.transposed_times(centred) - np.outer(sums, centred.sum(axis=0) / n_rows)
+
+    gram = raw_gram_upper(features, max(1, FLOAT_BLOCK_BYTES // (4 * n_features)))
+    raw_diagonal = np.diagonal(gram).copy()
+    variances = centred_variances(raw_diagonal, sums, n_rows)
+    centre_gram_upper(gram, sums, n_rows)
+    # A feature constant in the era has no direction to remove: it leaves the equations.
+    # (For integer features its variance is exactly zero; for float ones only nearly.)
+    constant = features.min(axis=0) == features.max(axis=0)
+    variances[constant] = 0.0
+    fnc_cross = cross[:, 0].copy()
+    clear_features(gram, fnc_cross, constant)
+    coefficients = neutralizing_coefficients(
+        gram, fnc_cross, _rcond_tolerance(features, raw_diagonal)
     )
-    vectors -= (vectors.sum(axis=1) / sizes[:, None])[:, None, :]
-    vectors[~valid] = 0.0
-    cross = centred_cross_products(block, sums, sizes, vectors)
+    residuals = centred[:, 0] - (rows.times(coefficients) - sums @ coefficients / n_rows)
 
-    coefficients = np.matmul(gram_pseudo_inverse(gram), cross[..., :1])[..., 0]
-    residuals = neutralize_padded(vectors[..., 0], block, sums, sizes, coefficients)
+    if predictions.min() == predictions.max() or constant.all():
+        return residuals, np.nan
+    # numerai-tools gets NaN for a feature constant in the era and skips it (idxmax)
+    feature_norm = np.sqrt(variances[~constant])
+    prediction_norm = np.sqrt(centred[:, 1] @ centred[:, 1])
+    correlations = np.abs(cross[~constant, 1]) / feature_norm / prediction_norm
+    return residuals, float(correlations.max())
 
-    feature_norm = np.sqrt(np.diagonal(gram, axis1=1, axis2=2))
-    prediction_norm = np.sqrt(np.einsum("er,er->e", vectors[..., 1], vectors[..., 1]))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        correlations = cross[..., 1] / feature_norm / prediction_norm[:, None]
-    # A feature constant in the era has no correlation: numerai-tools gets NaN for it and
-    # skips it (idxmax skipna). Constant predictions have none with any feature.
-    correlations[feature_norm == 0] = np.nan
-    exposure = np.fmax.reduce(np.abs(correlations), axis=1)
-    exposure[constant] = np.nan
-    return residuals.reshape(-1)[slots], exposure
+
+def _rcond_tolerance(features: np.ndarray, raw_diagonal: np.ndarray) -> float:
+    """Pivot below which a feature counts as a combination of the others: lstsq's
+    ``rcond`` cut on singular values, squared for the Gram matrix, relative to the largest
+    eigenvalue of ``[X 1]'[X 1]``. That eigenvalue is estimated from below by the largest
+    of its Rayleigh quotient at the all-ones vector (close for non-negative features such
+    as Numerai's), its diagonal and the constant column's ``n``."""
+    row_totals = features.sum(axis=1, dtype=np.float64) + 1.0
+    rayleigh = (row_totals @ row_totals) / (features.shape[1] + 1)
+    largest = max(rayleigh, float(raw_diagonal.max()), float(features.shape[0]))
+    return NEUTRALIZE_RCOND**2 * largest
 
 
 class _GaussianRanks:
@@ -318,7 +391,6 @@ def score_eras(
             codes,
             n_eras,
             np.flatnonzero(scored),
-            chunk_bytes=FEATURE_CHUNK_BYTES,
         )
         columns["fnc"] = numerai_corr_by_era(
             _GaussianRanks(residuals, codes, n_eras).over(has_target)[target_rows],
