@@ -229,9 +229,23 @@ class ScorerConfig:
     importance: str = "none"  # permutation importance: none | features | groups
     importance_repeats: int = 1
     importance_seed: int = 0
+    mpc: bool = True
+    mpc_own_stake: float = 1.0
+    mpc_benchmark_stake: float = 1.0
+    mpc_stakes: dict[str, float] = field(default_factory=dict)
+    mpc_benchmark_columns: list[str] | None = None
+    mpc_neutralizers: str | None = None
+    mpc_sample_weights: str | None = None
+    diagnostics: bool = True
+    top_bottom: int = 200
 
     def __post_init__(self) -> None:
         require(self.payout_clip > 0, "scorer.payout_clip", "must be > 0", self.payout_clip)
+        for key, stake in [("scorer.mpc_own_stake", self.mpc_own_stake),
+                           ("scorer.mpc_benchmark_stake", self.mpc_benchmark_stake),
+                           *((f"scorer.mpc_stakes.{k}", v) for k, v in self.mpc_stakes.items())]:
+            require(stake >= 0, key, "must be >= 0", stake)
+        require(self.top_bottom >= 1, "scorer.top_bottom", "must be >= 1", self.top_bottom)
         one_of("scorer.importance", self.importance, ("none", "features", "groups"))
         require(self.importance_repeats >= 1, "scorer.importance_repeats", "must be >= 1",
                 self.importance_repeats)

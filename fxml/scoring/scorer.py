@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fxml.data.benchmarks import benchmark_predictions
+from fxml.data.layout import BENCHMARK_FILES
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.errors import FxmlError
 from fxml.models.base import TabularModel
 from fxml.scoring import score_eras, summarize
+from fxml.scoring.diagnostics import (
+    calmar_ratio,
+    compounded_annual_return,
+    exposure_dissimilarity_by_era,
+    rank_correlation_by_era,
+    top_bottom_corr_by_era,
+)
+from fxml.scoring.eras import encode_eras
+from fxml.scoring.portfolio import meta_portfolio_contribution_by_era
 from fxml.scoring.importance import feature_groups, permutation_importance
 
 log = logging.getLogger(__name__)
@@ -44,6 +56,15 @@ class NumeraiScorer:
         importance: str = "none",
         importance_repeats: int = 1,
         importance_seed: int = 0,
+        mpc: bool = True,
+        mpc_own_stake: float = 1.0,
+        mpc_benchmark_stake: float = 1.0,
+        mpc_stakes: dict[str, float] | None = None,
+        mpc_benchmark_columns: list[str] | None = None,
+        mpc_neutralizers: str | None = None,
+        mpc_sample_weights: str | None = None,
+        diagnostics: bool = True,
+        top_bottom: int = 200,
     ) -> None:
         self.use_meta_model, self.use_benchmark = meta_model, benchmark
         self.benchmark_column = benchmark_column
@@ -52,6 +73,9 @@ class NumeraiScorer:
         self.payout = (payout_corr_weight, payout_mmc_weight, payout_clip)
         self.importance_of = importance
         self.importance_repeats, self.importance_seed = importance_repeats, importance_seed
+        self.portfolio = PortfolioSettings(mpc, mpc_own_stake, mpc_benchmark_stake, dict(mpc_stakes or {}),
+                                           mpc_benchmark_columns, mpc_neutralizers, mpc_sample_weights)
+        self.diagnostics, self.top_bottom = diagnostics, top_bottom
 
     def importance(self, model: TabularModel, split: DataSplit, data: NumeraiData) -> pd.DataFrame | None:
         """Permutation importance of features or feature groups; None when not asked for."""
@@ -85,7 +109,43 @@ class NumeraiScorer:
         per_era = per_era.drop(columns=[c for c, keep in self.keep.items() if not keep and c in per_era])
         if "mmc" in per_era:
             per_era["payout"] = payout_score(per_era, *self.payout)
-        return Scores(per_era, summarize(per_era), references, benchmark_name)
+        extra = {}
+        if self.portfolio.enabled:
+            extra["mpc"] = self._mpc(predictions, split, data)
+        if self.diagnostics:
+            extra.update(diagnostic_columns(predictions, split, references.get("meta_model"),
+                                            self.top_bottom))
+        for name, values in extra.items():
+            if values is not None:
+                per_era[name] = values.reindex(per_era.index)
+        return Scores(per_era, with_payout_summaries(summarize(per_era), per_era), references,
+                      benchmark_name)
+
+    def _mpc(self, predictions: np.ndarray, split: DataSplit, data: NumeraiData) -> pd.Series | None:
+        """MPC of the model inside a portfolio of itself and the release's benchmark models."""
+        settings = self.portfolio
+        found = self._optional(lambda: benchmark_predictions(
+            data.path(BENCHMARK_FILES[split.name]), split.ids, settings.benchmark_columns), "MPC")
+        if found is None:
+            return None
+        names, benchmarks = found
+        unknown = sorted(set(settings.stakes) - set(names))
+        if unknown:
+            raise FxmlError(f"scorer.mpc_stakes names {unknown[0]}, not a column of the benchmark file "
+                            f"(columns: {', '.join(names)})")
+        stakes = np.array([settings.own_stake] + [settings.stakes.get(n, settings.benchmark_stake)
+                                                  for n in names])
+        sample_weights = (None if settings.sample_weights is None
+                          else sample_weight_column(settings.sample_weights, split.ids))
+        neutralizers = (None if settings.neutralizers is None
+                        else neutralizer_columns(split, data, settings.neutralizers))
+        codes = encode_eras(split.eras)
+        contribution = meta_portfolio_contribution_by_era(
+            np.column_stack([predictions, benchmarks]), stakes, split.target, codes.codes,
+            codes.n_eras, sample_weights=sample_weights, neutralizers=neutralizers)
+        log.info("scoring: MPC in a portfolio of the model (stake %g) and %d benchmark models",
+                 settings.own_stake, len(names))
+        return pd.Series(contribution[:, 0], index=pd.Index(codes.labels, name="era"))
 
     @staticmethod
     def _optional(load, metric: str):  # type: ignore[no-untyped-def]
@@ -94,3 +154,73 @@ class NumeraiScorer:
         except FxmlError as error:
             log.warning("scoring: no %s (%s)", metric, error)
             return None
+
+
+@dataclass(frozen=True)
+class PortfolioSettings:
+    """The simulated meta portfolio MPC is measured in (``scorer.mpc*``)."""
+
+    enabled: bool
+    own_stake: float
+    benchmark_stake: float
+    stakes: dict[str, float]
+    benchmark_columns: list[str] | None
+    neutralizers: str | None
+    sample_weights: str | None
+
+
+def diagnostic_columns(predictions: np.ndarray, split: DataSplit, meta_model: np.ndarray | None,
+                       top_bottom: int) -> dict[str, pd.Series]:
+    """Per-era comparison numbers: top/bottom CORR, and against the meta model its rank
+    correlation and exposure dissimilarity."""
+    assert split.target is not None
+    codes = encode_eras(split.eras)
+    index = pd.Index(codes.labels, name="era")
+    columns = {f"tb{top_bottom}_corr": top_bottom_corr_by_era(
+        predictions, split.target, codes.codes, codes.n_eras, top_bottom)}
+    if meta_model is not None:
+        columns["meta_model_rank_corr"] = rank_correlation_by_era(
+            predictions, meta_model, codes.codes, codes.n_eras)
+        columns["exposure_dissimilarity"] = exposure_dissimilarity_by_era(
+            predictions, meta_model, split.features, codes.codes, codes.n_eras)
+    return {name: pd.Series(values, index=index) for name, values in columns.items()}
+
+
+def with_payout_summaries(summary: dict[str, float], per_era: pd.DataFrame) -> dict[str, float]:
+    """APY-style compounding and Calmar ratio of the payout-style score, beside its mean and sharpe."""
+    if "payout" in per_era:
+        payout = per_era["payout"].sort_index().to_numpy(dtype=np.float64)
+        summary = {**summary, "payout_apy": compounded_annual_return(payout),
+                   "payout_calmar": calmar_ratio(payout)}
+    return summary
+
+
+def sample_weight_column(path: str, ids: np.ndarray) -> np.ndarray:
+    """Per-row sample weights from a parquet file with ``id`` and one numeric column."""
+    names, matrix = benchmark_predictions(Path(path), ids)
+    if len(names) != 1:
+        raise FxmlError(f"scorer.mpc_sample_weights: {path} must hold id and one weight column "
+                        f"(found {', '.join(names)})")
+    missing = int(np.isnan(matrix[:, 0]).sum())
+    if missing:
+        raise FxmlError(f"scorer.mpc_sample_weights: {path} has no weight for {missing} row(s)")
+    return matrix[:, 0]
+
+
+def neutralizer_columns(split: DataSplit, data: NumeraiData, feature_set: str) -> np.ndarray:
+    """The columns of a features.json set (or ``features``: the run's own) as MPC's neutralisers."""
+    if feature_set == "features":
+        return split.features
+    sets = data.metadata["feature_sets"]
+    if feature_set not in sets:
+        raise FxmlError(f"scorer.mpc_neutralizers={feature_set} is not a feature set of the release "
+                        f"(available: features, {', '.join(sorted(sets))})")
+    position = {name: i for i, name in enumerate(split.feature_names)}
+    wanted = list(sets[feature_set])
+    if all(name in position for name in wanted):
+        return split.features[:, [position[name] for name in wanted]]
+    from fxml.models.postprocess import with_columns  # reads feature columns the run did not load
+
+    extended = with_columns(split, data, [n for n in wanted if n not in position])
+    position = {name: i for i, name in enumerate(extended.feature_names)}
+    return extended.features[:, [position[name] for name in wanted]]
