@@ -63,8 +63,8 @@ def summary_table(summary: dict[str, float], title: str) -> Table:
                                    for stat in ("mean", "std", "sharpe", "max_drawdown")))
     for key in sorted(k for k in summary if k.startswith("tb") and k.endswith("_corr_mean")):
         name = key.removesuffix("_mean")
-        table.add_row(f"top/bottom {name[2:-5]} CORR", *(_fmt(summary.get(f"{name}_{stat}"))
-                                                          for stat in ("mean", "std", "sharpe", "max_drawdown")))
+        stats = ("mean", "std", "sharpe", "max_drawdown")
+        table.add_row(f"top/bottom {name[2:-5]} CORR", *(_fmt(summary.get(f"{name}_{s}")) for s in stats))
     if "payout_apy" in summary:
         table.add_row("payout APY-style (compounded)", _fmt(summary["payout_apy"]), "", "", "")
         table.add_row("payout Calmar ratio", _fmt(summary.get("payout_calmar")), "", "", "")

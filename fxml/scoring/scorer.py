@@ -23,8 +23,8 @@ from fxml.scoring.diagnostics import (
     top_bottom_corr_by_era,
 )
 from fxml.scoring.eras import encode_eras
-from fxml.scoring.portfolio import meta_portfolio_contribution_by_era
 from fxml.scoring.importance import feature_groups, permutation_importance
+from fxml.scoring.portfolio import meta_portfolio_contribution_by_era
 
 log = logging.getLogger(__name__)
 
