@@ -30,7 +30,7 @@ def portfolio_data() -> dict:
     n = eras.size
     signal = rng.standard_normal(n)
     predictions = signal[:, None] * [0.2, 0.5, 0.3, 0.1] + rng.standard_normal((n, 4))
-    predictions[:, 1] = np.round(predictions[:, 1], 1)  # ties
+    predictions[:, [0, 1]] = np.round(predictions[:, [0, 1]], 1)  # ties
     predictions[rng.random(n) < 0.02, 2] = np.nan  # a benchmark missing some ids
     targets = np.digitize(signal * 0.1 + rng.standard_normal(n), [-1.6, -0.7, 0.7, 1.6]) / 4.0
     targets[rng.random(n) < 0.04] = np.nan
@@ -69,9 +69,9 @@ def test_mpc_equals_numerai_tools_per_era(portfolio_data: dict, neutralize: bool
         sample_weights=data["weights"] if weighted else None,
         neutralizers=data["features"] if neutralize else None)
     for position, era in enumerate(codes.labels):
-        expected = reference_mpc(data, int(era), stakes, neutralize, weighted)
-        np.testing.assert_allclose(ours[position], expected, rtol=0, atol=1e-9)
-        assert np.abs(expected).max() > 1e-4  # a real, non-zero contribution was compared
+        expected = reference_mpc(data, int(era), stakes, neutralize, weighted)[0]
+        assert ours[position] == pytest.approx(expected, abs=1e-9)
+        assert abs(expected) > 1e-4  # a real, non-zero contribution was compared
 
 
 def test_mpc_depends_on_stakes(portfolio_data: dict) -> None:
@@ -81,7 +81,7 @@ def test_mpc_depends_on_stakes(portfolio_data: dict) -> None:
                                                codes.codes, codes.n_eras)
     heavy = meta_portfolio_contribution_by_era(data["predictions"], np.array([10.0, 1, 1, 1]),
                                                data["targets"], codes.codes, codes.n_eras)
-    assert np.abs(equal[:, 0] - heavy[:, 0]).max() > 1e-4
+    assert np.abs(equal - heavy).max() > 1e-4
 
 
 def test_diagnostics_equal_numerai_tools_per_era(portfolio_data: dict) -> None:
@@ -109,7 +109,7 @@ def test_diagnostics_equal_numerai_tools_per_era(portfolio_data: dict) -> None:
         usable = model_exposure.notna() & meta_exposure.notna()
         expected_dissimilarity = 1 - (model_exposure[usable] @ meta_exposure[usable]) / (
             meta_exposure[usable] @ meta_exposure[usable])
-        assert dissimilarity[position] == pytest.approx(expected_dissimilarity, abs=1e-12)
+        assert dissimilarity[position] == pytest.approx(expected_dissimilarity, abs=1e-10)
 
 
 def test_churn_apy_and_calmar_by_hand() -> None:

@@ -18,30 +18,63 @@ from __future__ import annotations
 
 import numpy as np
 
-from fxml.scoring.eras import era_count, era_order, era_starts, era_sum, order_within_eras
-from fxml.scoring.transforms import center_by_era, gaussianize, signed_power, tie_kept_rank
+from fxml.scoring.eras import era_starts
+from fxml.scoring.grid import (
+    EraGrid,
+    GridRanks,
+    era_grid,
+    gaussian_power_ranks,
+    grid_ranks,
+    percentile_ranks,
+)
+from fxml.scoring.transforms import signed_power
 
 ERAS_PER_YEAR = 52  # validation eras are weekly
 
 
-def pearson_of_centred(a: np.ndarray, b: np.ndarray, codes: np.ndarray, n_eras: int) -> np.ndarray:
-    """Per-era Pearson correlation; NaN for an era with fewer than two rows or a constant input."""
-    a = center_by_era(a, codes, n_eras)
-    b = center_by_era(b, codes, n_eras)
+def grid_pearson(a: np.ndarray, b: np.ndarray, grid: EraGrid,
+                 mask: np.ndarray | None = None) -> np.ndarray:
+    """Per-era Pearson correlation of two grids over the valid cells (or ``mask``); NaN for an era
+    with fewer than two cells or a constant input."""
+    mask = grid.valid if mask is None else mask
+    count = mask.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = era_sum(a * b, codes, n_eras) / np.sqrt(
-            era_sum(a * a, codes, n_eras) * era_sum(b * b, codes, n_eras))
-    corr[era_count(codes, n_eras) < 2] = np.nan
+        a = np.where(mask, a - (np.where(mask, a, 0.0).sum(axis=1) / count)[:, None], 0.0)
+        b = np.where(mask, b - (np.where(mask, b, 0.0).sum(axis=1) / count)[:, None], 0.0)
+        corr = np.einsum("ew,ew->e", a, b) / np.sqrt(
+            np.einsum("ew,ew->e", a, a) * np.einsum("ew,ew->e", b, b))
+    corr[count < 2] = np.nan
     return np.clip(corr, -1.0, 1.0)
+
+
+def rank_correlation_on_grid(grid: EraGrid, a: np.ndarray, b: np.ndarray,
+                             a_ranks: GridRanks | None = None) -> np.ndarray:
+    """Spearman correlation of ``a`` and ``b`` (full-length, no NaN on the grid's rows) per era."""
+    a_ranks = a_ranks or grid_ranks(grid, a)
+    return grid_pearson(percentile_ranks(grid, a_ranks), percentile_ranks(grid, grid_ranks(grid, b)),
+                        grid)
 
 
 def rank_correlation_by_era(a: np.ndarray, b: np.ndarray, codes: np.ndarray,
                             n_eras: int) -> np.ndarray:
     """Spearman correlation of ``a`` and ``b`` inside each era, over rows where both are present."""
-    rows = np.flatnonzero(~np.isnan(a) & ~np.isnan(b))
-    ranks = [tie_kept_rank(v, codes, n_eras, order_within_eras(v, codes, n_eras, rows))[rows]
-             for v in (a, b)]
-    return pearson_of_centred(ranks[0], ranks[1], codes[rows], n_eras)
+    return rank_correlation_on_grid(era_grid(codes, n_eras, ~np.isnan(a) & ~np.isnan(b)), a, b)
+
+
+def top_bottom_corr_on_grid(grid: EraGrid, predictions: np.ndarray, targets: np.ndarray,
+                            top_bottom: int, ranks: GridRanks | None = None) -> np.ndarray:
+    """``top_bottom_corr_by_era`` on a grid of the scored rows, reusing the predictions' ranks."""
+    ranks = ranks or grid_ranks(grid, predictions)
+    if ranks.has_ties and not ranks.stable:  # which tied rows make the cut depends on their order
+        ranks = grid_ranks(grid, predictions, stable=True)
+    transformed = gaussian_power_ranks(grid, ranks)
+    powered_targets = signed_power(grid.centred(grid.place(targets)))
+    place = np.arange(grid.width)[None, :]
+    size = grid.counts[:, None]
+    extreme = ((place < top_bottom) | (place >= size - top_bottom)) & (place < size)
+    corr = grid_pearson(transformed, powered_targets, grid, ranks.scatter(extreme).astype(bool))
+    corr[grid.counts < 2 * top_bottom] = np.nan
+    return corr
 
 
 def top_bottom_corr_by_era(predictions: np.ndarray, targets: np.ndarray, codes: np.ndarray,
@@ -54,39 +87,45 @@ def top_bottom_corr_by_era(predictions: np.ndarray, targets: np.ndarray, codes: 
     by id within eras, as in Numerai's files). An era with fewer than ``2 * top_bottom`` scored rows
     is NaN.
     """
-    rows = np.flatnonzero(~np.isnan(targets))
-    by_value = rows[np.argsort(predictions[rows], kind="stable")]
-    order = by_value[np.argsort(codes[by_value], kind="stable")]
-    counts = era_count(codes[rows], n_eras)
-    transformed = signed_power(gaussianize(tie_kept_rank(predictions, codes, n_eras, order)))
-    powered_targets = np.full(targets.shape, np.nan)
-    powered_targets[rows] = signed_power(center_by_era(targets[rows], codes[rows], n_eras))
-
-    position = np.arange(order.size) - np.repeat(era_starts(counts), counts)
-    size = np.repeat(counts, counts)
-    extreme = order[(position < top_bottom) | (position >= size - top_bottom)]
-    corr = pearson_of_centred(transformed[extreme], powered_targets[extreme], codes[extreme], n_eras)
-    corr[counts < 2 * top_bottom] = np.nan
-    return corr
+    grid = era_grid(codes, n_eras, ~np.isnan(targets))
+    return top_bottom_corr_on_grid(grid, predictions, targets, top_bottom)
 
 
-def feature_correlations_by_era(values: np.ndarray, features: np.ndarray, codes: np.ndarray,
-                                n_eras: int, rows: np.ndarray) -> np.ndarray:
-    """(n_eras, features) Pearson correlation of ``values`` with each feature over ``rows`` of each
-    era; a feature constant in the era (or constant values) gives NaN."""
-    out = np.full((n_eras, features.shape[1]), np.nan)
-    kept_codes = codes[rows]
-    counts = era_count(kept_codes, n_eras)
-    ordered = rows[era_order(kept_codes, n_eras)]
-    starts = era_starts(counts)
-    for era in np.flatnonzero(counts > 1):
-        era_rows = ordered[starts[era]: starts[era] + counts[era]]
-        block = features[era_rows].astype(np.float64)
-        block -= block.mean(axis=0)
-        centred = values[era_rows] - values[era_rows].mean()
+def feature_correlations(values: np.ndarray, features: np.ndarray, grid: EraGrid) -> np.ndarray:
+    """(eras, features, columns) Pearson correlation of each column of ``values`` (full-length,
+    rows x columns) with each feature over the grid's rows of each era; a feature constant in the
+    era (or a constant column) gives NaN. One float copy of an era's features serves all columns."""
+    columns = values.shape[1]
+    out = np.full((grid.n_eras, features.shape[1], columns), np.nan)
+    starts = era_starts(grid.counts)
+    for era in np.flatnonzero(grid.counts > 1):
+        size = int(grid.counts[era])
+        rows = grid.rows[starts[era]: starts[era] + size]
+        contiguous = rows[-1] - rows[0] == size - 1 and bool(np.all(np.diff(rows) == 1))
+        block = (features[rows[0]: rows[-1] + 1] if contiguous else features[rows]).astype(np.float64)
+        sums = block.sum(axis=0)
+        norms2 = np.einsum("rk,rk->k", block, block) - sums * sums / size
+        centred = values[rows] - values[rows].mean(axis=0)
+        cross = block.T @ centred  # the centred values sum to 0: no feature centring needed
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[era] = (centred @ block) / np.sqrt((block * block).sum(axis=0) * (centred @ centred))
+            corr = cross / np.sqrt(norms2[:, None] * np.einsum("rc,rc->c", centred, centred))
+        corr[~(norms2 > 1e-9 * size)] = np.nan
+        out[era] = corr
     return out
+
+
+def exposure_dissimilarity_on_grid(grid: EraGrid, predictions: np.ndarray, reference: np.ndarray,
+                                   features: np.ndarray) -> np.ndarray:
+    """``exposure_dissimilarity_by_era`` over the grid's rows (the reference present on all)."""
+    correlations = feature_correlations(np.column_stack([predictions, reference]), features, grid)
+    model, ref = correlations[:, :, 0], correlations[:, :, 1]
+    both = ~np.isnan(model) & ~np.isnan(ref)
+    overlap = np.where(both, model * ref, 0.0).sum(axis=1)
+    ref_norm = np.where(both, ref * ref, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dissimilarity = 1.0 - overlap / ref_norm
+    dissimilarity[~(ref_norm > 0)] = np.nan
+    return dissimilarity
 
 
 def exposure_dissimilarity_by_era(predictions: np.ndarray, reference: np.ndarray,
@@ -95,16 +134,8 @@ def exposure_dissimilarity_by_era(predictions: np.ndarray, reference: np.ndarray
     """``1 - U.E / E.E`` per era, U and E the feature correlations of the predictions and of the
     reference over rows where the reference is present; features without a correlation (constant
     in the era) are left out of both sums."""
-    rows = np.flatnonzero(~np.isnan(reference))
-    model = feature_correlations_by_era(predictions, features, codes, n_eras, rows)
-    ref = feature_correlations_by_era(reference, features, codes, n_eras, rows)
-    both = ~np.isnan(model) & ~np.isnan(ref)
-    overlap = np.where(both, model * ref, 0.0).sum(axis=1)
-    ref_norm = np.where(both, ref * ref, 0.0).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dissimilarity = 1.0 - overlap / ref_norm
-    dissimilarity[~(ref_norm > 0)] = np.nan
-    return dissimilarity
+    grid = era_grid(codes, n_eras, ~np.isnan(reference))
+    return exposure_dissimilarity_on_grid(grid, predictions, reference, features)
 
 
 def churn(previous: dict[str, float] | None, current: dict[str, float] | None) -> float:

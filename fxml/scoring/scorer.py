@@ -15,18 +15,16 @@ from fxml.data.loader import DataSplit, NumeraiData
 from fxml.errors import FxmlError
 from fxml.models.base import TabularModel
 from fxml.scoring import score_eras, summarize
-from fxml.scoring.diagnostics import (
-    calmar_ratio,
-    compounded_annual_return,
-    exposure_dissimilarity_by_era,
-    rank_correlation_by_era,
-    top_bottom_corr_by_era,
-)
-from fxml.scoring.eras import encode_eras
+from fxml.scoring.comparison import comparison_scores, scored_grid
+from fxml.scoring.diagnostics import calmar_ratio, compounded_annual_return
+from fxml.scoring.eras import EraCodes, encode_eras
+from fxml.scoring.grid import EraGrid
 from fxml.scoring.importance import feature_groups, permutation_importance
-from fxml.scoring.portfolio import meta_portfolio_contribution_by_era
+from fxml.scoring.portfolio import BenchmarkPortfolio, prepare_portfolio
 
 log = logging.getLogger(__name__)
+# the last prepared benchmark portfolio, reused while the same split is scored again
+_PORTFOLIO_CACHE: dict[str, object] = {}
 
 
 @dataclass
@@ -109,23 +107,36 @@ class NumeraiScorer:
         per_era = per_era.drop(columns=[c for c, keep in self.keep.items() if not keep and c in per_era])
         if "mmc" in per_era:
             per_era["payout"] = payout_score(per_era, *self.payout)
-        extra = {}
-        if self.portfolio.enabled:
-            extra["mpc"] = self._mpc(predictions, split, data)
-        if self.diagnostics:
-            extra.update(diagnostic_columns(predictions, split, references.get("meta_model"),
-                                            self.top_bottom))
-        for name, values in extra.items():
-            if values is not None:
-                per_era[name] = values.reindex(per_era.index)
+        codes = encode_eras(split.eras)
+        grid = scored_grid(codes, split.target)
+        portfolio = self._portfolio(split, data, codes, grid) if self.portfolio.enabled else None
+        extra = comparison_scores(
+            predictions, split.target, codes, grid, portfolio=portfolio,
+            own_stake=self.portfolio.own_stake,
+            meta_model=references.get("meta_model") if self.diagnostics else None,
+            features=split.features if self.diagnostics else None,
+            top_bottom=self.top_bottom if self.diagnostics else None)
+        per_era = per_era.join(extra.reindex(per_era.index))
         return Scores(per_era, with_payout_summaries(summarize(per_era), per_era), references,
                       benchmark_name)
 
-    def _mpc(self, predictions: np.ndarray, split: DataSplit, data: NumeraiData) -> pd.Series | None:
-        """MPC of the model inside a portfolio of itself and the release's benchmark models."""
+    def _portfolio(self, split: DataSplit, data: NumeraiData, codes: EraCodes,
+                   grid: EraGrid) -> BenchmarkPortfolio | None:
+        """The benchmark models' side of the meta portfolio (None without a benchmark file).
+        It does not depend on the model, so a process scoring several models on the same split
+        (a sweep) prepares it once."""
         settings = self.portfolio
-        found = self._optional(lambda: benchmark_predictions(
-            data.path(BENCHMARK_FILES[split.name]), split.ids, settings.benchmark_columns), "MPC")
+        path = self._optional(lambda: data.path(BENCHMARK_FILES[split.name]), "MPC")
+        if path is None:
+            return None
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, len(split.ids),
+               str(split.ids[0]), str(split.ids[-1]), int(split.eras.sum()),
+               int(np.isnan(split.target).sum()), repr(settings))
+        if _PORTFOLIO_CACHE.get("key") == key:
+            return _PORTFOLIO_CACHE["portfolio"]
+        found = self._optional(lambda: benchmark_predictions(path, split.ids, settings.benchmark_columns),
+                               "MPC")
         if found is None:
             return None
         names, benchmarks = found
@@ -133,19 +144,19 @@ class NumeraiScorer:
         if unknown:
             raise FxmlError(f"scorer.mpc_stakes names {unknown[0]}, not a column of the benchmark file "
                             f"(columns: {', '.join(names)})")
-        stakes = np.array([settings.own_stake] + [settings.stakes.get(n, settings.benchmark_stake)
-                                                  for n in names])
+        stakes = np.array([settings.stakes.get(n, settings.benchmark_stake) for n in names])
         sample_weights = (None if settings.sample_weights is None
                           else sample_weight_column(settings.sample_weights, split.ids))
         neutralizers = (None if settings.neutralizers is None
                         else neutralizer_columns(split, data, settings.neutralizers))
-        codes = encode_eras(split.eras)
-        contribution = meta_portfolio_contribution_by_era(
-            np.column_stack([predictions, benchmarks]), stakes, split.target, codes.codes,
-            codes.n_eras, sample_weights=sample_weights, neutralizers=neutralizers)
+        portfolio = prepare_portfolio(benchmarks, stakes, split.target, codes.codes, codes.n_eras,
+                                      sample_weights=sample_weights, neutralizers=neutralizers,
+                                      grid=grid)
         log.info("scoring: MPC in a portfolio of the model (stake %g) and %d benchmark models",
                  settings.own_stake, len(names))
-        return pd.Series(contribution[:, 0], index=pd.Index(codes.labels, name="era"))
+        _PORTFOLIO_CACHE.clear()
+        _PORTFOLIO_CACHE.update(key=key, portfolio=portfolio)
+        return portfolio
 
     @staticmethod
     def _optional(load, metric: str):  # type: ignore[no-untyped-def]
@@ -167,23 +178,6 @@ class PortfolioSettings:
     benchmark_columns: list[str] | None
     neutralizers: str | None
     sample_weights: str | None
-
-
-def diagnostic_columns(predictions: np.ndarray, split: DataSplit, meta_model: np.ndarray | None,
-                       top_bottom: int) -> dict[str, pd.Series]:
-    """Per-era comparison numbers: top/bottom CORR, and against the meta model its rank
-    correlation and exposure dissimilarity."""
-    assert split.target is not None
-    codes = encode_eras(split.eras)
-    index = pd.Index(codes.labels, name="era")
-    columns = {f"tb{top_bottom}_corr": top_bottom_corr_by_era(
-        predictions, split.target, codes.codes, codes.n_eras, top_bottom)}
-    if meta_model is not None:
-        columns["meta_model_rank_corr"] = rank_correlation_by_era(
-            predictions, meta_model, codes.codes, codes.n_eras)
-        columns["exposure_dissimilarity"] = exposure_dissimilarity_by_era(
-            predictions, meta_model, split.features, codes.codes, codes.n_eras)
-    return {name: pd.Series(values, index=index) for name, values in columns.items()}
 
 
 def with_payout_summaries(summary: dict[str, float], per_era: pd.DataFrame) -> dict[str, float]:
