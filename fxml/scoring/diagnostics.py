@@ -16,6 +16,8 @@ None of them is TC. Each is a small pure function; the scorer picks which ones a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fxml.scoring.eras import era_starts
@@ -47,12 +49,87 @@ def grid_pearson(a: np.ndarray, b: np.ndarray, grid: EraGrid,
     return np.clip(corr, -1.0, 1.0)
 
 
+@dataclass
+class MetaReference:
+    """The reference side (the meta model) of the rank correlation and the exposure
+    dissimilarity, prepared once per split: per model each is then one dot product per era.
+
+    With U and E the feature correlations of the model's and the reference's centred values p, m
+    over an era's rows X (features' centred norms d_j), ``U.E = p.z / (|p| |m|)`` where
+    ``z = X_c D^-1 X_c' m`` is a per-row vector that does not depend on the model.
+    """
+
+    grid: EraGrid
+    ranks: np.ndarray  # centred percentile ranks of the reference (grid)
+    ranks_norm2: np.ndarray  # per era
+    exposure_direction: np.ndarray | None  # z (grid), None without features
+    exposure_scale: np.ndarray | None  # per era |m| * E.E
+
+
+def prepare_meta_reference(grid: EraGrid, reference: np.ndarray,
+                           features: np.ndarray | None) -> MetaReference:
+    """``reference`` (full-length) must be present on every row of ``grid``."""
+    ranks = grid.centred(percentile_ranks(grid, grid_ranks(grid, reference)))
+    direction = scale = None
+    if features is not None:
+        direction, scale = exposure_direction(grid, grid.centred(grid.place(reference)), features)
+    return MetaReference(grid, ranks, np.einsum("ew,ew->e", ranks, ranks), direction, scale)
+
+
+def exposure_direction(grid: EraGrid, centred: np.ndarray,
+                       features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``z = X_c D^-1 X_c' m`` per era (grid) and ``|m| E.E`` per era, skipping features constant
+    in the era. One float copy of each era's features; integer features make the column sums and
+    squares exact."""
+    direction = np.zeros_like(centred)
+    scale = np.full(grid.n_eras, np.nan)
+    starts = era_starts(grid.counts)
+    for era in np.flatnonzero(grid.counts > 1):
+        size = int(grid.counts[era])
+        rows = grid.rows[starts[era]: starts[era] + size]
+        contiguous = int(rows[-1] - rows[0]) == size - 1
+        block = (features[rows[0]: rows[-1] + 1] if contiguous else features[rows]).astype(np.float64)
+        sums = block.sum(axis=0)
+        norms2 = np.einsum("rk,rk->k", block, block) - sums * sums / size
+        values = centred[era, :size]
+        cross = values @ block  # the centred values sum to 0: no feature centring needed
+        usable = norms2 > 1e-9 * size
+        inverse = np.where(usable, 1.0 / np.where(usable, norms2, 1.0), 0.0)
+        weights = cross * inverse
+        direction[era, :size] = block @ weights - sums @ weights / size
+        norm = np.sqrt(values @ values)
+        scale[era] = norm * (cross * cross * inverse).sum() / (norm * norm)
+    return direction, scale
+
+
+def rank_correlation_with(reference: MetaReference, values: np.ndarray,
+                          ranks: GridRanks | None = None) -> np.ndarray:
+    """Spearman correlation of ``values`` with the prepared reference over its grid, per era."""
+    grid = reference.grid
+    own = grid.centred(percentile_ranks(grid, ranks or grid_ranks(grid, values)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.einsum("ew,ew->e", own, reference.ranks) / np.sqrt(
+            np.einsum("ew,ew->e", own, own) * reference.ranks_norm2)
+    corr[grid.counts < 2] = np.nan
+    return np.clip(corr, -1.0, 1.0)
+
+
+def exposure_dissimilarity_with(reference: MetaReference, values: np.ndarray) -> np.ndarray:
+    """``1 - U.E / E.E`` per era against the prepared reference."""
+    assert reference.exposure_direction is not None and reference.exposure_scale is not None
+    grid = reference.grid
+    centred = grid.centred(grid.place(values))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dissimilarity = 1.0 - np.einsum("ew,ew->e", centred, reference.exposure_direction) / (
+            np.sqrt(np.einsum("ew,ew->e", centred, centred)) * reference.exposure_scale)
+    dissimilarity[~(reference.exposure_scale > 0)] = np.nan
+    return dissimilarity
+
+
 def rank_correlation_on_grid(grid: EraGrid, a: np.ndarray, b: np.ndarray,
                              a_ranks: GridRanks | None = None) -> np.ndarray:
     """Spearman correlation of ``a`` and ``b`` (full-length, no NaN on the grid's rows) per era."""
-    a_ranks = a_ranks or grid_ranks(grid, a)
-    return grid_pearson(percentile_ranks(grid, a_ranks), percentile_ranks(grid, grid_ranks(grid, b)),
-                        grid)
+    return rank_correlation_with(prepare_meta_reference(grid, b, None), a, a_ranks)
 
 
 def rank_correlation_by_era(a: np.ndarray, b: np.ndarray, codes: np.ndarray,
@@ -62,13 +139,17 @@ def rank_correlation_by_era(a: np.ndarray, b: np.ndarray, codes: np.ndarray,
 
 
 def top_bottom_corr_on_grid(grid: EraGrid, predictions: np.ndarray, targets: np.ndarray,
-                            top_bottom: int, ranks: GridRanks | None = None) -> np.ndarray:
-    """``top_bottom_corr_by_era`` on a grid of the scored rows, reusing the predictions' ranks."""
+                            top_bottom: int, ranks: GridRanks | None = None,
+                            transformed: np.ndarray | None = None) -> np.ndarray:
+    """``top_bottom_corr_by_era`` on a grid of the scored rows, reusing the predictions' ranks and
+    their gaussianised, powered values when given."""
     ranks = ranks or grid_ranks(grid, predictions)
     if ranks.has_ties and not ranks.stable:  # which tied rows make the cut depends on their order
         ranks = grid_ranks(grid, predictions, stable=True)
-    transformed = gaussian_power_ranks(grid, ranks)
-    powered_targets = signed_power(grid.centred(grid.place(targets)))
+    if transformed is None:
+        transformed = gaussian_power_ranks(grid, ranks)
+    powered_targets = grid.memo("powered_targets",
+                                lambda: signed_power(grid.centred(grid.place(targets))))
     place = np.arange(grid.width)[None, :]
     size = grid.counts[:, None]
     extreme = ((place < top_bottom) | (place >= size - top_bottom)) & (place < size)
@@ -91,43 +172,6 @@ def top_bottom_corr_by_era(predictions: np.ndarray, targets: np.ndarray, codes: 
     return top_bottom_corr_on_grid(grid, predictions, targets, top_bottom)
 
 
-def feature_correlations(values: np.ndarray, features: np.ndarray, grid: EraGrid) -> np.ndarray:
-    """(eras, features, columns) Pearson correlation of each column of ``values`` (full-length,
-    rows x columns) with each feature over the grid's rows of each era; a feature constant in the
-    era (or a constant column) gives NaN. One float copy of an era's features serves all columns."""
-    columns = values.shape[1]
-    out = np.full((grid.n_eras, features.shape[1], columns), np.nan)
-    starts = era_starts(grid.counts)
-    for era in np.flatnonzero(grid.counts > 1):
-        size = int(grid.counts[era])
-        rows = grid.rows[starts[era]: starts[era] + size]
-        contiguous = rows[-1] - rows[0] == size - 1 and bool(np.all(np.diff(rows) == 1))
-        block = (features[rows[0]: rows[-1] + 1] if contiguous else features[rows]).astype(np.float64)
-        sums = block.sum(axis=0)
-        norms2 = np.einsum("rk,rk->k", block, block) - sums * sums / size
-        centred = values[rows] - values[rows].mean(axis=0)
-        cross = block.T @ centred  # the centred values sum to 0: no feature centring needed
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = cross / np.sqrt(norms2[:, None] * np.einsum("rc,rc->c", centred, centred))
-        corr[~(norms2 > 1e-9 * size)] = np.nan
-        out[era] = corr
-    return out
-
-
-def exposure_dissimilarity_on_grid(grid: EraGrid, predictions: np.ndarray, reference: np.ndarray,
-                                   features: np.ndarray) -> np.ndarray:
-    """``exposure_dissimilarity_by_era`` over the grid's rows (the reference present on all)."""
-    correlations = feature_correlations(np.column_stack([predictions, reference]), features, grid)
-    model, ref = correlations[:, :, 0], correlations[:, :, 1]
-    both = ~np.isnan(model) & ~np.isnan(ref)
-    overlap = np.where(both, model * ref, 0.0).sum(axis=1)
-    ref_norm = np.where(both, ref * ref, 0.0).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dissimilarity = 1.0 - overlap / ref_norm
-    dissimilarity[~(ref_norm > 0)] = np.nan
-    return dissimilarity
-
-
 def exposure_dissimilarity_by_era(predictions: np.ndarray, reference: np.ndarray,
                                   features: np.ndarray, codes: np.ndarray,
                                   n_eras: int) -> np.ndarray:
@@ -135,7 +179,7 @@ def exposure_dissimilarity_by_era(predictions: np.ndarray, reference: np.ndarray
     reference over rows where the reference is present; features without a correlation (constant
     in the era) are left out of both sums."""
     grid = era_grid(codes, n_eras, ~np.isnan(reference))
-    return exposure_dissimilarity_on_grid(grid, predictions, reference, features)
+    return exposure_dissimilarity_with(prepare_meta_reference(grid, reference, features), predictions)
 
 
 def churn(previous: dict[str, float] | None, current: dict[str, float] | None) -> float:

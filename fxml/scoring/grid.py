@@ -8,6 +8,7 @@ add nothing).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +34,15 @@ class EraGrid:
 
     @property
     def valid(self) -> np.ndarray:
-        return np.arange(self.width)[None, :] < self.counts[:, None]
+        if "valid" not in self._tables:
+            self._tables["valid"] = np.arange(self.width)[None, :] < self.counts[:, None]
+        return self._tables["valid"]
+
+    def memo(self, key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+        """A model-independent grid (such as the transformed targets) computed once per grid."""
+        if key not in self._tables:
+            self._tables[key] = build()
+        return self._tables[key]
 
     def place(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """(eras, width) grid of per-row ``values`` (a full-length array), ``fill`` in padding."""
@@ -49,7 +58,9 @@ class EraGrid:
         """Each era's values minus their era mean, padding kept at 0 (grid padding must be 0)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             means = grid.sum(axis=1) / self.counts
-        return np.where(self.valid, grid - means[:, None], 0.0)
+        centred = grid - means[:, None]
+        centred *= self.valid
+        return centred
 
     def gaussian_power_table(self, halves: bool) -> np.ndarray:
         """Numerai's transform of every possible rank, shared by each column ranked on this grid:

@@ -127,18 +127,20 @@ def prepare_portfolio(
                               np.einsum("ew,ew->e", position, position))
 
 
-def model_contribution(portfolio: BenchmarkPortfolio, predictions: np.ndarray,
-                       own_stake: float, ranks: GridRanks | None = None) -> np.ndarray:
+def model_contribution(portfolio: BenchmarkPortfolio, predictions: np.ndarray, own_stake: float,
+                       ranks: GridRanks | None = None, signals: np.ndarray | None = None) -> np.ndarray:
     """Per-era MPC of a model joining ``portfolio`` with ``own_stake``.
 
     With ``w`` the model's centred weights, ``P`` the benchmarks' stake-weighted position and
     ``S`` the sum of all |stakes|, the portfolio is ``v = (own w + P) / S`` and the model's MPC is
     ``(w.t - (v.t)(w.v)/(v.v)) / |v| / 50``: only ``w.t``, ``w.P`` and ``w.w`` depend on the model.
-    ``ranks``: the predictions' ranks on the portfolio's grid, when already computed.
+    ``ranks`` and ``signals``: the predictions' ranks on the portfolio's grid and their
+    gaussianised, powered values, when already computed.
     """
     grid = portfolio.grid
-    ranks = ranks or grid_ranks(grid, np.asarray(predictions, np.float64))
-    signals = gaussian_power_ranks(grid, ranks)
+    if signals is None:
+        ranks = ranks or grid_ranks(grid, np.asarray(predictions, np.float64))
+        signals = gaussian_power_ranks(grid, ranks)
     weights = neutral_weights(signals[:, :, None], portfolio.sample_weights, portfolio.neutralizers,
                               grid)[:, :, 0]
     total = portfolio.stake_total + abs(own_stake)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,7 +17,7 @@ from fxml.data.loader import DataSplit, NumeraiData
 from fxml.errors import FxmlError
 from fxml.models.base import TabularModel
 from fxml.scoring import score_eras, summarize
-from fxml.scoring.comparison import comparison_scores, scored_grid
+from fxml.scoring.comparison import comparison_scores, meta_reference, scored_grid
 from fxml.scoring.diagnostics import calmar_ratio, compounded_annual_return
 from fxml.scoring.eras import EraCodes, encode_eras
 from fxml.scoring.grid import EraGrid
@@ -23,8 +25,32 @@ from fxml.scoring.importance import feature_groups, permutation_importance
 from fxml.scoring.portfolio import BenchmarkPortfolio, prepare_portfolio
 
 log = logging.getLogger(__name__)
-# the last prepared benchmark portfolio, reused while the same split is scored again
-_PORTFOLIO_CACHE: dict[str, object] = {}
+# The model-independent parts of the comparison scores (benchmark portfolio, meta reference) of
+# the last split scored, reused while a process scores more models on it (an in-process sweep).
+_PREPARED: dict[tuple, Any] = {}
+
+
+def split_key(split: DataSplit) -> tuple:
+    """Cheap identity of a split's rows and targets: enough to tell two era selections, feature
+    sets or targets of a release apart (the prepared parts hold centred targets)."""
+    target = np.nan_to_num(np.asarray(split.target, dtype=np.float64))
+    return (split.name, len(split.ids), str(split.ids[0]), str(split.ids[-1]),
+            tuple(split.feature_names), int(split.eras.astype(np.int64).sum()),
+            float(target.sum()), float(target @ np.arange(target.size, dtype=np.float64)))
+
+
+def scored_rows(split: DataSplit) -> tuple[EraCodes, EraGrid]:
+    assert split.target is not None
+    codes = encode_eras(split.eras)
+    return codes, scored_grid(codes, split.target)
+
+
+def _cached(key: tuple, build: Callable[[], Any]) -> Any:
+    if key not in _PREPARED:
+        if len(_PREPARED) >= 6:
+            _PREPARED.clear()
+        _PREPARED[key] = build()
+    return _PREPARED[key]
 
 
 @dataclass
@@ -107,14 +133,15 @@ class NumeraiScorer:
         per_era = per_era.drop(columns=[c for c, keep in self.keep.items() if not keep and c in per_era])
         if "mmc" in per_era:
             per_era["payout"] = payout_score(per_era, *self.payout)
-        codes = encode_eras(split.eras)
-        grid = scored_grid(codes, split.target)
+        codes, grid = _cached(("grid", split_key(split)), lambda: scored_rows(split))
         portfolio = self._portfolio(split, data, codes, grid) if self.portfolio.enabled else None
+        meta = None
+        if self.diagnostics and "meta_model" in references:
+            meta = _cached(("meta", split_key(split), float(np.nansum(references["meta_model"]))),
+                           lambda: meta_reference(codes, grid, references["meta_model"], split.features))
         extra = comparison_scores(
             predictions, split.target, codes, grid, portfolio=portfolio,
-            own_stake=self.portfolio.own_stake,
-            meta_model=references.get("meta_model") if self.diagnostics else None,
-            features=split.features if self.diagnostics else None,
+            own_stake=self.portfolio.own_stake, meta=meta,
             top_bottom=self.top_bottom if self.diagnostics else None)
         per_era = per_era.join(extra.reindex(per_era.index))
         return Scores(per_era, with_payout_summaries(summarize(per_era), per_era), references,
@@ -130,11 +157,13 @@ class NumeraiScorer:
         if path is None:
             return None
         stat = path.stat()
-        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, len(split.ids),
-               str(split.ids[0]), str(split.ids[-1]), int(split.eras.sum()),
-               int(np.isnan(split.target).sum()), repr(settings))
-        if _PORTFOLIO_CACHE.get("key") == key:
-            return _PORTFOLIO_CACHE["portfolio"]
+        key = ("portfolio", str(path.resolve()), stat.st_mtime_ns, stat.st_size, split_key(split),
+               repr(settings))
+        return _cached(key, lambda: self._prepare_portfolio(path, split, data, codes, grid))
+
+    def _prepare_portfolio(self, path: Path, split: DataSplit, data: NumeraiData, codes: EraCodes,
+                           grid: EraGrid) -> BenchmarkPortfolio | None:
+        settings = self.portfolio
         found = self._optional(lambda: benchmark_predictions(path, split.ids, settings.benchmark_columns),
                                "MPC")
         if found is None:
@@ -154,8 +183,6 @@ class NumeraiScorer:
                                       grid=grid)
         log.info("scoring: MPC in a portfolio of the model (stake %g) and %d benchmark models",
                  settings.own_stake, len(names))
-        _PORTFOLIO_CACHE.clear()
-        _PORTFOLIO_CACHE.update(key=key, portfolio=portfolio)
         return portfolio
 
     @staticmethod
