@@ -495,6 +495,20 @@ class SubmitConfig:
 
 
 @dataclass
+class LiveScoresConfig:
+    numerai_model: str = MISSING
+    experiment: str = "fxml-submissions"
+    source_runs: bool = True
+    api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.numerai_model != MISSING:
+            require(self.numerai_model.replace("_", "").replace("-", "").isalnum(), "numerai_model",
+                    "must be a Numerai model name (letters, digits, _ or -)", self.numerai_model)
+
+
+@dataclass
 class ExportModelConfig:
     model_uri: str = MISSING
     output: str = "model.pkl"
@@ -528,7 +542,7 @@ SCHEMAS["model"]["resnet"] = ResNetConfig
 SCHEMAS["model"]["tabnet"] = TabNetConfig
 SCHEMAS["model"]["ensemble"] = EnsembleConfig
 SCHEMAS["postprocess"] = {"none": NoPostprocessConfig, "neutralize": NeutralizeConfig}
-SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig,
+SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig, "live_scores": LiveScoresConfig,
                       "export_model": ExportModelConfig}
 
 
