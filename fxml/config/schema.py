@@ -509,6 +509,21 @@ class LiveScoresConfig:
 
 
 @dataclass
+class ReportConfig:
+    experiment: str | None = None
+    sweep: str | None = None
+    runs: list[str] | None = None
+    max_runs: int = 20
+    output: str = "report.html"
+    title: str | None = None
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.max_runs >= 1, "max_runs", "must be >= 1", self.max_runs)
+        require(self.output.endswith(".html"), "output", "must end with .html", self.output)
+
+
+@dataclass
 class ExportModelConfig:
     model_uri: str = MISSING
     output: str = "model.pkl"
@@ -543,6 +558,7 @@ SCHEMAS["model"]["tabnet"] = TabNetConfig
 SCHEMAS["model"]["ensemble"] = EnsembleConfig
 SCHEMAS["postprocess"] = {"none": NoPostprocessConfig, "neutralize": NeutralizeConfig}
 SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig, "live_scores": LiveScoresConfig,
+                      "report": ReportConfig,
                       "export_model": ExportModelConfig}
 
 
