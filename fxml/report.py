@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -45,7 +46,15 @@ hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_na
     report_command)
 
 
+def runs_as_list(arguments: list[str]) -> list[str]:
+    """Hydra reads ``runs=a,b`` as a sweep over two values; here it means a list of run ids."""
+    return [f"runs=[{arg.removeprefix('runs=')}]"
+            if arg.startswith("runs=") and "," in arg and "[" not in arg else arg
+            for arg in arguments]
+
+
 def main() -> None:
+    sys.argv[1:] = runs_as_list(sys.argv[1:])
     run_cli(hydra_main)
 
 
