@@ -139,18 +139,17 @@ def mpc_run(workspace: Workspace):
     return result, run
 
 
-def test_run_logs_mpc_equal_to_numerai_tools_from_logged_predictions(workspace: Workspace,
-                                                                    mpc_run) -> None:
-    result, run = mpc_run
-    assert "MPC (local portfolio, not TC)" in result.stdout
+def assert_logged_mpc_equals_numerai_tools(workspace: Workspace, run, own_stake: float) -> dict:
+    """Recompute a run's per-era MPC with numerai-tools from its logged predictions and the
+    release's benchmark file."""
     logged = {m.step: m.value for m in workspace.client().get_metric_history(run.info.run_id, "era_mpc")}
     frame = workspace.artifact_frame(run, "predictions/validation.parquet")
     release = next((workspace.root / "data" / "synthetic").glob("*/validation_benchmark_models.parquet"))
     benchmarks = pd.read_parquet(release)
-    assert len(benchmarks.columns) - 2 >= 2  # era, data_type besides the models: a real portfolio
     models = [c for c in benchmarks.columns if c not in ("era", "data_type")]
+    assert len(models) >= 2  # a real portfolio
     frame = frame.set_index("id").join(benchmarks[models])
-    stakes = pd.Series([2.0] + [1.0] * len(models), index=["prediction", *models])
+    stakes = pd.Series([own_stake] + [1.0] * len(models), index=["prediction", *models])
     expected = {}
     for era, rows in frame.groupby("era"):
         rows = rows.dropna(subset=["target"])
@@ -164,12 +163,33 @@ def test_run_logs_mpc_equal_to_numerai_tools_from_logged_predictions(workspace: 
     assert sorted(logged) == sorted(expected)
     for era, value in expected.items():
         assert logged[era] == pytest.approx(value, abs=1e-9)
+    return expected
+
+
+def test_run_logs_mpc_equal_to_numerai_tools_from_logged_predictions(workspace: Workspace,
+                                                                    mpc_run) -> None:
+    result, run = mpc_run
+    assert "MPC (local portfolio, not TC)" in result.stdout
+    expected = assert_logged_mpc_equals_numerai_tools(workspace, run, own_stake=2.0)
     metrics = run.data.metrics
     assert metrics["mpc_mean"] == pytest.approx(np.mean(list(expected.values())), abs=1e-9)
     for name in ("mpc_sharpe", "mpc_std", "mpc_max_drawdown", "meta_model_rank_corr_mean",
                  "exposure_dissimilarity_mean", "tb50_corr_mean", "payout_apy", "payout_calmar"):
         assert np.isfinite(metrics[name]), name
     assert not any("tc" in name.split("_") for name in metrics)
+
+
+def test_a_later_run_reuses_the_prepared_portfolio_and_stays_exact(workspace: Workspace,
+                                                                   mpc_run) -> None:
+    cached = list((workspace.root / "data" / "synthetic" / ".fxml-cache").glob("*.npz"))
+    assert len(cached) >= 2  # the benchmark portfolio and the meta model's side
+    stamps = {path: path.stat().st_mtime_ns for path in cached}
+    result = workspace.run("model=ridge", "tracking.run_name=mpc-ridge", "tracking.log_model=false",
+                           "scorer.top_bottom=50", "scorer.mpc_own_stake=2.0")
+    assert result.returncode == 0, result.stderr
+    run = next(r for r in workspace.runs() if r.info.run_name == "mpc-ridge")
+    assert_logged_mpc_equals_numerai_tools(workspace, run, own_stake=2.0)
+    assert {path: path.stat().st_mtime_ns for path in cached} == stamps  # loaded, not rebuilt
 
 
 def test_run_logs_diagnostics_equal_to_numerai_tools(workspace: Workspace, mpc_run) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,16 @@ from fxml.errors import FxmlError
 from fxml.models.base import TabularModel
 from fxml.scoring import score_eras, summarize
 from fxml.scoring.comparison import comparison_scores, meta_reference, scored_grid
-from fxml.scoring.diagnostics import calmar_ratio, compounded_annual_return
+from fxml.scoring.diagnostics import MetaReference, calmar_ratio, compounded_annual_return
 from fxml.scoring.eras import EraCodes, encode_eras
 from fxml.scoring.grid import EraGrid
 from fxml.scoring.importance import feature_groups, permutation_importance
 from fxml.scoring.portfolio import BenchmarkPortfolio, prepare_portfolio
+from fxml.scoring.prepared import prepared
 
 log = logging.getLogger(__name__)
-# The model-independent parts of the comparison scores (benchmark portfolio, meta reference) of
-# the last split scored, reused while a process scores more models on it (an in-process sweep).
-_PREPARED: dict[tuple, Any] = {}
+# the prepared parts of the comparison scores are kept beside the release's files
+CACHE_FOLDER = ".fxml-cache"
 
 
 def split_key(split: DataSplit) -> tuple:
@@ -46,11 +46,8 @@ def scored_rows(split: DataSplit) -> tuple[EraCodes, EraGrid]:
 
 
 def _cached(key: tuple, build: Callable[[], Any]) -> Any:
-    if key not in _PREPARED:
-        if len(_PREPARED) >= 6:
-            _PREPARED.clear()
-        _PREPARED[key] = build()
-    return _PREPARED[key]
+    """In-memory only: cheap to rebuild (the scored grid)."""
+    return prepared(key, object, build)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -137,8 +134,13 @@ class NumeraiScorer:
         portfolio = self._portfolio(split, data, codes, grid) if self.portfolio.enabled else None
         meta = None
         if self.diagnostics and "meta_model" in references:
-            meta = _cached(("meta", split_key(split), float(np.nansum(references["meta_model"]))),
-                           lambda: meta_reference(codes, grid, references["meta_model"], split.features))
+            meta_model = references["meta_model"]
+            filled = np.nan_to_num(meta_model)
+            key = ("meta", split_key(split), int(np.isnan(meta_model).sum()), float(filled.sum()),
+                   float(filled @ np.arange(filled.size, dtype=np.float64)))
+            meta = prepared(key, MetaReference,
+                            lambda: meta_reference(codes, grid, meta_model, split.features),
+                            self._cache_folder(data))
         extra = comparison_scores(
             predictions, split.target, codes, grid, portfolio=portfolio,
             own_stake=self.portfolio.own_stake, meta=meta,
@@ -158,8 +160,15 @@ class NumeraiScorer:
             return None
         stat = path.stat()
         key = ("portfolio", str(path.resolve()), stat.st_mtime_ns, stat.st_size, split_key(split),
-               repr(settings))
-        return _cached(key, lambda: self._prepare_portfolio(path, split, data, codes, grid))
+               repr(replace(settings, own_stake=0.0)))  # the model's stake is applied later
+        folder = self._cache_folder(data) if settings.neutralizers is None else None
+        return prepared(key, BenchmarkPortfolio,
+                        lambda: self._prepare_portfolio(path, split, data, codes, grid), folder)
+
+    @staticmethod
+    def _cache_folder(data: NumeraiData) -> Path | None:
+        folder = getattr(data, "folder", None)
+        return Path(folder).parent / CACHE_FOLDER if folder is not None else None
 
     def _prepare_portfolio(self, path: Path, split: DataSplit, data: NumeraiData, codes: EraCodes,
                            grid: EraGrid) -> BenchmarkPortfolio | None:
