@@ -109,6 +109,16 @@ def test_live_scores_twice_adds_only_new_rounds(project) -> None:
     assert version.tags["live_rounds"] == "1001,1002"
     assert float(version.tags["live_tc_mean"]) == pytest.approx((-0.013 + 0.027) / 2)
 
+    # the comparison report shows the live scores of the training run
+    page = ws.root / "live.html"
+    shown = subprocess.run([sys.executable, "-m", "fxml.report", f"runs={training_run}",
+                            f"output={page}"], cwd=ws.root, env=ws.env(), capture_output=True,
+                           text=True, timeout=600)
+    assert shown.returncode == 0, shown.stderr
+    html = page.read_text()
+    assert "Live scores from Numerai" in html and "<th>live_tc (mean)</th>" in html
+    assert f"<td>{(-0.013 + 0.027) / 2:.4f}</td>" in html
+
 
 @pytest.mark.slow
 def test_live_scores_need_keys_and_never_log_them(project) -> None:

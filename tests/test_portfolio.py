@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,3 +212,33 @@ def test_run_logs_diagnostics_equal_to_numerai_tools(workspace: Workspace, mpc_r
 def test_mpc_stake_for_an_unknown_benchmark_is_one_line(workspace: Workspace) -> None:
     result = workspace.run("model=ridge", "tracking.log_model=false", "+scorer.mpc_stakes.nope=2.0")
     assert_one_line_error(result, "scorer.mpc_stakes names nope")
+
+
+def test_run_with_neutralizers_and_sample_weights_equals_numerai_tools(workspace: Workspace,
+                                                                       mpc_run) -> None:
+    release = next((workspace.root / "data" / "synthetic").glob("*/validation.parquet")).parent
+    validation = pd.read_parquet(release / "validation.parquet")
+    small = json.loads((release / "features.json").read_text())["feature_sets"]["small"]
+    weights = pd.DataFrame({"id": validation.index.astype(str),
+                            "weight": np.linspace(0.5, 1.5, len(validation))})
+    weights_path = workspace.root / "weights.parquet"
+    weights.to_parquet(weights_path, index=False)
+    result = workspace.run("model=ridge", "tracking.run_name=mpc-neutral", "tracking.log_model=false",
+                           "scorer.mpc_neutralizers=small", f"scorer.mpc_sample_weights={weights_path}")
+    assert result.returncode == 0, result.stderr
+    run = next(r for r in workspace.runs() if r.info.run_name == "mpc-neutral")
+    logged = {m.step: m.value for m in workspace.client().get_metric_history(run.info.run_id, "era_mpc")}
+    frame = workspace.artifact_frame(run, "predictions/validation.parquet").set_index("id")
+    benchmarks = pd.read_parquet(release / "validation_benchmark_models.parquet")
+    models = [c for c in benchmarks.columns if c not in ("era", "data_type")]
+    frame = frame.join(benchmarks[models]).join(validation[small]).join(weights.set_index("id"))
+    stakes = pd.Series(1.0, index=["prediction", *models])
+    compared = 0
+    for era, rows in frame.dropna(subset=["target"]).groupby("era"):
+        kept = rows.index[rows[stakes.index].notna().all(axis=1)]
+        basis = pd.DataFrame(neutralizer_basis(rows.loc[kept, small].to_numpy()), index=kept)
+        expected = meta_portfolio_contribution(rows[stakes.index], stakes, basis,
+                                               rows.loc[kept, "weight"], rows["target"])
+        assert logged[int(era)] == pytest.approx(expected["prediction"], abs=1e-9)
+        compared += 1
+    assert compared == len(logged) > 0
