@@ -47,9 +47,10 @@ hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_na
 
 
 def runs_as_list(arguments: list[str]) -> list[str]:
-    """Hydra reads ``runs=a,b`` as a sweep over two values; here it means a list of run ids."""
+    """Hydra reads ``runs=a,b`` as a sweep over two values; here it means a list of run ids (and
+    ``runs=a`` a list of one)."""
     return [f"runs=[{arg.removeprefix('runs=')}]"
-            if arg.startswith("runs=") and "," in arg and "[" not in arg else arg
+            if arg.startswith("runs=") and "[" not in arg and arg != "runs=null" else arg
             for arg in arguments]
 
 
