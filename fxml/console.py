@@ -17,7 +17,10 @@ from fxml.models.base import StepCallback
 console = Console()
 error_console = Console(stderr=True)
 SUMMARY_ROWS = (("corr", "CORR"), ("mmc", "MMC"), ("bmc", "BMC"), ("fnc", "FNC"),
-                ("payout", "payout (0.5 CORR + 2 MMC, clipped)"))
+                ("payout", "payout (0.5 CORR + 2 MMC, clipped)"),
+                ("mpc", "MPC (local portfolio, not TC)"),
+                ("meta_model_rank_corr", "rank corr w/ meta model"),
+                ("exposure_dissimilarity", "exposure dissim. vs meta"))
 
 
 def quiet_dependencies() -> None:
@@ -58,6 +61,13 @@ def summary_table(summary: dict[str, float], title: str) -> Table:
         if f"{key}_mean" in summary:
             table.add_row(label, *(_fmt(summary.get(f"{key}_{stat}"))
                                    for stat in ("mean", "std", "sharpe", "max_drawdown")))
+    for key in sorted(k for k in summary if k.startswith("tb") and k.endswith("_corr_mean")):
+        name = key.removesuffix("_mean")
+        stats = ("mean", "std", "sharpe", "max_drawdown")
+        table.add_row(f"top/bottom {name[2:-5]} CORR", *(_fmt(summary.get(f"{name}_{s}")) for s in stats))
+    if "payout_apy" in summary:
+        table.add_row("payout APY-style (compounded)", _fmt(summary["payout_apy"]), "", "", "")
+        table.add_row("payout Calmar ratio", _fmt(summary.get("payout_calmar")), "", "", "")
     if "feature_exposure_max" in summary:
         table.add_row("feature exposure (max, era mean)", _fmt(summary["feature_exposure_max"]),
                       "", "", "")

@@ -110,7 +110,7 @@ def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # t
     mlflow.log_metrics({k: float(v) for k, v in scores.summary.items() if pd.notna(v)})
     if scores.benchmark_column:
         mlflow.set_tag("bmc_benchmark", scores.benchmark_column)
-    log_series(scores.per_era, ("corr", "mmc", "bmc", "fnc"))
+    log_series(scores.per_era, ("corr", "mmc", "bmc", "fnc", "mpc"))
     log_frame(scores.per_era, "metrics/per_era.csv")
     mlflow.log_figure(cumulative_scores(scores.per_era), "plots/cumulative_scores.png")
     frame = pd.DataFrame({"id": validation.ids, "era": validation.eras,

@@ -1,11 +1,13 @@
 """Benchmark fxml.scoring.score_eras against numerai-tools applied era by era.
 
-Usage: python scripts/bench_scoring.py [--rows 1000000 --eras 200 --features 42]
+Usage: python scripts/bench_scoring.py [--rows 1000000 --eras 200 --features 42] [--comparison]
        python scripts/bench_scoring.py --features 2748 --rows-per-era 6000 --eras 24
 
 Default mode: both sides score the same synthetic data (corr, mmc, bmc, fnc, feature
 exposure); the table gives the seconds each took, the speed ratio and the largest
-absolute difference per metric.
+absolute difference per metric. ``--comparison`` also times MPC (in a portfolio of the model
+and 5 benchmark models) and the comparison diagnostics, as a share of the core scoring time and
+against numerai-tools (pandas for exposure dissimilarity, which numerai-tools lacks) era by era.
 
 Full-width mode (``--rows-per-era``): eras of equal size at full feature width; fxml's
 FNC + feature exposure per era over ``--eras`` eras against numerai-tools'
@@ -185,6 +187,136 @@ def largest_difference(ours: pd.DataFrame, expected: pd.DataFrame, metric: str) 
     return f"{difference:.1e}{note}"
 
 
+COMPARISON_BENCHMARKS = 5
+TOP_BOTTOM = 200
+
+
+def comparison_inputs(data: dict, seed: int = 7) -> np.ndarray:
+    """Benchmark models for the portfolio: the core benchmark plus noisier variants of it."""
+    rng = np.random.default_rng(seed)
+    extra = data["benchmark"][:, None] + 0.1 * rng.standard_normal(
+        (data["benchmark"].size, COMPARISON_BENCHMARKS - 1))
+    return np.column_stack([data["benchmark"], extra])
+
+
+def run_comparison(data: dict, benchmarks: np.ndarray, prepared: tuple | None = None) -> tuple:
+    """fxml's MPC and diagnostics; ``prepared`` (codes, grid, portfolio, meta) skips the
+    model-independent preparation, as for every model after the first on a split."""
+    from fxml.scoring.comparison import comparison_scores, meta_reference, scored_grid
+    from fxml.scoring.eras import encode_eras
+    from fxml.scoring.portfolio import prepare_portfolio
+
+    if prepared is None:
+        codes = encode_eras(data["eras"])
+        grid = scored_grid(codes, data["targets"])
+        portfolio = prepare_portfolio(benchmarks, np.ones(benchmarks.shape[1]), data["targets"],
+                                      codes.codes, codes.n_eras, grid=grid)
+        prepared = (codes, grid, portfolio,
+                    meta_reference(codes, grid, data["meta_model"], data["features"]))
+    codes, grid, portfolio, meta = prepared
+    scores = comparison_scores(data["predictions"], data["targets"], codes, grid,
+                               portfolio=portfolio, meta=meta, top_bottom=TOP_BOTTOM)
+    return scores, prepared
+
+
+def reference_comparison(data: dict, benchmarks: np.ndarray, per_era: list[dict]) -> tuple:
+    """numerai-tools era by era: meta_portfolio_contribution, numerai_corr(top_bottom),
+    spearman_correlation; exposure dissimilarity with pandas' corrwith (numerblox's formula)."""
+    from numerai_tools.scoring import meta_portfolio_contribution, spearman_correlation
+
+    boundaries = np.flatnonzero(np.diff(data["eras"])) + 1
+    names = [f"bench_{k}" for k in range(benchmarks.shape[1])]
+    stakes = pd.Series(1.0, index=["prediction", *names])
+    values: dict[str, list[float]] = {"mpc": [], f"tb{TOP_BOTTOM}_corr": [],
+                                      "meta_model_rank_corr": [], "exposure_dissimilarity": []}
+    seconds = dict.fromkeys(values, 0.0)
+    for era, rows in zip(per_era, np.split(np.arange(data["eras"].size), boundaries), strict=True):
+        index = era["predictions"].index
+        targets = era["targets"]
+        started = time.perf_counter()
+        portfolio = pd.concat([era["predictions"], pd.DataFrame(benchmarks[rows], index=index,
+                                                                columns=names)], axis=1)
+        kept = index[targets.notna().to_numpy()]
+        values["mpc"].append(float(meta_portfolio_contribution(
+            portfolio, stakes, pd.DataFrame(index=kept), pd.Series(1.0, index=kept),
+            targets)["prediction"]))
+        seconds["mpc"] += time.perf_counter() - started
+        started = time.perf_counter()
+        values[f"tb{TOP_BOTTOM}_corr"].append(float(numerai_corr(
+            era["predictions"], targets, top_bottom=TOP_BOTTOM)["prediction"]))
+        seconds[f"tb{TOP_BOTTOM}_corr"] += time.perf_counter() - started
+        scored = era["predictions"]["prediction"].loc[kept]
+        started = time.perf_counter()
+        values["meta_model_rank_corr"].append(float(spearman_correlation(
+            era["meta_model"].loc[kept], scored)))
+        seconds["meta_model_rank_corr"] += time.perf_counter() - started
+        started = time.perf_counter()
+        features = era["features"].loc[kept]
+        model_exposure = features.corrwith(scored).to_numpy()
+        meta_exposure = features.corrwith(era["meta_model"].loc[kept]).to_numpy()
+        usable = ~np.isnan(model_exposure) & ~np.isnan(meta_exposure)
+        values["exposure_dissimilarity"].append(float(1 - model_exposure[usable] @ meta_exposure[usable]
+                                                      / (meta_exposure[usable] @ meta_exposure[usable])))
+        seconds["exposure_dissimilarity"] += time.perf_counter() - started
+    index = pd.Index([e["era"] for e in per_era], name="era")
+    return pd.DataFrame(values, index=index), seconds
+
+
+def comparison_report(data: dict, per_era: list[dict], core_seconds: float, repeats: int) -> None:
+    """--comparison: what MPC and the diagnostics add to the core scoring time, and their
+    agreement with numerai-tools."""
+    import tempfile
+    from pathlib import Path
+
+    from fxml.scoring.diagnostics import MetaReference
+    from fxml.scoring.portfolio import BenchmarkPortfolio
+    from fxml.scoring.prepared import load_prepared, save_prepared
+
+    benchmarks = comparison_inputs(data)
+    first, further, later_run = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            ours, prepared = run_comparison(data, benchmarks)
+            first.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            run_comparison(data, benchmarks, prepared)
+            further.append(time.perf_counter() - started)
+            codes, grid, portfolio, meta = prepared
+            save_prepared(Path(tmp) / "portfolio.npz", portfolio)
+            save_prepared(Path(tmp) / "meta.npz", meta)
+            # a later process: encode eras and the grid, load the prepared parts, score the model
+            started = time.perf_counter()
+            from fxml.scoring.comparison import scored_grid
+            from fxml.scoring.eras import encode_eras
+
+            codes = encode_eras(data["eras"])
+            loaded = (codes, scored_grid(codes, data["targets"]),
+                      load_prepared(Path(tmp) / "portfolio.npz", BenchmarkPortfolio),
+                      load_prepared(Path(tmp) / "meta.npz", MetaReference))
+            run_comparison(data, benchmarks, loaded)
+            later_run.append(time.perf_counter() - started)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected, seconds = reference_comparison(data, benchmarks, per_era)
+    print(f"\n{'comparison metric':<24}{'numerai-tools s':>16}{'max |diff|':>14}")
+    for metric in expected.columns:
+        difference = np.nanmax(np.abs(ours[metric].reindex(expected.index).to_numpy()
+                                      - expected[metric].to_numpy()))
+        print(f"{metric:<24}{seconds[metric]:>16.2f}{difference:>14.1e}")
+    first_s, further_s = float(np.median(first)), float(np.median(further))
+    print(f"MPC: model + {benchmarks.shape[1]} benchmark models, equal stakes; numerai-tools per era "
+          f"(exposure dissimilarity: pandas corrwith)")
+    print(f"fxml MPC + diagnostics, first model on a split (prepares the benchmark portfolio and the "
+          f"meta model's side): {first_s:.3f} s = {100 * first_s / core_seconds:.0f}% of core scoring")
+    later_s = float(np.median(later_run))
+    print(f"fxml MPC + diagnostics, first model of a later run on the same split (prepared parts "
+          f"loaded from .fxml-cache): {later_s:.3f} s = {100 * later_s / core_seconds:.0f}% of core scoring")
+    print(f"fxml MPC + diagnostics, each further model on the same split: {further_s:.3f} s "
+          f"= {100 * further_s / core_seconds:.0f}% of core scoring ({core_seconds:.3f} s)")
+    print(f"speed ratio (numerai-tools / fxml first model): {sum(seconds.values()) / first_s:.0f}x")
+
+
 def default_benchmark(args: argparse.Namespace) -> None:
     data = synthetic_data(varying_era_sizes(args.rows, args.eras), args.features)
     print(
@@ -219,6 +351,8 @@ def default_benchmark(args: argparse.Namespace) -> None:
         + f"), peak traced memory {peak_mb:.0f} MB"
     )
     print(f"speed ratio (numerai-tools all / fxml median): {total_reference / typical:.0f}x")
+    if args.comparison:
+        comparison_report(data, per_era, typical, args.repeats)
 
 
 def subset_eras(data: dict, n_eras: int) -> dict:
@@ -302,6 +436,8 @@ def main() -> None:
     parser.add_argument("--eras", type=int, default=200)
     parser.add_argument("--features", type=int, default=42)
     parser.add_argument("--repeats", type=int, default=3, help="fxml timing: median of N runs")
+    parser.add_argument("--comparison", action="store_true",
+                        help="also MPC and the comparison diagnostics (see comparison_report)")
     parser.add_argument(
         "--rows-per-era", type=int, default=None, help="full-width mode: rows in each era"
     )

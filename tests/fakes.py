@@ -3,6 +3,10 @@
 Point ``data.source.api._target_`` at one of these. ``FakeNumerAPI`` serves the files of a
 synthetic release folder named by $FXML_FAKE_NUMERAI_DIR as every version in ``VERSIONS``.
 
+For live scores it answers ``submission_scores`` and ``round_model_performances_v2`` with the
+recorded-shape entries of the JSON file named by $FXML_FAKE_NUMERAI_SCORES (see
+``recorded_round_scores``).
+
 For submissions it also answers the current round ($FXML_FAKE_NUMERAI_ROUND, default 1000) and the
 account's models (``FAKE_MODELS``, keys required), and records what would have been uploaded: each
 ``upload_predictions`` / ``model_upload`` call is appended as a JSON line to $FXML_FAKE_NUMERAI_LOG,
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ from fxml.models.base import TabularModel
 
 VERSIONS = ("v5.0", "v5.1", "v5.2")
 ROUND_ENV, LOG_ENV = "FXML_FAKE_NUMERAI_ROUND", "FXML_FAKE_NUMERAI_LOG"
+SCORES_ENV = "FXML_FAKE_NUMERAI_SCORES"
 FAKE_MODELS = {"fxml_test": "6f0c1d2e-0000-4000-8000-00000000a001",
                "fxml_other": "6f0c1d2e-0000-4000-8000-00000000a002"}
 
@@ -61,6 +67,23 @@ class FakeNumerAPI:
             raise ValueError("file_path needs to end with .pkl")
         return self._record("model_upload", file_path, model_id=model_id, data_version=data_version)
 
+    def submission_scores(self, model_id: str, display_name: str | None = None,
+                          version: str | None = None, day: int | None = None,
+                          resolved: bool | None = None, last_n_rounds: int | None = None,
+                          distinct_on_round: bool | None = None) -> list[dict]:
+        entries = self._scores(model_id)["submission_scores"]
+        return [dict(e, date=_parse(e["date"]), roundResolveTime=_parse(e["roundResolveTime"]))
+                for e in entries if resolved is None or e["resolved"] == resolved]
+
+    def round_model_performances_v2(self, model_id: str) -> list[dict]:
+        return [dict(p, roundOpenTime=_parse(p["roundOpenTime"]))
+                for p in self._scores(model_id)["performances"]]
+
+    def _scores(self, model_id: str) -> dict:
+        path = os.environ.get(SCORES_ENV)
+        recorded = json.loads(Path(path).read_text()) if path else {}
+        return recorded.get(model_id, {"submission_scores": [], "performances": []})
+
     def _require_keys(self) -> None:
         if not self.authenticated:
             raise ValueError("API keys required for this action.")
@@ -90,6 +113,37 @@ class FakeNumerAPI:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.served / name, dest)
         return str(dest)
+
+
+def _parse(text: str | None):  # numerapi returns datetimes
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def recorded_round_scores(rounds: dict[int, dict[str, float]], unresolved: tuple[int, ...] = ()) -> dict:
+    """The fake's responses for one model, in numerapi's shapes: per round, one
+    ``submission_scores`` entry per score and day (day 20 is the final value; an earlier day carries
+    an intermediate one that must be ignored), and a ``round_model_performances_v2`` entry with the
+    settled payout. ``unresolved`` rounds appear with ``resolved: False`` only."""
+    scores, performances = [], []
+    for number, values in sorted(rounds.items()):
+        resolved = number not in unresolved
+        for name, value in values.items():
+            for day, shown in ((11, value / 2), (20, value)):
+                scores.append({"roundId": f"r{number}", "submissionId": f"s{number}",
+                               "roundNumber": number, "roundResolveTime": "2026-10-01T20:00:00+00:00",
+                               "roundScoreTime": None, "roundCloseStakingTime": None,
+                               "value": shown, "percentile": 0.5, "displayName": name,
+                               "version": "1", "date": "2026-09-20T00:00:00+00:00", "day": day,
+                               "resolveDate": None, "resolved": resolved})
+        performances.append({"atRisk": 10.0, "payoutMultipliers": [], "roundPayoutFactor": 0.8,
+                             "roundNumber": number, "roundOpenTime": "2026-09-01T13:00:00+00:00",
+                             "roundResolveTime": None, "roundResolved": resolved,
+                             "roundTarget": "ender20",
+                             "submissionScores": [{"displayName": n, "payoutSettled": 0.01 * v,
+                                                   "payoutPending": None, "value": v, "day": 20,
+                                                   "date": None, "percentile": 0.5}
+                                                  for n, v in values.items()]})
+    return {"submission_scores": scores, "performances": performances}
 
 
 class OfflineNumerAPI:

@@ -251,9 +251,23 @@ class ScorerConfig:
     importance: str = "none"  # permutation importance: none | features | groups
     importance_repeats: int = 1
     importance_seed: int = 0
+    mpc: bool = True
+    mpc_own_stake: float = 1.0
+    mpc_benchmark_stake: float = 1.0
+    mpc_stakes: dict[str, float] = field(default_factory=dict)
+    mpc_benchmark_columns: list[str] | None = None
+    mpc_neutralizers: str | None = None
+    mpc_sample_weights: str | None = None
+    diagnostics: bool = True
+    top_bottom: int = 200
 
     def __post_init__(self) -> None:
         require(self.payout_clip > 0, "scorer.payout_clip", "must be > 0", self.payout_clip)
+        for key, stake in [("scorer.mpc_own_stake", self.mpc_own_stake),
+                           ("scorer.mpc_benchmark_stake", self.mpc_benchmark_stake),
+                           *((f"scorer.mpc_stakes.{k}", v) for k, v in self.mpc_stakes.items())]:
+            require(stake >= 0, key, "must be >= 0", stake)
+        require(self.top_bottom >= 1, "scorer.top_bottom", "must be >= 1", self.top_bottom)
         one_of("scorer.importance", self.importance, ("none", "features", "groups"))
         require(self.importance_repeats >= 1, "scorer.importance_repeats", "must be >= 1",
                 self.importance_repeats)
@@ -503,6 +517,35 @@ class SubmitConfig:
 
 
 @dataclass
+class LiveScoresConfig:
+    numerai_model: str = MISSING
+    experiment: str = "fxml-submissions"
+    source_runs: bool = True
+    api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.numerai_model != MISSING:
+            require(self.numerai_model.replace("_", "").replace("-", "").isalnum(), "numerai_model",
+                    "must be a Numerai model name (letters, digits, _ or -)", self.numerai_model)
+
+
+@dataclass
+class ReportConfig:
+    experiment: str | None = None
+    sweep: str | None = None
+    runs: list[str] | None = None
+    max_runs: int = 20
+    output: str = "report.html"
+    title: str | None = None
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.max_runs >= 1, "max_runs", "must be >= 1", self.max_runs)
+        require(self.output.endswith(".html"), "output", "must end with .html", self.output)
+
+
+@dataclass
 class ExportModelConfig:
     model_uri: str = MISSING
     output: str = "model.pkl"
@@ -537,7 +580,8 @@ SCHEMAS["model"]["resnet"] = ResNetConfig
 SCHEMAS["model"]["tabnet"] = TabNetConfig
 SCHEMAS["model"]["ensemble"] = EnsembleConfig
 SCHEMAS["postprocess"] = {"none": NoPostprocessConfig, "neutralize": NeutralizeConfig}
-SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig,
+SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig, "live_scores": LiveScoresConfig,
+                      "report": ReportConfig,
                       "export_model": ExportModelConfig}
 
 

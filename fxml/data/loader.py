@@ -32,7 +32,7 @@ from fxml.data.layout import (
 )
 from fxml.data.memory import MemoryNeed
 from fxml.data.sources import DataSource
-from fxml.data.store import MissingFeatures, disk_matrix, memory_matrix, plan_rows
+from fxml.data.store import MissingFeatures, RowPlan, disk_matrix, memory_matrix, plan_rows
 from fxml.errors import FxmlError
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class DataSplit:
     feature_names: list[str]
     extra: dict[str, np.ndarray] = field(default_factory=dict)
     storage: str = "memory"
+    # each row's row number in its parquet file, for reading more columns of the same rows
+    file_rows: np.ndarray | None = None
     # the runner hands over a split it will not read again: a model may then drop its features
     # once it has built its own training data (see ``release_features``)
     releasable: bool = False
@@ -76,7 +78,8 @@ class DataSplit:
             index = where
         return DataSplit(self.name, self.ids[index], self.eras[index], self.features[index],
                          None if self.target is None else self.target[index], self.feature_names,
-                         {name: values[index] for name, values in self.extra.items()}, self.storage)
+                         {name: values[index] for name, values in self.extra.items()}, self.storage,
+                         None if self.file_rows is None else self.file_rows[index])
 
     def era_range(self, first: int, last: int) -> DataSplit:
         """Eras ``first`` to ``last`` (inclusive): a view of the era-sorted rows."""
@@ -194,10 +197,21 @@ class NumeraiData:
             feature_names=columns,
             extra={name: small[name].to_numpy() for name in labels[1:]},
             storage=storage,
+            file_rows=order,
         )
         log.info("data: %s %s rows, %s eras, %d features (int8, %.1f MiB, %s)", split,
                  f"{len(result):,}", result.n_eras, len(columns), features.nbytes / 2**20, storage)
         return result
+
+    def read_features(self, split: DataSplit, names: list[str]) -> np.ndarray:
+        """More int8 feature columns for the rows of ``split`` (in its row order), from its file."""
+        if split.file_rows is None:
+            raise FxmlError(f"the {split.name} split was not read from a release file")
+        path = self.path(SPLIT_FILES[split.name])
+        self._check_columns(path, self._scan(path, split.name), names)
+        positions = np.argsort(split.file_rows, kind="stable")
+        plan = RowPlan(source=split.file_rows[positions], destination=positions)
+        return memory_matrix(path, names, plan, self.missing)[0]
 
     def memory_need(self, dataset_bytes_per_value: float) -> MemoryNeed:
         """What loading train and validation would hold, for a memory policy to plan with."""

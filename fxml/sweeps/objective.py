@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 from fxml.errors import FxmlError
 
-SCORED = ("corr", "mmc", "bmc", "fnc", "feature_exposure", "payout")
+SCORED = ("corr", "mmc", "bmc", "fnc", "feature_exposure", "payout", "mpc", "tb200_corr",
+          "meta_model_rank_corr", "exposure_dissimilarity")
 STATISTICS = ("mean", "std", "sharpe", "max_drawdown")
 KNOWN_METRICS = frozenset(
     [f"{column}_{stat}" for column in SCORED for stat in STATISTICS]
-    + ["feature_exposure_max", "n_eras", "train_seconds"]
+    + ["feature_exposure_max", "n_eras", "train_seconds", "payout_apy", "payout_calmar"]
 )
 
 
