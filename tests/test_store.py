@@ -192,3 +192,12 @@ def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> No
     assert in_memory.data.tags["memory_plan"] == "memory, every 1 training era(s)"
     for name in ("corr_mean", "mmc_mean", "fnc_mean", "feature_exposure_mean"):
         assert streamed.data.metrics[name] == in_memory.data.metrics[name], name
+
+
+def test_more_columns_for_the_same_rows(release: Path) -> None:
+    data, split = load(release, "validation", feature_set="small")
+    labelled = labelled_rows(split)
+    names = [f"feature_{i:04d}" for i in (5, 100, 300)]
+    more = data.read_features(labelled, names)
+    expected = reference(release, "validation", names).set_index("id").loc[labelled.ids, names]
+    np.testing.assert_array_equal(more, expected.to_numpy(np.int8))
