@@ -197,7 +197,9 @@ def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> No
 def test_more_columns_for_the_same_rows(release: Path) -> None:
     data, split = load(release, "validation", feature_set="small")
     labelled = labelled_rows(split)
-    names = [f"feature_{i:04d}" for i in (5, 100, 300)]
+    names = [f"feature_{i:04d}" for i in (5, 100, N_FEATURES - 1)]
     more = data.read_features(labelled, names)
     expected = reference(release, "validation", names).set_index("id").loc[labelled.ids, names]
     np.testing.assert_array_equal(more, expected.to_numpy(np.int8))
+    with pytest.raises(FxmlError, match=f"validation.parquet is missing column.s. feature_{N_FEATURES:04d}"):
+        data.read_features(labelled, [f"feature_{N_FEATURES:04d}"])
