@@ -244,6 +244,7 @@ class TrackingConfig:
     run_name: str | None = None
     log_model: bool = True
     tags: dict[str, str] = field(default_factory=dict)
+    retry_seconds: float = 30.0
 
 
 @dataclass

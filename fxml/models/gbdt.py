@@ -17,6 +17,7 @@ import xgboost as xgb
 from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows
+from fxml.models.devices import cpu_fallback, xgboost_device
 from fxml.scoring import score_eras
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,7 @@ class LightGBMModel(GBDTModel):
         except lgb.basic.LightGBMError as error:
             if device_type == "cpu":
                 raise FxmlError(f"LightGBM failed: {str(error).splitlines()[0]}") from None
-            log.warning("LightGBM has no GPU support in this build (%s); training on CPU",
-                        str(error).splitlines()[0])
+            cpu_fallback("LightGBM", f"no GPU support in this build ({str(error).splitlines()[0]})")
             self.booster = self._train(train, validation, on_step, "cpu")
         return self
 
@@ -194,7 +194,7 @@ class XGBoostModel(GBDTModel):
         params = {
             "objective": "reg:squarederror",
             "tree_method": "hist",
-            "device": "cuda" if self.wants_gpu else "cpu",
+            "device": xgboost_device(self.wants_gpu),
             "eta": o["learning_rate"],
             "max_depth": max(o["max_depth"], 0),
             "max_leaves": o["num_leaves"],
