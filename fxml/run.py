@@ -20,9 +20,9 @@ from fxml.console import console, quiet_dependencies, step_progress, summary_tab
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.models.devices import require_accelerator, taken_fallbacks
 from fxml.models.postprocess import postprocessed
-from fxml.secrets import redact
 from fxml.scoring.importance import importance_figure
 from fxml.scoring.scorer import Scores
+from fxml.secrets import redact
 from fxml.sweeps.pruning import trial_reporter
 from fxml.tracking.mlflow_run import (
     StepMetrics,
@@ -34,8 +34,8 @@ from fxml.tracking.mlflow_run import (
     tracking_uri,
 )
 from fxml.tracking.plots import cumulative_scores
-from fxml.tracking.stores import bound_http_retries
 from fxml.tracking.pyfunc import log_pyfunc_model
+from fxml.tracking.stores import bound_http_retries
 
 log = logging.getLogger("fxml.run")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
