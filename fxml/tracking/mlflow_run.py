@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import subprocess
 import tempfile
 import time
@@ -94,11 +95,15 @@ def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str,
             raise FxmlError(f"MLflow tracking at {redact(uri)} stopped answering "
                             f"({redact(first_line(error))}); run {run.info.run_id} could not be "
                             "closed there and may show RUNNING") from None
-        stopped = isinstance(error, (KeyboardInterrupt, TrialPruned)) or interrupting_signal() is not None
+        signum = interrupting_signal()
+        stopped = isinstance(error, (KeyboardInterrupt, TrialPruned)) or signum is not None
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        # a library may have turned the signal into its own exit (Lightning: SystemExit(1))
+        what = f"Interrupted: {signal.Signals(signum).name}" if signum is not None \
+            else f"{type(error).__name__}: {message}"
         try:
             mlflow.set_tag("pruned" if isinstance(error, TrialPruned) else "error",
-                           redact(f"{type(error).__name__}: {message}")[:5000])
+                           redact(what)[:5000])
             mlflow.end_run(status="KILLED" if stopped else "FAILED")
         except Exception as closing:
             if not is_unreachable(closing):
