@@ -18,8 +18,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 MASK = "***"
-# scheme://user:password@host  (the password may hold any character but '@' and whitespace)
-_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*):([^@\s]+)@")
+# scheme://user:password@host: up to the last '@' before the host, since users write an unescaped
+# '@' in passwords (erring towards masking too much, never too little)
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*):(\S+)@(?=[^@/\s]*(?:[/?#\s'\"]|$))")
 # ?password=... or &password=... in a query string (libpq and SQLAlchemy take both spellings)
 _QUERY_PASSWORD = re.compile(r"([?&;](?:ssl)?password=)([^&\s'\";]+)", re.IGNORECASE)
 
