@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
+from rich.markup import escape
 
 from fxml.config import describe_config_error
 from fxml.console import error_console
@@ -24,7 +25,8 @@ USER_ERROR, CONFIG_ERROR = 1, 2
 
 
 def fail(prefix: str, message: str, code: int) -> None:
-    error_console.print(f"[red]fxml: {prefix}[/red] {redact(message)}", highlight=False,
+    # escaped: a message may hold brackets (pip install "fxml[postgres]") that rich would eat
+    error_console.print(f"[red]fxml: {prefix}[/red] {escape(redact(message))}", highlight=False,
                         soft_wrap=True)
     sys.exit(code)
 
