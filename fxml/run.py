@@ -35,7 +35,7 @@ from fxml.tracking.mlflow_run import (
 )
 from fxml.tracking.plots import cumulative_scores
 from fxml.tracking.pyfunc import log_pyfunc_model
-from fxml.tracking.stores import bound_http_retries
+from fxml.tracking.stores import bound_retries
 
 log = logging.getLogger("fxml.run")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -47,7 +47,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_dependencies()
     validate(cfg)
     uri = tracking_uri(cfg.tracking.uri)
-    bound_http_retries(cfg.tracking.retry_seconds)
+    bound_retries(cfg.tracking.retry_seconds)
     require_accelerator(cfg.trainer.accelerator)  # every family, before any data is loaded
     tags = {"fxml_version": __version__, "git_commit": git_commit(),
             "model_family": cfg.model._target_.rsplit(".", 1)[-1], **cfg.tracking.tags}

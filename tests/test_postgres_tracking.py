@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from tests.conftest import REPO, SMALL_DATA, Workspace, assert_one_line_error
 from tests.postgres_server import PASSWORD, postgres  # noqa: F401
+from tests.test_lifecycle import finish, start, wait_for_training
 
 
 def test_concurrent_runs_create_one_store_and_experiment(postgres, tmp_path: Path) -> None:  # noqa: F811
@@ -55,3 +57,20 @@ def test_a_database_that_is_down_is_one_line(postgres, tmp_path: Path) -> None: 
     assert_one_line_error(result, "postgresql://fxml:***@127.0.0.1:1/nothing_here")
     assert PASSWORD not in result.stdout + result.stderr
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_a_short_database_restart_mid_run_is_survived(postgres, tmp_path: Path) -> None:  # noqa: F811
+    uri = postgres.create_database("restarted")
+    workspace = Workspace(tmp_path)
+    process = start(workspace, "model.n_estimators=12000", "model.learning_rate=0.001",
+                    f"tracking.uri={uri}", "tracking.run_name=survivor", "tracking.retry_seconds=60")
+    run_id = wait_for_training(mlflow.MlflowClient(uri), "fxml", "survivor", process)
+    postgres.restart_after(6)
+    result = finish(process, timeout=300)
+    assert result.returncode == 0, result.stderr
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "corr_mean" in run.data.metrics, "what came after the restart was logged too"
+    steps = mlflow.MlflowClient(uri).get_metric_history(run_id, "valid_l2")
+    assert max(metric.step for metric in steps) == 12000

@@ -46,7 +46,7 @@ from fxml.submission.credentials import (
 from fxml.submission.registry import LoadedModel, first_line, load_logged_model
 from fxml.submission.validation import check_raw_predictions, ranked_submission, validate_submission
 from fxml.tracking.mlflow_run import tracked_run, tracking_uri, use_experiment
-from fxml.tracking.stores import bound_http_retries
+from fxml.tracking.stores import bound_retries
 
 log = logging.getLogger(__name__)
 UPLOADED, DRY_RUN, NO_CREDENTIALS, INVALID, FAILED = (
@@ -150,7 +150,7 @@ def submit(cfg: DictConfig) -> Submission:
     numerai_model, dry_run, force = str(cfg.numerai_model), bool(cfg.dry_run), bool(cfg.force)
     credentials = find_credentials()
     uri = tracking_uri(cfg.tracking_uri, "tracking_uri")
-    bound_http_retries(cfg.tracking_retry_seconds)
+    bound_retries(cfg.tracking_retry_seconds)
     mlflow.set_tracking_uri(uri)
     loaded = load_logged_model(str(cfg.model_uri))
     version = str(cfg.data_version or loaded.manifest.get("data_version") or "")

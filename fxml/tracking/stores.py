@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +31,8 @@ SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 _LOCK_NAME = "fxml-store-creation"
+log = logging.getLogger("fxml.tracking")
+_connect_window: list[float] = [30.0]
 _UNREACHABLE = ("max retries exceeded", "connection refused", "failed to establish a new connection",
                 "connection reset", "read timed out", "server closed the connection",
                 "could not connect to server", "connection to server at", "terminating connection",
@@ -59,10 +63,18 @@ def check_driver(uri: str, setting: str) -> None:
                         f"(no module {error.name}): {hint}") from None
 
 
-def bound_http_retries(seconds: float) -> None:
-    """Make MLflow's HTTP client give up on an unreachable server after about ``seconds``
-    (its defaults retry each request for minutes). Settings the user exported win."""
+def bound_retries(seconds: float) -> None:
+    """A tracking server or database that stops answering is retried for about ``seconds``:
+    MLflow's HTTP client gives up then (its defaults retry each request for minutes; settings the
+    user exported win), and new database connections are retried that long (a short restart of
+    PostgreSQL is survived: pooled connections are pinged before use and reopened)."""
     seconds = max(float(seconds), 1.0)
+    _connect_window[0] = seconds
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "do_connect", _connect_with_retries):
+        event.listen(Engine, "do_connect", _connect_with_retries)
     # urllib3 sleeps 0, 2b, 4b, ... between attempts: r retries with factor 1 wait ~2**r - 2 s
     retries = max(1, int(math.log2(seconds + 2)))
     defaults = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
@@ -71,6 +83,25 @@ def bound_http_retries(seconds: float) -> None:
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(seconds)))}
     for name in RETRY_ENV:
         os.environ.setdefault(name, defaults[name])
+
+
+def _connect_with_retries(dialect, connection_record, cargs, cparams):  # type: ignore[no-untyped-def]
+    """SQLAlchemy's ``do_connect`` hook: open a database connection, retrying a refused one."""
+    if dialect.name == "sqlite":
+        return None  # a file: nothing to wait for; SQLAlchemy connects as usual
+    deadline, delay, warned = time.monotonic() + _connect_window[0], 0.5, False
+    while True:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            if not warned:
+                log.warning("tracking: the %s database does not answer (%s); retrying for up to %.0f s",
+                            dialect.name, redact(str(error).strip().splitlines()[0]), _connect_window[0])
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
