@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO, SMALL_DATA, Workspace, assert_one_line_error
 from tests.postgres_server import PASSWORD, postgres  # noqa: F401
-from tests.test_lifecycle import finish, start, wait_for_training
+from tests.test_lifecycle import ENDLESS, finish, start, wait_for_training
 
 
 def test_concurrent_runs_create_one_store_and_experiment(postgres, tmp_path: Path) -> None:  # noqa: F811
@@ -74,3 +74,19 @@ def test_a_short_database_restart_mid_run_is_survived(postgres, tmp_path: Path) 
     assert "corr_mean" in run.data.metrics, "what came after the restart was logged too"
     steps = mlflow.MlflowClient(uri).get_metric_history(run_id, "valid_l2")
     assert max(metric.step for metric in steps) == 12000
+
+
+@pytest.mark.slow
+def test_a_database_gone_for_longer_than_the_retries_is_one_line(postgres, tmp_path: Path) -> None:  # noqa: F811
+    uri = postgres.create_database("vanished")
+    workspace = Workspace(tmp_path)
+    process = start(workspace, *ENDLESS["lgbm"], f"tracking.uri={uri}", "tracking.run_name=orphan",
+                    "tracking.retry_seconds=3")
+    run_id = wait_for_training(mlflow.MlflowClient(uri), "fxml", "orphan", process)
+    postgres.stop()
+    try:
+        result = finish(process, timeout=120)
+    finally:
+        postgres.start()
+    assert_one_line_error(result, "MLflow tracking at postgresql://fxml:***@", "stopped answering", run_id)
+    assert PASSWORD not in result.stdout + result.stderr
