@@ -3,22 +3,34 @@ library that cannot use the GPU it was asked for says so in the log and in a tag
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from tests.conftest import Workspace, assert_one_line_error
+from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 
 
-@pytest.mark.parametrize("model", ["lgbm", "xgboost", "ridge", "mlp"])
-def test_trainer_gpu_without_a_gpu_fails_before_loading_data(tmp_path, model: str) -> None:
-    workspace = Workspace(tmp_path)
-    result = workspace.run(f"model={model}", "trainer=gpu")
-    assert_one_line_error(result, "trainer.accelerator=gpu but PyTorch sees no such device",
-                          "use trainer=cpu")
-    assert not (tmp_path / "data").exists(), "no data was read or generated"
-    assert workspace.runs() == [], "no MLflow run was started"
+def test_trainer_gpu_without_a_gpu_fails_before_loading_data(tmp_path) -> None:
+    """The same line for every family (started together: each fails within seconds)."""
+    families = ("lgbm", "xgboost", "ridge", "mlp")
+    workspaces = {model: Workspace(tmp_path / model) for model in families}
+    for workspace in workspaces.values():
+        workspace.root.mkdir()
+    processes = {model: subprocess.Popen(
+        [sys.executable, "-m", "fxml.run", f"model={model}", "trainer=gpu", *SMALL_DATA],
+        cwd=workspaces[model].root, env=workspaces[model].env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE) for model in families}
+    for model, process in processes.items():
+        stdout, stderr = process.communicate(timeout=300)
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        assert_one_line_error(result, "trainer.accelerator=gpu but PyTorch sees no such device",
+                              "use trainer=cpu")
+        assert not (workspaces[model].root / "data").exists(), f"{model}: no data was read or made"
+        assert workspaces[model].runs() == [], f"{model}: no MLflow run was started"
 
 
 @pytest.mark.parametrize(("model", "family", "reason"), [
