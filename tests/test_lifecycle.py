@@ -34,11 +34,14 @@ def wait_for_training(client: mlflow.MlflowClient, experiment: str, name: str,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            runs = client.search_runs([found.experiment_id], f"attributes.run_name = '{name}'")
-            if runs and any(key.startswith(("valid_", "train_", "epoch")) for key in runs[0].data.metrics):
-                return runs[0].info.run_id
+        try:
+            found = client.get_experiment_by_name(experiment)
+            runs = [] if found is None else \
+                client.search_runs([found.experiment_id], f"attributes.run_name = '{name}'")
+        except Exception:  # this client raced the run to create a new store's tables: look again
+            runs = []
+        if runs and any(key.startswith(("valid_", "train_", "epoch")) for key in runs[0].data.metrics):
+            return runs[0].info.run_id
         time.sleep(0.5)
     process.kill()
     raise AssertionError(f"run {name} never started training: {process.communicate()}")

@@ -34,6 +34,7 @@ from fxml.tracking.stores import (
     first_line,
     is_already_exists,
     is_unreachable,
+    retrying,
 )
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,8 @@ def log_metric_batch(metrics: list[Metric]) -> None:
     """Many metric values to the active run in few requests (MLflow takes 1000 per batch)."""
     client, run_id = mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id
     for start in range(0, len(metrics), BATCH):
-        client.log_batch(run_id, metrics=metrics[start : start + BATCH])
+        batch = metrics[start : start + BATCH]
+        retrying(lambda batch=batch: client.log_batch(run_id, metrics=batch))
 
 
 def log_series(per_era: pd.DataFrame, columns: tuple[str, ...]) -> None:

@@ -16,9 +16,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from filelock import FileLock
 
@@ -33,6 +34,7 @@ RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FAC
 _LOCK_NAME = "fxml-store-creation"
 log = logging.getLogger("fxml.tracking")
 _connect_window: list[float] = [30.0]
+T = TypeVar("T")
 _UNREACHABLE = ("max retries exceeded", "connection refused", "failed to establish a new connection",
                 "connection reset", "read timed out", "server closed the connection",
                 "could not connect to server", "connection to server at", "terminating connection",
@@ -100,6 +102,21 @@ def _connect_with_retries(dialect, connection_record, cargs, cparams):  # type: 
                 log.warning("tracking: the %s database does not answer (%s); retrying for up to %.0f s",
                             dialect.name, redact(str(error).strip().splitlines()[0]), _connect_window[0])
                 warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def retrying(call: Callable[[], T]) -> T:
+    """``call()``, repeated while the store does not answer, for the bounded retry window: a
+    database connection dropped by a restart fails the statement it was running (a new
+    connection is what ``_connect_with_retries`` waits for)."""
+    deadline, delay = time.monotonic() + _connect_window[0], 0.5
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not is_unreachable(error) or time.monotonic() + delay > deadline:
+                raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
