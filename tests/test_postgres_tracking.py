@@ -63,7 +63,7 @@ def test_a_short_database_restart_mid_run_is_survived(postgres, tmp_path: Path) 
     workspace = Workspace(tmp_path)
     process = start(workspace, "model.n_estimators=12000", "model.learning_rate=0.001",
                     f"tracking.uri={uri}", "tracking.run_name=survivor", "tracking.retry_seconds=60")
-    run_id = wait_for_training(mlflow.MlflowClient(uri), "fxml", "survivor", process)
+    run_id = wait_for_training(uri, "fxml", "survivor", process)
     postgres.restart_after(6)
     result = finish(process, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -80,7 +80,7 @@ def test_a_database_gone_for_longer_than_the_retries_is_one_line(postgres, tmp_p
     workspace = Workspace(tmp_path)
     process = start(workspace, *ENDLESS["lgbm"], f"tracking.uri={uri}", "tracking.run_name=orphan",
                     "tracking.retry_seconds=3")
-    run_id = wait_for_training(mlflow.MlflowClient(uri), "fxml", "orphan", process)
+    run_id = wait_for_training(uri, "fxml", "orphan", process)
     postgres.stop()
     try:
         result = finish(process, timeout=120)
