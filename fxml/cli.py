@@ -1,9 +1,11 @@
-"""Entry-point plumbing shared by fxml's commands: user errors become one line and an exit code."""
+"""Entry-point plumbing shared by fxml's commands: user errors become one line and an exit code;
+SIGINT and SIGTERM end the command (and its MLflow run, KILLED) with 130 / 143 and one line."""
 
 from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,16 +14,26 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
+from rich.markup import escape
 
 from fxml.config import describe_config_error
 from fxml.console import error_console
+from fxml.interrupts import exit_code, interrupting_signal, stop_on_signals
+from fxml.secrets import redact, redact_records
 
-USER_ERROR, CONFIG_ERROR, INTERRUPTED = 1, 2, 130
+USER_ERROR, CONFIG_ERROR = 1, 2
 
 
 def fail(prefix: str, message: str, code: int) -> None:
-    error_console.print(f"[red]fxml: {prefix}[/red] {message}", highlight=False, soft_wrap=True)
+    # escaped: a message may hold brackets (pip install "fxml[postgres]") that rich would eat
+    error_console.print(f"[red]fxml: {prefix}[/red] {escape(redact(message))}", highlight=False,
+                        soft_wrap=True)
     sys.exit(code)
+
+
+def fail_interrupted(signum: int) -> None:
+    name = signal.Signals(signum).name
+    fail("interrupted", f"by {name}; the MLflow run, if any, is marked KILLED", exit_code(signum))
 
 
 def exits_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
@@ -31,6 +43,7 @@ def exits_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(task)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        redact_records()  # also in launcher worker processes, which never pass through run_cli
         try:
             return task(*args, **kwargs)
         except FxmlError as error:
@@ -47,6 +60,8 @@ def run_cli(hydra_entry: Callable[[], Any]) -> None:
 
     # Hydra re-raises instead of printing its multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    redact_records()
+    stop_on_signals()
     try:
         hydra_entry()
     except FxmlError as error:
@@ -54,4 +69,9 @@ def run_cli(hydra_entry: Callable[[], Any]) -> None:
     except (OmegaConfBaseException, HydraException) as error:
         fail("config error:", describe_config_error(error), CONFIG_ERROR)
     except KeyboardInterrupt:
-        fail("interrupted", "", INTERRUPTED)
+        fail_interrupted(interrupting_signal() or signal.SIGINT)
+    except SystemExit:
+        signum = interrupting_signal()
+        if signum is None:
+            raise
+        fail_interrupted(signum)

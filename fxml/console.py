@@ -33,6 +33,8 @@ def quiet_dependencies() -> None:
     warnings.filterwarnings("ignore", message=".*git.*")
     for name in ("alembic", "mlflow", "numerapi", "urllib3", "matplotlib", "py.warnings"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # logs a traceback for every database error it then raises: fxml reports those in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 @contextmanager

@@ -20,9 +20,11 @@ from fxml.console import console, quiet_dependencies, step_progress, summary_tab
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.data.memory import MemoryPlan, MemoryPolicy
 from fxml.models.base import TabularModel, predict_in_era_blocks
+from fxml.models.devices import require_accelerator, taken_fallbacks
 from fxml.models.postprocess import postprocessed
 from fxml.scoring.importance import importance_figure
 from fxml.scoring.scorer import Scores
+from fxml.secrets import redact
 from fxml.sweeps.pruning import trial_reporter
 from fxml.tracking.mlflow_run import (
     StepMetrics,
@@ -35,6 +37,7 @@ from fxml.tracking.mlflow_run import (
 )
 from fxml.tracking.plots import cumulative_scores
 from fxml.tracking.pyfunc import log_pyfunc_model
+from fxml.tracking.stores import bound_retries
 
 log = logging.getLogger("fxml.run")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -46,6 +49,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_dependencies()
     validate(cfg)
     uri = tracking_uri(cfg.tracking.uri)
+    bound_retries(cfg.tracking.retry_seconds)
+    require_accelerator(cfg.trainer.accelerator)  # every family, before any data is loaded
     tags = {"fxml_version": __version__, "git_commit": git_commit(),
             "model_family": cfg.model._target_.rsplit(".", 1)[-1], **cfg.tracking.tags}
     with tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags) as run:
@@ -70,6 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with step_progress(f"training {tags['model_family']}", *listeners) as on_step:
             model.fit(train_split, validation, on_step=on_step)
         step_metrics.flush()
+        mlflow.set_tags(taken_fallbacks())
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
         del train_split
         if validation is None:
@@ -121,6 +127,7 @@ def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # t
 
 
 def show_summary(scores: Scores, run_id: str, uri: str, experiment: str) -> None:
+    uri = redact(uri)
     eras = int(scores.summary.get("n_eras", len(scores.per_era)))
     console.print(summary_table(scores.summary, f"Validation over {eras} eras"))
     console.print(f"MLflow run [bold]{run_id}[/bold] in experiment '{experiment}' at {uri}")

@@ -185,3 +185,10 @@ class NaNModel(ConstantModel):
         values = np.linspace(0.0, 1.0, len(features))
         values[::2] = np.nan
         return values
+
+
+class NoNetworkNumerAPI:
+    """For commands that must stay offline: creating the client at all fails the command."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise AssertionError("a Numerai client was created by a command that must stay offline")

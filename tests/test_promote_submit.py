@@ -215,6 +215,19 @@ def test_offline_dry_run_with_the_real_client(project: Project, promoted) -> Non
     assert_valid_submission(project, project.ws.root / "submissions" / "my_model_round77.csv")
 
 
+@pytest.mark.parametrize("api", ["tests.fakes.NoNetworkNumerAPI", "numerapi.NumerAPI"])
+def test_offline_dry_run_with_keys_never_creates_a_client(project: Project, promoted, api) -> None:
+    """Keys set, round and live given, dry run: no client, so no network and no model lookup."""
+    result = project.command("fxml.submit", f"model_uri=models:/{REGISTERED}@champion",
+                             "numerai_model=not_even_on_numerai", f"api._target_={api}", "dry_run=true",
+                             "round=78", f"live={project.served / 'live.parquet'}", keys=True)
+    assert result.returncode == 0, result.stderr
+    assert "dry run" in result.stdout
+    assert_valid_submission(project, project.ws.root / "submissions" / "not_even_on_numerai_round78.csv")
+    run = next(r for r in project.submission_runs() if r.data.tags.get("round") == "78")
+    assert run.data.tags["upload_status"] == "dry_run" and run.data.tags["credentials"] == "found"
+
+
 def test_upload_once_per_round_unless_forced(project: Project, promoted) -> None:
     before = len(project.uploads())
     result = project.submit(keys=True, round_number=1002)

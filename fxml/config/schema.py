@@ -280,6 +280,7 @@ class TrackingConfig:
     run_name: str | None = None
     log_model: bool = True
     tags: dict[str, str] = field(default_factory=dict)
+    retry_seconds: float = 30.0
 
 
 @dataclass
@@ -505,6 +506,7 @@ class SubmitConfig:
     output_dir: str = "submissions"
     api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
     tracking_uri: str | None = None
+    tracking_retry_seconds: float = 30.0
     experiment: str = "fxml-submissions"
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ import xgboost as xgb
 from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, predict_chunk_rows
+from fxml.models.devices import cpu_fallback, xgboost_device
 from fxml.scoring import score_eras
 
 log = logging.getLogger(__name__)
@@ -207,8 +208,7 @@ class LightGBMModel(GBDTModel):
         except lgb.basic.LightGBMError as error:
             if params["device_type"] == "cpu":
                 raise FxmlError(f"LightGBM failed: {str(error).splitlines()[0]}") from None
-            log.warning("LightGBM has no GPU support in this build (%s); training on CPU",
-                        str(error).splitlines()[0])
+            cpu_fallback("LightGBM", f"no GPU support in this build ({str(error).splitlines()[0]})")
             cpu = {**params, "device_type": "cpu"}
             return step(cpu), cpu
 
@@ -275,7 +275,7 @@ class XGBoostModel(GBDTModel):
         params = {
             "objective": "reg:squarederror",
             "tree_method": "hist",
-            "device": "cuda" if self.wants_gpu else "cpu",
+            "device": xgboost_device(self.wants_gpu),
             "eta": o["learning_rate"],
             "max_depth": max(o["max_depth"], 0),
             "max_leaves": o["num_leaves"],

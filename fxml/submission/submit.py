@@ -13,8 +13,9 @@ Order of work, so that nothing unsafe happens silently:
    and record the submission id. The run's tags link it to the model version and the round.
 
 ``round=<n>`` and ``live=<parquet>`` replace numerapi's current round and live download: with both
-and ``dry_run=true`` nothing touches the network (an offline rehearsal, e.g. of a model trained on
-the synthetic data, whose features are not in Numerai's live file).
+and ``dry_run=true`` no Numerai client is even created, keys set or not, so nothing touches the
+network (an offline rehearsal, e.g. of a model trained on the synthetic data, whose features are
+not in Numerai's live file).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from fxml.submission.credentials import (
 from fxml.submission.registry import LoadedModel, first_line, load_logged_model
 from fxml.submission.validation import check_raw_predictions, ranked_submission, validate_submission
 from fxml.tracking.mlflow_run import tracked_run, tracking_uri, use_experiment
+from fxml.tracking.stores import bound_retries
 
 log = logging.getLogger(__name__)
 UPLOADED, DRY_RUN, NO_CREDENTIALS, INVALID, FAILED = (
@@ -147,13 +149,16 @@ def predict_live(loaded: LoadedModel, live: pd.DataFrame) -> np.ndarray:
 def submit(cfg: DictConfig) -> Submission:
     numerai_model, dry_run, force = str(cfg.numerai_model), bool(cfg.dry_run), bool(cfg.force)
     credentials = find_credentials()
-    uri = tracking_uri(cfg.tracking_uri)
+    uri = tracking_uri(cfg.tracking_uri, "tracking_uri")
+    bound_retries(cfg.tracking_retry_seconds)
     mlflow.set_tracking_uri(uri)
     loaded = load_logged_model(str(cfg.model_uri))
     version = str(cfg.data_version or loaded.manifest.get("data_version") or "")
     if not version:
         raise FxmlError(f"{cfg.model_uri} records no data version: pass data_version=v5.x")
-    client = build_client(cfg.api, credentials)
+    # a dry run given the round and the live file is offline: no client, so nothing can call out
+    offline = dry_run and cfg.round is not None and bool(cfg.live)
+    client = None if offline else build_client(cfg.api, credentials)
     round_number = int(cfg.round) if cfg.round is not None else current_round(client, credentials)
     use_experiment(uri, cfg.experiment)
     earlier = previous_upload(cfg.experiment, numerai_model, round_number)
@@ -161,7 +166,8 @@ def submit(cfg: DictConfig) -> Submission:
         raise FxmlError(f"round {round_number} was already uploaded for {numerai_model} by submission "
                         f"run {earlier.info.run_id} ({earlier.data.tags.get('model_uri', '?')}); "
                         "nothing uploaded (pass force=true to upload again)")
-    model_id = numerai_model_id(client, numerai_model, credentials) if credentials else None
+    model_id = numerai_model_id(client, numerai_model, credentials) \
+        if credentials and not offline else None
 
     ref = loaded.ref
     registered = f"version {ref.version}, " if ref.version else ""

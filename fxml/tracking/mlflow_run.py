@@ -1,15 +1,16 @@
 """One MLflow run per job: config, tags, metrics, per-era series, plots, predictions, model.
 
 A run that fails is ended with status FAILED and an ``error`` tag; whatever it logged before the
-failure stays.
+failure stays. An interrupted one (SIGINT, SIGTERM) ends KILLED. A tracking server or database that
+stops answering mid-run gives up after the bounded retries (see :mod:`fxml.tracking.stores`).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
-import re
+import random
+import signal
 import subprocess
 import tempfile
 import time
@@ -25,50 +26,56 @@ from omegaconf import DictConfig, OmegaConf
 from optuna import TrialPruned
 
 from fxml.errors import FxmlError
+from fxml.interrupts import interrupting_signal
+from fxml.secrets import redact  # noqa: F401  (also imported from here by the sweeper)
+from fxml.tracking.stores import (
+    check_driver,
+    creation_lock,
+    first_line,
+    is_already_exists,
+    is_unreachable,
+    retrying,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_STORE = Path("mlruns")
 DEFAULT_URI = f"sqlite:///{DEFAULT_STORE}/mlflow.db"
 MAX_PARAM_LENGTH = 6000
 BATCH = 1000
-_URL_PASSWORD = re.compile(r"://([^:/@\s]+):([^@\s]+)@")
+CREATE_ATTEMPTS = 8
 
 
-def tracking_uri(configured: str | None) -> str:
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+def tracking_uri(configured: str | None, setting: str = "tracking.uri") -> str:
+    """The store to use; a database URL whose driver is missing is one line naming the extra."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    check_driver(uri, setting)
+    return uri
 
 
 def use_experiment(uri: str, experiment: str) -> str:
-    """Point MLflow at ``uri`` and ``experiment``; a local SQLite store keeps artifacts beside it."""
+    """Point MLflow at ``uri`` and ``experiment``, creating either if needed; a local SQLite store
+    keeps artifacts beside it. Safe when several processes do it at once on any backend."""
     mlflow.set_tracking_uri(uri)
-    with _store_lock(uri):
+    for attempt in range(CREATE_ATTEMPTS):
         try:
-            existing = mlflow.get_experiment_by_name(experiment)
-            if existing is not None:
-                return existing.experiment_id
-            location = None
-            if uri == DEFAULT_URI:
-                location = (DEFAULT_STORE / "artifacts").resolve().as_uri()
-            return mlflow.create_experiment(experiment, artifact_location=location)
-        except mlflow.exceptions.MlflowException as error:
-            raise FxmlError(f"MLflow tracking at {uri} failed: {error.message.splitlines()[0]}") from None
-
-
-@contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Processes starting together (sweep workers, parallel launchers) would race to create a new
-    SQLite store's tables; the first one in creates them while the others wait."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            with creation_lock(uri):
+                existing = mlflow.get_experiment_by_name(experiment)
+                if existing is not None:
+                    return existing.experiment_id
+                location = None
+                if uri == DEFAULT_URI:
+                    location = (DEFAULT_STORE / "artifacts").resolve().as_uri()
+                return mlflow.create_experiment(experiment, artifact_location=location)
+        except FxmlError:
+            raise
+        except Exception as error:
+            # another process created the tables or the experiment between our look and our write
+            if is_already_exists(error) and attempt + 1 < CREATE_ATTEMPTS:
+                time.sleep(0.2 + random.random() * 0.5)
+                continue
+            raise FxmlError(f"MLflow tracking at {redact(uri)} failed: "
+                            f"{redact(first_line(error))}") from None
+    raise AssertionError("unreachable")
 
 
 @contextmanager
@@ -79,22 +86,44 @@ def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str,
     parent = os.environ.get("FXML_PARENT_RUN_ID")
     if parent:
         tags = {**tags, "mlflow.parentRunId": parent}
+    tags = {key: redact(str(value)) for key, value in tags.items()}
     run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
     try:
         yield run
     except BaseException as error:
+        if is_unreachable(error):
+            _forget_active_run()
+            raise FxmlError(f"MLflow tracking at {redact(uri)} stopped answering "
+                            f"({redact(first_line(error))}); run {run.info.run_id} could not be "
+                            "closed there and may show RUNNING") from None
+        signum = interrupting_signal()
+        stopped = isinstance(error, (KeyboardInterrupt, TrialPruned)) or signum is not None
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        stopped = isinstance(error, (KeyboardInterrupt, TrialPruned))
-        mlflow.set_tag("pruned" if isinstance(error, TrialPruned) else "error",
-                       f"{type(error).__name__}: {message}"[:5000])
-        mlflow.end_run(status="KILLED" if stopped else "FAILED")
+        # a library may have turned the signal into its own exit (Lightning: SystemExit(1))
+        what = f"Interrupted: {signal.Signals(signum).name}" if signum is not None \
+            else f"{type(error).__name__}: {message}"
+        try:
+            mlflow.set_tag("pruned" if isinstance(error, TrialPruned) else "error",
+                           redact(what)[:5000])
+            mlflow.end_run(status="KILLED" if stopped else "FAILED")
+        except Exception as closing:
+            if not is_unreachable(closing):
+                raise
+            _forget_active_run()
+            raise FxmlError(f"MLflow tracking at {redact(uri)} stopped answering while run "
+                            f"{run.info.run_id} was being closed after {type(error).__name__}: "
+                            f"{redact(message)}") from None
         raise
     mlflow.end_run(status="FINISHED")
 
 
-def redact(text: str) -> str:
-    """Hide the password of a database URL (an Optuna or MLflow server) before it is logged."""
-    return _URL_PASSWORD.sub(r"://\1:***@", text)
+def _forget_active_run() -> None:
+    """Drop the active run without asking the server (which is gone): MLflow would otherwise
+    retry ending it at exit, once more for the full retry time."""
+    from mlflow.tracking import fluent
+
+    fluent._active_run_stack.get().clear()
+    os.environ.pop("MLFLOW_RUN_ID", None)
 
 
 def flatten(config: DictConfig) -> dict[str, str]:
@@ -115,14 +144,15 @@ def flatten(config: DictConfig) -> dict[str, str]:
 
 def log_config(config: DictConfig) -> None:
     mlflow.log_params(flatten(config))
-    mlflow.log_text(OmegaConf.to_yaml(config, resolve=True), "config.yaml")
+    mlflow.log_text(redact(OmegaConf.to_yaml(config, resolve=True)), "config.yaml")
 
 
 def log_metric_batch(metrics: list[Metric]) -> None:
     """Many metric values to the active run in few requests (MLflow takes 1000 per batch)."""
     client, run_id = mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id
     for start in range(0, len(metrics), BATCH):
-        client.log_batch(run_id, metrics=metrics[start : start + BATCH])
+        batch = metrics[start : start + BATCH]
+        retrying(lambda batch=batch: client.log_batch(run_id, metrics=batch))
 
 
 def log_series(per_era: pd.DataFrame, columns: tuple[str, ...]) -> None:

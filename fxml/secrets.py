@@ -1,0 +1,79 @@
+"""Passwords that reach fxml inside URLs are masked wherever fxml or Hydra writes text.
+
+Credentials belong in the environment, where each tool looks for them (MLflow:
+``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``; PostgreSQL: ``PGPASSWORD`` or
+``~/.pgpass``; or ``${oc.env:NAME}`` inside a URL). A password written into a URL anyway
+(``user:pass@host`` or ``?password=...``) is replaced by ``***`` in log records, console lines,
+MLflow params, tags and artifacts, and the files Hydra writes (``.hydra/*.yaml``, ``multirun.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+MASK = "***"
+# scheme://user:password@host: up to the last '@' before the host, since users write an unescaped
+# '@' in passwords (erring towards masking too much, never too little)
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*):(\S+)@(?=[^@/\s]*(?:[/?#\s'\"]|$))")
+# ?password=... or &password=... in a query string (libpq and SQLAlchemy take both spellings)
+_QUERY_PASSWORD = re.compile(r"([?&;](?:ssl)?password=)([^&\s'\";]+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL password replaced by ``***``."""
+    text = _USERINFO_PASSWORD.sub(rf"\1:{MASK}@", text)
+    return _QUERY_PASSWORD.sub(rf"\1{MASK}", text)
+
+
+def redact_records() -> None:
+    """Mask passwords in every log record of this process, whichever handler writes it (Hydra's
+    launch lines, dependencies' messages): the record factory is process-wide. Idempotent."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "fxml_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = current(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report
+            return record
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return record
+
+    factory.fxml_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+def redact_file(path: Path) -> None:
+    if path.is_file():
+        text = path.read_text()
+        masked = redact(text)
+        if masked != text:
+            path.write_text(masked)
+
+
+class RedactHydraFiles(Callback):
+    """Hydra callback: mask passwords in the YAML files Hydra saves for a job and a multirun.
+
+    Hydra writes ``.hydra/{config,hydra,overrides}.yaml`` just before ``on_job_start`` and a
+    sweeper writes ``multirun.yaml`` when the sweep starts, so both are rewritten from here."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        hydra = config.hydra
+        if hydra.output_subdir is not None:
+            for path in (Path(hydra.runtime.output_dir) / hydra.output_subdir).glob("*.yaml"):
+                redact_file(path)
+        if hydra.mode is not None and str(hydra.mode).endswith("MULTIRUN"):
+            redact_file(Path(hydra.sweep.dir) / "multirun.yaml")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        redact_file(Path(config.hydra.sweep.dir) / "multirun.yaml")

@@ -1,0 +1,122 @@
+"""A run ends cleanly whatever stops it: signals to a real process, a real MLflow server killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
+
+# training that would go on for minutes: the test stops it
+ENDLESS = {
+    "lgbm": ("model=lgbm", "model.n_estimators=1000000", "model.learning_rate=0.0001"),
+    "mlp": ("model=mlp", "trainer.n_jobs=1", "trainer.max_epochs=100000", "trainer.patience=100000"),
+}
+
+
+def start(workspace: Workspace, *args: str, **env: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "fxml.run", *args, *SMALL_DATA, "tracking.log_model=false"]
+    return subprocess.Popen(command, cwd=workspace.root, env=workspace.env(**env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_training(uri: str, experiment: str, name: str, process: subprocess.Popen,
+                      timeout: float = 240) -> str:
+    """The run's id once it has logged a training metric (so the model is mid-fit)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            client = mlflow.MlflowClient(uri)
+            found = client.get_experiment_by_name(experiment)
+            runs = [] if found is None else \
+                client.search_runs([found.experiment_id], f"attributes.run_name = '{name}'")
+        except Exception:  # this client raced the run to create a new store's tables: look again
+            runs = []
+        if runs and any(key.startswith(("valid_", "train_", "epoch")) for key in runs[0].data.metrics):
+            return runs[0].info.run_id
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError(f"run {name} never started training: {process.communicate()}")
+
+
+def finish(process: subprocess.Popen, timeout: float = 90) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize(("family", "signum", "code"), [
+    ("lgbm", signal.SIGTERM, 143),
+    ("mlp", signal.SIGINT, 130),
+    ("mlp", signal.SIGTERM, 143),
+])
+def test_a_signal_ends_the_run_killed(workspace: Workspace, family, signum, code) -> None:
+    name = f"signal-{family}-{signum.name}"
+    process = start(workspace, *ENDLESS[family], f"tracking.run_name={name}")
+    run_id = wait_for_training(workspace.uri, "fxml", name, process)
+    process.send_signal(signum)
+    result = finish(process)
+    assert result.returncode == code, result.stderr
+    assert_one_line_error(result, f"interrupted by {signum.name}", "KILLED")
+    run = workspace.client().get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"].startswith("Interrupted"), run.data.tags["error"]
+    assert any(key.startswith(("valid_", "train_")) for key in run.data.metrics), "what was logged stays"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
+    root.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{root}/server.db",
+               "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed with the process
+    # its own process group: the server runs its workers as child processes, all killed together
+    server = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    deadline = time.monotonic() + 240  # slow on a loaded machine: it creates its tables first
+    while time.monotonic() < deadline:
+        assert server.poll() is None, (root / "server.log").read_text()
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return server, f"http://127.0.0.1:{port}"
+        time.sleep(0.3)
+    kill_group(server)
+    raise AssertionError("mlflow server did not start: " + (root / "server.log").read_text())
+
+
+@pytest.mark.slow
+def test_a_tracking_server_killed_mid_run_gives_up_in_seconds(workspace: Workspace, tmp_path) -> None:
+    server, uri = start_mlflow_server(tmp_path / "server")
+    try:
+        process = start(workspace, *ENDLESS["lgbm"], f"tracking.uri={uri}", "tracking.run_name=outage",
+                        "tracking.retry_seconds=4")
+        wait_for_training(uri, "fxml", "outage", process)
+    finally:
+        kill_group(server)
+    stopped = time.monotonic()
+    result = finish(process, timeout=120)
+    elapsed = time.monotonic() - stopped
+    assert_one_line_error(result, f"MLflow tracking at {uri} stopped answering")
+    assert result.returncode == 1
+    # MLflow alone retries each request for about 4 minutes; a loaded machine adds a little
+    assert elapsed < 100, f"gave up only after {elapsed:.0f} s"

@@ -1,0 +1,90 @@
+"""PostgreSQL as the MLflow backend: concurrent creation, outages, a missing driver."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import REPO, SMALL_DATA, Workspace, assert_one_line_error
+from tests.postgres_server import PASSWORD, postgres  # noqa: F401
+from tests.test_lifecycle import ENDLESS, finish, start, wait_for_training
+
+
+def test_concurrent_runs_create_one_store_and_experiment(postgres, tmp_path: Path) -> None:  # noqa: F811
+    """Three runs start together on an empty database and a new experiment: all succeed."""
+    uri = postgres.create_database("concurrent")
+    workspace = Workspace(tmp_path)
+    command = [sys.executable, "-m", "fxml.run", f"tracking.uri={uri}", "tracking.experiment=race",
+               "model.n_estimators=3", "tracking.log_model=false", *SMALL_DATA]
+    processes = [subprocess.Popen([*command, f"tracking.run_name=racer-{n}"], cwd=tmp_path,
+                                  env=workspace.env(), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for n in range(3)]
+    results = [process.communicate(timeout=300) for process in processes]
+    for process, (_, stderr) in zip(processes, results, strict=True):
+        assert process.returncode == 0, stderr
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("race")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(run.info.run_name for run in runs) == ["racer-0", "racer-1", "racer-2"]
+    assert {run.info.status for run in runs} == {"FINISHED"}
+
+
+def test_postgresql_without_its_driver_is_one_line(tmp_path: Path) -> None:
+    """As if psycopg were not installed: the line names the extra and hides the password."""
+    hidden = tmp_path / "hidden"
+    (hidden / "psycopg").mkdir(parents=True)
+    (hidden / "psycopg" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'psycopg'\", name='psycopg')\n")
+    workspace = Workspace(tmp_path)
+    result = workspace.run(f"tracking.uri=postgresql://fxml:{PASSWORD}@127.0.0.1:1/mlflow",
+                           PYTHONPATH=f"{hidden}:{REPO}")
+    assert_one_line_error(result, 'pip install "fxml[postgres]"', "postgresql://fxml:***@127.0.0.1:1/mlflow")
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_a_database_that_is_down_is_one_line(postgres, tmp_path: Path) -> None:  # noqa: F811
+    uri = postgres.url("nothing_here").replace(f":{postgres.port}/", ":1/")
+    started = time.monotonic()
+    result = Workspace(tmp_path).run(f"tracking.uri={uri}", "tracking.retry_seconds=2")
+    assert_one_line_error(result, "postgresql://fxml:***@127.0.0.1:1/nothing_here")
+    assert PASSWORD not in result.stdout + result.stderr
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_a_short_database_restart_mid_run_is_survived(postgres, tmp_path: Path) -> None:  # noqa: F811
+    uri = postgres.create_database("restarted")
+    workspace = Workspace(tmp_path)
+    process = start(workspace, "model.n_estimators=12000", "model.learning_rate=0.001",
+                    f"tracking.uri={uri}", "tracking.run_name=survivor", "tracking.retry_seconds=60")
+    run_id = wait_for_training(uri, "fxml", "survivor", process)
+    postgres.restart_after(6)
+    result = finish(process, timeout=300)
+    assert result.returncode == 0, result.stderr
+    run = mlflow.MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "corr_mean" in run.data.metrics, "what came after the restart was logged too"
+    steps = mlflow.MlflowClient(uri).get_metric_history(run_id, "valid_l2")
+    assert max(metric.step for metric in steps) == 12000
+
+
+@pytest.mark.slow
+def test_a_database_gone_for_longer_than_the_retries_is_one_line(postgres, tmp_path: Path) -> None:  # noqa: F811
+    uri = postgres.create_database("vanished")
+    workspace = Workspace(tmp_path)
+    process = start(workspace, *ENDLESS["lgbm"], f"tracking.uri={uri}", "tracking.run_name=orphan",
+                    "tracking.retry_seconds=3")
+    run_id = wait_for_training(uri, "fxml", "orphan", process)
+    postgres.stop()
+    try:
+        result = finish(process, timeout=120)
+    finally:
+        postgres.start()
+    assert_one_line_error(result, "MLflow tracking at postgresql://fxml:***@", "stopped answering", run_id)
+    assert PASSWORD not in result.stdout + result.stderr
