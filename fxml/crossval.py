@@ -102,7 +102,9 @@ def fit_and_score_fold(model: TabularModel, train: DataSplit, fold: Fold, n_fold
     frame = pd.DataFrame({"id": test.ids, "era": test.eras, "fold": fold.index,
                           "prediction": predictions, "target": test.target})
     for name, values in scores.references.items():
-        frame[name] = values
+        # the meta model covers validation only: its column would be all NaN for train rows
+        if not np.isnan(values).all():
+            frame[name] = values
     return scores, frame
 
 
