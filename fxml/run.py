@@ -18,7 +18,7 @@ from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import register_schemas, validate
 from fxml.console import console, quiet_dependencies, step_progress, summary_table
 from fxml.crossval import cross_validate, training_parts
-from fxml.data.folds import resolve_embargo
+from fxml.data.folds import era_ranges, resolve_embargo
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.data.memory import MemoryPlan, MemoryPolicy
 from fxml.models.base import TabularModel, predict_in_era_blocks
@@ -81,6 +81,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 return {**cv.summary, "mlflow_run_id": run.info.run_id}
         fit_split, inner_holdout = training_parts(train_split, holdout_eras, embargo)
         del train_split
+        mlflow.set_tags({"fit_eras": era_ranges(fit_split.eras),
+                         "inner_holdout_eras": era_ranges(inner_holdout.eras) if inner_holdout else ""})
         # the model may free the train matrix once it has its own dataset
         fit_split.releasable = True
 
