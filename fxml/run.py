@@ -146,7 +146,8 @@ def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # t
 def show_summary(scores: Scores | None, cv_metrics: dict[str, float], run_id: str, uri: str,
                  experiment: str) -> None:
     if cv_metrics:
-        plain = {key.removeprefix("cv_"): value for key, value in cv_metrics.items()}
+        # no MMC (nor payout) out of fold where the meta model has no training rows
+        plain = {key.removeprefix("cv_"): value for key, value in cv_metrics.items() if pd.notna(value)}
         console.print(summary_table(plain, f"Cross-validation, out of fold over {int(plain['n_eras'])} "
                                            "training eras"))
     if scores is not None:

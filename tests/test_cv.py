@@ -317,6 +317,21 @@ def test_era_kfold_with_early_stopping_reads_only_the_inner_holdout(workspace: W
         assert workspace.client().get_metric_history(fold.info.run_id, "valid_corr")
 
 
+def test_cv_composes_with_every_nth_era_and_the_disk_store(workspace: Workspace) -> None:
+    result = workspace.run("cv=era_kfold", "cv.folds=3", "cv.refit=false", "data.every_nth_era=2",
+                           "memory=disk", "scorer.fnc=false", *FAST, "tracking.experiment=nth")
+    assert result.returncode == 0, result.stderr
+    run = job_run(workspace, "nth")
+    tested = []
+    for fold in fold_runs(workspace, "nth", run.info.run_id):
+        roles = layout(fold)
+        assert all(era % 2 == 1 for era in np.concatenate(list(roles.values())))
+        assert distance(roles["train"], roles["test"]) > 4
+        tested.extend(roles["test"].tolist())
+    assert sorted(tested) == list(range(1, 41, 2))
+    assert run.data.metrics["cv_n_eras"] == 20
+
+
 def test_bad_cv_settings_are_one_line_errors(workspace: Workspace) -> None:
     assert_one_line_error(workspace.run("cv=era_kfold", "cv.folds=1"), "cv.folds must be >= 2")
     assert_one_line_error(workspace.run("cv=era_kfold", "cv.folds=60", *FAST), "cannot make 60 folds")
