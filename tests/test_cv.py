@@ -92,7 +92,7 @@ def test_walk_forward_never_trains_on_a_later_era_than_it_tests(eras_name, n_fol
         seen = np.concatenate([fold.train, fold.holdout])
         assert seen.max() < fold.test.min() - embargo
         before = eras[eras < fold.test[0] - embargo]
-        assert len(before) >= 20, "cv.min_train_eras"
+        assert len(fold.train) >= 20, "cv.min_train_eras: eras fitted on"
         assert set(seen) <= set(before)
         if holdout:
             assert np.array_equal(fold.holdout, before[-holdout:]), "the holdout ends the window"
@@ -296,6 +296,9 @@ def test_walk_forward_folds_and_artifacts(workspace: Workspace, walk_forward_run
         roles = layout(run)
         assert len(roles["holdout"]) == 0, "LightGBM without early stopping needs no inner holdout"
         assert roles["train"].max() < roles["test"].min() - 4 and len(roles["train"]) >= 12
+    # the first test block starts right after 12 fitted eras and the embargo
+    assert layout(folds[0])["train"].tolist() == list(range(1, 13))
+    assert layout(folds[0])["test"][0] == 17
     paths = {a.path for folder in ("cv", "plots", "predictions")
              for a in workspace.client().list_artifacts(walk_forward_run.info.run_id, folder)}
     assert {"cv/folds.csv", "cv/per_era.csv", "plots/cv_cumulative_scores.png",

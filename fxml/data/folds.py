@@ -83,7 +83,7 @@ class EraSplitter:
     def active(self) -> bool:
         return False
 
-    def test_blocks(self, eras: np.ndarray, embargo: int) -> list[np.ndarray]:
+    def test_blocks(self, eras: np.ndarray, embargo: int, holdout_eras: int) -> list[np.ndarray]:
         return []
 
     def training_eras(self, eras: np.ndarray, test: np.ndarray, embargo: int) -> np.ndarray:
@@ -92,7 +92,7 @@ class EraSplitter:
     def folds(self, eras: np.ndarray, embargo: int, holdout_eras: int) -> list[Fold]:
         eras = distinct_eras(eras)
         result = []
-        for index, test in enumerate(self.test_blocks(eras, embargo)):
+        for index, test in enumerate(self.test_blocks(eras, embargo, holdout_eras)):
             train = self.training_eras(eras, test, embargo)
             if not len(train):
                 raise FxmlError(f"cv: fold {index} has no training era left after an embargo of "
@@ -116,15 +116,26 @@ class WalkForward(EraSplitter):
     def active(self) -> bool:
         return True
 
-    def test_blocks(self, eras: np.ndarray, embargo: int) -> list[np.ndarray]:
-        # the first era that has min_train_eras eras before it, beyond the embargo
-        earlier = np.array([np.sum(eras < era - embargo) for era in eras])
-        starts = np.flatnonzero(earlier >= self.min_train_eras)
-        if not len(starts) or len(eras) - starts[0] < self.n_folds:
+    def test_blocks(self, eras: np.ndarray, embargo: int, holdout_eras: int) -> list[np.ndarray]:
+        # the first era before which, beyond the embargo, min_train_eras eras are left to fit on
+        # once the inner holdout (and the embargo before it) is set aside
+        first = next((i for i, era in enumerate(eras)
+                      if self._fitted_before(eras, era, embargo, holdout_eras) >= self.min_train_eras),
+                     len(eras))
+        if len(eras) - first < self.n_folds:
             raise FxmlError(f"cv=walk_forward: {len(eras)} training eras cannot hold {self.n_folds} "
-                            f"test blocks after cv.min_train_eras={self.min_train_eras} and an "
-                            f"embargo of {embargo}: lower them or load more eras")
-        return np.array_split(eras[starts[0]:], self.n_folds)
+                            f"test blocks after cv.min_train_eras={self.min_train_eras}, an inner holdout "
+                            f"of {holdout_eras} and an embargo of {embargo}: lower them or load more eras")
+        return np.array_split(eras[first:], self.n_folds)
+
+    @staticmethod
+    def _fitted_before(eras: np.ndarray, era: int, embargo: int, holdout_eras: int) -> int:
+        before = eras[eras < era - embargo]
+        if len(before) <= holdout_eras:
+            return 0
+        if not holdout_eras:
+            return len(before)
+        return len(purged(before[:-holdout_eras], before[-holdout_eras:], embargo))
 
     def training_eras(self, eras: np.ndarray, test: np.ndarray, embargo: int) -> np.ndarray:
         # never an era after the test block: only the past trains
@@ -144,7 +155,7 @@ class EraKFold(EraSplitter):
     def active(self) -> bool:
         return True
 
-    def test_blocks(self, eras: np.ndarray, embargo: int) -> list[np.ndarray]:
+    def test_blocks(self, eras: np.ndarray, embargo: int, holdout_eras: int) -> list[np.ndarray]:
         if len(eras) < self.n_folds:
             raise FxmlError(f"cv=era_kfold: {len(eras)} training eras cannot make {self.n_folds} folds")
         return np.array_split(eras, self.n_folds)
