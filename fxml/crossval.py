@@ -160,6 +160,9 @@ def cross_validate(build_model: Callable[[], TabularModel], train: DataSplit, fo
     fold (a bad trial stops after its first fold), and log the cv summaries on the job's run."""
     report = trial_reporter(sweep)
     objective = sweep_objective() if report is not None else None
+    if report is not None:
+        log.info("cv: after each fold (step = fold index) the trial hears the running objective %s "
+                 "if it reads only cv_* metrics, else the running cv_corr_mean", objective)
     started = time.perf_counter()
     per_era: list[pd.DataFrame] = []
     predictions: list[pd.DataFrame] = []
