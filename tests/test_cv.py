@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from numerai_tools.scoring import correlation_contribution, feature_neutral_corr, numerai_corr
 
+from fxml.crossval import pruning_signal, training_parts
 from fxml.data.folds import (
     EraKFold,
     EraSplitter,
@@ -22,6 +23,7 @@ from fxml.data.folds import (
     era_ranges,
     parse_era_ranges,
     resolve_embargo,
+    rows_of_eras,
     with_inner_holdout,
 )
 from fxml.data.loader import DataSplit
@@ -132,6 +134,36 @@ def test_era_ranges_round_trip() -> None:
     for eras in (*ERA_SETS.values(), np.array([5]), np.array([1, 2, 3, 7, 9, 10])):
         assert np.array_equal(parse_era_ranges(era_ranges(eras)), eras)
     assert era_ranges(np.array([1, 2, 3, 7, 9, 10])) == "1-3,7,9-10"
+
+
+def tiny_split(n_eras: int = 12, rows: int = 5) -> DataSplit:
+    eras = np.repeat(np.arange(1, n_eras + 1), rows)
+    return DataSplit("train", np.array([f"id{i}" for i in range(len(eras))]), eras,
+                     np.arange(len(eras) * 3, dtype=np.int8).reshape(-1, 3),
+                     np.linspace(0, 1, len(eras)).astype(np.float32), ["a", "b", "c"])
+
+
+def test_training_parts_view_the_fit_rows_and_copy_the_small_holdout() -> None:
+    split = tiny_split()
+    fit, holdout = training_parts(split, 2, 1)
+    assert np.unique(fit.eras).tolist() == list(range(1, 10)) and np.unique(holdout.eras).tolist() == [11, 12]
+    assert np.shares_memory(fit.features, split.features), "a view: no copy of the big block"
+    assert not np.shares_memory(holdout.features, split.features), "the train matrix can be freed"
+    whole, none = training_parts(split, 0, 4)
+    assert whole is split and none is None, "no holdout: the model fits on every training era"
+    # era_kfold's two runs of eras are a copy, a walk-forward block a view
+    two_runs = rows_of_eras(split, np.array([1, 2, 3, 9, 10]))
+    assert not np.shares_memory(two_runs.features, split.features)
+    assert np.shares_memory(rows_of_eras(split, np.array([4, 5, 6])).features, split.features)
+
+
+@pytest.mark.parametrize(("objective", "expected"), [
+    ("cv_corr_sharpe", 2.0), ("cv_corr_mean + 2*cv_bmc_mean", 0.1 + 2 * 0.03),
+    ("corr_sharpe", 0.1), ("cv_mmc_mean", float("nan")), (None, 0.1)])
+def test_pruning_signal_is_the_running_cv_objective(objective, expected) -> None:
+    running = {"cv_corr_mean": 0.1, "cv_corr_sharpe": 2.0, "cv_bmc_mean": 0.03, "cv_mmc_mean": float("nan")}
+    value = pruning_signal(running, objective)
+    assert value == pytest.approx(expected, nan_ok=True)
 
 
 # --- a model that memorises the target of every training row ------------------------------------
