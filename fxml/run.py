@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import register_schemas, validate
 from fxml.console import console, quiet_dependencies, step_progress, summary_table
 from fxml.crossval import cross_validate, training_parts
-from fxml.data.folds import era_ranges, resolve_embargo
+from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.data.memory import MemoryPlan, MemoryPolicy
 from fxml.models.base import TabularModel, predict_in_era_blocks
@@ -63,7 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         splitter = instantiate(cfg.cv)
         embargo = resolve_embargo(splitter.embargo, data.target)
         mlflow.set_tags({"cv": splitter.method, "cv_embargo": embargo})
-        plan = plan_memory(instantiate(cfg.memory), data, model)
+        plan = plan_memory(instantiate(cfg.memory), data, model, splitter)
         with console.status("loading data"):
             # out-of-fold predictions of a neutralised model need its neutralisers in train too
             train_split = data.load("train", neutralizers if splitter.active else None,
@@ -120,9 +121,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return {**cv_metrics, **scores.summary, "mlflow_run_id": run.info.run_id}
 
 
-def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel) -> MemoryPlan:
+def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
+                splitter: EraSplitter | None = None) -> MemoryPlan:
     """The memory policy's choice for this run, logged as tags and one console line."""
-    plan = policy.plan(data.memory_need(model.dataset_bytes_per_value))
+    need = data.memory_need(model.dataset_bytes_per_value)
+    if splitter is not None and splitter.copied_share:
+        # era_kfold copies a fold's training eras (in memory, whatever the storage) beside the
+        # model's own dataset
+        need = dataclasses.replace(need, model_dataset=need.model_dataset
+                                   + int(need.train_features * splitter.copied_share))
+    plan = policy.plan(need)
     mlflow.set_tags({"memory_plan": f"{plan.storage}, every {plan.every} training era(s)",
                      "memory_reason": plan.reason})
     log.info("memory: %s", plan.describe())

@@ -157,6 +157,27 @@ def test_training_parts_view_the_fit_rows_and_copy_the_small_holdout() -> None:
     assert np.shares_memory(rows_of_eras(split, np.array([4, 5, 6])).features, split.features)
 
 
+def test_memory_plans_count_the_era_kfold_copy(workspace: Workspace) -> None:
+    from types import SimpleNamespace
+
+    from fxml.data.memory import MemoryNeed, MemoryPlan
+    from fxml.run import plan_memory
+
+    seen = []
+
+    class Recording:
+        def plan(self, need: MemoryNeed) -> MemoryPlan:
+            seen.append(need)
+            return MemoryPlan("memory", 1, "recorded")
+
+    data = SimpleNamespace(memory_need=lambda _: MemoryNeed(1000, 500, 200, 10, 40))
+    model = SimpleNamespace(dataset_bytes_per_value=0.0)
+    with mlflow.start_run(experiment_id=mlflow.set_experiment("plans").experiment_id):
+        for splitter in (None, EraSplitter(), WalkForward(), EraKFold(folds=5)):
+            plan_memory(Recording(), data, model, splitter)  # type: ignore[arg-type]
+    assert [need.model_dataset for need in seen] == [200, 200, 200, 200 + 800]
+
+
 @pytest.mark.parametrize(("objective", "expected"), [
     ("cv_corr_sharpe", 2.0), ("cv_corr_mean + 2*cv_bmc_mean", 0.1 + 2 * 0.03),
     ("corr_sharpe", 0.1), ("cv_mmc_mean", float("nan")), (None, 0.1)])

@@ -83,6 +83,12 @@ class EraSplitter:
     def active(self) -> bool:
         return False
 
+    @property
+    def copied_share(self) -> float:
+        """The share of the training matrix a fold copies (its training eras, when they are not
+        one run), for memory plans."""
+        return 0.0
+
     def test_blocks(self, eras: np.ndarray, embargo: int, holdout_eras: int) -> list[np.ndarray]:
         return []
 
@@ -154,6 +160,10 @@ class EraKFold(EraSplitter):
     @property
     def active(self) -> bool:
         return True
+
+    @property
+    def copied_share(self) -> float:
+        return (self.n_folds - 1) / self.n_folds
 
     def test_blocks(self, eras: np.ndarray, embargo: int, holdout_eras: int) -> list[np.ndarray]:
         if len(eras) < self.n_folds:
