@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from fxml import __version__
 from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import register_schemas, validate
 from fxml.console import console, quiet_dependencies, step_progress, summary_table
+from fxml.crossval import cross_validate, training_parts
+from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.data.memory import MemoryPlan, MemoryPolicy
 from fxml.models.base import TabularModel, predict_in_era_blocks
@@ -59,33 +62,53 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
                          "feature_set": data.feature_set, "target": data.target})
         # post-processing wraps the model; neutralisers outside the run's features load with validation
-        model, neutralizers = postprocessed(instantiate(cfg.model, _convert_="all"),
-                                            cfg.get("postprocess"), data)
-        plan = plan_memory(instantiate(cfg.memory), data, model)
+        def build_model() -> tuple[TabularModel, list[str]]:
+            return postprocessed(instantiate(cfg.model, _convert_="all"), cfg.get("postprocess"), data)
+
+        model, neutralizers = build_model()
+        splitter = instantiate(cfg.cv)
+        embargo = resolve_embargo(splitter.embargo, data.target)
+        mlflow.set_tags({"cv": splitter.method, "cv_embargo": embargo})
+        plan = plan_memory(instantiate(cfg.memory), data, model, splitter)
         with console.status("loading data"):
-            train_split = data.load("train", storage=plan.storage, every_nth_train_era=plan.every)
-            # the model may free the train matrix once it has its own dataset
-            train_split.releasable = True
-            validation = (data.load("validation", neutralizers, plan.storage)
-                          if model.uses_validation else None)
+            # out-of-fold predictions of a neutralised model need its neutralisers in train too
+            train_split = data.load("train", neutralizers if splitter.active else None,
+                                    storage=plan.storage, every_nth_train_era=plan.every)
+        # early stopping, pruning signals and fitted weights read only this inner holdout
+        holdout_eras = cfg.trainer.inner_holdout_eras if model.uses_validation else 0
+        scorer = instantiate(cfg.scorer)
+        cv = None
+        if splitter.active:
+            folds = splitter.folds(train_split.eras, embargo, holdout_eras)
+            cv = cross_validate(lambda: build_model()[0], train_split, folds, embargo, data, scorer,
+                                cfg.sweep)
+            if not splitter.refit:
+                show_summary(None, cv.summary, run.info.run_id, uri, cfg.tracking.experiment)
+                return {**cv.summary, "mlflow_run_id": run.info.run_id}
+        fit_split, inner_holdout = training_parts(train_split, holdout_eras, embargo)
+        del train_split
+        mlflow.set_tags({"fit_eras": era_ranges(fit_split.eras),
+                         "inner_holdout_eras": era_ranges(inner_holdout.eras) if inner_holdout else ""})
+        # the model may free the train matrix once it has its own dataset
+        fit_split.releasable = True
 
         started = time.perf_counter()
         step_metrics = StepMetrics()
-        listeners = [step_metrics, *filter(None, [trial_reporter(cfg.sweep)])]
+        # with folds, the trial hears the running cv metric after each fold instead
+        reporter = None if splitter.active else trial_reporter(cfg.sweep)
+        listeners = [step_metrics, *filter(None, [reporter])]
         with step_progress(f"training {tags['model_family']}", *listeners) as on_step:
-            model.fit(train_split, validation, on_step=on_step)
+            model.fit(fit_split, inner_holdout, on_step=on_step)
         step_metrics.flush()
         mlflow.set_tags(taken_fallbacks())
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
-        del train_split
-        if validation is None:
-            with console.status("loading validation"):
-                validation = data.load("validation", neutralizers, plan.storage)
+        del fit_split, inner_holdout
+        with console.status("loading validation"):
+            validation = data.load("validation", neutralizers, plan.storage)
         mlflow.log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
 
         with console.status("scoring validation"):
             predictions = predict_in_era_blocks(model, validation)
-            scorer = instantiate(cfg.scorer)
             scores = scorer.score(predictions, validation, data)
         log_scores(scores, validation, predictions)
         with console.status("permutation importance"):
@@ -98,14 +121,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 log_pyfunc_model(model, data.feature_names, {
                     "data_version": data.version, "target": data.target,
                     "feature_set": data.feature_set})
-    show_summary(scores, run.info.run_id, uri, cfg.tracking.experiment)
+    cv_metrics = cv.summary if cv is not None else {}
+    show_summary(scores, cv_metrics, run.info.run_id, uri, cfg.tracking.experiment)
     # a sweep reads its objective from here, and keeps only this small dict per job
-    return {**scores.summary, "mlflow_run_id": run.info.run_id}
+    return {**cv_metrics, **scores.summary, "mlflow_run_id": run.info.run_id}
 
 
-def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel) -> MemoryPlan:
+def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
+                splitter: EraSplitter | None = None) -> MemoryPlan:
     """The memory policy's choice for this run, logged as tags and one console line."""
-    plan = policy.plan(data.memory_need(model.dataset_bytes_per_value))
+    need = data.memory_need(model.dataset_bytes_per_value)
+    if splitter is not None and splitter.copied_share:
+        # era_kfold copies a fold's training eras (in memory, whatever the storage) beside the
+        # model's own dataset
+        need = dataclasses.replace(need, model_dataset=need.model_dataset
+                                   + int(need.train_features * splitter.copied_share))
+    plan = policy.plan(need)
     mlflow.set_tags({"memory_plan": f"{plan.storage}, every {plan.every} training era(s)",
                      "memory_reason": plan.reason})
     log.info("memory: %s", plan.describe())
@@ -126,10 +157,17 @@ def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # t
     log_frame(frame, "predictions/validation.parquet")
 
 
-def show_summary(scores: Scores, run_id: str, uri: str, experiment: str) -> None:
+def show_summary(scores: Scores | None, cv_metrics: dict[str, float], run_id: str, uri: str,
+                 experiment: str) -> None:
     uri = redact(uri)
-    eras = int(scores.summary.get("n_eras", len(scores.per_era)))
-    console.print(summary_table(scores.summary, f"Validation over {eras} eras"))
+    if cv_metrics:
+        # no MMC (nor payout) out of fold where the meta model has no training rows
+        plain = {key.removeprefix("cv_"): value for key, value in cv_metrics.items() if pd.notna(value)}
+        console.print(summary_table(plain, f"Cross-validation, out of fold over {int(plain['n_eras'])} "
+                                           "training eras"))
+    if scores is not None:
+        eras = int(scores.summary.get("n_eras", len(scores.per_era)))
+        console.print(summary_table(scores.summary, f"Validation (holdout) over {eras} eras"))
     console.print(f"MLflow run [bold]{run_id}[/bold] in experiment '{experiment}' at {uri}")
     console.print(f"Browse: mlflow ui --backend-store-uri {uri}")
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from numerai_tools.scoring import numerai_corr
 
 from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
@@ -33,7 +36,8 @@ FAMILIES = {"mlp": "MLPModel", "resnet": "ResNetModel", "tabnet": "TabNetModel"}
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family_run(request, workspace: Workspace):
     name = f"deep-{request.param}"
-    result = workspace.run(f"model={request.param}", *FAST, f"tracking.run_name={name}")
+    result = workspace.run(f"model={request.param}", *FAST, "trainer.inner_holdout_eras=8",
+                           f"tracking.run_name={name}")
     assert result.returncode == 0, result.stderr[-3000:]
     run = next(r for r in workspace.runs() if r.info.run_name == name)
     return request.param, result, run
@@ -43,7 +47,9 @@ def test_family_trains_from_the_command_line_and_scores(family_run) -> None:
     family, result, run = family_run
     assert run.info.status == "FINISHED"
     assert run.data.tags["model_family"] == FAMILIES[family]
-    assert run.data.metrics["corr_mean"] > 0
+    # validation no longer picks the epoch (the inner holdout does): on this tiny release a few
+    # epochs give a validation CORR near zero either side, so the test asserts that it learned
+    assert np.isfinite(run.data.metrics["corr_mean"])
     output = result.stdout + result.stderr
     assert "device: cpu (trainer.accelerator=cpu), precision 32" in " ".join(output.split())
 
@@ -57,9 +63,18 @@ def test_epoch_metrics_are_in_the_same_run(workspace: Workspace, family_run) -> 
     assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) <= 6
     assert [m.step for m in corrs] == epochs
     assert all(np.isfinite(m.value) for m in losses + corrs)
-    # the logged model is the best epoch's: its CORR is the final score
-    best = max(m.value for m in corrs)
-    assert run.data.metrics["corr_mean"] == pytest.approx(best, abs=1e-9)
+    assert losses[-1].value < losses[0].value, "the training loss falls"
+    # early stopping read the inner holdout (the last 8 training eras, after the embargo), never
+    # the validation eras it is scored on; the logged model is the best epoch's on that holdout
+    assert run.data.tags["inner_holdout_eras"] == "33-40" and run.data.tags["fit_eras"] == "1-28"
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    train = pd.read_parquet(next((workspace.root / "data" / "synthetic").glob("*/train.parquet")))
+    holdout = train[train["era"].astype(int) >= 33]
+    names = model.metadata.get_input_schema().input_names()
+    holdout = holdout.assign(prediction=np.asarray(model.predict(holdout[names])))
+    kept = np.mean([numerai_corr(rows[["prediction"]], rows["target"]).iloc[0]
+                    for _, rows in holdout.groupby("era")])
+    assert max(m.value for m in corrs) == pytest.approx(kept, abs=1e-5)
 
 
 def test_reloaded_model_predicts_exactly_what_was_logged(workspace: Workspace, family_run) -> None:
@@ -253,4 +268,6 @@ def test_auxiliary_targets_from_the_command_line(workspace: Workspace) -> None:
     run = next(r for r in workspace.runs() if r.info.run_name == name)
     assert run.data.params["data.extra_targets"] == "['target_cyrusd_20', 'target_ender_60']"
     assert run.data.params["data.target"] == "target"
-    assert run.data.metrics["corr_mean"] > 0
+    # validation no longer picks the epoch (the inner holdout does): on this tiny release a few
+    # epochs give a validation CORR near zero either side, so the test asserts that it learned
+    assert np.isfinite(run.data.metrics["corr_mean"])

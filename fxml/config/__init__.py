@@ -13,7 +13,7 @@ __all__ = ["register_schemas", "validate", "describe_config_error"]
 
 def validate(cfg: DictConfig) -> None:
     """Build each group's schema object, which runs its range checks (``__post_init__``)."""
-    for group in ("data", "model", "trainer", "memory", "scorer", "postprocess", "tracking"):
+    for group in ("data", "model", "trainer", "memory", "scorer", "cv", "postprocess", "tracking"):
         if cfg.get(group) is None:
             continue
         try:

@@ -191,9 +191,14 @@ class TrainerConfig:
     seed: int = 42
     max_epochs: int = 20  # deep models: epochs at most
     patience: int | None = 5  # deep models: epochs without a better valid CORR; null: no early stop
+    # last training eras kept apart (with the cv embargo) for early stopping, pruning signals and
+    # fitted ensemble weights; used only by models that read a validation set
+    inner_holdout_eras: int = 20
 
     def __post_init__(self) -> None:
         one_of("trainer.accelerator", self.accelerator, ACCELERATORS)
+        require(self.inner_holdout_eras >= 0, "trainer.inner_holdout_eras", "must be >= 0",
+                self.inner_holdout_eras)
         require(self.max_epochs >= 1, "trainer.max_epochs", "must be >= 1", self.max_epochs)
         if self.patience is not None:
             require(self.patience >= 1, "trainer.patience", "must be >= 1 or null", self.patience)
@@ -201,6 +206,42 @@ class TrainerConfig:
         require(self.devices >= 1, "trainer.devices", "must be >= 1", self.devices)
         require(self.n_jobs == -1 or self.n_jobs >= 1, "trainer.n_jobs",
                 "must be -1 (all cores) or >= 1", self.n_jobs)
+
+
+@dataclass
+class CVConfig:
+    """``cv=none``: one fit on the training eras; the embargo still separates the inner holdout."""
+
+    _target_: str = "fxml.data.folds.EraSplitter"
+    embargo: Any = "auto"  # eras purged on both sides of a held-out block; auto: 4 (*_20), 16 (*_60)
+    refit: bool = True  # after the folds, fit on all training eras and score validation
+
+    def __post_init__(self) -> None:
+        require(self.embargo == "auto" or (isinstance(self.embargo, int) and not isinstance(
+            self.embargo, bool) and self.embargo >= 0), "cv.embargo", "must be auto or an int >= 0",
+            self.embargo)
+
+
+@dataclass
+class WalkForwardConfig(CVConfig):
+    _target_: str = "fxml.data.folds.WalkForward"
+    folds: int = 4
+    min_train_eras: int = 20
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.folds >= 1, "cv.folds", "must be >= 1", self.folds)
+        require(self.min_train_eras >= 1, "cv.min_train_eras", "must be >= 1", self.min_train_eras)
+
+
+@dataclass
+class EraKFoldConfig(CVConfig):
+    _target_: str = "fxml.data.folds.EraKFold"
+    folds: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.folds >= 2, "cv.folds", "must be >= 2", self.folds)
 
 
 @dataclass
@@ -300,6 +341,7 @@ class RootConfig:
     trainer: Any = MISSING
     memory: Any = MISSING
     scorer: Any = MISSING
+    cv: Any = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepJobConfig = field(default_factory=SweepJobConfig)
     postprocess: Any = None
@@ -576,6 +618,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "memory": {"in_memory": InMemoryConfig, "era_subsample": EraSubsampleConfig, "disk": OnDiskConfig,
                "auto": AutoMemoryConfig},
     "scorer": {"numerai": ScorerConfig},
+    "cv": {"none": CVConfig, "walk_forward": WalkForwardConfig, "era_kfold": EraKFoldConfig},
 }
 SCHEMAS["model"]["mlp"] = MLPConfig
 SCHEMAS["model"]["resnet"] = ResNetConfig

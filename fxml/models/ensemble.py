@@ -4,10 +4,10 @@ Members are model configs, built and trained in ``fit`` on the run's data, or UR
 already in MLflow (``runs:/<id>/model``, ``models:/<name>@<alias>``), loaded and used as they are.
 ``predict`` ranks each member's predictions per era into (0, 1) (``(rank - 0.5) / n``, ties
 averaged) and returns their weighted mean. Weights are ``equal``, fixed per member, or ``fit``:
-non-negative, summing to 1, chosen on the validation split's labelled rows to maximise the mean
+non-negative, summing to 1, chosen on the validation set ``fit`` is given (the runner's inner
+holdout, never the eras it scores) to maximise the mean
 per-era Pearson correlation between the blend of ranks and Numerai's transformed target
 (``(t - mean) ** 1.5`` signed, as in CORR); a smooth stand-in for CORR itself, solved with SLSQP.
-Fitted weights make the validation scores of the ensemble in-sample: read them as optimistic.
 
 Saved state holds every member (URI members too) in its own folder, so the logged ensemble loads
 and predicts without the runs it was built from. MLflow, Hydra and SciPy are imported where they
@@ -126,7 +126,8 @@ class EnsembleModel(TabularModel):
         weights = self.options["weights"]
         if weights == "fit":
             if validation is None or validation.target is None:
-                raise FxmlError("model.weights=fit needs a validation split with targets")
+                raise FxmlError("model.weights=fit needs an inner holdout: "
+                                "set trainer.inner_holdout_eras >= 1")
             labelled = labelled_rows(validation)
             return fit_weights(self._member_ranks(labelled), labelled.target, labelled.eras)
         if weights in (None, "equal"):

@@ -25,6 +25,11 @@ class RidgeModel(TabularModel):
         self.coef: np.ndarray | None = None
         self.intercept = 0.0
 
+    @property
+    def uses_validation(self) -> bool:
+        """A closed-form solve: no early stopping, so no inner holdout is carved for it."""
+        return False
+
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> RidgeModel:
         assert train.target is not None

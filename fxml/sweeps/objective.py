@@ -15,6 +15,8 @@ STATISTICS = ("mean", "std", "sharpe", "max_drawdown")
 KNOWN_METRICS = frozenset(
     [f"{column}_{stat}" for column in SCORED for stat in STATISTICS]
     + ["feature_exposure_max", "n_eras", "train_seconds", "payout_apy", "payout_calmar"]
+    # cross-validation (cv=walk_forward|era_kfold): the same summaries over out-of-fold eras
+    + [f"cv_{column}_{stat}" for column in SCORED for stat in STATISTICS] + ["cv_n_eras"]
 )
 
 

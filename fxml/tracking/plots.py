@@ -26,3 +26,17 @@ def cumulative_scores(per_era: pd.DataFrame, columns: tuple[str, ...] = ("corr",
     axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure
+
+
+def cumulative_scores_by_fold(per_era: pd.DataFrame, fold_starts: list[int],
+                              columns: tuple[str, ...] = ("corr", "mmc")) -> Figure:
+    """Out-of-fold cumulative per-era scores, a dashed line where each fold's test block starts
+    (a column without values, such as MMC on training eras, is left out)."""
+    figure = cumulative_scores(per_era, columns)
+    axis = figure.axes[0]
+    for number, era in enumerate(fold_starts):
+        axis.axvline(era, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
+        axis.annotate(f"fold {number}", (era, 1.0), xycoords=("data", "axes fraction"),
+                      xytext=(3, -12), textcoords="offset points", fontsize=8)
+    axis.set_title("Cross-validation: out-of-fold cumulative per-era scores")
+    return figure
