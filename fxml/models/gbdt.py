@@ -198,6 +198,8 @@ class LightGBMModel(GBDTModel):
                              valid_names=["valid"] * len(valid_sets), feval=feval, callbacks=callbacks)
 
         self.booster, _ = self._on_device(boost, params)
+        # the binned datasets are no longer needed: free them before validation is predicted
+        self.booster.free_dataset()
         return self
 
     @staticmethod
@@ -321,6 +323,9 @@ class XGBoostModel(GBDTModel):
             raise FxmlError(f"XGBoost failed: {str(error).splitlines()[0]}") from None
         if evals and self.options["early_stopping_rounds"]:
             self.booster = self.booster[: self.booster.best_iteration + 1]
+        # a fresh booster from the model's bytes holds no DMatrix: the quantised training data
+        # is freed before validation is predicted
+        self.booster = xgb.Booster(model_file=self.booster.save_raw())
         return self
 
     def predict_float32(self, features: np.ndarray) -> np.ndarray:

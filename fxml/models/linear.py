@@ -17,6 +17,8 @@ from fxml.models.base import StepCallback, TabularModel
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 65_536
+# float64 bytes of one block: at 2,748 features 65,536 rows would be 1.4 GB
+CHUNK_BYTES = 64 * 2**20
 
 
 class RidgeModel(TabularModel):
@@ -39,11 +41,12 @@ class RidgeModel(TabularModel):
         x_mean = self._column_means(train.features) if fit_intercept else np.zeros(k)
         y_mean = y.mean() if fit_intercept else 0.0
         gram, moment = np.zeros((k, k)), np.zeros(k)
-        chunks = range(0, n, CHUNK_ROWS)
+        rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // (8 * k)))
+        chunks = range(0, n, rows)
         for step, start in enumerate(chunks, 1):
-            block = train.features[start : start + CHUNK_ROWS].astype(np.float64) - x_mean
+            block = train.features[start : start + rows].astype(np.float64) - x_mean
             gram += block.T @ block
-            moment += block.T @ (y[start : start + CHUNK_ROWS] - y_mean)
+            moment += block.T @ (y[start : start + rows] - y_mean)
             if on_step is not None:
                 on_step(step, len(chunks), {})
         gram[np.diag_indices(k)] += self.options["alpha"]
