@@ -6,6 +6,7 @@ it). PostgreSQL refuses to run as root, so as root the cluster runs as the ``pos
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -102,8 +103,6 @@ def postgres():  # type: ignore[no-untyped-def]
     server.init()
     server.start()
     yield server
-    try:
+    with contextlib.suppress(subprocess.CalledProcessError):
         server.stop()
-    except subprocess.CalledProcessError:
-        pass
     shutil.rmtree(root, ignore_errors=True)

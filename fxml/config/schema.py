@@ -251,8 +251,8 @@ class SweepJobConfig:
     """Set by the Optuna sweeper on each trial's job, so the job can reach its trial."""
 
     study_name: str | None = None
-    storage: str | None = None
-    trial_id: int | None = None
+    storage: str | None = None  # null: $FXML_OPTUNA_STORAGE, set by the sweeper
+    trial_number: int | None = None
     prune_on: str = "valid_corr"
 
 
