@@ -442,9 +442,13 @@ class NeutralizeConfig:
 @dataclass
 class PromoteConfig:
     run_id: str | None = None
+    sweep: str | None = None
     experiment: str = "fxml"
-    metric: str = "corr_sharpe"
+    metric: str | None = None
     mode: str = "max"
+    since: str | None = None
+    until: str | None = None
+    filter: str | None = None
     name: str | None = None
     alias: str = "champion"
     tracking_uri: str | None = None
