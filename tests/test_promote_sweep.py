@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import optuna
 import pytest
 
-from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
+from tests.conftest import Workspace, assert_one_line_error
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "weekly-sweep"

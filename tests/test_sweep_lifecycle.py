@@ -245,14 +245,17 @@ def test_a_postgres_restart_mid_sweep_loses_nothing(workspace: Workspace, postgr
                              "tracking.experiment=pg-restart", "model.n_estimators=2000",
                              "model.valid_corr_every=20", "tracking.log_model=false", "scorer.fnc=false")
     sweep = start(workspace, command, PGPASSWORD=PASSWORD)
-    wait_for(training(workspace, "pg-restart", "trial-0"))
+    # the restart lands while trial 0 trains and reports to its trial
+    wait_for(lambda: training(workspace, "pg-restart", "trial-0")() and any(
+        "mlflow_run_id" in t.user_attrs for t in only_study(postgres.url("restarted")).trials))
     postgres.restart_after(20)
     stdout, stderr = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, stderr
     assert "the Optuna storage is unreachable" in stdout + stderr
     trials = optuna.load_study(study_name=optuna.get_all_study_names(postgres.url("restarted"))[0],
                                storage=postgres.url("restarted")).trials
-    assert len(trials) == 3 and all(t.state == COMPLETE for t in trials)
+    assert len(trials) == 3 and all(t.state == COMPLETE for t in trials), (
+        [t.user_attrs for t in trials], stdout[-3000:])
     runs = [r for r in workspace.runs("pg-restart") if r.data.tags.get("fxml.role") != "sweep"]
     assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
     [parent] = parents(workspace, "pg-restart")

@@ -59,13 +59,7 @@ def trial_reporter(sweep: Any) -> StepCallback | None:
     if not storage_url:
         raise FxmlError(f"sweep.trial_number is set but neither sweep.storage nor ${STORAGE_ENV}")
     seconds = float(sweeper.get("storage_retry_seconds", 120))
-    engine = {} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
-    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=engine)
-    study = optuna.load_study(study_name=sweep.study_name, storage=storage,
-                              pruner=make_pruner(sweeper.pruner, sweeper.direction))
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(sweep.study_name), int(sweep.trial_number))
-    trial = optuna.trial.Trial(study, trial_id)
+    trial = with_retries("reach the trial", lambda: _attach(storage_url, sweep, sweeper), seconds)
     run = mlflow.active_run()
     if run is not None:
         with_retries("record the trial's MLflow run",
@@ -85,3 +79,13 @@ def trial_reporter(sweep: Any) -> StepCallback | None:
     log.info("sweep: trial %d of study %s reports %s for pruning", trial.number, sweep.study_name,
              metric)
     return report
+
+
+def _attach(storage_url: str, sweep: Any, sweeper: Any) -> optuna.Trial:
+    engine = {} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
+    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=engine)
+    study = optuna.load_study(study_name=sweep.study_name, storage=storage,
+                              pruner=make_pruner(sweeper.pruner, sweeper.direction))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(sweep.study_name), int(sweep.trial_number))
+    return optuna.trial.Trial(study, trial_id)

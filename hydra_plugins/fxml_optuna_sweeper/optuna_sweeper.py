@@ -13,8 +13,10 @@ import hashlib
 import logging
 import math
 import os
+import random
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +58,10 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 GROUPS = ("data", "model", "trainer", "memory", "scorer")
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 TERMINATED = 143
+OPEN_ATTEMPTS = 5
+RACES = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+         optuna.exceptions.StorageInternalError, optuna.exceptions.DuplicatedStudyError)
+RACE_MESSAGES = ("already exists", "duplicate key", "UNIQUE constraint", "IntegrityError")
 STORAGE_ERRORS = (optuna.exceptions.OptunaError, ValueError, ImportError, OSError,
                   sqlalchemy.exc.SQLAlchemyError)
 
@@ -180,27 +186,37 @@ class FxmlOptunaSweeper(Sweeper):
             preset = choices.get("hparams_search") or choices.get("model") or "search"
             self.study_name = default_study_name(preset, settings)
         where = f"Optuna study {self.study_name} at {redact(self.storage_url)}"
-        try:
-            self.storage = _open_storage(self.storage_url, *self.heartbeat, self._trial_went_stale)
-            study = optuna.create_study(study_name=self.study_name, storage=self.storage,
-                                        sampler=self._sampler(space),
-                                        pruner=make_pruner(self.pruner_cfg, self.direction),
-                                        direction=self.direction, load_if_exists=True)
-            self.study_id = self.storage.get_study_id_from_name(self.study_name)
-            stored = study.user_attrs.get(SETTINGS_ATTR)
-        except STORAGE_ERRORS as error:
-            raise FxmlError(f"cannot open {where}: {redact(first_line(error))}") from None
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                study, stored = self._open(space, settings)
+                break
+            except STORAGE_ERRORS as error:
+                # workers opening one new study together: one creates it, the others load it
+                if attempt + 1 < OPEN_ATTEMPTS and _is_a_race(error):
+                    time.sleep(random.uniform(0.1, 0.5))
+                    continue
+                raise FxmlError(f"cannot open {where}: {redact(first_line(error))}") from None
         if study.direction.name.lower() != self.direction:
             raise FxmlError(f"study {self.study_name} exists with direction "
                             f"{study.direction.name.lower()}, not {self.direction}")
         check_settings(self.study_name, stored, settings)
-        if stored is None:
-            study.set_user_attr(SETTINGS_ATTR, settings)
-            study.set_user_attr(FINGERPRINT_ATTR, fingerprint(settings))
         done = len(study.get_trials(deepcopy=False))
         if done:
             log.info("sweep: resuming study %s with %d trial(s) already recorded", self.study_name, done)
         return study
+
+    def _open(self, space: dict[str, Any], settings: dict[str, str]) -> tuple[optuna.Study, Any]:
+        self.storage = _open_storage(self.storage_url, *self.heartbeat, self._trial_went_stale)
+        study = optuna.create_study(study_name=self.study_name, storage=self.storage,
+                                    sampler=self._sampler(space),
+                                    pruner=make_pruner(self.pruner_cfg, self.direction),
+                                    direction=self.direction, load_if_exists=True)
+        self.study_id = self.storage.get_study_id_from_name(self.study_name)
+        stored = study.user_attrs.get(SETTINGS_ATTR)
+        if stored is None:
+            study.set_user_attr(SETTINGS_ATTR, settings)
+            study.set_user_attr(FINGERPRINT_ATTR, fingerprint(settings))
+        return study, stored
 
     def _taken(self, study: optuna.Study) -> int:
         def count() -> int:
@@ -348,16 +364,13 @@ def _open_storage(url: str, interval: int, grace: int, on_stale: Any) -> optuna.
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     # a server database may restart: test each pooled connection before using it
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
-                                              grace_period=grace, heartbeat_stale_trial_callback=on_stale)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
-                optuna.exceptions.StorageInternalError) as error:
-            # workers creating a new database's tables together: one wins, the others load them
-            if attempt == 4 or not any(s in str(error) for s in ("already exists", "duplicate key")):
-                raise
-    raise AssertionError("unreachable")
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
+                                      grace_period=grace, heartbeat_stale_trial_callback=on_stale)
+
+
+def _is_a_race(error: BaseException) -> bool:
+    text = f"{error} {error.__cause__ or ''}"
+    return isinstance(error, RACES) and any(s in text for s in RACE_MESSAGES)
 
 
 def _suggest(trial: optuna.Trial, name: str, d: dist.BaseDistribution) -> Any:
