@@ -64,6 +64,8 @@ def choose_run(client: mlflow.MlflowClient, selection: RunSelection) -> Choice:
         if getattr(selection, key) is not None and not str(getattr(selection, key)).strip():
             raise FxmlError(f"{key}= is empty (an unset shell variable?): give a value, or leave "
                             f"{key} out")
+    for key in ("since", "until"):  # a mistyped moment is reported before anything is looked up
+        _moment(getattr(selection, key), key)
     if selection.run_id is not None:
         return _named_run(client, selection)
     if selection.sweep is not None:
