@@ -136,7 +136,7 @@ def test_a_changed_command_gets_its_own_study_and_a_named_one_is_checked(workspa
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code", "line", "how"), [
-    (signal.SIGTERM, 143, "fxml: terminated", "terminated"),
+    (signal.SIGTERM, 143, "fxml: interrupted by SIGTERM", "terminated"),
     (signal.SIGINT, 130, "fxml: interrupted", "interrupted"),
 ])
 def test_a_signal_ends_trial_child_and_parent_killed(workspace: Workspace, signum: int, code: int,
@@ -261,3 +261,34 @@ def test_a_postgres_restart_mid_sweep_loses_nothing(workspace: Workspace, postgr
     [parent] = parents(workspace, "pg-restart")
     assert parent.info.status == "FINISHED" and parent.data.tags["best_run_id"] in {
         t.user_attrs["mlflow_run_id"] for t in trials}
+
+
+# --- grid multiruns -----------------------------------------------------------------------------
+
+
+def grid_parent(workspace: Workspace, experiment: str):  # type: ignore[no-untyped-def]
+    [parent] = parents(workspace, experiment)
+    return parent
+
+
+@pytest.mark.slow
+def test_an_interrupted_grid_ends_its_parent_killed_and_a_failed_one_failed(workspace: Workspace) -> None:
+    grid = [sys.executable, "-m", "fxml.run", "-m", "model.learning_rate=0.01,0.02", *SMALL_DATA]
+    stopped = start(workspace, [*grid, "tracking.experiment=grid-stop", "hydra.sweep.dir=multirun/gs",
+                                *SLOW_TRIALS[:1], "model.valid_corr_every=0", "tracking.log_model=false",
+                                "scorer.fnc=false"])
+    wait_for(lambda: any(r.info.status == "RUNNING" and r.data.tags.get("fxml.role") != "sweep"
+                         for r in workspace.runs("grid-stop")))
+    time.sleep(0.5)
+    stopped.send_signal(signal.SIGINT)
+    _, stderr = stopped.communicate(timeout=120)
+    assert stopped.returncode == 130, stderr
+    assert grid_parent(workspace, "grid-stop").info.status == "KILLED"
+    assert [r.info.status for r in workspace.runs("grid-stop")
+            if r.data.tags.get("fxml.role") != "sweep"] == ["KILLED"]
+
+    failed = run(workspace, [*grid, "tracking.experiment=grid-fail", "hydra.sweep.dir=multirun/gf",
+                             "model.colsample_bytree=5.0", *FAST])
+    assert failed.returncode != 0
+    parent = grid_parent(workspace, "grid-fail")
+    assert parent.info.status == "FAILED" and parent.data.tags["error"] == "the multirun failed"

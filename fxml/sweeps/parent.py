@@ -9,9 +9,11 @@ Workers of one study, and a resumed study, share the parent.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, RunTag
 from omegaconf import DictConfig
 
+from fxml.sweeps.stopping import watch_stop_signals
 from fxml.tracking.mlflow_run import tracking_uri, use_experiment
 
 log = logging.getLogger(__name__)
@@ -93,7 +96,9 @@ def is_optuna_search(config: DictConfig) -> bool:
 
 
 class MlflowSweepParent(Callback):
-    """Hydra callback: the parent run of a grid multirun (an Optuna search opens its own)."""
+    """Hydra callback: the parent run of a grid multirun (an Optuna search opens its own). Hydra
+    calls no callback when a multirun is stopped or fails, so a parent still open when the process
+    exits is closed then: KILLED after SIGINT/SIGTERM, FAILED otherwise."""
 
     run_id: str | None = None
 
@@ -105,7 +110,18 @@ class MlflowSweepParent(Callback):
         key = f"grid:{os.path.abspath(directory)}"
         self.run_id = open_parent_run(self.uri, config.tracking.experiment, key, f"sweep {directory}")
         os.environ[PARENT_ENV] = self.run_id
+        self.stops: list[int] = []
+        self.restore_signals = watch_stop_signals(self.stops)
+        atexit.register(self._close_if_open)
         log.info("sweep: parent MLflow run %s (sweep %s)", self.run_id, directory)
+
+    def _close_if_open(self) -> None:
+        if self.run_id:
+            stopped = bool(self.stops)
+            how = ("terminated" if signal.SIGTERM in self.stops else "interrupted") if stopped else \
+                "the multirun failed"
+            end_parent_run(self.uri, self.run_id, "KILLED" if stopped else "FAILED", how)
+            self.run_id = None
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # jobs run one after another in the same process: free the last one's arrays now
@@ -113,5 +129,7 @@ class MlflowSweepParent(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id:
+            self.restore_signals()
             os.environ.pop(PARENT_ENV, None)
             mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status="FINISHED")
+            self.run_id = None

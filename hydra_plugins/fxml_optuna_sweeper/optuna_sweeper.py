@@ -14,12 +14,10 @@ import logging
 import math
 import os
 import random
-import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from fxml.sweeps.parent import PARENT_ENV, STUDY_TAG, Best, end_parent_run, open
 from fxml.sweeps.pruning import STORAGE_ENV, make_pruner
 from fxml.sweeps.retry import first_line, with_retries
 from fxml.sweeps.space import distribution, grid, parse_overrides
+from fxml.sweeps.stopping import Terminated, how_stopped, watch_stop_signals
 from fxml.sweeps.study import (
     FINGERPRINT_ATTR,
     SETTINGS_ATTR,
@@ -66,8 +65,6 @@ STORAGE_ERRORS = (optuna.exceptions.OptunaError, ValueError, ImportError, OSErro
                   sqlalchemy.exc.SQLAlchemyError)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the sweep is, so trials and runs are closed as on Ctrl-C."""
 
 
 class FxmlOptunaSweeper(Sweeper):
@@ -128,14 +125,17 @@ class FxmlOptunaSweeper(Sweeper):
                  self.study_name, redact(self.storage_url), self.direction, self.objective.label,
                  self.n_trials, self.n_jobs, self.parent_id)
         try:
-            with _signals_raise():
+            restore = watch_stop_signals([])
+            try:
                 self._search(study, space, fixed)
                 self._finish(study, fixed)
+            finally:
+                restore()
         except KeyboardInterrupt as stop:
-            how = "terminated" if isinstance(stop, Terminated) else "interrupted"
-            end_parent_run(self.uri, self.parent_id, "KILLED", how)
-            if isinstance(stop, Terminated):
-                fail("terminated", "(SIGTERM): the sweep's trials and MLflow runs are closed", TERMINATED)
+            end_parent_run(self.uri, self.parent_id, "KILLED", how_stopped(stop))
+            if type(stop) is Terminated:  # raised by the handler above, not the entry point's
+                fail("interrupted", "by SIGTERM; the sweep's trials and MLflow runs are marked KILLED",
+                     TERMINATED)
             raise
         except BaseException as error:
             end_parent_run(self.uri, self.parent_id, "FAILED", f"{type(error).__name__}: {error}")
@@ -153,8 +153,7 @@ class FxmlOptunaSweeper(Sweeper):
                 with _Heartbeat(self.storage, self.study_id, trials, self.heartbeat[0]):
                     results = self.launcher.launch(batch, initial_job_idx=self.job_index)
             except KeyboardInterrupt as stop:
-                how = "terminated" if isinstance(stop, Terminated) else "interrupted"
-                self._stop_trials(study, trials, how)
+                self._stop_trials(study, trials, how_stopped(stop))
                 raise
             self.job_index += len(batch)
             for trial, result in zip(trials, results, strict=True):
@@ -391,21 +390,6 @@ def _derived_seed(seed: int, study_name: str, number: int) -> int:
 def _stored_user_attrs(study: optuna.Study, number: int) -> dict[str, Any]:
     found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
     return dict(found[0].user_attrs) if found else {}
-
-
-@contextmanager
-def _signals_raise() -> Iterator[None]:
-    """SIGTERM raises ``Terminated`` while the sweep runs (SIGINT already raises
-    KeyboardInterrupt), so every open trial and run is closed before the process ends."""
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class _AskTellGridSampler(optuna.samplers.GridSampler):
