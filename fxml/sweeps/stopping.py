@@ -24,12 +24,14 @@ def how_stopped(stop: BaseException) -> str:
 
 def watch_stop_signals(seen: list[int]) -> Callable[[], None]:
     """Record stop signals in ``seen``, then raise as the handler before would (or as above);
-    returns a function that puts the previous handlers back."""
+    returns a function that puts the previous handlers back. A second signal is ignored."""
     previous: dict[int, Any] = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
     def on_signal(signum: int, frame: Any) -> None:
         before = previous[signum]
         if before is signal.SIG_IGN:  # e.g. SIGINT for a job a shell started in the background
+            return
+        if seen:  # a second signal while the runs are being closed: let the closing finish
             return
         seen.append(signum)
         if callable(before):

@@ -138,7 +138,7 @@ class FxmlOptunaSweeper(Sweeper):
                      TERMINATED)
             raise
         except BaseException as error:
-            end_parent_run(self.uri, self.parent_id, "FAILED", f"{type(error).__name__}: {error}")
+            end_parent_run(self.uri, self.parent_id, "FAILED", redact(f"{type(error).__name__}: {error}"))
             raise
         finally:
             os.environ.pop(PARENT_ENV, None)
