@@ -292,3 +292,26 @@ def test_an_interrupted_grid_ends_its_parent_killed_and_a_failed_one_failed(work
     assert failed.returncode != 0
     parent = grid_parent(workspace, "grid-fail")
     assert parent.info.status == "FAILED" and parent.data.tags["error"] == "the multirun failed"
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_deep_models_trial_ends_everything_killed(workspace: Workspace) -> None:
+    # Lightning turns Ctrl-C into SystemExit(1); the sweep still knows it was interrupted
+    given, storage = local_storage(workspace, "deep-stop")
+    sweep = start(workspace, [sys.executable, "-m", "fxml.run", "-m", "hparams_search=mlp",
+                              f"hydra.sweeper.storage={given}", "hydra.sweeper.n_trials=2",
+                              "hydra.sweeper.pruner.name=none", "trainer.max_epochs=200",
+                              "trainer.patience=null", "trainer.n_jobs=1", "tracking.log_model=false",
+                              "tracking.experiment=deep-stop", *SMALL_DATA])
+    wait_for(lambda: training(workspace, "deep-stop", "trial-0")() and any(
+        "mlflow_run_id" in t.user_attrs for t in only_study(storage).trials))
+    time.sleep(2)
+    sweep.send_signal(signal.SIGINT)
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, stderr
+    [trial] = only_study(storage).trials
+    assert trial.state == FAIL and trial.user_attrs["error"] == "interrupted"
+    [parent] = parents(workspace, "deep-stop")
+    assert parent.info.status == "KILLED"
+    [child] = [r for r in workspace.runs("deep-stop") if r.info.run_name == "trial-0"]
+    assert child.info.status == "KILLED", child.data.tags.get("error")

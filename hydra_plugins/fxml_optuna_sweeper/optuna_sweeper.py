@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import signal
 import threading
 import time
 import warnings
@@ -124,21 +125,23 @@ class FxmlOptunaSweeper(Sweeper):
         log.info("sweep: study %s in %s, %s %s, %d trials, %d at a time; parent MLflow run %s",
                  self.study_name, redact(self.storage_url), self.direction, self.objective.label,
                  self.n_trials, self.n_jobs, self.parent_id)
+        self.stops: list[int] = []
         try:
-            restore = watch_stop_signals([])
+            restore = watch_stop_signals(self.stops)
             try:
                 self._search(study, space, fixed)
                 self._finish(study, fixed)
             finally:
                 restore()
-        except KeyboardInterrupt as stop:
-            end_parent_run(self.uri, self.parent_id, "KILLED", how_stopped(stop))
-            if type(stop) is Terminated:  # raised by the handler above, not the entry point's
+        except BaseException as error:
+            how = self._how(error)
+            if how is None:
+                end_parent_run(self.uri, self.parent_id, "FAILED", redact(f"{type(error).__name__}: {error}"))
+                raise
+            end_parent_run(self.uri, self.parent_id, "KILLED", how)
+            if type(error) is Terminated:  # raised by the handler above, not the entry point's
                 fail("interrupted", "by SIGTERM; the sweep's trials and MLflow runs are marked KILLED",
                      TERMINATED)
-            raise
-        except BaseException as error:
-            end_parent_run(self.uri, self.parent_id, "FAILED", redact(f"{type(error).__name__}: {error}"))
             raise
         finally:
             os.environ.pop(PARENT_ENV, None)
@@ -152,13 +155,24 @@ class FxmlOptunaSweeper(Sweeper):
             try:
                 with _Heartbeat(self.storage, self.study_id, trials, self.heartbeat[0]):
                     results = self.launcher.launch(batch, initial_job_idx=self.job_index)
-            except KeyboardInterrupt as stop:
-                self._stop_trials(study, trials, how_stopped(stop))
+            except BaseException as error:
+                how = self._how(error)
+                self._stop_trials(study, trials, how or f"the sweep failed: {type(error).__name__}",
+                                  "KILLED" if how else "FAILED")
                 raise
             self.job_index += len(batch)
             for trial, result in zip(trials, results, strict=True):
                 self._tell(study, trial, result)
                 self._record_best(study, fixed)
+
+    def _how(self, error: BaseException) -> str | None:
+        """``interrupted`` or ``terminated`` when a stop signal ended the sweep (a library may have
+        turned it into another exception, as Lightning turns Ctrl-C into SystemExit); else None."""
+        if isinstance(error, KeyboardInterrupt):
+            return how_stopped(error)
+        if self.stops:
+            return "terminated" if self.stops[0] == signal.SIGTERM else "interrupted"
+        return None
 
     def _split(self, arguments: list[str]) -> tuple[list[str], dict[str, Any]]:
         """Sweep overrides (config ``params`` and the command line) form the space; the rest
@@ -270,9 +284,10 @@ class FxmlOptunaSweeper(Sweeper):
         with_retries(f"record {key} of trial {trial.number}", lambda: trial.set_user_attr(key, value),
                      self.retry_seconds)
 
-    def _stop_trials(self, study: optuna.Study, trials: list[optuna.Trial], how: str) -> None:
-        """The batch that was running when the sweep was stopped: FAIL in Optuna, and KILLED in
-        MLflow where a job in another process left its run open."""
+    def _stop_trials(self, study: optuna.Study, trials: list[optuna.Trial], how: str,
+                     status: str) -> None:
+        """The batch that was running when the sweep was stopped or failed: FAIL in Optuna, and
+        KILLED (or FAILED) in MLflow where a job (in another process) left its run open."""
         client = mlflow.MlflowClient(self.uri)
         for trial in trials:
             self._set_attr(trial, "error", how)
@@ -280,7 +295,7 @@ class FxmlOptunaSweeper(Sweeper):
             run_id = _stored_user_attrs(study, trial.number).get("mlflow_run_id")
             if run_id and client.get_run(run_id).info.status == "RUNNING":
                 client.set_tag(run_id, "error", how)
-                client.set_terminated(run_id, status="KILLED")
+                client.set_terminated(run_id, status=status)
 
     def _trial_went_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna failed a trial whose worker stopped beating: its MLflow run fails too."""
