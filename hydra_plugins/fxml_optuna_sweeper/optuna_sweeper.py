@@ -261,13 +261,15 @@ class FxmlOptunaSweeper(Sweeper):
             self._set_attr(trial, "mlflow_run_id", metrics.get("mlflow_run_id"))
             try:
                 value, state = self.objective.value(metrics), TrialState.COMPLETE
-            except FxmlError as error:
-                note = str(error)
-        elif isinstance(result._return_value, optuna.TrialPruned):
-            state, note = TrialState.PRUNED, str(result._return_value)
+            except FxmlError as problem:
+                note = str(problem)
+        # a failed job's exception: Hydra's public ``return_value`` would re-raise it and print
+        # a line of its own to stderr
+        elif isinstance(error := result._return_value, optuna.TrialPruned):
+            state, note = TrialState.PRUNED, str(error)
         else:
-            error = result._return_value
-            note = f"{type(error).__name__}: {first_line(error) if str(error) else ''}"
+            text = str(error).strip()
+            note = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
         if state == TrialState.FAIL:
             self._set_attr(trial, "error", redact(note or "")[:2000])
         with_retries(f"record trial {trial.number}",
