@@ -37,7 +37,7 @@ class SweptProject:
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory) -> SweptProject:
     ws = Workspace(tmp_path_factory.mktemp("swept"))
-    sweep = ws.run("-m", "hparams_search=lgbm", "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.name=none",
+    sweep = ws.run("-m", "hparams_search=lgbm", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none",
                    "model.n_estimators=30", "model.valid_corr_every=0", "scorer.fnc=false",
                    f"tracking.experiment={EXPERIMENT}")
     assert sweep.returncode == 0, sweep.stderr
@@ -93,7 +93,7 @@ def test_promote_by_metric_within_a_sweep_a_time_window_or_a_tag_filter(swept: S
     within = swept.promote(f"sweep={swept.study.study_name}", "metric=corr_mean", "name=by-mean")
     assert within.returncode == 0, within.stderr
     assert swept.champion_run("by-mean") == by_mean
-    assert f"of 3 finished run(s) with a model of sweep {swept.study.study_name}" in within.stdout
+    assert f"of 2 finished run(s) with a model of sweep {swept.study.study_name}" in within.stdout
 
     recent = swept.promote(f"experiment={EXPERIMENT}", f"since={swept.between}", "name=recent")
     assert recent.returncode == 0, recent.stderr

@@ -217,6 +217,8 @@ def test_interrupted_sweep_resumes_with_the_same_command(workspace: Workspace) -
     killed = workspace.client().get_run(
         next(r.info.run_id for r in workspace.runs("interrupted") if r.info.run_name == "trial-1"))
     assert killed.info.status == "KILLED"
+    [parent] = [r for r in workspace.runs("interrupted") if r.data.tags.get("fxml.role") == "sweep"]
+    assert parent.info.status == "KILLED" and parent.data.tags["stopped"] == "interrupted"
 
     again = subprocess.run(command, cwd=workspace.root, env=workspace.env(), capture_output=True,
                            text=True, timeout=600)
