@@ -126,6 +126,8 @@ class FxmlOptunaSweeper(Sweeper):
                  self.study_name, redact(self.storage_url), self.direction, self.objective.label,
                  self.n_trials, self.n_jobs, self.parent_id)
         self.stops: list[int] = []
+        # the command's entry point may turn SIGTERM into its own one-line exit (130/143)
+        entry_point_handles_sigterm = callable(signal.getsignal(signal.SIGTERM))
         try:
             restore = watch_stop_signals(self.stops)
             try:
@@ -139,9 +141,11 @@ class FxmlOptunaSweeper(Sweeper):
                 end_parent_run(self.uri, self.parent_id, "FAILED", redact(f"{type(error).__name__}: {error}"))
                 raise
             end_parent_run(self.uri, self.parent_id, "KILLED", how)
-            if type(error) is Terminated:  # raised by the handler above, not the entry point's
+            if how == "terminated" and not entry_point_handles_sigterm:
                 fail("interrupted", "by SIGTERM; the sweep's trials and MLflow runs are marked KILLED",
                      TERMINATED)
+            if not isinstance(error, KeyboardInterrupt):  # e.g. Lightning's SystemExit(1)
+                raise (Terminated() if how == "terminated" else KeyboardInterrupt()) from None
             raise
         finally:
             os.environ.pop(PARENT_ENV, None)
@@ -295,7 +299,12 @@ class FxmlOptunaSweeper(Sweeper):
             self._set_attr(trial, "error", how)
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             run_id = _stored_user_attrs(study, trial.number).get("mlflow_run_id")
-            if run_id and client.get_run(run_id).info.status == "RUNNING":
+            if not run_id:
+                continue
+            # a library may have turned the interruption into an error (Lightning: SystemExit(1)),
+            # so after a stop signal a FAILED trial run was in fact killed
+            ended = client.get_run(run_id).info.status
+            if ended == "RUNNING" or (status == "KILLED" and ended == "FAILED"):
                 client.set_tag(run_id, "error", how)
                 client.set_terminated(run_id, status=status)
 
