@@ -1,7 +1,9 @@
 """``python -m fxml.promote``: register a run's model in the MLflow registry and move an alias.
 
-``run_id=<id>`` promotes that run; without it, the best FINISHED run of ``experiment`` that logged a
-model, by ``metric`` (``mode=max`` or ``min``). See conf/promote.yaml.
+``run_id=<id>`` promotes that run; ``sweep=<parent run id | study name>`` a sweep's best trial;
+otherwise the best FINISHED run that logged a model by ``metric`` (``mode=max`` or ``min``), within
+``experiment`` or the sweep, and optionally a time window (``since``, ``until``) and an MLflow
+filter (``filter``). It prints which run it chose and why. See conf/promote.yaml.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import register_schemas
 from fxml.console import console, quiet_dependencies
 from fxml.submission import checked
+from fxml.submission.choice import RunSelection
 from fxml.submission.registry import Promotion, promote
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -25,8 +28,10 @@ register_schemas()
 def promote_command(cfg: DictConfig) -> Promotion:
     quiet_dependencies()
     settings = checked(cfg)
-    done = promote(settings.run_id, settings.experiment, settings.metric, settings.mode,
-                   settings.name, settings.alias, settings.tracking_uri)
+    selection = RunSelection(settings.run_id, settings.sweep, settings.experiment, settings.metric,
+                             settings.mode, settings.since, settings.until, settings.filter)
+    done = promote(selection, settings.name, settings.alias, settings.tracking_uri)
+    console.print(f"chose run {done.run_id}: {done.reason}", highlight=False, soft_wrap=True)
     value = "not logged" if done.value is None else f"{done.value:.4f}"
     how = "already registered as" if done.reused else "registered as"
     console.print(f"run {done.run_id} ({done.metric} = {value}) {how} {done.name} version "

@@ -145,10 +145,11 @@ def test_promote_best_run_by_metric_then_move_the_alias(project: Project) -> Non
     assert "moved from version 1 to version 2" in moved.stdout
     assert client.get_model_version_by_alias("fxml-best", "champion").run_id == project.runs[other]
 
+    from fxml.submission.choice import RunSelection
     from fxml.submission.registry import promote
 
-    again = promote(project.runs[other], "fxml", "corr_mean", "max", "fxml-best", "champion",
-                    project.ws.uri)
+    again = promote(RunSelection(run_id=project.runs[other], metric="corr_mean"), "fxml-best",
+                    "champion", project.ws.uri)
     assert again.reused and again.version == "2" and again.previous_version == "2"
     assert len(client.search_model_versions("name = 'fxml-best'")) == 2
 
@@ -160,12 +161,13 @@ def test_promote_rejects_a_metric_no_run_logged(project: Project) -> None:
 
 def test_promote_rejects_unknown_runs_experiments_and_settings(project: Project) -> None:
     from fxml.errors import FxmlError
+    from fxml.submission.choice import RunSelection
     from fxml.submission.registry import promote
 
     with pytest.raises(FxmlError, match="no experiment 'nowhere'"):
-        promote(None, "nowhere", "corr_sharpe", "max", None, "champion", project.ws.uri)
+        promote(RunSelection(experiment="nowhere"), None, "champion", project.ws.uri)
     with pytest.raises(FxmlError, match="run_id=0123456789abcdef: no such run"):
-        promote("0123456789abcdef", "fxml", "corr_sharpe", "max", None, "champion", project.ws.uri)
+        promote(RunSelection(run_id="0123456789abcdef"), None, "champion", project.ws.uri)
     with pytest.raises(FxmlError, match="mode must be one of max, min"):
         compose_command("promote", "mode=median")
     with pytest.raises(FxmlError, match="alias must be a name other than"):

@@ -33,6 +33,20 @@ def parent_of(workspace: Workspace, key_fragment: str, experiment: str = "fxml")
                 if key_fragment in r.data.tags.get("fxml.sweep_key", ""))
 
 
+def assert_parent_names_the_best(parent, found: optuna.Study) -> None:  # type: ignore[no-untyped-def]
+    """The parent run names the study's best trial in tags and metrics (never params)."""
+    best = found.best_trial
+    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
+    assert parent.data.tags["best_trial"] == str(best.number)
+    assert parent.data.tags["best_run_id"] == best.user_attrs["mlflow_run_id"]
+    assert all(parent.data.tags[f"best.{k}"] == str(v) for k, v in best.params.items())
+    assert not any(key.startswith("best.") for key in parent.data.params)
+    command = parent.data.tags["best_command"]
+    assert command.startswith("python -m fxml.run ") and "hparams_search" not in command
+    assert all(f"{k}={v!r}" in command if isinstance(v, float) else f"{k}={v}" in command
+               for k, v in best.params.items())
+
+
 def test_grid_multirun_groups_every_job_under_one_parent(workspace: Workspace) -> None:
     result = workspace.run("-m", "model=lgbm,xgboost", "model.learning_rate=0.02,0.05", *FAST,
                            "tracking.experiment=grid", "hydra.sweep.dir=multirun/grid")
@@ -66,8 +80,7 @@ def test_search_logs_trials_best_and_plots_then_resumes(workspace: Workspace) ->
     trial_runs = children(workspace, parent.info.run_id, "search")
     assert {r.info.run_id for r in trial_runs} == {t.user_attrs["mlflow_run_id"] for t in found.trials}
     best = found.best_trial
-    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
-    assert parent.data.params["best.model.num_leaves"] == str(best.params["model.num_leaves"])
+    assert_parent_names_the_best(parent, found)
     best_run = next(r for r in trial_runs if r.info.run_id == best.user_attrs["mlflow_run_id"])
     assert best_run.data.metrics["corr_sharpe"] == pytest.approx(best.value)
     plots = {a.path for a in workspace.client().list_artifacts(parent.info.run_id, "optuna")}
@@ -204,6 +217,8 @@ def test_interrupted_sweep_resumes_with_the_same_command(workspace: Workspace) -
     killed = workspace.client().get_run(
         next(r.info.run_id for r in workspace.runs("interrupted") if r.info.run_name == "trial-1"))
     assert killed.info.status == "KILLED"
+    [parent] = [r for r in workspace.runs("interrupted") if r.data.tags.get("fxml.role") == "sweep"]
+    assert parent.info.status == "KILLED" and parent.data.tags["stopped"] == "interrupted"
 
     again = subprocess.run(command, cwd=workspace.root, env=workspace.env(), capture_output=True,
                            text=True, timeout=600)

@@ -329,8 +329,8 @@ class SweepJobConfig:
     """Set by the Optuna sweeper on each trial's job, so the job can reach its trial."""
 
     study_name: str | None = None
-    storage: str | None = None
-    trial_id: int | None = None
+    storage: str | None = None  # null: $FXML_OPTUNA_STORAGE, set by the sweeper
+    trial_number: int | None = None
     prune_on: str = "valid_corr"
 
 
@@ -521,9 +521,13 @@ class NeutralizeConfig:
 @dataclass
 class PromoteConfig:
     run_id: str | None = None
+    sweep: str | None = None
     experiment: str = "fxml"
-    metric: str = "corr_sharpe"
+    metric: str | None = None
     mode: str = "max"
+    since: str | None = None
+    until: str | None = None
+    filter: str | None = None
     name: str | None = None
     alias: str = "champion"
     tracking_uri: str | None = None

@@ -7,7 +7,6 @@ Aliases, not the deprecated stages: ``models:/<name>@champion`` always names one
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from fxml import __version__
 from fxml.errors import FxmlError
 from fxml.models.base import TabularModel
+from fxml.submission.choice import RunSelection, choose_run
 from fxml.tracking.mlflow_run import tracking_uri
 from fxml.tracking.pyfunc import MODEL_ARTIFACT, FxmlPyfunc
 
@@ -118,70 +118,21 @@ class Promotion:
     value: float | None
     previous_version: str | None
     reused: bool
+    reason: str = ""
 
     @property
     def uri(self) -> str:
         return f"models:/{self.name}@{self.alias}"
 
 
-def logged_a_model(run: Run) -> bool:
-    outputs = getattr(run, "outputs", None)
-    return bool(outputs and outputs.model_outputs)
-
-
-def finished_runs_with_models(client: mlflow.MlflowClient, experiment_id: str) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], "attributes.status = 'FINISHED'",
-                                  max_results=1000, page_token=token)
-        runs += [run for run in page if logged_a_model(run)]
-        token = page.token
-        if not token:
-            return runs
-
-
-def best_run(client: mlflow.MlflowClient, experiment: str, metric: str, mode: str) -> Run:
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise FxmlError(f"no experiment '{experiment}' in {mlflow.get_tracking_uri()} "
-                        f"(experiments: {', '.join(names) or 'none'})")
-    candidates = finished_runs_with_models(client, found.experiment_id)
-    if not candidates:
-        raise FxmlError(f"experiment '{experiment}' has no finished run that logged a model")
-    scored = [run for run in candidates
-              if metric in run.data.metrics and not math.isnan(run.data.metrics[metric])]
-    if not scored:
-        logged = sorted({name for run in candidates for name in run.data.metrics
-                         if not name.startswith(("era_", "valid_"))})
-        shown = ", ".join(logged[:12]) + (", ..." if len(logged) > 12 else "")
-        raise FxmlError(f"metric={metric}: no finished run with a model in experiment "
-                        f"'{experiment}' logged it (they log: {shown})")
-    sign = 1.0 if mode == "max" else -1.0
-    return max(scored, key=lambda run: (sign * run.data.metrics[metric], run.info.start_time))
-
-
-def promote(run_id: str | None, experiment: str, metric: str, mode: str, name: str | None,
-            alias: str, uri: str | None) -> Promotion:
-    """Register a run's model (the best of ``experiment`` by ``metric`` when ``run_id`` is None)
-    and point ``alias`` at that version."""
+def promote(selection: RunSelection, name: str | None, alias: str, uri: str | None) -> Promotion:
+    """Register the model of the run ``selection`` picks (see fxml.submission.choice) and point
+    ``alias`` at that version."""
     mlflow.set_tracking_uri(tracking_uri(uri))
     client = mlflow.MlflowClient()
-    if run_id:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            raise FxmlError(f"run_id={run_id}: no such run in {mlflow.get_tracking_uri()}") from None
-        if not logged_a_model(run):
-            raise FxmlError(f"run {run_id} logged no model (was it trained with "
-                            "tracking.log_model=false?)")
-        if run.info.status != "FINISHED":
-            raise FxmlError(f"run {run_id} is {run.info.status}, not FINISHED")
-    else:
-        run = best_run(client, experiment, metric, mode)
+    choice = choose_run(client, selection)
+    run, metric, value = choice.run, choice.metric, choice.value
     run_id = run.info.run_id
-    value = run.data.metrics.get(metric)
     name = name or client.get_experiment(run.info.experiment_id).name
     previous = _alias_version(client, name, alias)
     existing = _version_of_run(client, name, run_id)
@@ -197,7 +148,7 @@ def promote(run_id: str | None, experiment: str, metric: str, mode: str, name: s
     except MlflowException as error:
         raise FxmlError(f"could not register run {run_id} as '{name}': {first_line(error)}") from None
     return Promotion(name, str(version.version), alias, run_id, metric, value, previous,
-                     existing is not None)
+                     existing is not None, choice.reason)
 
 
 def _alias_version(client: mlflow.MlflowClient, name: str, alias: str) -> str | None:
@@ -227,6 +178,8 @@ def _version_tags(client: mlflow.MlflowClient, run: Run, metric: str,
     }
     if value is not None:
         tags["promoted_metric_value"] = f"{value:.6g}"
+    if "mlflow.parentRunId" in run_tags:
+        tags["source_sweep_run_id"] = run_tags["mlflow.parentRunId"]
     for key in ("data_version", "feature_set", "target", "model_family", "data_fingerprint"):
         if key in run_tags:
             tags[key] = run_tags[key]

@@ -1,73 +1,135 @@
 """One parent MLflow run per sweep; every job of the sweep is its child.
 
-A Hydra callback opens the parent in the launching process and hands its id to the jobs through
-``FXML_PARENT_RUN_ID``, which launchers pass on to their worker processes. A search that is
-resumed (same Optuna study) reopens the parent it had before.
+The parent is opened in the launching process and its id reaches the jobs through
+``FXML_PARENT_RUN_ID``, which launchers pass on to their worker processes. A grid multirun gets
+its parent from the Hydra callback below; an Optuna search opens its own (the sweeper knows its
+study, ends the parent KILLED or FAILED when the search stops, and records the best trial on it).
+Workers of one study, and a resumed study, share the parent.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
+import signal
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow
 from hydra.experimental.callback import Callback
+from mlflow.entities import Metric, RunTag
 from omegaconf import DictConfig
 
-from fxml.tracking.mlflow_run import redact, tracking_uri, use_experiment
+from fxml.sweeps.stopping import watch_stop_signals
+from fxml.tracking.mlflow_run import tracking_uri, use_experiment
 
 log = logging.getLogger(__name__)
 PARENT_ENV = "FXML_PARENT_RUN_ID"
 SWEEP_KEY_TAG = "fxml.sweep_key"
+STUDY_TAG = "fxml.study"
+ROLE_TAG = "fxml.role"
+OPTUNA_SWEEPER = "FxmlOptunaSweeper"
 
 
-def sweep_identity(config: DictConfig) -> tuple[str, str]:
-    """A key that names the sweep across resumptions, and a readable run name."""
-    sweeper = config.hydra.sweeper
-    if "study_name" in sweeper:
-        storage = redact(str(sweeper.storage)) if sweeper.storage else "default"
-        return f"optuna:{sweeper.study_name}@{storage}", f"study {sweeper.study_name}"
-    return f"grid:{os.path.abspath(config.hydra.sweep.dir)}", f"sweep {config.hydra.sweep.dir}"
-
-
-def open_parent_run(uri: str, experiment: str, key: str, name: str) -> str:
+def open_parent_run(uri: str, experiment: str, key: str, name: str,
+                    tags: dict[str, str] | None = None) -> str:
+    """The parent run for ``key``: the existing one (set RUNNING again), or a new one. Workers that
+    start together may each create one; all of them keep the oldest and delete their own."""
     experiment_id = use_experiment(uri, experiment)
     client = mlflow.MlflowClient(uri)
 
-    def parents() -> list:
-        return client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_KEY_TAG}` = '{key}'",
-                                  order_by=["attributes.start_time ASC"])
+    def oldest() -> str | None:
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_KEY_TAG}` = '{key}'")
+        ordered = sorted(found, key=lambda run: (run.info.start_time, run.info.run_id))
+        return ordered[0].info.run_id if ordered else None
 
-    found = parents()
-    if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return found[0].info.run_id
-    mine = client.create_run(experiment_id, run_name=name, tags={SWEEP_KEY_TAG: key, "fxml.role": "sweep"})
-    # workers started together may both have created one: all keep the oldest
-    oldest = parents()[0].info.run_id
-    if oldest != mine.info.run_id:
-        client.delete_run(mine.info.run_id)
-    return oldest
+    existing = oldest()
+    if existing is None:
+        mine = client.create_run(experiment_id, run_name=name,
+                                 tags={SWEEP_KEY_TAG: key, ROLE_TAG: "sweep", **(tags or {})})
+        # let a worker that started at the same moment finish creating its own before comparing
+        time.sleep(0.2)
+        existing = oldest() or mine.info.run_id
+        if existing != mine.info.run_id:
+            client.delete_run(mine.info.run_id)
+    client.update_run(existing, status="RUNNING")
+    for tag, value in (tags or {}).items():
+        client.set_tag(existing, tag, value)
+    return existing
+
+
+def end_parent_run(uri: str, run_id: str, status: str, reason: str | None = None) -> None:
+    client = mlflow.MlflowClient(uri)
+    if reason:
+        client.set_tag(run_id, "error" if status == "FAILED" else "stopped", reason[:5000])
+    client.set_terminated(run_id, status=status)
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best trial of a study, as recorded on its parent run."""
+
+    number: int
+    value: float
+    params: dict[str, Any]
+    run_id: str | None
+    command: str
+
+
+def record_best(uri: str, run_id: str, best: Best, objective: str, study_name: str) -> None:
+    """Tags and a metric (both may change; params may not) naming the study's best trial."""
+    tags = {"best_trial": str(best.number), "best_run_id": best.run_id or "",
+            "best_command": best.command[:5000], "objective": objective, STUDY_TAG: study_name,
+            **{f"best.{key}": str(value)[:5000] for key, value in best.params.items()}}
+    now = int(time.time() * 1000)
+    mlflow.MlflowClient(uri).log_batch(
+        run_id, metrics=[Metric("best_value", best.value, now, 0),
+                         Metric("best_trial", float(best.number), now, 0)],
+        tags=[RunTag(key, value) for key, value in tags.items()])
+
+
+def is_optuna_search(config: DictConfig) -> bool:
+    return str(config.hydra.sweeper.get("_target_", "")).endswith(OPTUNA_SWEEPER)
 
 
 class MlflowSweepParent(Callback):
-    """Hydra callback: open the sweep's parent run before the jobs, close it after them."""
+    """Hydra callback: the parent run of a grid multirun (an Optuna search opens its own). Hydra
+    calls no callback when a multirun is stopped or fails, so a parent still open when the process
+    exits is closed then: KILLED after SIGINT/SIGTERM, FAILED otherwise."""
+
+    run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        uri = tracking_uri(config.tracking.uri)
-        key, name = sweep_identity(config)
-        self.uri = uri
-        self.run_id = open_parent_run(uri, config.tracking.experiment, key, name)
+        if is_optuna_search(config):
+            return
+        self.uri = tracking_uri(config.tracking.uri)
+        directory = config.hydra.sweep.dir
+        key = f"grid:{os.path.abspath(directory)}"
+        self.run_id = open_parent_run(self.uri, config.tracking.experiment, key, f"sweep {directory}")
         os.environ[PARENT_ENV] = self.run_id
-        log.info("sweep: parent MLflow run %s (%s)", self.run_id, name)
+        self.stops: list[int] = []
+        self.restore_signals = watch_stop_signals(self.stops)
+        atexit.register(self._close_if_open)
+        log.info("sweep: parent MLflow run %s (sweep %s)", self.run_id, directory)
+
+    def _close_if_open(self) -> None:
+        if self.run_id:
+            stopped = bool(self.stops)
+            how = ("terminated" if signal.SIGTERM in self.stops else "interrupted") if stopped else \
+                "the multirun failed"
+            end_parent_run(self.uri, self.run_id, "KILLED" if stopped else "FAILED", how)
+            self.run_id = None
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # jobs run one after another in the same process: free the last one's arrays now
         gc.collect()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        run_id = os.environ.pop(PARENT_ENV, None)
-        if run_id:
-            mlflow.MlflowClient(self.uri).set_terminated(run_id, status="FINISHED")
+        if self.run_id:
+            self.restore_signals()
+            os.environ.pop(PARENT_ENV, None)
+            mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status="FINISHED")
+            self.run_id = None

@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class SamplerConf:
     name: str = "tpe"  # tpe | random | cmaes | gp | grid
-    seed: int | None = None
+    seed: int | None = None  # null: Optuna's own; else mixed with the study and trial number
     n_startup_trials: int = 10
 
 
@@ -25,7 +25,9 @@ class PrunerConf:
 @dataclass
 class FxmlOptunaSweeperConf:
     _target_: str = "hydra_plugins.fxml_optuna_sweeper.optuna_sweeper.FxmlOptunaSweeper"
-    study_name: str = "fxml"
+    # null: the search preset plus a fingerprint of every setting not searched, so the same
+    # command resumes its study and a changed one starts its own
+    study_name: str | None = None
     storage: str | None = None  # any SQLAlchemy URL; null: sqlite:///mlruns/optuna.db
     direction: str = "maximize"
     n_trials: int = 20
@@ -37,6 +39,8 @@ class FxmlOptunaSweeperConf:
     params: dict[str, Any] | None = None
     heartbeat_interval: int = 10
     grace_period: int = 30
+    # a database that goes away mid-sweep (a restart) is waited for this long, then one line
+    storage_retry_seconds: float = 120.0
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="fxml_optuna", node=FxmlOptunaSweeperConf,
