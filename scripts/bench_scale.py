@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--limit-gib", type=float, default=None, help="cgroup memory limit for fxml runs")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-script baseline")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fxml-bench-scale")
+    parser.add_argument("--n-estimators", type=int, default=300, help="boosting rounds of fxml and the plain script")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every fxml run")
     args = parser.parse_args()
 
@@ -130,8 +131,8 @@ def main() -> None:
         plain = None
         if not args.no_plain:
             print(f"plain pandas + LGBMRegressor, {feature_set} ...", flush=True)
-            plain = timed([sys.executable, str(REPO / "scripts" / "plain_lgbm.py"), str(folder), feature_set],
-                          args.workdir)
+            plain = timed([sys.executable, str(REPO / "scripts" / "plain_lgbm.py"), str(folder), feature_set,
+                           str(args.n_estimators)], args.workdir)
             rows.append(("plain script", "lgbm", feature_set, "pandas", payload, plain))
         for model in args.models.split(","):
             for memory in args.memory.split(","):
@@ -142,13 +143,16 @@ def main() -> None:
                            "data.every_nth_era=1", f"model={model}", f"memory={memory}",
                            f"tracking.uri=sqlite:///{args.workdir}/mlflow.db", "tracking.log_model=false",
                            "tracking.experiment=bench-scale", *args.extra]
+                if model in ("lgbm", "xgboost"):
+                    command.append(f"model.n_estimators={args.n_estimators}")
                 stats = timed(command, args.workdir, args.limit_gib if memory == "auto" else None)
                 rows.append(("fxml.run", model, feature_set, memory, payload, stats))
                 if plain is not None and model == "lgbm":
                     stats["vs_plain"] = stats["cpu_s"] / plain["cpu_s"]
     print()
     limit = f", fxml auto runs limited to {args.limit_gib:g} GiB" if args.limit_gib else ""
-    print(f"v5.2-shaped release at {args.fraction:g} of the rows, {os.cpu_count()} cores{limit}")
+    print(f"v5.2-shaped release at {args.fraction:g} of the rows, {os.cpu_count()} cores, "
+          f"{args.n_estimators} boosting rounds{limit}")
     print(f"{'program':<13} {'model':<8} {'set':<7} {'memory':<10} {'payload GiB':>11} {'peak GiB':>9} "
           f"{'peak/payload':>12} {'CPU s':>8} {'CPU vs plain':>12}  plan")
     for program, model, feature_set, memory, payload, stats in rows:
