@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--limit-gib", type=float, default=None, help="cgroup memory limit for fxml runs")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-script baseline")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fxml-bench-scale")
-    parser.add_argument("--n-estimators", type=int, default=300, help="boosting rounds of fxml and the plain script")
+    parser.add_argument("--n-estimators", type=int, default=300, help="boosting rounds, fxml and plain")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every fxml run")
     args = parser.parse_args()
 
