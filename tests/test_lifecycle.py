@@ -17,7 +17,9 @@ from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
 
 # training that would go on for minutes: the test stops it
 ENDLESS = {
-    "lgbm": ("model=lgbm", "model.n_estimators=1000000", "model.learning_rate=0.0001"),
+    # valid_corr_every: a GBDT logs per-round metrics only when it reads a validation set
+    "lgbm": ("model=lgbm", "model.n_estimators=1000000", "model.learning_rate=0.0001",
+             "model.valid_corr_every=100"),
     "mlp": ("model=mlp", "trainer.n_jobs=1", "trainer.max_epochs=100000", "trainer.patience=100000"),
 }
 

@@ -61,8 +61,10 @@ def test_a_database_that_is_down_is_one_line(postgres, tmp_path: Path) -> None: 
 def test_a_short_database_restart_mid_run_is_survived(postgres, tmp_path: Path) -> None:  # noqa: F811
     uri = postgres.create_database("restarted")
     workspace = Workspace(tmp_path)
+    # valid_corr_every: a GBDT logs per-round metrics only when it reads a validation set
     process = start(workspace, "model.n_estimators=12000", "model.learning_rate=0.001",
-                    f"tracking.uri={uri}", "tracking.run_name=survivor", "tracking.retry_seconds=60")
+                    "model.valid_corr_every=1000", f"tracking.uri={uri}", "tracking.run_name=survivor",
+                    "tracking.retry_seconds=60")
     run_id = wait_for_training(uri, "fxml", "survivor", process)
     postgres.restart_after(6)
     result = finish(process, timeout=300)
