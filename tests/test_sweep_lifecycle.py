@@ -18,7 +18,7 @@ from tests.postgres_server import PASSWORD, postgres  # noqa: F401
 from tests.test_sweeps import assert_parent_names_the_best
 
 FAST = ("model.n_estimators=30", "model.valid_corr_every=5", "tracking.log_model=false",
-        "scorer.fnc=false")
+        "trainer.inner_holdout_eras=4", "scorer.fnc=false")
 # trials of some seconds, so a signal surely lands while one trains
 SLOW_TRIALS = ("model.n_estimators=3000", "model.valid_corr_every=100", "tracking.log_model=false",
                "scorer.fnc=false")
