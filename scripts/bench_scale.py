@@ -79,6 +79,8 @@ def _cgroup(limit_gib: float) -> str | None:
     limit = str(int(limit_gib * 2**30))
     for parent, limit_file in (("/sys/fs/cgroup/unified", "memory.max"), ("/sys/fs/cgroup", "memory.max"),
                                ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")):
+        if not (Path(parent) / "cgroup.procs").is_file():  # not a cgroup hierarchy here
+            continue
         folder = Path(parent) / f"fxml-bench-{os.getpid()}-{time.monotonic_ns()}"
         try:
             folder.mkdir()
