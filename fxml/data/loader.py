@@ -224,10 +224,14 @@ class NumeraiData:
     def era_rows(self, split: str) -> dict[int, int]:
         """Rows per era of the eras a split would load (before any memory plan)."""
         path = self.path(SPLIT_FILES[split])
-        frame = self._scan(path, split)
-        eras = era_numbers(self._small_columns(path, frame, [])[ERA].to_numpy())
-        values, counts = np.unique(eras[self._kept_rows(eras, split, 1)], return_counts=True)
-        return dict(zip(values.tolist(), counts.tolist(), strict=True))
+        try:
+            # only the era column, counted by Polars: no ids, no per-row era strings in Python
+            counts = self._scan(path, split).group_by(ERA).len().collect()
+        except pl.exceptions.PolarsError as error:
+            raise FxmlError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+        eras, rows = era_numbers(counts[ERA].to_numpy()), counts["len"].to_numpy()
+        keep = self._kept_rows(eras, split, 1)
+        return dict(sorted(zip(eras[keep].tolist(), rows[keep].tolist(), strict=True)))
 
     def column_for(self, split: DataSplit, filename: str, column: str | None) -> tuple[str, np.ndarray]:
         """A float column from another file (meta model, benchmarks), aligned to ``split`` by id.
