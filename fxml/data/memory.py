@@ -138,13 +138,19 @@ def available_memory() -> tuple[int, str]:
 
 
 def _meminfo_available() -> int:
+    found = _proc_kib("/proc/meminfo", "MemAvailable")
+    return found if found is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _proc_kib(path: str, key: str) -> int | None:
+    """A ``key: <n> kB`` line of a /proc file, in bytes; None where there is none."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return None
 
 
 def _cgroup_room() -> int | None:
@@ -185,13 +191,7 @@ def _cgroup_folders() -> list[tuple[Path, str, str]]:
 
 
 def _own_virtual_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kib("/proc/self/status", "VmSize") or 0
 
 
 def _gib(nbytes: int) -> str:
