@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas
+from fxml.config import CONFIG_PATH, register_schemas
 from fxml.console import console, quiet_dependencies
 from fxml.errors import FxmlError
 from fxml.submission import checked
@@ -26,7 +26,6 @@ from fxml.submission.registry import first_line, load_logged_model
 from fxml.submission.submit import numerai_model_id
 from fxml.tracking.mlflow_run import tracking_uri
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_schemas()
 
 
@@ -85,7 +84,7 @@ def _upload(settings: DictConfig, output: Path) -> None:
                   highlight=False, soft_wrap=True)
 
 
-hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export_model")(
+hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export_model")(
     export_command)
 
 

@@ -5,14 +5,12 @@ rounds. See conf/live_scores.yaml and :mod:`fxml.submission.live`."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 import mlflow
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas
+from fxml.config import CONFIG_PATH, register_schemas
 from fxml.console import console, quiet_dependencies
 from fxml.errors import FxmlError
 from fxml.submission import checked
@@ -21,7 +19,6 @@ from fxml.submission.live import LiveUpdate, fetch_round_scores, log_live_scores
 from fxml.submission.submit import numerai_model_id
 from fxml.tracking.mlflow_run import tracking_uri
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_schemas()
 
 
@@ -47,7 +44,7 @@ def live_scores_command(cfg: DictConfig) -> LiveUpdate:
     return update
 
 
-hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="live_scores")(
+hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="live_scores")(
     live_scores_command)
 
 

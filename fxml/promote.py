@@ -8,19 +8,16 @@ filter (``filter``). It prints which run it chose and why. See conf/promote.yaml
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas
+from fxml.config import CONFIG_PATH, register_schemas
 from fxml.console import console, quiet_dependencies
 from fxml.submission import checked
 from fxml.submission.choice import RunSelection
 from fxml.submission.registry import Promotion, promote
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_schemas()
 
 
@@ -47,7 +44,7 @@ def promote_command(cfg: DictConfig) -> Promotion:
     return done
 
 
-hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="promote")(
+hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="promote")(
     promote_command)
 
 

@@ -14,13 +14,12 @@ import mlflow
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas
+from fxml.config import CONFIG_PATH, register_schemas
 from fxml.console import console, quiet_dependencies
 from fxml.submission import checked
 from fxml.tracking.mlflow_run import tracking_uri
 from fxml.tracking.report import select_runs, write_report
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_schemas()
 
 
@@ -42,7 +41,7 @@ def report_command(cfg: DictConfig) -> Path:
     return path
 
 
-hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")(
+hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")(
     report_command)
 
 

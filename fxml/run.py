@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -16,7 +15,7 @@ from omegaconf import DictConfig
 
 from fxml import __version__
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas, validate
+from fxml.config import CONFIG_PATH, register_schemas, validate
 from fxml.console import console, quiet_dependencies, step_progress, summary_table
 from fxml.crossval import cross_validate, training_parts
 from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
@@ -43,7 +42,6 @@ from fxml.tracking.pyfunc import log_pyfunc_model
 from fxml.tracking.stores import bound_retries
 
 log = logging.getLogger("fxml.run")
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_schemas()
 
 
@@ -173,7 +171,7 @@ def show_summary(scores: Scores | None, cv_metrics: dict[str, float], run_id: st
 
 
 # Hydra wraps ``train`` under another name, so parallel launchers can pickle ``train`` by reference.
-hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(train)
+hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")(train)
 
 
 def main() -> None:

@@ -4,18 +4,15 @@ uploaded to Numerai with numerapi, logged as an MLflow run. See conf/submit.yaml
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas
+from fxml.config import CONFIG_PATH, register_schemas
 from fxml.console import quiet_dependencies
 from fxml.submission import checked
 from fxml.submission.submit import Submission, submit
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 register_schemas()
 
 
@@ -26,7 +23,7 @@ def submit_command(cfg: DictConfig) -> Submission:
     return submit(cfg)
 
 
-hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="submit")(
+hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="submit")(
     submit_command)
 
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fxml.config.schema import register_schemas
 from fxml.errors import FxmlError
 
-__all__ = ["register_schemas", "validate", "describe_config_error"]
+__all__ = ["CONFIG_PATH", "register_schemas", "validate", "describe_config_error"]
+
+# the configs ship inside the package (conf/ mapped to fxml.conf at build time); a user's own
+# directory adds to or overrides them with --config-dir or hydra.searchpath
+CONFIG_PATH = "pkg://fxml.conf"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -20,6 +27,19 @@ def validate(cfg: DictConfig) -> None:
             OmegaConf.to_object(cfg[group])
         except OmegaConfBaseException as error:
             raise FxmlError(describe_config_error(error)) from None
+    if cfg.get("model") is not None:
+        import_model_modules(cfg.model)
+
+
+def import_model_modules(model: Any) -> None:
+    """Import the module of the model (and of each ensemble member) before any work: a family
+    whose optional extra is missing fails here with one line naming the extra."""
+    target = model.get("_target_") if hasattr(model, "get") else None
+    if isinstance(target, str) and "." in target:
+        import_module(target.rpartition(".")[0])
+    members = model.get("members") if hasattr(model, "get") else None
+    for member in (members or {}).values():
+        import_model_modules(member)
 
 
 def describe_config_error(error: BaseException) -> str:

@@ -9,6 +9,9 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+
+from fxml.extras import installed
 
 log = logging.getLogger("fxml.models")
 FALLBACK_TAG = "device_fallback"
@@ -18,7 +21,9 @@ _fallbacks: list[str] = []
 def require_accelerator(accelerator: str) -> None:
     """Fail early (FxmlError) when the accelerator asked for is absent; cpu and auto always run.
     PyTorch is imported only when a device must be probed."""
-    if accelerator in ("cpu", "auto"):
+    if accelerator in ("cpu", "auto") or not installed("deep"):
+        # without PyTorch there is no probe: the GBDTs check their own GPU support and record a
+        # CPU fallback, and a deep model fails on its missing extra
         return
     from fxml.models.deep.device import choose_device
 
@@ -40,10 +45,12 @@ def taken_fallbacks() -> dict[str, str]:
 
 
 def cuda_visible() -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
+    if not installed("deep"):
+        # no PyTorch to ask: the NVIDIA driver lists each GPU it sees here (Linux)
+        gpus = Path("/proc/driver/nvidia/gpus")
+        return gpus.is_dir() and any(gpus.iterdir())
+    import torch
+
     return bool(torch.cuda.is_available())
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dotenv import dotenv_values
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -41,22 +42,11 @@ class Credentials:
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """``KEY=value`` lines (``export`` prefix, quotes and ``#`` comments allowed)."""
-    values: dict[str, str] = {}
+    """The ``KEY=value`` pairs of a ``.env`` file (python-dotenv's syntax), without touching
+    ``os.environ``; empty when there is no such file."""
     if not path.is_file():
-        return values
-    for raw in path.read_text(errors="replace").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if value[:1] in ("'", '"') and value.endswith(value[0]) and len(value) >= 2:
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key.strip()] = value
-    return values
+        return {}
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
 
 
 def find_credentials(directory: Path | None = None) -> Credentials | None:
