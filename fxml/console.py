@@ -26,6 +26,7 @@ SUMMARY_ROWS = (("corr", "CORR"), ("mmc", "MMC"), ("bmc", "BMC"), ("fnc", "FNC")
                 ("exposure_dissimilarity", "exposure dissim. vs meta"))
 STATISTICS = ("mean", "std", "sharpe", "max_drawdown")
 IMPORTANCE_SHOWN = 10
+WIDE = 200  # characters a wide table may take outside a terminal
 # a multirun's comparison: these summaries beside the objective, where some job logged them
 COMPARED_METRICS = ("corr_mean", "corr_sharpe", "mmc_mean", "payout_mean", "cv_corr_mean",
                     "cv_corr_sharpe")
@@ -117,20 +118,31 @@ class JobRow:
     objective: float | None = None
 
 
-def comparison_table(rows: list[JobRow], title: str, objective: str) -> Table:
-    """One row per job: the objective first, then the main summaries some job logged."""
+def comparison_table(rows: list[JobRow], title: str, objective: str, job: str = "job") -> Table:
+    """One row per job (or trial: ``job``): the objective first, then the main summaries some
+    job logged, its status, run name and distinct overrides."""
     shown = [m for m in COMPARED_METRICS if m != objective and any(m in r.metrics for r in rows)]
     table = Table(title=title, title_justify="left")
-    table.add_column("job", justify="right")
-    table.add_column(objective, justify="right", style="bold")
+    table.add_column(job, justify="right", no_wrap=True)
+    table.add_column(objective, justify="right", style="bold", overflow="fold")
     for name in shown:
-        table.add_column(name, justify="right")
-    for header in ("status", "run", "overrides"):
-        table.add_column(header)
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for header in ("run", "overrides"):
+        table.add_column(header, overflow="fold")
     for row in rows:
         table.add_row(row.job, _fmt(row.objective), *(_fmt(row.metrics.get(m)) for m in shown),
                       row.status, row.run_name, row.overrides)
     return table
+
+
+def print_wide(table: Table) -> None:
+    """A wide table whole: a terminal folds its long cells; a log file or pipe (80 columns to
+    rich) gets it at its natural width."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(file=console.file, width=WIDE).print(table)
 
 
 def job_line(run_name: str, metrics: dict[str, float]) -> str:

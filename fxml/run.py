@@ -42,6 +42,7 @@ from fxml.sweeps.pruning import trial_reporter
 from fxml.tracking.mlflow_run import (
     JOB_TAG,
     OVERRIDES_TAG,
+    TRIAL_TAG,
     RunName,
     StepMetrics,
     git_commit,
@@ -69,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     bound_retries(cfg.tracking.retry_seconds)
     require_accelerator(cfg.trainer.accelerator)  # every family, before any data is loaded
     tags = {"fxml_version": __version__, "git_commit": git_commit(),
-            "model_family": cfg.model._target_.rsplit(".", 1)[-1], **multirun_job_tags(),
+            "model_family": cfg.model._target_.rsplit(".", 1)[-1], **multirun_job_tags(cfg),
             **cfg.tracking.tags}
     name = run_name(cfg)
     with tracked_run(uri, cfg.tracking.experiment, name, tags) as run:
@@ -211,12 +212,16 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def multirun_job_tags() -> dict[str, str]:
-    """A multirun job's number and overrides, for the comparison table at the multirun's end."""
-    if not in_multirun():
-        return {}
-    job = HydraConfig.get().job
-    return {JOB_TAG: str(job.num), OVERRIDES_TAG: " ".join(HydraConfig.get().overrides.task)}
+def multirun_job_tags(cfg: DictConfig) -> dict[str, str]:
+    """A multirun job's number, overrides and search trial, for the comparison table at the
+    multirun's end."""
+    tags = {}
+    if in_multirun():
+        hydra_config = HydraConfig.get()
+        tags = {JOB_TAG: str(hydra_config.job.num), OVERRIDES_TAG: " ".join(hydra_config.overrides.task)}
+    if cfg.get("sweep") and cfg.sweep.get("trial_number") is not None:
+        tags[TRIAL_TAG] = str(cfg.sweep.trial_number)
+    return tags
 
 
 def show_importance(importance: pd.DataFrame, artifact: str) -> None:

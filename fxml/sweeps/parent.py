@@ -20,11 +20,12 @@ from typing import Any
 
 import mlflow
 from hydra.experimental.callback import Callback
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Run, RunTag
 from omegaconf import DictConfig
 
+from fxml.console import JobRow, comparison_table, print_wide
 from fxml.sweeps.stopping import watch_stop_signals
-from fxml.tracking.mlflow_run import tracking_uri, use_experiment
+from fxml.tracking.mlflow_run import JOB_TAG, OVERRIDES_TAG, TRIAL_TAG, tracking_uri, use_experiment
 
 log = logging.getLogger(__name__)
 PARENT_ENV = "FXML_PARENT_RUN_ID"
@@ -32,6 +33,8 @@ SWEEP_KEY_TAG = "fxml.sweep_key"
 STUDY_TAG = "fxml.study"
 ROLE_TAG = "fxml.role"
 OPTUNA_SWEEPER = "FxmlOptunaSweeper"
+# what a grid's table puts first (the sweeper's default objective); out of fold without a refit
+GRID_OBJECTIVES = ("corr_sharpe", "cv_corr_sharpe")
 
 
 def open_parent_run(uri: str, experiment: str, key: str, name: str,
@@ -91,6 +94,59 @@ def record_best(uri: str, run_id: str, best: Best, objective: str, study_name: s
         tags=[RunTag(key, value) for key, value in tags.items()])
 
 
+def job_runs(uri: str, parent_id: str) -> list[Run]:
+    """The runs of a sweep's jobs (its parent's children; cv folds are their children)."""
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment_id], max_results=50000,
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def run_status(run: Run) -> str:
+    """FINISHED, FAILED, RUNNING, KILLED, or PRUNED (a trial the search stopped early)."""
+    return "PRUNED" if "pruned" in run.data.tags else run.info.status
+
+
+def distinct_overrides(overrides: list[str]) -> list[str]:
+    """Each job's overrides less those every job shares: what sets a job apart."""
+    lines = [line.split() for line in overrides]
+    shared = set.intersection(*map(set, lines)) if lines else set()
+    return [" ".join(o for o in line if o not in shared) for line in lines]
+
+
+def grid_rows(runs: list[Run]) -> tuple[str, list[JobRow]]:
+    """The objective a grid's table shows first, and one row per job in job order."""
+    runs = sorted(runs, key=lambda run: (int(run.data.tags.get(JOB_TAG, 1 << 30)), run.info.start_time))
+    objective = next((name for name in GRID_OBJECTIVES if any(name in r.data.metrics for r in runs)),
+                     GRID_OBJECTIVES[0])
+    overrides = distinct_overrides([run.data.tags.get(OVERRIDES_TAG, "") for run in runs])
+    return objective, [JobRow(run.data.tags.get(JOB_TAG, "?"), run_status(run), run.info.run_name or "",
+                              shown, dict(run.data.metrics), run.data.metrics.get(objective))
+                       for run, shown in zip(runs, overrides, strict=True)]
+
+
+def show_grid_table(uri: str, parent_id: str, directory: str) -> None:
+    """The multirun's one comparison table (its jobs print one line each)."""
+    runs = job_runs(uri, parent_id)
+    if not runs:
+        return
+    objective, rows = grid_rows(runs)
+    print_wide(comparison_table(rows, f"Multirun {directory}: {len(rows)} job(s)", objective))
+
+
+def trial_rows(runs: list[Run], trials: list[Any]) -> list[JobRow]:
+    """One row per trial of a study (``optuna.trial.FrozenTrial``), with its MLflow run's metrics."""
+    by_trial = {int(run.data.tags[TRIAL_TAG]): run for run in runs if TRIAL_TAG in run.data.tags}
+    rows = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        run = by_trial.get(trial.number)
+        params = " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                          for key, value in trial.params.items())
+        rows.append(JobRow(str(trial.number), trial.state.name, run.info.run_name if run else "",
+                           params, dict(run.data.metrics) if run else {}, trial.value))
+    return rows
+
+
 def is_optuna_search(config: DictConfig) -> bool:
     return str(config.hydra.sweeper.get("_target_", "")).endswith(OPTUNA_SWEEPER)
 
@@ -106,7 +162,7 @@ class MlflowSweepParent(Callback):
         if is_optuna_search(config):
             return
         self.uri = tracking_uri(config.tracking.uri)
-        directory = config.hydra.sweep.dir
+        directory = self.directory = config.hydra.sweep.dir
         key = f"grid:{os.path.abspath(directory)}"
         self.run_id = open_parent_run(self.uri, config.tracking.experiment, key, f"sweep {directory}")
         os.environ[PARENT_ENV] = self.run_id
@@ -117,6 +173,7 @@ class MlflowSweepParent(Callback):
 
     def _close_if_open(self) -> None:
         if self.run_id:
+            self._show_table()
             stopped = bool(self.stops)
             how = ("terminated" if signal.SIGTERM in self.stops else "interrupted") if stopped else \
                 "the multirun failed"
@@ -127,8 +184,15 @@ class MlflowSweepParent(Callback):
         # jobs run one after another in the same process: free the last one's arrays now
         gc.collect()
 
+    def _show_table(self) -> None:
+        try:
+            show_grid_table(self.uri, self.run_id, self.directory)
+        except mlflow.exceptions.MlflowException as error:
+            log.warning("sweep: no comparison table (%s)", str(error).splitlines()[0])
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id:
+            self._show_table()
             self.restore_signals()
             os.environ.pop(PARENT_ENV, None)
             mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status="FINISHED")

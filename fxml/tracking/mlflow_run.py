@@ -48,6 +48,7 @@ SHORT_ID = 4  # characters of the run id in a run's name
 # a multirun job's number and its command-line overrides (its row in the multirun's table)
 JOB_TAG = "fxml.job"
 OVERRIDES_TAG = "fxml.overrides"
+TRIAL_TAG = "fxml.trial"  # the Optuna trial number of a search's job
 
 
 def tracking_uri(configured: str | None, setting: str = "tracking.uri") -> str:
