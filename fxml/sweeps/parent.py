@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Run, RunTag
 from omegaconf import DictConfig
 
 from fxml.console import JobRow, comparison_table, print_wide
+from fxml.secrets import redact
 from fxml.sweeps.stopping import watch_stop_signals
 from fxml.tracking.mlflow_run import JOB_TAG, OVERRIDES_TAG, TRIAL_TAG, tracking_uri, use_experiment
 
@@ -115,22 +117,28 @@ def distinct_overrides(overrides: list[str]) -> list[str]:
 
 
 def grid_rows(runs: list[Run]) -> tuple[str, list[JobRow]]:
-    """The objective a grid's table shows first, and one row per job in job order."""
+    """The objective a grid's table shows first, and one row per job in job order (with all
+    its overrides)."""
     runs = sorted(runs, key=lambda run: (int(run.data.tags.get(JOB_TAG, 1 << 30)), run.info.start_time))
     objective = next((name for name in GRID_OBJECTIVES if any(name in r.data.metrics for r in runs)),
                      GRID_OBJECTIVES[0])
-    overrides = distinct_overrides([run.data.tags.get(OVERRIDES_TAG, "") for run in runs])
     return objective, [JobRow(run.data.tags.get(JOB_TAG, "?"), run_status(run), run.info.run_name or "",
-                              shown, dict(run.data.metrics), run.data.metrics.get(objective))
-                       for run, shown in zip(runs, overrides, strict=True)]
+                              run.data.tags.get(OVERRIDES_TAG, ""), dict(run.data.metrics),
+                              run.data.metrics.get(objective))
+                       for run in runs]
 
 
-def show_grid_table(uri: str, parent_id: str, directory: str) -> None:
-    """The multirun's one comparison table (its jobs print one line each)."""
-    runs = job_runs(uri, parent_id)
-    if not runs:
+def show_grid_table(uri: str, parent_id: str, directory: str, failed_early: dict[str, JobRow]) -> None:
+    """The multirun's one comparison table (its jobs print one line each). ``failed_early``: the
+    jobs, by number, that this process saw fail before starting their MLflow run."""
+    objective, rows = grid_rows(job_runs(uri, parent_id))
+    seen = {row.job for row in rows}
+    rows += [row for job, row in failed_early.items() if job not in seen]
+    if not rows:
         return
-    objective, rows = grid_rows(runs)
+    rows.sort(key=lambda row: int(row.job) if row.job.isdigit() else 1 << 30)
+    for row, distinct in zip(rows, distinct_overrides([row.overrides for row in rows]), strict=True):
+        row.overrides = distinct
     print_wide(comparison_table(rows, f"Multirun {directory}: {len(rows)} job(s)", objective))
 
 
@@ -167,6 +175,7 @@ class MlflowSweepParent(Callback):
         self.run_id = open_parent_run(self.uri, config.tracking.experiment, key, f"sweep {directory}")
         os.environ[PARENT_ENV] = self.run_id
         self.stops: list[int] = []
+        self.failed_early: dict[str, JobRow] = {}
         self.restore_signals = watch_stop_signals(self.stops)
         atexit.register(self._close_if_open)
         log.info("sweep: parent MLflow run %s (sweep %s)", self.run_id, directory)
@@ -183,10 +192,18 @@ class MlflowSweepParent(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # jobs run one after another in the same process: free the last one's arrays now
         gc.collect()
+        # a job that failed before its MLflow run started (a bad value) still gets a row; seen
+        # here when the launcher runs jobs in this process (basic), not in workers (joblib)
+        if self.run_id and job_return.status == JobStatus.FAILED:
+            error = job_return._return_value  # the public return_value would re-raise it
+            text = str(error).strip().splitlines()
+            self.failed_early[str(config.hydra.job.num)] = JobRow(
+                str(config.hydra.job.num), "FAILED", f"(no run: {type(error).__name__}: "
+                f"{redact(text[0]) if text else ''})", " ".join(config.hydra.overrides.task))
 
     def _show_table(self) -> None:
         try:
-            show_grid_table(self.uri, self.run_id, self.directory)
+            show_grid_table(self.uri, self.run_id, self.directory, self.failed_early)
         except mlflow.exceptions.MlflowException as error:
             log.warning("sweep: no comparison table (%s)", str(error).splitlines()[0])
 
