@@ -24,6 +24,7 @@ from fxml.console import (
     console,
     importance_table,
     job_line,
+    print_wide,
     quiet_dependencies,
     step_progress,
     summary_table,
@@ -226,10 +227,10 @@ def multirun_job_tags(cfg: DictConfig) -> dict[str, str]:
 
 def show_importance(importance: pd.DataFrame, artifact: str) -> None:
     if in_multirun():
-        console.print(f"permutation importance: {redact(artifact)}")
+        console.print(f"permutation importance: {redact(artifact)}", soft_wrap=True)
         return
-    console.print(importance_table(importance))
-    console.print(f"All {len(importance)} rows: {redact(artifact)}")
+    print_wide(importance_table(importance))
+    console.print(f"All {len(importance)} rows: {redact(artifact)}", soft_wrap=True)
 
 
 def show_summary(scores: Scores | None, cv_metrics: dict[str, float], shown: Shown) -> None:
@@ -239,18 +240,20 @@ def show_summary(scores: Scores | None, cv_metrics: dict[str, float], shown: Sho
     plain = {key.removeprefix("cv_"): value for key, value in cv_metrics.items() if pd.notna(value)}
     if in_multirun():
         metrics = {**cv_metrics, **(scores.summary if scores is not None else {})}
-        console.print(f"job {HydraConfig.get().job.num}: {job_line(shown.run_name, metrics)}")
+        console.print(f"job {HydraConfig.get().job.num}: {job_line(shown.run_name, metrics)}",
+                      soft_wrap=True)
         return
     if plain:
-        console.print(summary_table(plain, f"Cross-validation, out of fold over {int(plain['n_eras'])} "
+        print_wide(summary_table(plain, f"Cross-validation, out of fold over {int(plain['n_eras'])} "
                                            "training eras", shown.payout))
     if scores is not None:
         eras = int(scores.summary.get("n_eras", len(scores.per_era)))
-        console.print(summary_table(scores.summary, f"Validation (holdout) over {eras} eras",
+        print_wide(summary_table(scores.summary, f"Validation (holdout) over {eras} eras",
                                     shown.payout))
+    # whole lines, never folded: a user copies names, paths and commands from them
     console.print(f"MLflow run [bold]{shown.run_name}[/bold] ({shown.run_id}) in experiment "
-                  f"'{shown.experiment}' at {uri}")
-    console.print(f"Browse: mlflow ui --backend-store-uri {uri}")
+                  f"'{shown.experiment}' at {uri}", soft_wrap=True)
+    console.print(f"Browse: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
 
 
 # Hydra wraps ``train`` under another name, so parallel launchers can pickle ``train`` by reference.
