@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -101,7 +102,7 @@ def importance_table(importance: pd.DataFrame, top: int = IMPORTANCE_SHOWN) -> T
     for header in ("#", kind.removesuffix("s"), "features", "CORR drop", "std"):
         table.add_column(header, justify="left" if header == kind.removesuffix("s") else "right")
     for rank, row in enumerate(importance.head(top).itertuples(), start=1):
-        table.add_row(str(rank), str(row.name), str(row.n_features), _fmt(row.corr_drop),
+        table.add_row(str(rank), escape(str(row.name)), str(row.n_features), _fmt(row.corr_drop),
                       _fmt(row.corr_drop_std))
     return table
 
@@ -131,8 +132,9 @@ def comparison_table(rows: list[JobRow], title: str, objective: str, job: str = 
     for header in ("run", "overrides"):
         table.add_column(header, overflow="fold")
     for row in rows:
+        # overrides may hold brackets (lists) that rich would read as markup
         table.add_row(row.job, _fmt(row.objective), *(_fmt(row.metrics.get(m)) for m in shown),
-                      row.status, row.run_name, row.overrides)
+                      row.status, escape(row.run_name), escape(row.overrides))
     return table
 
 

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from fxml import __version__
 from fxml.cli import exits_on_user_error, run_cli
@@ -251,7 +252,7 @@ def show_summary(scores: Scores | None, cv_metrics: dict[str, float], shown: Sho
         print_wide(summary_table(scores.summary, f"Validation (holdout) over {eras} eras",
                                     shown.payout))
     # whole lines, never folded: a user copies names, paths and commands from them
-    console.print(f"MLflow run [bold]{shown.run_name}[/bold] ({shown.run_id}) in experiment "
+    console.print(f"MLflow run [bold]{escape(shown.run_name)}[/bold] ({shown.run_id}) in experiment "
                   f"'{shown.experiment}' at {uri}", soft_wrap=True)
     console.print(f"Browse: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
 
