@@ -70,6 +70,22 @@ def test_a_grid_multirun_ends_with_one_table_of_its_jobs(ws: Workspace, grid) ->
 
 
 @pytest.mark.slow
+def test_jobs_in_joblib_workers_reach_the_table_failed_ones_too(ws: Workspace) -> None:
+    result = ws.run("-m", "model=ridge", "data.target=target,target_nope", "hydra/launcher=joblib",
+                    "hydra.launcher.n_jobs=2", "tracking.experiment=joblib", "tracking.log_model=false",
+                    "scorer.mpc=false")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stdout.count("┃ job ┃") == 1 and "Validation (holdout)" not in result.stdout
+    header, rows = table_rows(result.stdout, "Multirun ")
+    runs = by_name(ws, "joblib")
+    assert [(row[0], row[-3], row[-1]) for row in rows] == [
+        ("0", "FINISHED", "data.target=target"), ("1", "FAILED", "data.target=target_nope")]
+    assert rows[0][1] == f"{runs[rows[0][-2]].data.metrics['corr_sharpe']:.4f}"
+    assert runs[rows[1][-2]].info.status == "FAILED"
+    assert re.fullmatch(r"ridge-small-target_nope-[0-9a-f]{4}", rows[1][-2])
+
+
+@pytest.mark.slow
 def test_a_search_ends_with_one_table_of_its_trials_and_names_trials_and_folds(ws: Workspace) -> None:
     result = ws.run("-m", "hparams_search=ridge", "hydra.sweeper.n_trials=2",
                     "hydra.sweeper.study_name=ux-table", "hydra.sweeper.sampler.seed=3",
