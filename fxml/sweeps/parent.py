@@ -182,8 +182,9 @@ class MlflowSweepParent(Callback):
 
     def _close_if_open(self) -> None:
         if self.run_id:
-            self._show_table()
             stopped = bool(self.stops)
+            if not stopped:  # a failed job ended the multirun: show the jobs; a stop exits at once
+                self._show_table()
             how = ("terminated" if signal.SIGTERM in self.stops else "interrupted") if stopped else \
                 "the multirun failed"
             end_parent_run(self.uri, self.run_id, "KILLED" if stopped else "FAILED", how)
