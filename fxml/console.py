@@ -9,14 +9,17 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fxml.models.base import StepCallback
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 console = Console()
 error_console = Console(stderr=True)
@@ -78,9 +81,10 @@ def summary_table(summary: dict[str, float], title: str,
         table.add_column(header, justify="right" if header != "metric" else "left")
     labels = {**dict(SUMMARY_ROWS), "payout": payout_label(*payout)}
     for key, label in labels.items():
-        if f"{key}_mean" in summary:
+        if _known(summary.get(f"{key}_mean")):
             table.add_row(label, *(_fmt(summary.get(f"{key}_{stat}")) for stat in STATISTICS))
-    for key in sorted(k for k in summary if k.startswith("tb") and k.endswith("_corr_mean")):
+    for key in sorted(k for k in summary if k.startswith("tb") and k.endswith("_corr_mean")
+                      and _known(summary[k])):
         name = key.removesuffix("_mean")
         table.add_row(f"top/bottom {name[2:-5]} CORR",
                       *(_fmt(summary.get(f"{name}_{s}")) for s in STATISTICS))
@@ -152,6 +156,11 @@ def job_line(run_name: str, metrics: dict[str, float]) -> str:
     shown = "  ".join(f"{name} {metrics[name]:.4f}" for name in COMPARED_METRICS
                       if name in metrics and not math.isnan(metrics[name]))
     return f"{run_name}: {shown}" if shown else run_name
+
+
+def _known(value: float | None) -> bool:
+    """A summary worth a row: computed, and not NaN (top/bottom CORR of eras too small for it)."""
+    return value is not None and not math.isnan(value)
 
 
 def _fmt(value: float | None) -> str:
