@@ -97,17 +97,21 @@ def summary_table(summary: dict[str, float], title: str,
     return table
 
 
-def importance_table(importance: pd.DataFrame, top: int = IMPORTANCE_SHOWN) -> Table:
-    """The largest drops of a permutation importance frame (largest first, as computed)."""
+def importance_table(importance: pd.DataFrame, repeats: int, top: int = IMPORTANCE_SHOWN) -> Table:
+    """The largest drops of a permutation importance frame (largest first, as computed); the
+    std over shuffles only when there were several."""
     kind = "groups" if (importance["kind"] == "group").all() else "features"
     more = f"top {top} of {len(importance)} " if len(importance) > top else ""
-    table = Table(title=f"Permutation importance, {more}{kind}: drop in validation CORR mean "
-                        f"(baseline {importance['corr_baseline'].iloc[0]:.4f})", title_justify="left")
-    for header in ("#", kind.removesuffix("s"), "features", "CORR drop", "std"):
-        table.add_column(header, justify="left" if header == kind.removesuffix("s") else "right")
+    title = (f"Permutation importance, {more}{kind}: drop in validation CORR mean "
+             f"(baseline {importance['corr_baseline'].iloc[0]:.4f})")
+    table = Table(title=title, title_justify="left", min_width=len(title))
+    unit = kind.removesuffix("s")
+    headers = ("#", unit, "features", "CORR drop", *((f"std ({repeats} shuffles)",) if repeats > 1 else ()))
+    for header in headers:
+        table.add_column(header, justify="left" if header == unit else "right")
     for rank, row in enumerate(importance.head(top).itertuples(), start=1):
-        table.add_row(str(rank), escape(str(row.name)), str(row.n_features), _fmt(row.corr_drop),
-                      _fmt(row.corr_drop_std))
+        spread = (_fmt(row.corr_drop_std),) if repeats > 1 else ()
+        table.add_row(str(rank), escape(str(row.name)), str(row.n_features), _fmt(row.corr_drop), *spread)
     return table
 
 

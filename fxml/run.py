@@ -137,7 +137,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if importance is not None:
             log_frame(importance, IMPORTANCE_CSV)
             mlflow.log_figure(importance_figure(importance), "importance/permutation.png")
-            show_importance(importance, mlflow.get_artifact_uri(IMPORTANCE_CSV))
+            show_importance(importance, cfg.scorer.importance_repeats,
+                            mlflow.get_artifact_uri(IMPORTANCE_CSV))
         if cfg.tracking.log_model:
             with console.status("logging the model"):
                 log_pyfunc_model(model, data.feature_names, {
@@ -226,11 +227,11 @@ def multirun_job_tags(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
-def show_importance(importance: pd.DataFrame, artifact: str) -> None:
+def show_importance(importance: pd.DataFrame, repeats: int, artifact: str) -> None:
     if in_multirun():
         console.print(f"permutation importance: {redact(artifact)}", soft_wrap=True)
         return
-    print_wide(importance_table(importance))
+    print_wide(importance_table(importance, repeats))
     console.print(f"All {len(importance)} rows: {redact(artifact)}", soft_wrap=True)
 
 

@@ -3,13 +3,16 @@ the importance printout and its CSV, the payout label with the configured weight
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 
 import numpy as np
+import pandas as pd
 import pytest
+from rich.console import Console
 
-from fxml.console import payout_label
+from fxml.console import importance_table, payout_label
 from fxml.scoring.importance import COLUMNS
 from fxml.sweeps.parent import distinct_overrides
 from tests.conftest import Workspace
@@ -122,7 +125,7 @@ def test_a_single_run_prints_its_name_importance_and_payout_weights(ws: Workspac
     csv = ws.artifact_frame(run, "importance/permutation.csv")
     assert list(csv.columns) == list(COLUMNS), "no stray index column"
     header, rows = table_rows(result.stdout, "Permutation importance, ")
-    assert header == ["#", "feature", "features", "CORR drop", "std"]
+    assert header == ["#", "feature", "features", "CORR drop"]  # one shuffle: no std
     assert len(rows) == min(10, len(csv))
     assert [row[1] for row in rows] == csv["name"].head(10).tolist()
     assert all(row[1].startswith("feature_") for row in rows)
@@ -141,3 +144,16 @@ def test_a_single_run_prints_its_name_importance_and_payout_weights(ws: Workspac
 def test_payout_label_and_distinct_overrides() -> None:
     assert payout_label(0.5, 2.0, 0.05) == "payout (0.5*CORR + 2*MMC, clip ±0.05)"
     assert distinct_overrides(["model=ridge a=1 b=x", "model=ridge a=2 b=x"]) == ["a=1", "a=2"]
+
+
+def test_the_importance_table_shows_the_top_ten_and_the_spread_of_several_shuffles() -> None:
+    drops = np.linspace(0.02, -0.01, 12)
+    frame = pd.DataFrame({"name": [f"feature_{i}" for i in range(12)], "kind": "feature", "n_features": 1,
+                          "corr_drop": drops, "corr_drop_std": 0.001, "corr_shuffled": 0.03 - drops,
+                          "corr_baseline": 0.03})
+    console = Console(file=io.StringIO(), width=200)
+    console.print(importance_table(frame, repeats=3))
+    header, rows = table_rows(console.file.getvalue(), "Permutation importance, top 10 of 12 features")
+    assert header == ["#", "feature", "features", "CORR drop", "std (3 shuffles)"]
+    assert [row[1] for row in rows] == [f"feature_{i}" for i in range(10)]
+    assert rows[0][3:] == ["0.0200", "0.0010"]
