@@ -111,10 +111,10 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
         tags = {**tags, "mlflow.parentRunId": parent}
     tags = {key: redact(str(value)) for key, value in tags.items()}
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name.base + name.suffix, tags=tags)
-    if name.short_id:
-        # the short id is the run id's start, known once the run exists
-        mlflow.set_tag("mlflow.runName", name.of(run.info.run_id))
     try:
+        if name.short_id:
+            # the short id is the run id's start, known once the run exists
+            mlflow.set_tag("mlflow.runName", name.of(run.info.run_id))
         yield run
     except BaseException as error:
         if is_unreachable(error):
