@@ -3,25 +3,37 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fxml.models.base import StepCallback
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 console = Console()
 error_console = Console(stderr=True)
 SUMMARY_ROWS = (("corr", "CORR"), ("mmc", "MMC"), ("bmc", "BMC"), ("fnc", "FNC"),
-                ("payout", "payout (0.5 CORR + 2 MMC, clipped)"),
+                ("payout", "payout"),
                 ("mpc", "MPC (local portfolio, not TC)"),
                 ("meta_model_rank_corr", "rank corr w/ meta model"),
                 ("exposure_dissimilarity", "exposure dissim. vs meta"))
-
+STATISTICS = ("mean", "std", "sharpe", "max_drawdown")
+IMPORTANCE_SHOWN = 10
+WIDE = 200  # characters a wide table may take outside a terminal
+# a multirun's comparison: these summaries beside the objective, where some job logged them
+COMPARED_METRICS = ("corr_mean", "corr_sharpe", "mmc_mean", "payout_mean", "cv_corr_mean",
+                    "cv_corr_sharpe")
 
 def quiet_dependencies() -> None:
     """Silence dependency chatter that says nothing about the user's run."""
@@ -55,26 +67,105 @@ def step_progress(description: str, *listeners: StepCallback) -> Iterator[StepCa
         yield on_step
 
 
-def summary_table(summary: dict[str, float], title: str) -> Table:
+def payout_label(corr_weight: float, mmc_weight: float, clip: float) -> str:
+    """The payout row's label with the configured weights: ``payout (0.5*CORR + 2*MMC, clip ±0.05)``."""
+    return f"payout ({corr_weight:g}*CORR + {mmc_weight:g}*MMC, clip ±{clip:g})"
+
+
+def summary_table(summary: dict[str, float], title: str,
+                  payout: tuple[float, float, float] = (0.5, 2.0, 0.05)) -> Table:
+    """Mean, std, sharpe and max drawdown over eras of each score (``payout``: the scorer's
+    CORR weight, MMC weight and clip, shown in the payout row's label)."""
     table = Table(title=title, title_justify="left")
     for header in ("metric", "mean", "std", "sharpe", "max drawdown"):
         table.add_column(header, justify="right" if header != "metric" else "left")
-    for key, label in SUMMARY_ROWS:
-        if f"{key}_mean" in summary:
-            table.add_row(label, *(_fmt(summary.get(f"{key}_{stat}"))
-                                   for stat in ("mean", "std", "sharpe", "max_drawdown")))
-    for key in sorted(k for k in summary if k.startswith("tb") and k.endswith("_corr_mean")):
+    labels = {**dict(SUMMARY_ROWS), "payout": payout_label(*payout)}
+    for key, label in labels.items():
+        if _known(summary.get(f"{key}_mean")):
+            table.add_row(label, *(_fmt(summary.get(f"{key}_{stat}")) for stat in STATISTICS))
+    for key in sorted(k for k in summary if k.startswith("tb") and k.endswith("_corr_mean")
+                      and _known(summary[k])):
         name = key.removesuffix("_mean")
-        stats = ("mean", "std", "sharpe", "max_drawdown")
-        table.add_row(f"top/bottom {name[2:-5]} CORR", *(_fmt(summary.get(f"{name}_{s}")) for s in stats))
+        table.add_row(f"top/bottom {name[2:-5]} CORR",
+                      *(_fmt(summary.get(f"{name}_{s}")) for s in STATISTICS))
     if "payout_apy" in summary:
         table.add_row("payout APY-style (compounded)", _fmt(summary["payout_apy"]), "", "", "")
         table.add_row("payout Calmar ratio", _fmt(summary.get("payout_calmar")), "", "", "")
     if "feature_exposure_max" in summary:
-        table.add_row("feature exposure (max, era mean)", _fmt(summary["feature_exposure_max"]),
-                      "", "", "")
+        table.add_row("feature exposure (per-era max)", _fmt(summary["feature_exposure_max"]),
+                      _fmt(summary.get("feature_exposure_std")), "", "")
     return table
 
 
+def importance_table(importance: pd.DataFrame, repeats: int, top: int = IMPORTANCE_SHOWN) -> Table:
+    """The largest drops of a permutation importance frame (largest first, as computed); the
+    std over shuffles only when there were several."""
+    kind = "groups" if (importance["kind"] == "group").all() else "features"
+    more = f"top {top} of {len(importance)} " if len(importance) > top else ""
+    title = (f"Permutation importance, {more}{kind}: drop in validation CORR mean "
+             f"(baseline {importance['corr_baseline'].iloc[0]:.4f})")
+    table = Table(title=title, title_justify="left", min_width=len(title))
+    unit = kind.removesuffix("s")
+    headers = ("#", unit, "features", "CORR drop", *((f"std ({repeats} shuffles)",) if repeats > 1 else ()))
+    for header in headers:
+        table.add_column(header, justify="left" if header == unit else "right")
+    for rank, row in enumerate(importance.head(top).itertuples(), start=1):
+        spread = (_fmt(row.corr_drop_std),) if repeats > 1 else ()
+        table.add_row(str(rank), escape(str(row.name)), str(row.n_features), _fmt(row.corr_drop), *spread)
+    return table
+
+
+@dataclass
+class JobRow:
+    """One job of a multirun as the comparison table shows it."""
+
+    job: str  # the job's number (grid), or its trial's
+    status: str  # FINISHED / FAILED / KILLED / PRUNED / ..., or an Optuna trial state
+    run_name: str
+    overrides: str  # what sets this job apart from the others
+    metrics: dict[str, float] = field(default_factory=dict)
+    objective: float | None = None
+
+
+def comparison_table(rows: list[JobRow], title: str, objective: str, job: str = "job") -> Table:
+    """One row per job (or trial: ``job``): the objective first, then the main summaries some
+    job logged, its status, run name and distinct overrides."""
+    shown = [m for m in COMPARED_METRICS if m != objective and any(m in r.metrics for r in rows)]
+    table = Table(title=title, title_justify="left")
+    table.add_column(job, justify="right", no_wrap=True)
+    table.add_column(objective, justify="right", style="bold", overflow="fold")
+    for name in shown:
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for header in ("run", "overrides"):
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        # overrides may hold brackets (lists) that rich would read as markup
+        table.add_row(row.job, _fmt(row.objective), *(_fmt(row.metrics.get(m)) for m in shown),
+                      row.status, escape(row.run_name), escape(row.overrides))
+    return table
+
+
+def print_wide(table: Table) -> None:
+    """A wide table whole: a terminal folds its long cells; a log file or pipe (80 columns to
+    rich) gets it at its natural width."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(file=console.file, width=WIDE).print(table)
+
+
+def job_line(run_name: str, metrics: dict[str, float]) -> str:
+    """A multirun job's one-line summary (its table comes at the end of the multirun)."""
+    shown = "  ".join(f"{name} {metrics[name]:.4f}" for name in COMPARED_METRICS
+                      if name in metrics and not math.isnan(metrics[name]))
+    return f"{run_name}: {shown}" if shown else run_name
+
+
+def _known(value: float | None) -> bool:
+    """A summary worth a row: computed, and not NaN (top/bottom CORR of eras too small for it)."""
+    return value is not None and not math.isnan(value)
+
+
 def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+    return "" if value is None or math.isnan(value) else f"{value:.4f}"

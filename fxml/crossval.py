@@ -68,12 +68,17 @@ def fold_tags(fold: Fold) -> dict[str, str]:
             "fxml.fold.test_eras": era_ranges(fold.test)}
 
 
+def fold_run_name(job_run_name: str, fold: Fold) -> str:
+    """The job run's name and the fold's number from 1: ``lgbm-small-target-3f9a-fold2``."""
+    return f"{job_run_name}-fold{fold.index + 1}"
+
+
 @contextmanager
-def fold_run(fold: Fold, n_folds: int, tags: dict[str, str]) -> Iterator[Any]:
+def fold_run(fold: Fold, name: str, tags: dict[str, str]) -> Iterator[Any]:
     """A child run of the job's run, ended FINISHED, FAILED (``error`` tag) or KILLED."""
     parent = mlflow.active_run()
     run = mlflow.start_run(experiment_id=parent.info.experiment_id, nested=True,
-                           run_name=f"fold {fold.index + 1}/{n_folds}", tags=tags)
+                           run_name=name, tags=tags)
     try:
         yield run
     except BaseException as error:
@@ -155,9 +160,10 @@ def sweep_objective() -> str | None:
 
 def cross_validate(build_model: Callable[[], TabularModel], train: DataSplit, folds: list[Fold],
                    embargo: int, data: NumeraiData, scorer: NumeraiScorer,
-                   sweep: Any) -> CrossValidation:
-    """Run every fold as a child run, report the running cv metric to a sweep's trial after each
-    fold (a bad trial stops after its first fold), and log the cv summaries on the job's run."""
+                   sweep: Any, run_name: str) -> CrossValidation:
+    """Run every fold as a child run (named after the job's ``run_name``), report the running cv
+    metric to a sweep's trial after each fold (a bad trial stops after its first fold), and log the
+    cv summaries on the job's run."""
     report = trial_reporter(sweep)
     objective = sweep_objective() if report is not None else None
     if report is not None:
@@ -171,7 +177,7 @@ def cross_validate(build_model: Callable[[], TabularModel], train: DataSplit, fo
         log.info("cv: fold %d/%d, train eras %s, inner holdout %s, test eras %s", fold.index + 1,
                  len(folds), era_ranges(fold.train), era_ranges(fold.holdout) or "none",
                  era_ranges(fold.test))
-        with fold_run(fold, len(folds), fold_tags(fold)) as run:
+        with fold_run(fold, fold_run_name(run_name, fold), fold_tags(fold)) as run:
             scores, frame = fit_and_score_fold(build_model(), train, fold, len(folds), data, scorer)
             log_fold_scores(scores, fold, embargo)
         per_era.append(scores.per_era.assign(fold=fold.index))

@@ -5,18 +5,30 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import hydra
 import mlflow
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from fxml import __version__
 from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import CONFIG_PATH, register_schemas, validate
-from fxml.console import console, quiet_dependencies, step_progress, summary_table
+from fxml.console import (
+    console,
+    importance_table,
+    job_line,
+    print_wide,
+    quiet_dependencies,
+    step_progress,
+    summary_table,
+)
 from fxml.crossval import cross_validate, training_parts
 from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
 from fxml.data.loader import DataSplit, NumeraiData
@@ -29,6 +41,10 @@ from fxml.scoring.scorer import Scores
 from fxml.secrets import redact
 from fxml.sweeps.pruning import trial_reporter
 from fxml.tracking.mlflow_run import (
+    JOB_TAG,
+    OVERRIDES_TAG,
+    TRIAL_TAG,
+    RunName,
     StepMetrics,
     git_commit,
     log_config,
@@ -42,6 +58,7 @@ from fxml.tracking.pyfunc import log_pyfunc_model
 from fxml.tracking.stores import bound_retries
 
 log = logging.getLogger("fxml.run")
+IMPORTANCE_CSV = "importance/permutation.csv"
 register_schemas()
 
 
@@ -53,8 +70,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     bound_retries(cfg.tracking.retry_seconds)
     require_accelerator(cfg.trainer.accelerator)  # every family, before any data is loaded
     tags = {"fxml_version": __version__, "git_commit": git_commit(),
-            "model_family": cfg.model._target_.rsplit(".", 1)[-1], **cfg.tracking.tags}
-    with tracked_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags) as run:
+            "model_family": cfg.model._target_.rsplit(".", 1)[-1], **multirun_job_tags(cfg),
+            **cfg.tracking.tags}
+    name = run_name(cfg)
+    with tracked_run(uri, cfg.tracking.experiment, name, tags) as run:
+        payout = (cfg.scorer.payout_corr_weight, cfg.scorer.payout_mmc_weight, cfg.scorer.payout_clip)
+        shown = Shown(name.of(run.info.run_id), run.info.run_id, uri, cfg.tracking.experiment, payout)
         log_config(cfg)
         data = NumeraiData.from_config(cfg.data, source=instantiate(cfg.data.source, _recursive_=False))
         mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
@@ -79,9 +100,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if splitter.active:
             folds = splitter.folds(train_split.eras, embargo, holdout_eras)
             cv = cross_validate(lambda: build_model()[0], train_split, folds, embargo, data, scorer,
-                                cfg.sweep)
+                                cfg.sweep, shown.run_name)
             if not splitter.refit:
-                show_summary(None, cv.summary, run.info.run_id, uri, cfg.tracking.experiment)
+                show_summary(None, cv.summary, shown)
                 return {**cv.summary, "mlflow_run_id": run.info.run_id}
         fit_split, inner_holdout = training_parts(train_split, holdout_eras, embargo)
         del train_split
@@ -112,15 +133,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with console.status("permutation importance"):
             importance = scorer.importance(model, validation, data)
         if importance is not None:
-            log_frame(importance, "importance/permutation.csv")
+            log_frame(importance, IMPORTANCE_CSV)
             mlflow.log_figure(importance_figure(importance), "importance/permutation.png")
+            show_importance(importance, cfg.scorer.importance_repeats,
+                            mlflow.get_artifact_uri(IMPORTANCE_CSV))
         if cfg.tracking.log_model:
             with console.status("logging the model"):
                 log_pyfunc_model(model, data.feature_names, {
                     "data_version": data.version, "target": data.target,
                     "feature_set": data.feature_set})
     cv_metrics = cv.summary if cv is not None else {}
-    show_summary(scores, cv_metrics, run.info.run_id, uri, cfg.tracking.experiment)
+    show_summary(scores, cv_metrics, shown)
     # a sweep reads its objective from here, and keeps only this small dict per job
     return {**cv_metrics, **scores.summary, "mlflow_run_id": run.info.run_id}
 
@@ -155,19 +178,82 @@ def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # t
     log_frame(frame, "predictions/validation.parquet")
 
 
-def show_summary(scores: Scores | None, cv_metrics: dict[str, float], run_id: str, uri: str,
-                 experiment: str) -> None:
-    uri = redact(uri)
-    if cv_metrics:
-        # no MMC (nor payout) out of fold where the meta model has no training rows
-        plain = {key.removeprefix("cv_"): value for key, value in cv_metrics.items() if pd.notna(value)}
-        console.print(summary_table(plain, f"Cross-validation, out of fold over {int(plain['n_eras'])} "
-                                           "training eras"))
+@dataclass(frozen=True)
+class Shown:
+    """What the summary names: the run (as MLflow shows it), where it is, the payout weights."""
+
+    run_name: str
+    run_id: str
+    uri: str
+    experiment: str
+    payout: tuple[float, float, float]
+
+
+def run_name(cfg: DictConfig) -> RunName:
+    """``tracking.run_name``, else the model, feature set and target (``lgbm-small-target``) and
+    the run id's start; a search's trial adds ``-trial<n>``."""
+    trial = cfg.sweep.get("trial_number") if cfg.get("sweep") else None
+    suffix = f"-trial{trial}" if trial is not None else ""
+    if cfg.tracking.run_name:
+        return RunName(str(cfg.tracking.run_name), short_id=False, suffix=suffix)
+    feature_set = "custom" if cfg.data.get("features") else str(cfg.data.get("feature_set") or "custom")
+    return RunName(f"{model_choice(cfg)}-{feature_set}-{cfg.data.target}", suffix=suffix)
+
+
+def model_choice(cfg: DictConfig) -> str:
+    """The ``model=`` the user chose (``lgbm``), or the model class's name outside Hydra."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("model")
+        if choice:
+            return str(choice)
+    return cfg.model._target_.rsplit(".", 1)[-1].removesuffix("Model").lower()
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def multirun_job_tags(cfg: DictConfig) -> dict[str, str]:
+    """A multirun job's number, overrides and search trial, for the comparison table at the
+    multirun's end."""
+    tags = {}
+    if in_multirun():
+        hydra_config = HydraConfig.get()
+        tags = {JOB_TAG: str(hydra_config.job.num), OVERRIDES_TAG: " ".join(hydra_config.overrides.task)}
+    if cfg.get("sweep") and cfg.sweep.get("trial_number") is not None:
+        tags[TRIAL_TAG] = str(cfg.sweep.trial_number)
+    return tags
+
+
+def show_importance(importance: pd.DataFrame, repeats: int, artifact: str) -> None:
+    if in_multirun():
+        console.print(f"permutation importance: {redact(artifact)}", soft_wrap=True)
+        return
+    print_wide(importance_table(importance, repeats))
+    console.print(f"All {len(importance)} rows: {redact(artifact)}", soft_wrap=True)
+
+
+def show_summary(scores: Scores | None, cv_metrics: dict[str, float], shown: Shown) -> None:
+    """The run's tables; in a multirun one line per job, and one table at the multirun's end."""
+    uri = redact(shown.uri)
+    # no MMC (nor payout) out of fold where the meta model has no training rows
+    plain = {key.removeprefix("cv_"): value for key, value in cv_metrics.items() if pd.notna(value)}
+    if in_multirun():
+        metrics = {**cv_metrics, **(scores.summary if scores is not None else {})}
+        console.print(f"job {HydraConfig.get().job.num}: {job_line(shown.run_name, metrics)}",
+                      soft_wrap=True)
+        return
+    if plain:
+        print_wide(summary_table(plain, f"Cross-validation, out of fold over {int(plain['n_eras'])} "
+                                           "training eras", shown.payout))
     if scores is not None:
         eras = int(scores.summary.get("n_eras", len(scores.per_era)))
-        console.print(summary_table(scores.summary, f"Validation (holdout) over {eras} eras"))
-    console.print(f"MLflow run [bold]{run_id}[/bold] in experiment '{experiment}' at {uri}")
-    console.print(f"Browse: mlflow ui --backend-store-uri {uri}")
+        print_wide(summary_table(scores.summary, f"Validation (holdout) over {eras} eras",
+                                    shown.payout))
+    # whole lines, never folded: a user copies names, paths and commands from them
+    console.print(f"MLflow run [bold]{escape(shown.run_name)}[/bold] ({shown.run_id}) in experiment "
+                  f"'{shown.experiment}' at {uri}", soft_wrap=True)
+    console.print(f"Browse: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
 
 
 # Hydra wraps ``train`` under another name, so parallel launchers can pickle ``train`` by reference.

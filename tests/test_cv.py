@@ -419,3 +419,5 @@ def test_sweep_on_cv_sharpe_prunes_a_bad_trial_after_its_first_fold(workspace: W
     finished = next(r for r in jobs.values() if r.info.status == "FINISHED")
     assert complete.value == pytest.approx(finished.data.metrics["cv_corr_sharpe"])
     assert complete.intermediate_values[2] == pytest.approx(complete.value)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]  # the trials' table
+    assert sum("│ PRUNED " in row for row in rows) == 1 and sum("│ COMPLETE " in row for row in rows) == 1

@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from fxml.scoring import SCORE_COLUMNS, score_eras, summarize, transforms
 from fxml.scoring import metrics as scoring_metrics
 from fxml.scoring.eras import encode_eras, order_within_eras
+from fxml.scoring.summary import LEVELS
 from fxml.scoring.transforms import (
     centre_gram_upper,
     neutralizing_coefficients,
@@ -246,6 +247,9 @@ def test_summary_matches_numerai_tools_and_pandas(data, expected):
         drawdown = (cumulative.expanding(min_periods=1).max() - cumulative).max()
         assert summary[f"{column}_mean"] == pytest.approx(series.mean(), abs=TOLERANCE)
         assert summary[f"{column}_std"] == pytest.approx(np.std(series, ddof=0), abs=TOLERANCE)
+        if column in LEVELS:  # a level (feature exposure) has no sharpe nor drawdown
+            assert f"{column}_sharpe" not in summary and f"{column}_max_drawdown" not in summary
+            continue
         assert summary[f"{column}_sharpe"] == pytest.approx(sharpe_ratio(series), abs=TOLERANCE)
         assert summary[f"{column}_max_drawdown"] == pytest.approx(drawdown, abs=TOLERANCE)
     assert summary["feature_exposure_max"] == pytest.approx(

@@ -76,7 +76,7 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen, seconds: 
 
 
 def training(workspace: Workspace, experiment: str, run_name: str) -> Callable[[], bool]:
-    return lambda: any(r.info.run_name == run_name and r.info.status == "RUNNING"
+    return lambda: any(r.info.run_name.endswith(f"-{run_name}") and r.info.status == "RUNNING"
                        for r in workspace.runs(experiment))
 
 
@@ -146,7 +146,7 @@ def test_sigterm_ends_trial_child_and_parent_killed(workspace: Workspace) -> Non
     given, storage = local_storage(workspace, experiment)
     sweep = start(workspace, search_command(f"hydra.sweeper.storage={given}", "hydra.sweeper.n_trials=3",
                                             f"tracking.experiment={experiment}", *SLOW_TRIALS))
-    wait_for(training(workspace, experiment, "trial-0"), sweep)
+    wait_for(training(workspace, experiment, "trial0"), sweep)
     time.sleep(0.5)
     sweep.send_signal(signum)
     _, stderr = sweep.communicate(timeout=120)
@@ -157,7 +157,7 @@ def test_sigterm_ends_trial_child_and_parent_killed(workspace: Workspace) -> Non
     assert trial.state == FAIL and trial.user_attrs["error"] == how
     [parent] = parents(workspace, experiment)
     assert parent.info.status == "KILLED" and parent.data.tags["stopped"] == how
-    [child] = [r for r in workspace.runs(experiment) if r.info.run_name == "trial-0"]
+    [child] = [r for r in workspace.runs(experiment) if r.info.run_name.endswith("-trial0")]
     assert child.info.status == "KILLED"
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
@@ -169,11 +169,11 @@ def test_a_dead_workers_trial_fails_in_optuna_and_in_mlflow(workspace: Workspace
                              "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3",
                              "tracking.experiment=dead", *SLOW_TRIALS)
     worker = start(workspace, command)
-    wait_for(lambda: training(workspace, "dead", "trial-0")() and any(
+    wait_for(lambda: training(workspace, "dead", "trial0")() and any(
         "mlflow_run_id" in t.user_attrs for t in only_study(storage).trials), worker)
     worker.kill()  # SIGKILL: nothing of the worker's own cleanup runs
     worker.communicate(timeout=60)
-    [orphan] = [r for r in workspace.runs("dead") if r.info.run_name == "trial-0"]
+    [orphan] = [r for r in workspace.runs("dead") if r.info.run_name.endswith("-trial0")]
     assert orphan.info.status == "RUNNING"
     time.sleep(3.5)  # past the grace period
 
@@ -247,7 +247,7 @@ def test_a_postgres_restart_mid_sweep_loses_nothing(workspace: Workspace, postgr
                              "model.valid_corr_every=20", "tracking.log_model=false", "scorer.fnc=false")
     sweep = start(workspace, command, PGPASSWORD=PASSWORD)
     # the restart lands while trial 0 trains and reports to its trial
-    wait_for(lambda: training(workspace, "pg-restart", "trial-0")() and any(
+    wait_for(lambda: training(workspace, "pg-restart", "trial0")() and any(
         "mlflow_run_id" in t.user_attrs for t in only_study(postgres.url("restarted")).trials), sweep)
     postgres.restart_after(20)
     assert sweep.poll() is None, "the sweep was still running when the database came back"
@@ -304,7 +304,7 @@ def test_ctrl_c_during_a_deep_models_trial_ends_everything_killed(workspace: Wor
                               "hydra.sweeper.pruner.name=none", "trainer.max_epochs=200",
                               "trainer.patience=null", "trainer.n_jobs=1", "tracking.log_model=false",
                               "tracking.experiment=deep-stop", *SMALL_DATA])
-    wait_for(lambda: training(workspace, "deep-stop", "trial-0")() and any(
+    wait_for(lambda: training(workspace, "deep-stop", "trial0")() and any(
         "mlflow_run_id" in t.user_attrs for t in only_study(storage).trials), sweep)
     time.sleep(2)
     sweep.send_signal(signal.SIGINT)
@@ -314,5 +314,5 @@ def test_ctrl_c_during_a_deep_models_trial_ends_everything_killed(workspace: Wor
     assert trial.state == FAIL and trial.user_attrs["error"] == "interrupted"
     [parent] = parents(workspace, "deep-stop")
     assert parent.info.status == "KILLED"
-    [child] = [r for r in workspace.runs("deep-stop") if r.info.run_name == "trial-0"]
+    [child] = [r for r in workspace.runs("deep-stop") if r.info.run_name.endswith("-trial0")]
     assert child.info.status == "KILLED", child.data.tags.get("error")

@@ -202,7 +202,7 @@ def test_interrupted_sweep_resumes_with_the_same_command(workspace: Workspace) -
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # interrupt once the second trial's job is training
         time.sleep(0.2)
-        if any(r.info.run_name == "trial-1" and r.info.status == "RUNNING"
+        if any(r.info.run_name.endswith("-trial1") and r.info.status == "RUNNING"
                for r in workspace.runs("interrupted")):
             time.sleep(0.5)
             break
@@ -215,7 +215,7 @@ def test_interrupted_sweep_resumes_with_the_same_command(workspace: Workspace) -
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
     assert trials[1].user_attrs["error"] == "interrupted"
     killed = workspace.client().get_run(
-        next(r.info.run_id for r in workspace.runs("interrupted") if r.info.run_name == "trial-1"))
+        next(r.info.run_id for r in workspace.runs("interrupted") if r.info.run_name.endswith("-trial1")))
     assert killed.info.status == "KILLED"
     [parent] = [r for r in workspace.runs("interrupted") if r.data.tags.get("fxml.role") == "sweep"]
     assert parent.info.status == "KILLED" and parent.data.tags["stopped"] == "interrupted"

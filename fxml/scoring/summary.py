@@ -36,25 +36,39 @@ def max_drawdown(scores: np.ndarray) -> float:
     return float(np.max(np.maximum.accumulate(cumulative) - cumulative))
 
 
+# Per-era levels rather than returns: how exposed to its features, or how similar to the meta
+# model, a model is in each era. Their mean and std describe them; a sharpe (mean over std of an
+# always-positive exposure) or a drawdown of their cumulative sum (which never falls) measures
+# nothing, so neither is computed for them.
+LEVELS = frozenset({"feature_exposure", "meta_model_rank_corr", "exposure_dissimilarity"})
+SCORE_STATISTICS = ("mean", "std", "sharpe", "max_drawdown")
+LEVEL_STATISTICS = ("mean", "std")
+
+
+def statistics_of(column: str) -> tuple[str, ...]:
+    """The summary statistics ``summarize`` gives a per-era column."""
+    return LEVEL_STATISTICS if column in LEVELS else SCORE_STATISTICS
+
+
 def summarize(per_era: pd.DataFrame) -> dict[str, float]:
     """Summary statistics of each column of ``score_eras``' output (and of any column a caller
     added, such as a payout score), each over the eras where that column is not NaN, in era
     order.
 
-    Keys: ``{column}_mean``, ``_std``, ``_sharpe``, ``_max_drawdown`` for each column;
-    ``feature_exposure_max`` (mean over eras of the per-era maximum feature correlation,
-    Numerai's usual exposure figure) when exposure was scored; ``n_eras``, the number of
-    eras with a CORR score.
+    Keys: ``{column}_mean``, ``_std``, ``_sharpe``, ``_max_drawdown`` for each score column,
+    only ``_mean`` and ``_std`` for the levels of ``LEVELS``; ``feature_exposure_max`` (mean
+    over eras of the per-era maximum feature correlation, Numerai's usual exposure figure; the
+    same number as ``feature_exposure_mean``) when exposure was scored; ``n_eras``, the number
+    of eras with a CORR score.
     """
     per_era = per_era.sort_index()
+    measures = {"mean": mean_score, "std": std_score, "sharpe": sharpe, "max_drawdown": max_drawdown}
     summary: dict[str, float] = {}
     for column in per_era.columns:
         values = per_era[column].to_numpy(dtype=np.float64)
         values = values[~np.isnan(values)]
-        summary[f"{column}_mean"] = mean_score(values)
-        summary[f"{column}_std"] = std_score(values)
-        summary[f"{column}_sharpe"] = sharpe(values)
-        summary[f"{column}_max_drawdown"] = max_drawdown(values)
+        for statistic in statistics_of(column):
+            summary[f"{column}_{statistic}"] = measures[statistic](values)
     if "feature_exposure" in per_era.columns:
         summary["feature_exposure_max"] = summary["feature_exposure_mean"]
     if "corr" in per_era.columns:

@@ -8,15 +8,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fxml.errors import FxmlError
+from fxml.scoring.summary import statistics_of
 
 SCORED = ("corr", "mmc", "bmc", "fnc", "feature_exposure", "payout", "mpc", "tb200_corr",
           "meta_model_rank_corr", "exposure_dissimilarity")
-STATISTICS = ("mean", "std", "sharpe", "max_drawdown")
 KNOWN_METRICS = frozenset(
-    [f"{column}_{stat}" for column in SCORED for stat in STATISTICS]
+    [f"{column}_{stat}" for column in SCORED for stat in statistics_of(column)]
     + ["feature_exposure_max", "n_eras", "train_seconds", "payout_apy", "payout_calmar"]
     # cross-validation (cv=walk_forward|era_kfold): the same summaries over out-of-fold eras
-    + [f"cv_{column}_{stat}" for column in SCORED for stat in STATISTICS] + ["cv_n_eras"]
+    + [f"cv_{column}_{stat}" for column in SCORED for stat in statistics_of(column)] + ["cv_n_eras"]
 )
 
 

@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Run, RunTag
 from omegaconf import DictConfig
 
+from fxml.console import JobRow, comparison_table, print_wide
+from fxml.secrets import redact
 from fxml.sweeps.stopping import watch_stop_signals
-from fxml.tracking.mlflow_run import tracking_uri, use_experiment
+from fxml.tracking.mlflow_run import JOB_TAG, OVERRIDES_TAG, TRIAL_TAG, tracking_uri, use_experiment
 
 log = logging.getLogger(__name__)
 PARENT_ENV = "FXML_PARENT_RUN_ID"
@@ -32,6 +35,8 @@ SWEEP_KEY_TAG = "fxml.sweep_key"
 STUDY_TAG = "fxml.study"
 ROLE_TAG = "fxml.role"
 OPTUNA_SWEEPER = "FxmlOptunaSweeper"
+# what a grid's table puts first (the sweeper's default objective); out of fold without a refit
+GRID_OBJECTIVES = ("corr_sharpe", "cv_corr_sharpe")
 
 
 def open_parent_run(uri: str, experiment: str, key: str, name: str,
@@ -91,6 +96,65 @@ def record_best(uri: str, run_id: str, best: Best, objective: str, study_name: s
         tags=[RunTag(key, value) for key, value in tags.items()])
 
 
+def job_runs(uri: str, parent_id: str) -> list[Run]:
+    """The runs of a sweep's jobs (its parent's children; cv folds are their children)."""
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment_id], max_results=50000,
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def run_status(run: Run) -> str:
+    """FINISHED, FAILED, RUNNING, KILLED, or PRUNED (a trial the search stopped early)."""
+    return "PRUNED" if "pruned" in run.data.tags else run.info.status
+
+
+def distinct_overrides(overrides: list[str]) -> list[str]:
+    """Each job's overrides less those every job shares: what sets a job apart."""
+    lines = [line.split() for line in overrides]
+    shared = set.intersection(*map(set, lines)) if lines else set()
+    return [" ".join(o for o in line if o not in shared) for line in lines]
+
+
+def grid_rows(runs: list[Run]) -> tuple[str, list[JobRow]]:
+    """The objective a grid's table shows first, and one row per job in job order (with all
+    its overrides)."""
+    runs = sorted(runs, key=lambda run: (int(run.data.tags.get(JOB_TAG, 1 << 30)), run.info.start_time))
+    objective = next((name for name in GRID_OBJECTIVES if any(name in r.data.metrics for r in runs)),
+                     GRID_OBJECTIVES[0])
+    return objective, [JobRow(run.data.tags.get(JOB_TAG, "?"), run_status(run), run.info.run_name or "",
+                              run.data.tags.get(OVERRIDES_TAG, ""), dict(run.data.metrics),
+                              run.data.metrics.get(objective))
+                       for run in runs]
+
+
+def show_grid_table(uri: str, parent_id: str, directory: str, failed_early: dict[str, JobRow]) -> None:
+    """The multirun's one comparison table (its jobs print one line each). ``failed_early``: the
+    jobs, by number, that this process saw fail before starting their MLflow run."""
+    objective, rows = grid_rows(job_runs(uri, parent_id))
+    seen = {row.job for row in rows}
+    rows += [row for job, row in failed_early.items() if job not in seen]
+    if not rows:
+        return
+    rows.sort(key=lambda row: int(row.job) if row.job.isdigit() else 1 << 30)
+    for row, distinct in zip(rows, distinct_overrides([row.overrides for row in rows]), strict=True):
+        row.overrides = distinct
+    print_wide(comparison_table(rows, f"Multirun {directory}: {len(rows)} job(s)", objective))
+
+
+def trial_rows(runs: list[Run], trials: list[Any]) -> list[JobRow]:
+    """One row per trial of a study (``optuna.trial.FrozenTrial``), with its MLflow run's metrics."""
+    by_trial = {int(run.data.tags[TRIAL_TAG]): run for run in runs if TRIAL_TAG in run.data.tags}
+    rows = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        run = by_trial.get(trial.number)
+        params = " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                          for key, value in trial.params.items())
+        rows.append(JobRow(str(trial.number), trial.state.name, run.info.run_name if run else "",
+                           params, dict(run.data.metrics) if run else {}, trial.value))
+    return rows
+
+
 def is_optuna_search(config: DictConfig) -> bool:
     return str(config.hydra.sweeper.get("_target_", "")).endswith(OPTUNA_SWEEPER)
 
@@ -106,11 +170,12 @@ class MlflowSweepParent(Callback):
         if is_optuna_search(config):
             return
         self.uri = tracking_uri(config.tracking.uri)
-        directory = config.hydra.sweep.dir
+        directory = self.directory = config.hydra.sweep.dir
         key = f"grid:{os.path.abspath(directory)}"
         self.run_id = open_parent_run(self.uri, config.tracking.experiment, key, f"sweep {directory}")
         os.environ[PARENT_ENV] = self.run_id
         self.stops: list[int] = []
+        self.failed_early: dict[str, JobRow] = {}
         self.restore_signals = watch_stop_signals(self.stops)
         atexit.register(self._close_if_open)
         log.info("sweep: parent MLflow run %s (sweep %s)", self.run_id, directory)
@@ -118,6 +183,8 @@ class MlflowSweepParent(Callback):
     def _close_if_open(self) -> None:
         if self.run_id:
             stopped = bool(self.stops)
+            if not stopped:  # a failed job ended the multirun: show the jobs; a stop exits at once
+                self._show_table()
             how = ("terminated" if signal.SIGTERM in self.stops else "interrupted") if stopped else \
                 "the multirun failed"
             end_parent_run(self.uri, self.run_id, "KILLED" if stopped else "FAILED", how)
@@ -126,9 +193,24 @@ class MlflowSweepParent(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # jobs run one after another in the same process: free the last one's arrays now
         gc.collect()
+        # a job that failed before its MLflow run started (a bad value) still gets a row; seen
+        # here when the launcher runs jobs in this process (basic), not in workers (joblib)
+        if self.run_id and job_return.status == JobStatus.FAILED:
+            error = job_return._return_value  # the public return_value would re-raise it
+            text = str(error).strip().splitlines()
+            self.failed_early[str(config.hydra.job.num)] = JobRow(
+                str(config.hydra.job.num), "FAILED", f"(no run: {type(error).__name__}: "
+                f"{redact(text[0]) if text else ''})", " ".join(config.hydra.overrides.task))
+
+    def _show_table(self) -> None:
+        try:
+            show_grid_table(self.uri, self.run_id, self.directory, self.failed_early)
+        except mlflow.exceptions.MlflowException as error:
+            log.warning("sweep: no comparison table (%s)", str(error).splitlines()[0])
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id:
+            self._show_table()
             self.restore_signals()
             os.environ.pop(PARENT_ENV, None)
             mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status="FINISHED")

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ DEFAULT_URI = f"sqlite:///{DEFAULT_STORE}/mlflow.db"
 MAX_PARAM_LENGTH = 6000
 BATCH = 1000
 CREATE_ATTEMPTS = 8
+SHORT_ID = 4  # characters of the run id in a run's name
+# a multirun job's number and its command-line overrides (its row in the multirun's table)
+JOB_TAG = "fxml.job"
+OVERRIDES_TAG = "fxml.overrides"
+TRIAL_TAG = "fxml.trial"  # the Optuna trial number of a search's job
 
 
 def tracking_uri(configured: str | None, setting: str = "tracking.uri") -> str:
@@ -78,17 +84,37 @@ def use_experiment(uri: str, experiment: str) -> str:
     raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True)
+class RunName:
+    """How a run is named in MLflow and in the terminal: ``base`` (``lgbm-small-target``, or the
+    user's ``tracking.run_name``), then the first characters of the run id when ``short_id``
+    (tells apart runs of one configuration), then ``suffix`` (``-trial3`` in a search)."""
+
+    base: str
+    short_id: bool = True
+    suffix: str = ""
+
+    def of(self, run_id: str) -> str:
+        return self.base + (f"-{run_id[:SHORT_ID]}" if self.short_id else "") + self.suffix
+
+
 @contextmanager
-def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, str]) -> Iterator[Any]:
+def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, str]) -> Iterator[Any]:
     """A run that ends FINISHED, FAILED (with an ``error`` tag) or KILLED (interrupted or
-    pruned); inside a sweep it is a child of the sweep's parent run."""
+    pruned); inside a sweep it is a child of the sweep's parent run. A plain string names it
+    exactly."""
+    if isinstance(name, str):
+        name = RunName(name, short_id=False)
     experiment_id = use_experiment(uri, experiment)
     parent = os.environ.get("FXML_PARENT_RUN_ID")
     if parent:
         tags = {**tags, "mlflow.parentRunId": parent}
     tags = {key: redact(str(value)) for key, value in tags.items()}
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=name.base + name.suffix, tags=tags)
     try:
+        if name.short_id:
+            # the short id is the run id's start, known once the run exists
+            mlflow.set_tag("mlflow.runName", name.of(run.info.run_id))
         yield run
     except BaseException as error:
         if is_unreachable(error):
@@ -184,12 +210,13 @@ class StepMetrics:
 
 
 def log_frame(frame: pd.DataFrame, artifact_path: str) -> None:
-    """Write a frame as parquet or CSV (by the path's suffix) into the run's artifacts."""
+    """Write a frame as parquet or CSV (by the path's suffix) into the run's artifacts. A CSV
+    keeps the index only when it is named (``era``): a plain row number is no column of the data."""
     folder, _, name = artifact_path.rpartition("/")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         if name.endswith(".csv"):
-            frame.to_csv(path)
+            frame.to_csv(path, index=frame.index.name is not None)
         else:
             frame.to_parquet(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=folder or None)

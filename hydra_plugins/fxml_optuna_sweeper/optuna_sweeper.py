@@ -35,10 +35,19 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from fxml.cli import fail
-from fxml.console import quiet_dependencies
+from fxml.console import comparison_table, print_wide, quiet_dependencies
 from fxml.errors import FxmlError
 from fxml.sweeps.objective import Objective
-from fxml.sweeps.parent import PARENT_ENV, STUDY_TAG, Best, end_parent_run, open_parent_run, record_best
+from fxml.sweeps.parent import (
+    PARENT_ENV,
+    STUDY_TAG,
+    Best,
+    end_parent_run,
+    job_runs,
+    open_parent_run,
+    record_best,
+    trial_rows,
+)
 from fxml.sweeps.pruning import STORAGE_ENV, make_pruner
 from fxml.sweeps.retry import first_line, with_retries
 from fxml.sweeps.space import distribution, grid, parse_overrides
@@ -255,8 +264,8 @@ class FxmlOptunaSweeper(Sweeper):
 
     def _trial_overrides(self, trial: optuna.Trial) -> list[str]:
         values = [f"{key}={_override_value(value)}" for key, value in trial.params.items()]
-        return [*values, f"sweep.study_name={self.study_name}", f"sweep.trial_number={trial.number}",
-                f"tracking.run_name=trial-{trial.number}"]
+        # the job names its run after the trial (``lgbm-small-target-3f9a-trial4``)
+        return [*values, f"sweep.study_name={self.study_name}", f"sweep.trial_number={trial.number}"]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> None:
         value, state, note = None, TrialState.FAIL, None
@@ -367,7 +376,19 @@ class FxmlOptunaSweeper(Sweeper):
                             first_line(error))
         return best
 
+    def _show_table(self, study: optuna.Study) -> None:
+        """The study's one comparison table: a row per trial, the objective first."""
+        try:
+            rows = trial_rows(job_runs(self.uri, self.parent_id), study.get_trials(deepcopy=False))
+        except mlflow.exceptions.MlflowException as error:
+            log.warning("sweep: no comparison table (%s)", first_line(error))
+            return
+        print_wide(comparison_table(rows, f"Study {self.study_name}: {len(rows)} trial(s), "
+                                             f"{self.direction} {self.objective.label}",
+                                       self.objective.label, job="trial"))
+
     def _finish(self, study: optuna.Study, fixed: Sequence[str]) -> None:
+        self._show_table(study)
         best = self._record_best(study, fixed)
         if best is None:
             trials = study.get_trials(deepcopy=False)
