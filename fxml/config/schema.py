@@ -8,22 +8,20 @@ composition, so a bad value fails before any data is read, with one line naming 
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, one_of, require
+from fxml.models.deep.params import DeepParams
+from fxml.models.params import MODEL_URI_PREFIXES, ModelParams, model_families
 
-
-def require(condition: bool, key: str, rule: str, value: Any) -> None:
-    if not condition:
-        raise FxmlError(f"{key} {rule} (got {value!r})")
-
-
-def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    require(value in allowed, key, f"must be one of {', '.join(allowed)}", value)
+__all__ = ["FxmlError", "SCHEMAS", "check_model_uri", "model_schema", "one_of", "register_schemas",
+           "require", "schema_name"]
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -109,72 +107,40 @@ class NumeraiDataConfig(DataConfig):
 
 
 # --- models -----------------------------------------------------------------------------------
+# Each family's parameters, defaults and checks are its dataclass in fxml.models.params (or
+# fxml.models.deep.params); its schema adds only Hydra's _target_ and the wiring below.
+
+# model parameters that the trainer group sets for every model: wiring, not defaults
+TRAINER_WIRING = {
+    "device": "${trainer.accelerator}",
+    "n_jobs": "${trainer.n_jobs}",
+    "seed": "${trainer.seed}",
+    "devices": "${trainer.devices}",
+    "precision": "${trainer.precision}",
+    "max_epochs": "${trainer.max_epochs}",
+    "patience": "${trainer.patience}",
+}
+# Hydra options of a family's schema: an ensemble builds its members itself, in fit()
+HYDRA_OPTIONS: dict[str, dict[str, Any]] = {"ensemble": {"_recursive_": False}}
 
 
 @dataclass
-class ModelConfig:
+class _Targeted:
+    """Puts ``_target_`` first in every model schema (as ``--cfg job`` shows it)."""
+
     _target_: str = MISSING
-    device: str = "${trainer.accelerator}"
-    n_jobs: int = "${trainer.n_jobs}"  # type: ignore[assignment]
-    seed: int = "${trainer.seed}"  # type: ignore[assignment]
 
 
-@dataclass
-class GBDTConfig(ModelConfig):
-    n_estimators: int = 300
-    learning_rate: float = 0.05
-    max_depth: int = 5
-    num_leaves: int = 31
-    colsample_bytree: float = 0.5
-    subsample: float = 1.0
-    min_child_samples: int = 20
-    reg_lambda: float = 0.0
-    early_stopping_rounds: int | None = None
-    valid_corr_every: int = 0  # >0: validation CORR every n rounds (progress, pruning)
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        require(self.n_estimators >= 1, "model.n_estimators", "must be >= 1", self.n_estimators)
-        require(self.learning_rate > 0, "model.learning_rate", "must be > 0", self.learning_rate)
-        require(self.max_depth != 0, "model.max_depth", "must be > 0, or -1 for no limit",
-                self.max_depth)
-        require(self.num_leaves >= 2, "model.num_leaves", "must be >= 2", self.num_leaves)
-        for key in ("colsample_bytree", "subsample"):
-            value = getattr(self, key)
-            require(0 < value <= 1, f"model.{key}", "must be in (0, 1]", value)
-        require(self.min_child_samples >= 1, "model.min_child_samples", "must be >= 1",
-                self.min_child_samples)
-        require(self.reg_lambda >= 0, "model.reg_lambda", "must be >= 0", self.reg_lambda)
-        require(self.valid_corr_every >= 0, "model.valid_corr_every", "must be >= 0",
-                self.valid_corr_every)
-        if self.early_stopping_rounds is not None:
-            require(self.early_stopping_rounds >= 1, "model.early_stopping_rounds",
-                    "must be >= 1 or null", self.early_stopping_rounds)
-
-
-@dataclass
-class LGBMConfig(GBDTConfig):
-    _target_: str = "fxml.models.gbdt.LightGBMModel"
-
-
-@dataclass
-class XGBoostConfig(GBDTConfig):
-    _target_: str = "fxml.models.gbdt.XGBoostModel"
-    max_bin: int = 64
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.max_bin >= 2, "model.max_bin", "must be >= 2", self.max_bin)
-
-
-@dataclass
-class RidgeConfig(ModelConfig):
-    _target_: str = "fxml.models.linear.RidgeModel"
-    alpha: float = 1.0
-    fit_intercept: bool = True
-
-    def __post_init__(self) -> None:
-        require(self.alpha >= 0, "model.alpha", "must be >= 0", self.alpha)
+def model_schema(params: type[ModelParams]) -> type:
+    """The Hydra schema of a model family: its parameter dataclass (defaults and range checks
+    included, by inheritance) plus ``_target_`` and the trainer wiring."""
+    hints = typing.get_type_hints(params)
+    runtime = {name: hints[name] for name in params.runtime}
+    extra = [("_target_", str, params.target)]
+    extra += [(key, Any, value) for key, value in HYDRA_OPTIONS.get(params.family, {}).items()]
+    extra += [(name, annotation, TRAINER_WIRING[name]) for name, annotation in runtime.items()]
+    name = "".join(part.title() for part in params.family.split("_")) + "Schema"
+    return dataclasses.make_dataclass(name, extra, bases=(params, _Targeted))
 
 
 # --- trainer, memory, scorer, tracking --------------------------------------------------------
@@ -184,13 +150,17 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = "cpu"
-    devices: int = 1
-    precision: str = "32"
-    n_jobs: int = -1
-    seed: int = 42
-    max_epochs: int = 20  # deep models: epochs at most
-    patience: int | None = 5  # deep models: epochs without a better valid CORR; null: no early stop
+    """Where and how every model trains; each default is the model parameter it sets
+    (TRAINER_WIRING), so a model built in Python with no arguments trains as the command line."""
+
+    accelerator: str = DeepParams.device
+    devices: int = DeepParams.devices
+    precision: str = DeepParams.precision
+    n_jobs: int = DeepParams.n_jobs
+    seed: int = DeepParams.seed
+    max_epochs: int = DeepParams.max_epochs  # deep models: epochs at most
+    # deep models: epochs without a better valid CORR; null: no early stop
+    patience: int | None = DeepParams.patience
     # last training eras kept apart (with the cv embargo) for early stopping, pruning signals and
     # fitted ensemble weights; used only by models that read a validation set
     inner_holdout_eras: int = 20
@@ -347,151 +317,12 @@ class RootConfig:
     postprocess: Any = None
 
 
-# --- deep tabular models ---
-
-
-@dataclass
-class DeepConfig(ModelConfig):
-    devices: int = "${trainer.devices}"  # type: ignore[assignment]
-    precision: str = "${trainer.precision}"
-    max_epochs: int = "${trainer.max_epochs}"  # type: ignore[assignment]
-    patience: int | None = "${trainer.patience}"  # type: ignore[assignment]
-    loss: str = "mse"
-    aux_targets: list[str] = field(default_factory=list)
-    aux_weight: float = 0.5
-    batch_size: int = 1024
-    era_batching: bool = False
-    eras_per_batch: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    gradient_clip: float = 0.0
-
-    def __post_init__(self) -> None:
-        one_of("model.loss", self.loss, ("mse", "corr"))
-        require(self.aux_weight >= 0, "model.aux_weight", "must be >= 0", self.aux_weight)
-        for key in ("batch_size", "eras_per_batch"):
-            require(getattr(self, key) >= 1, f"model.{key}", "must be >= 1", getattr(self, key))
-        require(self.learning_rate > 0, "model.learning_rate", "must be > 0", self.learning_rate)
-        for key in ("weight_decay", "gradient_clip"):
-            require(getattr(self, key) >= 0, f"model.{key}", "must be >= 0", getattr(self, key))
-
-    def check_dropout(self, *keys: str) -> None:
-        for key in keys:
-            value = getattr(self, key)
-            require(0 <= value < 1, f"model.{key}", "must be in [0, 1)", value)
-
-    def check_width(self, *keys: str) -> None:
-        for key in keys:
-            require(getattr(self, key) >= 1, f"model.{key}", "must be >= 1", getattr(self, key))
-
-
-NORMS, ACTIVATIONS = ("batch", "layer", "none"), ("relu", "silu", "gelu")
-
-
-@dataclass
-class MLPConfig(DeepConfig):
-    _target_: str = "fxml.models.deep.MLPModel"
-    widths: list[int] = field(default_factory=lambda: [256, 128])
-    dropout: float = 0.1
-    norm: str = "batch"
-    activation: str = "silu"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(len(self.widths) >= 1 and min(self.widths) >= 1, "model.widths",
-                "must list at least one layer width, each >= 1", list(self.widths))
-        self.check_dropout("dropout")
-        one_of("model.norm", self.norm, NORMS)
-        one_of("model.activation", self.activation, ACTIVATIONS)
-
-
-@dataclass
-class ResNetConfig(DeepConfig):
-    _target_: str = "fxml.models.deep.ResNetModel"
-    d_main: int = 128
-    d_hidden: int = 256
-    n_blocks: int = 2
-    dropout: float = 0.1
-    residual_dropout: float = 0.0
-    norm: str = "batch"
-    activation: str = "relu"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_width("d_main", "d_hidden", "n_blocks")
-        self.check_dropout("dropout", "residual_dropout")
-        one_of("model.norm", self.norm, NORMS)
-        one_of("model.activation", self.activation, ACTIVATIONS)
-
-
-@dataclass
-class TabNetConfig(DeepConfig):
-    _target_: str = "fxml.models.deep.TabNetModel"
-    n_d: int = 8
-    n_a: int = 8
-    n_steps: int = 3
-    gamma: float = 1.3
-    n_shared: int = 2
-    n_independent: int = 2
-    mask_type: str = "sparsemax"
-    ghost_batch_norm: bool = True
-    virtual_batch_size: int = 128
-    momentum: float = 0.02
-    lambda_sparse: float = 1e-3
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_width("n_d", "n_a", "n_steps", "virtual_batch_size")
-        require(self.gamma >= 1, "model.gamma", "must be >= 1", self.gamma)
-        require(self.n_shared >= 0 and self.n_independent >= 0 and self.n_shared + self.n_independent >= 1,
-                "model.n_shared/n_independent", "must be >= 0 with at least one GLU block",
-                (self.n_shared, self.n_independent))
-        one_of("model.mask_type", self.mask_type, ("sparsemax", "entmax"))
-        require(0 < self.momentum < 1, "model.momentum", "must be in (0, 1)", self.momentum)
-        require(self.lambda_sparse >= 0, "model.lambda_sparse", "must be >= 0", self.lambda_sparse)
-
-
 # --- ensembles, post-processing, promotion, submission ---
-
-ENSEMBLE_WEIGHTS = ("equal", "fit")
-MODEL_URI_PREFIXES = ("runs:/", "models:/")
-
 
 def check_model_uri(uri: str, key: str = "model_uri") -> None:
     if uri != MISSING:
         require(uri.startswith(MODEL_URI_PREFIXES), key,
                 "must be a models:/<name>@<alias> or runs:/<run id>/model URI", uri)
-
-
-@dataclass
-class EnsembleConfig(ModelConfig):
-    _target_: str = "fxml.models.ensemble.EnsembleModel"
-    # members stay plain configs: the ensemble builds (or loads) each one itself in fit()
-    _recursive_: bool = False
-    # name -> a model config (with _target_), or the URI of a logged or registered fxml model
-    members: dict[str, Any] = field(default_factory=dict)
-    # equal | fit (non-negative, summing to 1, fitted on validation) | {member: weight}
-    weights: Any = "equal"
-
-    def __post_init__(self) -> None:
-        require(len(self.members) >= 1, "model.members", "must name at least one member", {})
-        for name, member in self.members.items():
-            if isinstance(member, str):
-                check_model_uri(member, f"model.members.{name}")
-            else:
-                target = getattr(member, "_target_", None) or (
-                    member.get("_target_") if isinstance(member, dict) else None)
-                require(bool(target), f"model.members.{name}", "needs a _target_ (a model config)",
-                        member)
-        if isinstance(self.weights, str):
-            one_of("model.weights", self.weights, ENSEMBLE_WEIGHTS)
-            return
-        weights = dict(self.weights or {})
-        require(set(weights) == set(self.members), "model.weights",
-                f"must give one weight per member ({', '.join(self.members)})", sorted(weights))
-        require(all(isinstance(w, int | float) and w >= 0 for w in weights.values()) and
-                sum(weights.values()) > 0, "model.weights",
-                "must be numbers >= 0 with a positive sum", weights)
 
 
 @dataclass
@@ -617,17 +448,13 @@ class ExportModelConfig:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"synthetic": SyntheticDataConfig, "v5": NumeraiDataConfig},
-    "model": {"lgbm": LGBMConfig, "xgboost": XGBoostConfig, "ridge": RidgeConfig},
+    "model": {family: model_schema(params) for family, params in model_families().items()},
     "trainer": {"trainer": TrainerConfig},
     "memory": {"in_memory": InMemoryConfig, "era_subsample": EraSubsampleConfig, "disk": OnDiskConfig,
                "auto": AutoMemoryConfig},
     "scorer": {"numerai": ScorerConfig},
     "cv": {"none": CVConfig, "walk_forward": WalkForwardConfig, "era_kfold": EraKFoldConfig},
 }
-SCHEMAS["model"]["mlp"] = MLPConfig
-SCHEMAS["model"]["resnet"] = ResNetConfig
-SCHEMAS["model"]["tabnet"] = TabNetConfig
-SCHEMAS["model"]["ensemble"] = EnsembleConfig
 SCHEMAS["postprocess"] = {"none": NoPostprocessConfig, "neutralize": NeutralizeConfig}
 SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig, "live_scores": LiveScoresConfig,
                       "report": ReportConfig,
