@@ -55,17 +55,17 @@ class NumeraiSourceConfig:
 
 @dataclass
 class DataConfig:
-    version: str = "latest"
+    version: str = "latest"  # latest = the newest v5.x that numerapi lists; or a release such as v5.2
     directory: str = "data"
-    feature_set: str = "small"
+    feature_set: str = "small"  # a set from features.json, or give an explicit list in `features`
     features: list[str] | None = None
-    target: str = "target"
+    target: str = "target"  # main target, or an auxiliary one such as target_cyrusd_20
     extra_targets: list[str] = field(default_factory=list)
-    train_eras: list[int] | None = None
+    train_eras: list[int] | None = None  # [first, last] era numbers, null for all
     validation_eras: list[int] | None = None
-    every_nth_era: int = 1
-    missing_features: str = "error"  # a missing feature value: error | fill
-    missing_fill: int = 2  # the value filled in (the middle of Numerai's five bins)
+    every_nth_era: int = 1  # keep every nth training era
+    missing_features: str = "error"  # a missing feature value: error, or fill with missing_fill
+    missing_fill: int = 2  # the value filled in (the middle of Numerai's five bins, as Numerai suggests)
     source: Any = MISSING
 
     def __post_init__(self) -> None:
@@ -195,8 +195,8 @@ class CVConfig:
 @dataclass
 class WalkForwardConfig(CVConfig):
     _target_: str = "fxml.data.folds.WalkForward"
-    folds: int = 4
-    min_train_eras: int = 20
+    folds: int = 4  # test blocks, contiguous eras, covering the eras after the first window
+    min_train_eras: int = 20  # eras the first fold fits on (inner holdout and embargoes on top)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -207,7 +207,7 @@ class WalkForwardConfig(CVConfig):
 @dataclass
 class EraKFoldConfig(CVConfig):
     _target_: str = "fxml.data.folds.EraKFold"
-    folds: int = 5
+    folds: int = 5  # contiguous era blocks, each the test block of one fold
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -239,7 +239,7 @@ class AutoMemoryConfig:
 @dataclass
 class EraSubsampleConfig:
     _target_: str = "fxml.data.memory.EraSubsample"
-    every: int | None = None
+    every: int | None = None  # keep every nth training era; null: the smallest that fits max_gib
     max_gib: float = 4.0
 
     def __post_init__(self) -> None:
@@ -251,26 +251,34 @@ class EraSubsampleConfig:
 @dataclass
 class ScorerConfig:
     _target_: str = "fxml.scoring.scorer.NumeraiScorer"
-    meta_model: bool = True
-    benchmark: bool = True
-    benchmark_column: str | None = None
-    fnc: bool = True
+    meta_model: bool = True  # MMC against the meta model
+    benchmark: bool = True  # BMC against a benchmark model
+    benchmark_column: str | None = None  # null: the first column of the benchmark models file
+    fnc: bool = True  # CORR of the predictions neutralised to the selected features
     feature_exposure: bool = True
+    # payout-style score per era: clip(corr_weight * CORR + mmc_weight * MMC, -clip, clip)
     payout_corr_weight: float = 0.5
     payout_mmc_weight: float = 2.0
     payout_clip: float = 0.05
-    importance: str = "none"  # permutation importance: none | features | groups
+    # permutation importance after scoring (any model): drop in validation CORR when a feature, or a
+    # features.json group (intelligence, charisma, ...), is shuffled within eras
+    importance: str = "none"  # none | features | groups
     importance_repeats: int = 1
     importance_seed: int = 0
+    # MPC: the model's meta-portfolio contribution (numerai-tools' meta_portfolio_contribution) in a
+    # simulated portfolio of the model and the benchmark models of {split}_benchmark_models.parquet.
+    # Not Numerai's TC.
     mpc: bool = True
-    mpc_own_stake: float = 1.0
-    mpc_benchmark_stake: float = 1.0
+    mpc_own_stake: float = 1.0  # the model's stake in the portfolio
+    mpc_benchmark_stake: float = 1.0  # each benchmark model's stake, unless named in mpc_stakes
+    # per benchmark column: +scorer.mpc_stakes.v52_lgbm_ender20=3
     mpc_stakes: dict[str, float] = field(default_factory=dict)
-    mpc_benchmark_columns: list[str] | None = None
-    mpc_neutralizers: str | None = None
-    mpc_sample_weights: str | None = None
+    mpc_benchmark_columns: list[str] | None = None  # null: every prediction column; or a list
+    mpc_neutralizers: str | None = None  # null: none; features (the run's); or a features.json set
+    mpc_sample_weights: str | None = None  # null: uniform; or a parquet file with id and one weight
+    # tb<N>_corr, meta_model_rank_corr, exposure_dissimilarity per era; payout_apy, payout_calmar
     diagnostics: bool = True
-    top_bottom: int = 200
+    top_bottom: int = 200  # rows at each end of an era for tb<N>_corr
 
     def __post_init__(self) -> None:
         require(self.payout_clip > 0, "scorer.payout_clip", "must be > 0", self.payout_clip)
@@ -336,9 +344,9 @@ class NoPostprocessConfig:
 @dataclass
 class NeutralizeConfig:
     method: str = "neutralize"
-    proportion: float = 0.5
-    feature_set: str = "small"
-    features: list[str] | None = None
+    proportion: float = 0.5  # 0: ranks only, 1: no linear exposure left to the chosen features
+    feature_set: str = "small"  # a set from features.json (small, medium, all, a group such as charisma)
+    features: list[str] | None = None  # or an explicit list of feature columns (overrides feature_set)
 
     def __post_init__(self) -> None:
         one_of("postprocess.method", self.method, ("neutralize",))
