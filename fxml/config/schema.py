@@ -139,8 +139,8 @@ def model_schema(params: type[ModelParams]) -> type:
     extra = [("_target_", str, params.target)]
     extra += [(key, Any, value) for key, value in HYDRA_OPTIONS.get(params.family, {}).items()]
     extra += [(name, annotation, TRAINER_WIRING[name]) for name, annotation in runtime.items()]
-    name = "".join(part.title() for part in params.family.split("_")) + "Schema"
-    return dataclasses.make_dataclass(name, extra, bases=(params, _Targeted))
+    # named as the dataclass users read: "Key 'n_estimator' not in 'LightGBMParams'"
+    return dataclasses.make_dataclass(params.__name__, extra, bases=(params, _Targeted))
 
 
 # --- trainer, memory, scorer, tracking --------------------------------------------------------
