@@ -16,6 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from fxml.data import memory
 from fxml.errors import FxmlError, one_of, require
 from fxml.models.deep.params import DeepParams
 from fxml.models.params import MODEL_URI_PREFIXES, ModelParams, model_families
@@ -131,6 +132,14 @@ class _Targeted:
     _target_: str = MISSING
 
 
+def with_target(cls: type, target: str | None = None) -> type:
+    """A schema for dataclass ``cls`` (its fields, defaults and ``__post_init__`` checks, by
+    inheritance) with Hydra's ``_target_`` first: ``target``, or ``cls`` itself."""
+    target = target or f"{cls.__module__}.{cls.__qualname__}"
+    return dataclasses.make_dataclass(cls.__name__, [("_target_", str, target)],
+                                      bases=(cls, _Targeted))
+
+
 def model_schema(params: type[ModelParams]) -> type:
     """The Hydra schema of a model family: its parameter dataclass (defaults and range checks
     included, by inheritance) plus ``_target_`` and the trainer wiring."""
@@ -212,40 +221,6 @@ class EraKFoldConfig(CVConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.folds >= 2, "cv.folds", "must be >= 2", self.folds)
-
-
-@dataclass
-class InMemoryConfig:
-    _target_: str = "fxml.data.memory.InMemory"
-
-
-@dataclass
-class OnDiskConfig:
-    _target_: str = "fxml.data.memory.OnDisk"
-
-
-@dataclass
-class AutoMemoryConfig:
-    _target_: str = "fxml.data.memory.Auto"
-    max_gib: float | None = None  # plan for at most this much even if more is available
-    headroom: float = 0.85  # share of the available memory a plan may use
-
-    def __post_init__(self) -> None:
-        if self.max_gib is not None:
-            require(self.max_gib > 0, "memory.max_gib", "must be > 0 or null", self.max_gib)
-        require(0 < self.headroom <= 1, "memory.headroom", "must be in (0, 1]", self.headroom)
-
-
-@dataclass
-class EraSubsampleConfig:
-    _target_: str = "fxml.data.memory.EraSubsample"
-    every: int | None = None  # keep every nth training era; null: the smallest that fits max_gib
-    max_gib: float = 4.0
-
-    def __post_init__(self) -> None:
-        if self.every is not None:
-            require(self.every >= 1, "memory.every", "must be >= 1 or null", self.every)
-        require(self.max_gib > 0, "memory.max_gib", "must be > 0", self.max_gib)
 
 
 @dataclass
@@ -458,8 +433,10 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"synthetic": SyntheticDataConfig, "v5": NumeraiDataConfig},
     "model": {family: model_schema(params) for family, params in model_families().items()},
     "trainer": {"trainer": TrainerConfig},
-    "memory": {"in_memory": InMemoryConfig, "era_subsample": EraSubsampleConfig, "disk": OnDiskConfig,
-               "auto": AutoMemoryConfig},
+    # the memory policies are their own schemas: fields, defaults and checks in fxml.data.memory
+    "memory": {name: with_target(policy) for name, policy in (
+        ("in_memory", memory.InMemory), ("era_subsample", memory.EraSubsample),
+        ("disk", memory.OnDisk), ("auto", memory.Auto))},
     "scorer": {"numerai": ScorerConfig},
     "cv": {"none": CVConfig, "walk_forward": WalkForwardConfig, "era_kfold": EraKFoldConfig},
 }
