@@ -20,6 +20,7 @@ from fxml.data import memory
 from fxml.errors import FxmlError, one_of, require
 from fxml.models.deep.params import DeepParams
 from fxml.models.params import MODEL_URI_PREFIXES, ModelParams, model_families
+from fxml.scoring.settings import ScorerSettings
 
 __all__ = ["FxmlError", "SCHEMAS", "check_model_uri", "model_schema", "one_of", "register_schemas",
            "require", "schema_name"]
@@ -224,50 +225,6 @@ class EraKFoldConfig(CVConfig):
 
 
 @dataclass
-class ScorerConfig:
-    _target_: str = "fxml.scoring.scorer.NumeraiScorer"
-    meta_model: bool = True  # MMC against the meta model
-    benchmark: bool = True  # BMC against a benchmark model
-    benchmark_column: str | None = None  # null: the first column of the benchmark models file
-    fnc: bool = True  # CORR of the predictions neutralised to the selected features
-    feature_exposure: bool = True
-    # payout-style score per era: clip(corr_weight * CORR + mmc_weight * MMC, -clip, clip)
-    payout_corr_weight: float = 0.5
-    payout_mmc_weight: float = 2.0
-    payout_clip: float = 0.05
-    # permutation importance after scoring (any model): drop in validation CORR when a feature, or a
-    # features.json group (intelligence, charisma, ...), is shuffled within eras
-    importance: str = "none"  # none | features | groups
-    importance_repeats: int = 1
-    importance_seed: int = 0
-    # MPC: the model's meta-portfolio contribution (numerai-tools' meta_portfolio_contribution) in a
-    # simulated portfolio of the model and the benchmark models of {split}_benchmark_models.parquet.
-    # Not Numerai's TC.
-    mpc: bool = True
-    mpc_own_stake: float = 1.0  # the model's stake in the portfolio
-    mpc_benchmark_stake: float = 1.0  # each benchmark model's stake, unless named in mpc_stakes
-    # per benchmark column: +scorer.mpc_stakes.v52_lgbm_ender20=3
-    mpc_stakes: dict[str, float] = field(default_factory=dict)
-    mpc_benchmark_columns: list[str] | None = None  # null: every prediction column; or a list
-    mpc_neutralizers: str | None = None  # null: none; features (the run's); or a features.json set
-    mpc_sample_weights: str | None = None  # null: uniform; or a parquet file with id and one weight
-    # tb<N>_corr, meta_model_rank_corr, exposure_dissimilarity per era; payout_apy, payout_calmar
-    diagnostics: bool = True
-    top_bottom: int = 200  # rows at each end of an era for tb<N>_corr
-
-    def __post_init__(self) -> None:
-        require(self.payout_clip > 0, "scorer.payout_clip", "must be > 0", self.payout_clip)
-        for key, stake in [("scorer.mpc_own_stake", self.mpc_own_stake),
-                           ("scorer.mpc_benchmark_stake", self.mpc_benchmark_stake),
-                           *((f"scorer.mpc_stakes.{k}", v) for k, v in self.mpc_stakes.items())]:
-            require(stake >= 0, key, "must be >= 0", stake)
-        require(self.top_bottom >= 1, "scorer.top_bottom", "must be >= 1", self.top_bottom)
-        one_of("scorer.importance", self.importance, ("none", "features", "groups"))
-        require(self.importance_repeats >= 1, "scorer.importance_repeats", "must be >= 1",
-                self.importance_repeats)
-
-
-@dataclass
 class TrackingConfig:
     uri: str | None = None
     experiment: str = "fxml"
@@ -437,7 +394,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "memory": {name: with_target(policy) for name, policy in (
         ("in_memory", memory.InMemory), ("era_subsample", memory.EraSubsample),
         ("disk", memory.OnDisk), ("auto", memory.Auto))},
-    "scorer": {"numerai": ScorerConfig},
+    "scorer": {"numerai": with_target(ScorerSettings, "fxml.scoring.scorer.NumeraiScorer")},
     "cv": {"none": CVConfig, "walk_forward": WalkForwardConfig, "era_kfold": EraKFoldConfig},
 }
 SCHEMAS["postprocess"] = {"none": NoPostprocessConfig, "neutralize": NeutralizeConfig}
