@@ -16,7 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from fxml.data import memory
+from fxml.data import folds, memory
 from fxml.errors import FxmlError, one_of, require
 from fxml.models.deep.params import DeepParams
 from fxml.models.params import MODEL_URI_PREFIXES, ModelParams, model_families
@@ -186,42 +186,6 @@ class TrainerConfig:
         require(self.devices >= 1, "trainer.devices", "must be >= 1", self.devices)
         require(self.n_jobs == -1 or self.n_jobs >= 1, "trainer.n_jobs",
                 "must be -1 (all cores) or >= 1", self.n_jobs)
-
-
-@dataclass
-class CVConfig:
-    """``cv=none``: one fit on the training eras; the embargo still separates the inner holdout."""
-
-    _target_: str = "fxml.data.folds.EraSplitter"
-    embargo: Any = "auto"  # eras purged on both sides of a held-out block; auto: 4 (*_20), 16 (*_60)
-    refit: bool = True  # after the folds, fit on all training eras and score validation
-
-    def __post_init__(self) -> None:
-        require(self.embargo == "auto" or (isinstance(self.embargo, int) and not isinstance(
-            self.embargo, bool) and self.embargo >= 0), "cv.embargo", "must be auto or an int >= 0",
-            self.embargo)
-
-
-@dataclass
-class WalkForwardConfig(CVConfig):
-    _target_: str = "fxml.data.folds.WalkForward"
-    folds: int = 4  # test blocks, contiguous eras, covering the eras after the first window
-    min_train_eras: int = 20  # eras the first fold fits on (inner holdout and embargoes on top)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.folds >= 1, "cv.folds", "must be >= 1", self.folds)
-        require(self.min_train_eras >= 1, "cv.min_train_eras", "must be >= 1", self.min_train_eras)
-
-
-@dataclass
-class EraKFoldConfig(CVConfig):
-    _target_: str = "fxml.data.folds.EraKFold"
-    folds: int = 5  # contiguous era blocks, each the test block of one fold
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.folds >= 2, "cv.folds", "must be >= 2", self.folds)
 
 
 @dataclass
@@ -395,7 +359,11 @@ SCHEMAS: dict[str, dict[str, type]] = {
         ("in_memory", memory.InMemory), ("era_subsample", memory.EraSubsample),
         ("disk", memory.OnDisk), ("auto", memory.Auto))},
     "scorer": {"numerai": with_target(ScorerSettings, "fxml.scoring.scorer.NumeraiScorer")},
-    "cv": {"none": CVConfig, "walk_forward": WalkForwardConfig, "era_kfold": EraKFoldConfig},
+    # cv settings, defaults and checks: fxml.data.folds
+    "cv": {name: with_target(settings, f"fxml.data.folds.{splitter}") for name, settings, splitter in (
+        ("none", folds.SplitSettings, "EraSplitter"),
+        ("walk_forward", folds.WalkForwardSettings, "WalkForward"),
+        ("era_kfold", folds.EraKFoldSettings, "EraKFold"))},
 }
 SCHEMAS["postprocess"] = {"none": NoPostprocessConfig, "neutralize": NeutralizeConfig}
 SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig, "live_scores": LiveScoresConfig,

@@ -13,12 +13,14 @@ One interface: a splitter turns the sorted era numbers of the loaded training sp
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from fxml.data.loader import DataSplit
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, require
 
 # eras of overlap to purge: Numerai's notebooks use 4 for 20-day targets, 16 for 60-day ones
 EMBARGO_20_DAY, EMBARGO_60_DAY = 4, 16
@@ -71,13 +73,59 @@ def distinct_eras(eras: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(eras, dtype=np.int64))
 
 
+# The splitters' settings, defaults and checks, written once: each splitter takes exactly its
+# settings dataclass (its signature is derived from it), and so do the cv config schemas.
+
+
+@dataclass
+class SplitSettings:
+    # eras purged on both sides of a held-out block (an int >= 0); auto: 4 (*_20 targets), 16 (*_60)
+    embargo: Any = "auto"
+    refit: bool = True  # after the folds, fit on all training eras and score validation
+
+    def __post_init__(self) -> None:
+        require(self.embargo == "auto" or (isinstance(self.embargo, int) and not isinstance(
+            self.embargo, bool) and self.embargo >= 0), "cv.embargo", "must be auto or an int >= 0",
+            self.embargo)
+
+
+@dataclass
+class WalkForwardSettings(SplitSettings):
+    folds: int = 4  # test blocks, contiguous eras, covering the eras after the first window
+    min_train_eras: int = 20  # eras the first fold fits on (inner holdout and embargoes on top)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.folds >= 1, "cv.folds", "must be >= 1", self.folds)
+        require(self.min_train_eras >= 1, "cv.min_train_eras", "must be >= 1", self.min_train_eras)
+
+
+@dataclass
+class EraKFoldSettings(SplitSettings):
+    folds: int = 5  # contiguous era blocks, each the test block of one fold
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.folds >= 2, "cv.folds", "must be >= 2", self.folds)
+
+
+def settings_signature(settings: type) -> inspect.Signature:
+    return inspect.signature(settings).replace(return_annotation=inspect.Signature.empty)
+
+
 class EraSplitter:
     """``cv=none``: no folds; the one fit uses every training era (less the inner holdout)."""
 
     method = "none"
+    settings_class: ClassVar[type[SplitSettings]] = SplitSettings
 
-    def __init__(self, embargo: int | str = "auto", refit: bool = True) -> None:
-        self.embargo, self.refit = embargo, refit
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = settings_signature(cls.settings_class)  # type: ignore[attr-defined]
+
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        self.settings = self.settings_class(*args, **settings)
+        self.embargo, self.refit = self.settings.embargo, self.settings.refit
 
     @property
     def active(self) -> bool:
@@ -108,15 +156,18 @@ class EraSplitter:
         return result
 
 
+EraSplitter.__signature__ = settings_signature(SplitSettings)  # type: ignore[attr-defined]
+
+
 class WalkForward(EraSplitter):
     """Expanding window: each test block follows all earlier eras but the embargo."""
 
     method = "walk_forward"
+    settings_class = WalkForwardSettings
 
-    def __init__(self, folds: int = 4, min_train_eras: int = 20, embargo: int | str = "auto",
-                 refit: bool = True) -> None:
-        super().__init__(embargo, refit)
-        self.n_folds, self.min_train_eras = folds, min_train_eras
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        super().__init__(*args, **settings)
+        self.n_folds, self.min_train_eras = self.settings.folds, self.settings.min_train_eras
 
     @property
     def active(self) -> bool:
@@ -152,10 +203,11 @@ class EraKFold(EraSplitter):
     """Contiguous era blocks; each is tested once with all other eras (purged) training."""
 
     method = "era_kfold"
+    settings_class = EraKFoldSettings
 
-    def __init__(self, folds: int = 5, embargo: int | str = "auto", refit: bool = True) -> None:
-        super().__init__(embargo, refit)
-        self.n_folds = folds
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        super().__init__(*args, **settings)
+        self.n_folds = self.settings.folds
 
     @property
     def active(self) -> bool:
