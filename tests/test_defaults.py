@@ -153,10 +153,7 @@ def test_objects_built_in_python_equal_the_command_line(option: str) -> None:
     assert vars(from_cli) == vars(in_python)
 
 
-def test_postprocess_and_synthetic_source_defaults() -> None:
-    from fxml.models.postprocess import NeutralizedModel
-
-    assert NeutralizedModel().options["proportion"] == composed("postprocess", "neutralize")["proportion"]
+def test_synthetic_source_defaults_are_the_generator_defaults() -> None:
     source = {k: v for k, v in composed("data", "synthetic")["source"].items() if k != "_target_"}
     assert SyntheticSpec(version="v5.2", **source) == SyntheticSpec()
 

@@ -16,7 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from fxml.data import folds, memory
+from fxml.data import cv_settings, memory
 from fxml.errors import FxmlError, one_of, require
 from fxml.models.deep.params import DeepParams
 from fxml.models.params import MODEL_URI_PREFIXES, ModelParams, model_families
@@ -31,6 +31,9 @@ __all__ = ["FxmlError", "SCHEMAS", "check_model_uri", "model_schema", "one_of", 
 
 @dataclass
 class SyntheticSourceConfig:
+    """The generator's settings users may change; defaults as SyntheticSpec's (fxml.data.synthetic,
+    not imported here: it loads pyarrow), which tests/test_defaults.py checks."""
+
     _target_: str = "fxml.data.sources.SyntheticSource"
     train_eras: int = 120
     validation_eras: int = 40
@@ -359,11 +362,11 @@ SCHEMAS: dict[str, dict[str, type]] = {
         ("in_memory", memory.InMemory), ("era_subsample", memory.EraSubsample),
         ("disk", memory.OnDisk), ("auto", memory.Auto))},
     "scorer": {"numerai": with_target(ScorerSettings, "fxml.scoring.scorer.NumeraiScorer")},
-    # cv settings, defaults and checks: fxml.data.folds
+    # cv settings, defaults and checks: fxml.data.cv_settings
     "cv": {name: with_target(settings, f"fxml.data.folds.{splitter}") for name, settings, splitter in (
-        ("none", folds.SplitSettings, "EraSplitter"),
-        ("walk_forward", folds.WalkForwardSettings, "WalkForward"),
-        ("era_kfold", folds.EraKFoldSettings, "EraKFold"))},
+        ("none", cv_settings.SplitSettings, "EraSplitter"),
+        ("walk_forward", cv_settings.WalkForwardSettings, "WalkForward"),
+        ("era_kfold", cv_settings.EraKFoldSettings, "EraKFold"))},
 }
 SCHEMAS["postprocess"] = {"none": NoPostprocessConfig, "neutralize": NeutralizeConfig}
 SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig, "live_scores": LiveScoresConfig,

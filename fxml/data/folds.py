@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fxml.data.cv_settings import EraKFoldSettings, SplitSettings, WalkForwardSettings
 from fxml.data.loader import DataSplit
-from fxml.errors import FxmlError, require
+from fxml.errors import FxmlError
 
 # eras of overlap to purge: Numerai's notebooks use 4 for 20-day targets, 16 for 60-day ones
 EMBARGO_20_DAY, EMBARGO_60_DAY = 4, 16
@@ -71,42 +72,6 @@ def with_inner_holdout(train: np.ndarray, holdout_eras: int, embargo: int,
 
 def distinct_eras(eras: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(eras, dtype=np.int64))
-
-
-# The splitters' settings, defaults and checks, written once: each splitter takes exactly its
-# settings dataclass (its signature is derived from it), and so do the cv config schemas.
-
-
-@dataclass
-class SplitSettings:
-    # eras purged on both sides of a held-out block (an int >= 0); auto: 4 (*_20 targets), 16 (*_60)
-    embargo: Any = "auto"
-    refit: bool = True  # after the folds, fit on all training eras and score validation
-
-    def __post_init__(self) -> None:
-        require(self.embargo == "auto" or (isinstance(self.embargo, int) and not isinstance(
-            self.embargo, bool) and self.embargo >= 0), "cv.embargo", "must be auto or an int >= 0",
-            self.embargo)
-
-
-@dataclass
-class WalkForwardSettings(SplitSettings):
-    folds: int = 4  # test blocks, contiguous eras, covering the eras after the first window
-    min_train_eras: int = 20  # eras the first fold fits on (inner holdout and embargoes on top)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.folds >= 1, "cv.folds", "must be >= 1", self.folds)
-        require(self.min_train_eras >= 1, "cv.min_train_eras", "must be >= 1", self.min_train_eras)
-
-
-@dataclass
-class EraKFoldSettings(SplitSettings):
-    folds: int = 5  # contiguous era blocks, each the test block of one fold
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.folds >= 2, "cv.folds", "must be >= 2", self.folds)
 
 
 def settings_signature(settings: type) -> inspect.Signature:
