@@ -80,19 +80,33 @@ def test_every_model_preset_is_a_family_and_every_family_has_a_preset() -> None:
         assert SCHEMAS["model"][family].__mro__[1] is params  # derived, not rewritten
 
 
+def assert_repeats_no_default(where: str, values: dict[str, Any], schema: type,
+                              defining: set[str] | tuple = ()) -> None:
+    defaults = field_defaults(schema)
+    for key, value in values.items():
+        if key in defining:
+            continue
+        assert key in defaults, f"{where} sets {key}, which its schema lacks"
+        if isinstance(value, dict) and dataclasses.is_dataclass(defaults[key]):
+            value = {k: v for k, v in value.items() if plain(defaults[key]).get(k) != v}
+            assert value, f"{where} repeats the defaults of {key}"
+            continue
+        assert value != plain(defaults[key]), f"{where} repeats {key}: {value!r}"
+
+
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
 def test_presets_repeat_no_default(group: str, option: str) -> None:
     """A preset sets only what differs from its schema's defaults."""
-    defaults = field_defaults(schema_of(group, option))
-    for key, value in preset_values(group, option).items():
-        if key in DEFINING.get((group, option), ()):
-            continue
-        assert key in defaults, f"{group}/{option}.yaml sets {key}, which its schema lacks"
-        if isinstance(value, dict) and dataclasses.is_dataclass(defaults[key]):
-            value = {k: v for k, v in value.items() if plain(defaults[key]).get(k) != v}
-            assert value, f"{group}/{option}.yaml repeats the defaults of {key}"
-            continue
-        assert value != plain(defaults[key]), f"{group}/{option}.yaml repeats {key}: {value!r}"
+    assert_repeats_no_default(f"{group}/{option}.yaml", preset_values(group, option),
+                              schema_of(group, option), DEFINING.get((group, option), ()))
+
+
+@pytest.mark.parametrize("command", sorted(SCHEMAS["command"]))
+def test_command_configs_repeat_no_default(command: str) -> None:
+    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{command}.yaml"))
+    assert isinstance(raw, dict)
+    values = {key: value for key, value in raw.items() if key not in ("defaults", "hydra")}
+    assert_repeats_no_default(f"{command}.yaml", values, SCHEMAS["command"][command])
 
 
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])

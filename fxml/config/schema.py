@@ -258,17 +258,18 @@ class NeutralizeConfig:
 
 @dataclass
 class PromoteConfig:
-    run_id: str | None = None
-    sweep: str | None = None
-    experiment: str = "fxml"
-    metric: str | None = None
-    mode: str = "max"
-    since: str | None = None
-    until: str | None = None
+    run_id: str | None = None  # a run id (given but empty is refused); null: choose by the keys below
+    sweep: str | None = None  # a sweep's parent run id or Optuna study name: its best trial
+    experiment: str = "fxml"  # where to rank runs by `metric` (ignored with run_id or sweep)
+    metric: str | None = None  # rank by this metric (null: corr_sharpe; with sweep: the sweep's objective)
+    mode: str = "max"  # max | min (e.g. min for feature_exposure_max)
+    since: str | None = None  # only runs started since: 2026-11-15, 2026-11-15T08:00, or an age: 12h, 7d, 2w
+    until: str | None = None  # only runs started before (same forms)
+    # an MLflow filter, e.g. "tags.feature_set = 'medium' and params.model.max_depth = '5'"
     filter: str | None = None
-    name: str | None = None
-    alias: str = "champion"
-    tracking_uri: str | None = None
+    name: str | None = None  # registered model name; null: the run's experiment name
+    alias: str = "champion"  # the alias to move to the new version
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
 
     def __post_init__(self) -> None:
         one_of("mode", self.mode, ("max", "min"))
@@ -279,17 +280,18 @@ class PromoteConfig:
 
 @dataclass
 class SubmitConfig:
-    model_uri: str = MISSING
-    numerai_model: str = MISSING
-    dry_run: bool = False
-    force: bool = False
-    round: int | None = None
-    live: str | None = None
-    data_version: str | None = None
+    model_uri: str = MISSING  # models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/model
+    numerai_model: str = MISSING  # the model's name on numer.ai (your account's models)
+    dry_run: bool = False  # true: write and validate the file, never upload
+    force: bool = False  # true: upload even if this round was already uploaded for numerai_model
+    round: int | None = None  # null: numerapi's current round; set it (with `live`) for offline dry runs
+    live: str | None = None  # null: download <version>/live.parquet for the round; or a live parquet file
+    data_version: str | None = None  # null: the data version the model was trained on
     data_directory: str = "data/numerai"
-    output_dir: str = "submissions"
+    output_dir: str = "submissions"  # files: <output_dir>/<numerai_model>_round<round>.csv
     api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
-    tracking_uri: str | None = None
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
+    # a tracking server or database that stops answering: give up after ~this
     tracking_retry_seconds: float = 30.0
     experiment: str = "fxml-submissions"
 
@@ -304,11 +306,11 @@ class SubmitConfig:
 
 @dataclass
 class LiveScoresConfig:
-    numerai_model: str = MISSING
-    experiment: str = "fxml-submissions"
-    source_runs: bool = True
+    numerai_model: str = MISSING  # the model's name on numer.ai
+    experiment: str = "fxml-submissions"  # where fxml.submit logged its submission runs
+    source_runs: bool = True  # also log live_* on the training run of each submitted model version
     api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
-    tracking_uri: str | None = None
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
 
     def __post_init__(self) -> None:
         if self.numerai_model != MISSING:
@@ -318,13 +320,13 @@ class LiveScoresConfig:
 
 @dataclass
 class ReportConfig:
-    experiment: str | None = None
-    sweep: str | None = None
-    runs: list[str] | None = None
-    max_runs: int = 20
+    experiment: str | None = None  # compare the finished scored runs of this experiment (newest first)
+    sweep: str | None = None  # or the child runs of this sweep's parent run
+    runs: list[str] | None = None  # or these run ids
+    max_runs: int = 20  # at most this many runs from an experiment or sweep
     output: str = "report.html"
-    title: str | None = None
-    tracking_uri: str | None = None
+    title: str | None = None  # null: "fxml: <what was compared>"
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
 
     def __post_init__(self) -> None:
         require(self.max_runs >= 1, "max_runs", "must be >= 1", self.max_runs)
@@ -335,12 +337,12 @@ class ReportConfig:
 class ExportModelConfig:
     model_uri: str = MISSING
     output: str = "model.pkl"
-    check: bool = True
-    check_rows: int = 500
-    live: str | None = None
-    upload: bool = False
+    check: bool = True  # unpickle and call it in a fresh process, validate the output
+    check_rows: int = 500  # rows of the synthetic live-shaped frame (when `live` is null)
+    live: str | None = None  # or a live parquet file to check with
+    upload: bool = False  # true: numerapi model_upload to `numerai_model` (needs keys)
     numerai_model: str | None = None
-    upload_data_version: str | None = None
+    upload_data_version: str | None = None  # passed to model_upload as data_version (null: Numerai's default)
     api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
     tracking_uri: str | None = None
 
