@@ -193,12 +193,15 @@ class TrainerConfig:
 
 @dataclass
 class TrackingConfig:
+    # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db (artifacts under mlruns/)
+    # Passwords: MLFLOW_TRACKING_USERNAME/PASSWORD (a server), PGPASSWORD or ~/.pgpass (PostgreSQL),
+    # or ${oc.env:NAME} inside the URL; one written into the URL is masked wherever fxml writes it.
     uri: str | None = None
     experiment: str = "fxml"
     run_name: str | None = None
     log_model: bool = True
     tags: dict[str, str] = field(default_factory=dict)
-    retry_seconds: float = 30.0
+    retry_seconds: float = 30.0  # a tracking server or database that stops answering: give up after ~this
 
 
 @dataclass
