@@ -28,18 +28,19 @@ def validate(cfg: DictConfig) -> None:
         except OmegaConfBaseException as error:
             raise FxmlError(describe_config_error(error)) from None
     if cfg.get("model") is not None:
-        import_model_modules(cfg.model)
+        resolve_model_classes(cfg.model)
 
 
-def import_model_modules(model: Any) -> None:
-    """Import the module of the model (and of each ensemble member) before any work: a family
+def resolve_model_classes(model: Any) -> None:
+    """Resolve the class of the model (and of each ensemble member) before any work: a family
     whose optional extra is missing fails here with one line naming the extra."""
     target = model.get("_target_") if hasattr(model, "get") else None
     if isinstance(target, str) and "." in target:
-        import_module(target.rpartition(".")[0])
+        module, _, name = target.rpartition(".")
+        getattr(import_module(module), name, None)
     members = model.get("members") if hasattr(model, "get") else None
     for member in (members or {}).values():
-        import_model_modules(member)
+        resolve_model_classes(member)
 
 
 def describe_config_error(error: BaseException) -> str:

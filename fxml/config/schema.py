@@ -8,22 +8,22 @@ composition, so a bad value fails before any data is read, with one line naming 
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from fxml.errors import FxmlError
+from fxml.data import cv_settings, memory
+from fxml.errors import FxmlError, one_of, require
+from fxml.models.deep.params import DeepParams
+from fxml.models.params import MODEL_URI_PREFIXES, ModelParams, model_families
+from fxml.scoring.settings import ScorerSettings
 
-
-def require(condition: bool, key: str, rule: str, value: Any) -> None:
-    if not condition:
-        raise FxmlError(f"{key} {rule} (got {value!r})")
-
-
-def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    require(value in allowed, key, f"must be one of {', '.join(allowed)}", value)
+__all__ = ["FxmlError", "SCHEMAS", "check_model_uri", "model_schema", "one_of", "register_schemas",
+           "require", "schema_name"]
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -31,6 +31,9 @@ def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 @dataclass
 class SyntheticSourceConfig:
+    """The generator's settings users may change; defaults as SyntheticSpec's (fxml.data.synthetic,
+    not imported here: it loads pyarrow), which tests/test_defaults.py checks."""
+
     _target_: str = "fxml.data.sources.SyntheticSource"
     train_eras: int = 120
     validation_eras: int = 40
@@ -57,17 +60,17 @@ class NumeraiSourceConfig:
 
 @dataclass
 class DataConfig:
-    version: str = "latest"
+    version: str = "latest"  # latest = the newest v5.x that numerapi lists; or a release such as v5.2
     directory: str = "data"
-    feature_set: str = "small"
+    feature_set: str = "small"  # a set from features.json, or give an explicit list in `features`
     features: list[str] | None = None
-    target: str = "target"
+    target: str = "target"  # main target, or an auxiliary one such as target_cyrusd_20
     extra_targets: list[str] = field(default_factory=list)
-    train_eras: list[int] | None = None
+    train_eras: list[int] | None = None  # [first, last] era numbers, null for all
     validation_eras: list[int] | None = None
-    every_nth_era: int = 1
-    missing_features: str = "error"  # a missing feature value: error | fill
-    missing_fill: int = 2  # the value filled in (the middle of Numerai's five bins)
+    every_nth_era: int = 1  # keep every nth training era
+    missing_features: str = "error"  # a missing feature value: error, or fill with missing_fill
+    missing_fill: int = 2  # the value filled in (the middle of Numerai's five bins, as Numerai suggests)
     source: Any = MISSING
 
     def __post_init__(self) -> None:
@@ -109,72 +112,48 @@ class NumeraiDataConfig(DataConfig):
 
 
 # --- models -----------------------------------------------------------------------------------
+# Each family's parameters, defaults and checks are its dataclass in fxml.models.params (or
+# fxml.models.deep.params); its schema adds only Hydra's _target_ and the wiring below.
+
+# model parameters that the trainer group sets for every model: wiring, not defaults
+TRAINER_WIRING = {
+    "device": "${trainer.accelerator}",
+    "n_jobs": "${trainer.n_jobs}",
+    "seed": "${trainer.seed}",
+    "devices": "${trainer.devices}",
+    "precision": "${trainer.precision}",
+    "max_epochs": "${trainer.max_epochs}",
+    "patience": "${trainer.patience}",
+}
+# Hydra options of a family's schema: an ensemble builds its members itself, in fit()
+HYDRA_OPTIONS: dict[str, dict[str, Any]] = {"ensemble": {"_recursive_": False}}
 
 
 @dataclass
-class ModelConfig:
+class _Targeted:
+    """Puts ``_target_`` first in every model schema (as ``--cfg job`` shows it)."""
+
     _target_: str = MISSING
-    device: str = "${trainer.accelerator}"
-    n_jobs: int = "${trainer.n_jobs}"  # type: ignore[assignment]
-    seed: int = "${trainer.seed}"  # type: ignore[assignment]
 
 
-@dataclass
-class GBDTConfig(ModelConfig):
-    n_estimators: int = 300
-    learning_rate: float = 0.05
-    max_depth: int = 5
-    num_leaves: int = 31
-    colsample_bytree: float = 0.5
-    subsample: float = 1.0
-    min_child_samples: int = 20
-    reg_lambda: float = 0.0
-    early_stopping_rounds: int | None = None
-    valid_corr_every: int = 0  # >0: validation CORR every n rounds (progress, pruning)
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        require(self.n_estimators >= 1, "model.n_estimators", "must be >= 1", self.n_estimators)
-        require(self.learning_rate > 0, "model.learning_rate", "must be > 0", self.learning_rate)
-        require(self.max_depth != 0, "model.max_depth", "must be > 0, or -1 for no limit",
-                self.max_depth)
-        require(self.num_leaves >= 2, "model.num_leaves", "must be >= 2", self.num_leaves)
-        for key in ("colsample_bytree", "subsample"):
-            value = getattr(self, key)
-            require(0 < value <= 1, f"model.{key}", "must be in (0, 1]", value)
-        require(self.min_child_samples >= 1, "model.min_child_samples", "must be >= 1",
-                self.min_child_samples)
-        require(self.reg_lambda >= 0, "model.reg_lambda", "must be >= 0", self.reg_lambda)
-        require(self.valid_corr_every >= 0, "model.valid_corr_every", "must be >= 0",
-                self.valid_corr_every)
-        if self.early_stopping_rounds is not None:
-            require(self.early_stopping_rounds >= 1, "model.early_stopping_rounds",
-                    "must be >= 1 or null", self.early_stopping_rounds)
+def with_target(cls: type, target: str | None = None) -> type:
+    """A schema for dataclass ``cls`` (its fields, defaults and ``__post_init__`` checks, by
+    inheritance) with Hydra's ``_target_`` first: ``target``, or ``cls`` itself."""
+    target = target or f"{cls.__module__}.{cls.__qualname__}"
+    return dataclasses.make_dataclass(cls.__name__, [("_target_", str, target)],
+                                      bases=(cls, _Targeted))
 
 
-@dataclass
-class LGBMConfig(GBDTConfig):
-    _target_: str = "fxml.models.gbdt.LightGBMModel"
-
-
-@dataclass
-class XGBoostConfig(GBDTConfig):
-    _target_: str = "fxml.models.gbdt.XGBoostModel"
-    max_bin: int = 64
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.max_bin >= 2, "model.max_bin", "must be >= 2", self.max_bin)
-
-
-@dataclass
-class RidgeConfig(ModelConfig):
-    _target_: str = "fxml.models.linear.RidgeModel"
-    alpha: float = 1.0
-    fit_intercept: bool = True
-
-    def __post_init__(self) -> None:
-        require(self.alpha >= 0, "model.alpha", "must be >= 0", self.alpha)
+def model_schema(params: type[ModelParams]) -> type:
+    """The Hydra schema of a model family: its parameter dataclass (defaults and range checks
+    included, by inheritance) plus ``_target_`` and the trainer wiring."""
+    hints = typing.get_type_hints(params)
+    runtime = {name: hints[name] for name in params.runtime}
+    extra = [("_target_", str, params.target)]
+    extra += [(key, Any, value) for key, value in HYDRA_OPTIONS.get(params.family, {}).items()]
+    extra += [(name, annotation, TRAINER_WIRING[name]) for name, annotation in runtime.items()]
+    # named as the dataclass users read: "Key 'n_estimator' not in 'LightGBMParams'"
+    return dataclasses.make_dataclass(params.__name__, extra, bases=(params, _Targeted))
 
 
 # --- trainer, memory, scorer, tracking --------------------------------------------------------
@@ -184,13 +163,17 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = "cpu"
-    devices: int = 1
-    precision: str = "32"
-    n_jobs: int = -1
-    seed: int = 42
-    max_epochs: int = 20  # deep models: epochs at most
-    patience: int | None = 5  # deep models: epochs without a better valid CORR; null: no early stop
+    """Where and how every model trains; each default is the model parameter it sets
+    (TRAINER_WIRING), so a model built in Python with no arguments trains as the command line."""
+
+    accelerator: str = DeepParams.device
+    devices: int = DeepParams.devices
+    precision: str = DeepParams.precision
+    n_jobs: int = DeepParams.n_jobs
+    seed: int = DeepParams.seed
+    max_epochs: int = DeepParams.max_epochs  # deep models: epochs at most
+    # deep models: epochs without a better valid CORR; null: no early stop
+    patience: int | None = DeepParams.patience
     # last training eras kept apart (with the cv embargo) for early stopping, pruning signals and
     # fitted ensemble weights; used only by models that read a validation set
     inner_holdout_eras: int = 20
@@ -209,119 +192,16 @@ class TrainerConfig:
 
 
 @dataclass
-class CVConfig:
-    """``cv=none``: one fit on the training eras; the embargo still separates the inner holdout."""
-
-    _target_: str = "fxml.data.folds.EraSplitter"
-    embargo: Any = "auto"  # eras purged on both sides of a held-out block; auto: 4 (*_20), 16 (*_60)
-    refit: bool = True  # after the folds, fit on all training eras and score validation
-
-    def __post_init__(self) -> None:
-        require(self.embargo == "auto" or (isinstance(self.embargo, int) and not isinstance(
-            self.embargo, bool) and self.embargo >= 0), "cv.embargo", "must be auto or an int >= 0",
-            self.embargo)
-
-
-@dataclass
-class WalkForwardConfig(CVConfig):
-    _target_: str = "fxml.data.folds.WalkForward"
-    folds: int = 4
-    min_train_eras: int = 20
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.folds >= 1, "cv.folds", "must be >= 1", self.folds)
-        require(self.min_train_eras >= 1, "cv.min_train_eras", "must be >= 1", self.min_train_eras)
-
-
-@dataclass
-class EraKFoldConfig(CVConfig):
-    _target_: str = "fxml.data.folds.EraKFold"
-    folds: int = 5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.folds >= 2, "cv.folds", "must be >= 2", self.folds)
-
-
-@dataclass
-class InMemoryConfig:
-    _target_: str = "fxml.data.memory.InMemory"
-
-
-@dataclass
-class OnDiskConfig:
-    _target_: str = "fxml.data.memory.OnDisk"
-
-
-@dataclass
-class AutoMemoryConfig:
-    _target_: str = "fxml.data.memory.Auto"
-    max_gib: float | None = None  # plan for at most this much even if more is available
-    headroom: float = 0.85  # share of the available memory a plan may use
-
-    def __post_init__(self) -> None:
-        if self.max_gib is not None:
-            require(self.max_gib > 0, "memory.max_gib", "must be > 0 or null", self.max_gib)
-        require(0 < self.headroom <= 1, "memory.headroom", "must be in (0, 1]", self.headroom)
-
-
-@dataclass
-class EraSubsampleConfig:
-    _target_: str = "fxml.data.memory.EraSubsample"
-    every: int | None = None
-    max_gib: float = 4.0
-
-    def __post_init__(self) -> None:
-        if self.every is not None:
-            require(self.every >= 1, "memory.every", "must be >= 1 or null", self.every)
-        require(self.max_gib > 0, "memory.max_gib", "must be > 0", self.max_gib)
-
-
-@dataclass
-class ScorerConfig:
-    _target_: str = "fxml.scoring.scorer.NumeraiScorer"
-    meta_model: bool = True
-    benchmark: bool = True
-    benchmark_column: str | None = None
-    fnc: bool = True
-    feature_exposure: bool = True
-    payout_corr_weight: float = 0.5
-    payout_mmc_weight: float = 2.0
-    payout_clip: float = 0.05
-    importance: str = "none"  # permutation importance: none | features | groups
-    importance_repeats: int = 1
-    importance_seed: int = 0
-    mpc: bool = True
-    mpc_own_stake: float = 1.0
-    mpc_benchmark_stake: float = 1.0
-    mpc_stakes: dict[str, float] = field(default_factory=dict)
-    mpc_benchmark_columns: list[str] | None = None
-    mpc_neutralizers: str | None = None
-    mpc_sample_weights: str | None = None
-    diagnostics: bool = True
-    top_bottom: int = 200
-
-    def __post_init__(self) -> None:
-        require(self.payout_clip > 0, "scorer.payout_clip", "must be > 0", self.payout_clip)
-        for key, stake in [("scorer.mpc_own_stake", self.mpc_own_stake),
-                           ("scorer.mpc_benchmark_stake", self.mpc_benchmark_stake),
-                           *((f"scorer.mpc_stakes.{k}", v) for k, v in self.mpc_stakes.items())]:
-            require(stake >= 0, key, "must be >= 0", stake)
-        require(self.top_bottom >= 1, "scorer.top_bottom", "must be >= 1", self.top_bottom)
-        one_of("scorer.importance", self.importance, ("none", "features", "groups"))
-        require(self.importance_repeats >= 1, "scorer.importance_repeats", "must be >= 1",
-                self.importance_repeats)
-
-
-@dataclass
 class TrackingConfig:
+    # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db (artifacts under mlruns/)
+    # Passwords: MLFLOW_TRACKING_USERNAME/PASSWORD (a server), PGPASSWORD or ~/.pgpass (PostgreSQL),
+    # or ${oc.env:NAME} inside the URL; one written into the URL is masked wherever fxml writes it.
     uri: str | None = None
     experiment: str = "fxml"
     run_name: str | None = None
     log_model: bool = True
     tags: dict[str, str] = field(default_factory=dict)
-    retry_seconds: float = 30.0
+    retry_seconds: float = 30.0  # a tracking server or database that stops answering: give up after ~this
 
 
 @dataclass
@@ -347,151 +227,12 @@ class RootConfig:
     postprocess: Any = None
 
 
-# --- deep tabular models ---
-
-
-@dataclass
-class DeepConfig(ModelConfig):
-    devices: int = "${trainer.devices}"  # type: ignore[assignment]
-    precision: str = "${trainer.precision}"
-    max_epochs: int = "${trainer.max_epochs}"  # type: ignore[assignment]
-    patience: int | None = "${trainer.patience}"  # type: ignore[assignment]
-    loss: str = "mse"
-    aux_targets: list[str] = field(default_factory=list)
-    aux_weight: float = 0.5
-    batch_size: int = 1024
-    era_batching: bool = False
-    eras_per_batch: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    gradient_clip: float = 0.0
-
-    def __post_init__(self) -> None:
-        one_of("model.loss", self.loss, ("mse", "corr"))
-        require(self.aux_weight >= 0, "model.aux_weight", "must be >= 0", self.aux_weight)
-        for key in ("batch_size", "eras_per_batch"):
-            require(getattr(self, key) >= 1, f"model.{key}", "must be >= 1", getattr(self, key))
-        require(self.learning_rate > 0, "model.learning_rate", "must be > 0", self.learning_rate)
-        for key in ("weight_decay", "gradient_clip"):
-            require(getattr(self, key) >= 0, f"model.{key}", "must be >= 0", getattr(self, key))
-
-    def check_dropout(self, *keys: str) -> None:
-        for key in keys:
-            value = getattr(self, key)
-            require(0 <= value < 1, f"model.{key}", "must be in [0, 1)", value)
-
-    def check_width(self, *keys: str) -> None:
-        for key in keys:
-            require(getattr(self, key) >= 1, f"model.{key}", "must be >= 1", getattr(self, key))
-
-
-NORMS, ACTIVATIONS = ("batch", "layer", "none"), ("relu", "silu", "gelu")
-
-
-@dataclass
-class MLPConfig(DeepConfig):
-    _target_: str = "fxml.models.deep.MLPModel"
-    widths: list[int] = field(default_factory=lambda: [256, 128])
-    dropout: float = 0.1
-    norm: str = "batch"
-    activation: str = "silu"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(len(self.widths) >= 1 and min(self.widths) >= 1, "model.widths",
-                "must list at least one layer width, each >= 1", list(self.widths))
-        self.check_dropout("dropout")
-        one_of("model.norm", self.norm, NORMS)
-        one_of("model.activation", self.activation, ACTIVATIONS)
-
-
-@dataclass
-class ResNetConfig(DeepConfig):
-    _target_: str = "fxml.models.deep.ResNetModel"
-    d_main: int = 128
-    d_hidden: int = 256
-    n_blocks: int = 2
-    dropout: float = 0.1
-    residual_dropout: float = 0.0
-    norm: str = "batch"
-    activation: str = "relu"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_width("d_main", "d_hidden", "n_blocks")
-        self.check_dropout("dropout", "residual_dropout")
-        one_of("model.norm", self.norm, NORMS)
-        one_of("model.activation", self.activation, ACTIVATIONS)
-
-
-@dataclass
-class TabNetConfig(DeepConfig):
-    _target_: str = "fxml.models.deep.TabNetModel"
-    n_d: int = 8
-    n_a: int = 8
-    n_steps: int = 3
-    gamma: float = 1.3
-    n_shared: int = 2
-    n_independent: int = 2
-    mask_type: str = "sparsemax"
-    ghost_batch_norm: bool = True
-    virtual_batch_size: int = 128
-    momentum: float = 0.02
-    lambda_sparse: float = 1e-3
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_width("n_d", "n_a", "n_steps", "virtual_batch_size")
-        require(self.gamma >= 1, "model.gamma", "must be >= 1", self.gamma)
-        require(self.n_shared >= 0 and self.n_independent >= 0 and self.n_shared + self.n_independent >= 1,
-                "model.n_shared/n_independent", "must be >= 0 with at least one GLU block",
-                (self.n_shared, self.n_independent))
-        one_of("model.mask_type", self.mask_type, ("sparsemax", "entmax"))
-        require(0 < self.momentum < 1, "model.momentum", "must be in (0, 1)", self.momentum)
-        require(self.lambda_sparse >= 0, "model.lambda_sparse", "must be >= 0", self.lambda_sparse)
-
-
 # --- ensembles, post-processing, promotion, submission ---
-
-ENSEMBLE_WEIGHTS = ("equal", "fit")
-MODEL_URI_PREFIXES = ("runs:/", "models:/")
-
 
 def check_model_uri(uri: str, key: str = "model_uri") -> None:
     if uri != MISSING:
         require(uri.startswith(MODEL_URI_PREFIXES), key,
                 "must be a models:/<name>@<alias> or runs:/<run id>/model URI", uri)
-
-
-@dataclass
-class EnsembleConfig(ModelConfig):
-    _target_: str = "fxml.models.ensemble.EnsembleModel"
-    # members stay plain configs: the ensemble builds (or loads) each one itself in fit()
-    _recursive_: bool = False
-    # name -> a model config (with _target_), or the URI of a logged or registered fxml model
-    members: dict[str, Any] = field(default_factory=dict)
-    # equal | fit (non-negative, summing to 1, fitted on validation) | {member: weight}
-    weights: Any = "equal"
-
-    def __post_init__(self) -> None:
-        require(len(self.members) >= 1, "model.members", "must name at least one member", {})
-        for name, member in self.members.items():
-            if isinstance(member, str):
-                check_model_uri(member, f"model.members.{name}")
-            else:
-                target = getattr(member, "_target_", None) or (
-                    member.get("_target_") if isinstance(member, dict) else None)
-                require(bool(target), f"model.members.{name}", "needs a _target_ (a model config)",
-                        member)
-        if isinstance(self.weights, str):
-            one_of("model.weights", self.weights, ENSEMBLE_WEIGHTS)
-            return
-        weights = dict(self.weights or {})
-        require(set(weights) == set(self.members), "model.weights",
-                f"must give one weight per member ({', '.join(self.members)})", sorted(weights))
-        require(all(isinstance(w, int | float) and w >= 0 for w in weights.values()) and
-                sum(weights.values()) > 0, "model.weights",
-                "must be numbers >= 0 with a positive sum", weights)
 
 
 @dataclass
@@ -505,9 +246,9 @@ class NoPostprocessConfig:
 @dataclass
 class NeutralizeConfig:
     method: str = "neutralize"
-    proportion: float = 0.5
-    feature_set: str = "small"
-    features: list[str] | None = None
+    proportion: float = 0.5  # 0: ranks only, 1: no linear exposure left to the chosen features
+    feature_set: str = "small"  # a set from features.json (small, medium, all, a group such as charisma)
+    features: list[str] | None = None  # or an explicit list of feature columns (overrides feature_set)
 
     def __post_init__(self) -> None:
         one_of("postprocess.method", self.method, ("neutralize",))
@@ -520,17 +261,18 @@ class NeutralizeConfig:
 
 @dataclass
 class PromoteConfig:
-    run_id: str | None = None
-    sweep: str | None = None
-    experiment: str = "fxml"
-    metric: str | None = None
-    mode: str = "max"
-    since: str | None = None
-    until: str | None = None
+    run_id: str | None = None  # a run id (given but empty is refused); null: choose by the keys below
+    sweep: str | None = None  # a sweep's parent run id or Optuna study name: its best trial
+    experiment: str = "fxml"  # where to rank runs by `metric` (ignored with run_id or sweep)
+    metric: str | None = None  # rank by this metric (null: corr_sharpe; with sweep: the sweep's objective)
+    mode: str = "max"  # max | min (e.g. min for feature_exposure_max)
+    since: str | None = None  # only runs started since: 2026-11-15, 2026-11-15T08:00, or an age: 12h, 7d, 2w
+    until: str | None = None  # only runs started before (same forms)
+    # an MLflow filter, e.g. "tags.feature_set = 'medium' and params.model.max_depth = '5'"
     filter: str | None = None
-    name: str | None = None
-    alias: str = "champion"
-    tracking_uri: str | None = None
+    name: str | None = None  # registered model name; null: the run's experiment name
+    alias: str = "champion"  # the alias to move to the new version
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
 
     def __post_init__(self) -> None:
         one_of("mode", self.mode, ("max", "min"))
@@ -541,17 +283,18 @@ class PromoteConfig:
 
 @dataclass
 class SubmitConfig:
-    model_uri: str = MISSING
-    numerai_model: str = MISSING
-    dry_run: bool = False
-    force: bool = False
-    round: int | None = None
-    live: str | None = None
-    data_version: str | None = None
+    model_uri: str = MISSING  # models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/model
+    numerai_model: str = MISSING  # the model's name on numer.ai (your account's models)
+    dry_run: bool = False  # true: write and validate the file, never upload
+    force: bool = False  # true: upload even if this round was already uploaded for numerai_model
+    round: int | None = None  # null: numerapi's current round; set it (with `live`) for offline dry runs
+    live: str | None = None  # null: download <version>/live.parquet for the round; or a live parquet file
+    data_version: str | None = None  # null: the data version the model was trained on
     data_directory: str = "data/numerai"
-    output_dir: str = "submissions"
+    output_dir: str = "submissions"  # files: <output_dir>/<numerai_model>_round<round>.csv
     api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
-    tracking_uri: str | None = None
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
+    # a tracking server or database that stops answering: give up after ~this
     tracking_retry_seconds: float = 30.0
     experiment: str = "fxml-submissions"
 
@@ -566,11 +309,11 @@ class SubmitConfig:
 
 @dataclass
 class LiveScoresConfig:
-    numerai_model: str = MISSING
-    experiment: str = "fxml-submissions"
-    source_runs: bool = True
+    numerai_model: str = MISSING  # the model's name on numer.ai
+    experiment: str = "fxml-submissions"  # where fxml.submit logged its submission runs
+    source_runs: bool = True  # also log live_* on the training run of each submitted model version
     api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
-    tracking_uri: str | None = None
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
 
     def __post_init__(self) -> None:
         if self.numerai_model != MISSING:
@@ -580,13 +323,13 @@ class LiveScoresConfig:
 
 @dataclass
 class ReportConfig:
-    experiment: str | None = None
-    sweep: str | None = None
-    runs: list[str] | None = None
-    max_runs: int = 20
+    experiment: str | None = None  # compare the finished scored runs of this experiment (newest first)
+    sweep: str | None = None  # or the child runs of this sweep's parent run
+    runs: list[str] | None = None  # or these run ids
+    max_runs: int = 20  # at most this many runs from an experiment or sweep
     output: str = "report.html"
-    title: str | None = None
-    tracking_uri: str | None = None
+    title: str | None = None  # null: "fxml: <what was compared>"
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
 
     def __post_init__(self) -> None:
         require(self.max_runs >= 1, "max_runs", "must be >= 1", self.max_runs)
@@ -597,12 +340,12 @@ class ReportConfig:
 class ExportModelConfig:
     model_uri: str = MISSING
     output: str = "model.pkl"
-    check: bool = True
-    check_rows: int = 500
-    live: str | None = None
-    upload: bool = False
+    check: bool = True  # unpickle and call it in a fresh process, validate the output
+    check_rows: int = 500  # rows of the synthetic live-shaped frame (when `live` is null)
+    live: str | None = None  # or a live parquet file to check with
+    upload: bool = False  # true: numerapi model_upload to `numerai_model` (needs keys)
     numerai_model: str | None = None
-    upload_data_version: str | None = None
+    upload_data_version: str | None = None  # passed to model_upload as data_version (null: Numerai's default)
     api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
     tracking_uri: str | None = None
 
@@ -617,17 +360,19 @@ class ExportModelConfig:
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"synthetic": SyntheticDataConfig, "v5": NumeraiDataConfig},
-    "model": {"lgbm": LGBMConfig, "xgboost": XGBoostConfig, "ridge": RidgeConfig},
+    "model": {family: model_schema(params) for family, params in model_families().items()},
     "trainer": {"trainer": TrainerConfig},
-    "memory": {"in_memory": InMemoryConfig, "era_subsample": EraSubsampleConfig, "disk": OnDiskConfig,
-               "auto": AutoMemoryConfig},
-    "scorer": {"numerai": ScorerConfig},
-    "cv": {"none": CVConfig, "walk_forward": WalkForwardConfig, "era_kfold": EraKFoldConfig},
+    # the memory policies are their own schemas: fields, defaults and checks in fxml.data.memory
+    "memory": {name: with_target(policy) for name, policy in (
+        ("in_memory", memory.InMemory), ("era_subsample", memory.EraSubsample),
+        ("disk", memory.OnDisk), ("auto", memory.Auto))},
+    "scorer": {"numerai": with_target(ScorerSettings, "fxml.scoring.scorer.NumeraiScorer")},
+    # cv settings, defaults and checks: fxml.data.cv_settings
+    "cv": {name: with_target(settings, f"fxml.data.folds.{splitter}") for name, settings, splitter in (
+        ("none", cv_settings.SplitSettings, "EraSplitter"),
+        ("walk_forward", cv_settings.WalkForwardSettings, "WalkForward"),
+        ("era_kfold", cv_settings.EraKFoldSettings, "EraKFold"))},
 }
-SCHEMAS["model"]["mlp"] = MLPConfig
-SCHEMAS["model"]["resnet"] = ResNetConfig
-SCHEMAS["model"]["tabnet"] = TabNetConfig
-SCHEMAS["model"]["ensemble"] = EnsembleConfig
 SCHEMAS["postprocess"] = {"none": NoPostprocessConfig, "neutralize": NeutralizeConfig}
 SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig, "live_scores": LiveScoresConfig,
                       "report": ReportConfig,

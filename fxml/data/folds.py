@@ -13,10 +13,13 @@ One interface: a splitter turns the sorted era numbers of the loaded training sp
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from fxml.data.cv_settings import EraKFoldSettings, SplitSettings, WalkForwardSettings
 from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
 
@@ -71,13 +74,23 @@ def distinct_eras(eras: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(eras, dtype=np.int64))
 
 
+def settings_signature(settings: type) -> inspect.Signature:
+    return inspect.signature(settings).replace(return_annotation=inspect.Signature.empty)
+
+
 class EraSplitter:
     """``cv=none``: no folds; the one fit uses every training era (less the inner holdout)."""
 
     method = "none"
+    settings_class: ClassVar[type[SplitSettings]] = SplitSettings
 
-    def __init__(self, embargo: int | str = "auto", refit: bool = True) -> None:
-        self.embargo, self.refit = embargo, refit
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = settings_signature(cls.settings_class)  # type: ignore[attr-defined]
+
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        self.settings = self.settings_class(*args, **settings)
+        self.embargo, self.refit = self.settings.embargo, self.settings.refit
 
     @property
     def active(self) -> bool:
@@ -108,15 +121,18 @@ class EraSplitter:
         return result
 
 
+EraSplitter.__signature__ = settings_signature(SplitSettings)  # type: ignore[attr-defined]
+
+
 class WalkForward(EraSplitter):
     """Expanding window: each test block follows all earlier eras but the embargo."""
 
     method = "walk_forward"
+    settings_class = WalkForwardSettings
 
-    def __init__(self, folds: int = 4, min_train_eras: int = 20, embargo: int | str = "auto",
-                 refit: bool = True) -> None:
-        super().__init__(embargo, refit)
-        self.n_folds, self.min_train_eras = folds, min_train_eras
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        super().__init__(*args, **settings)
+        self.n_folds, self.min_train_eras = self.settings.folds, self.settings.min_train_eras
 
     @property
     def active(self) -> bool:
@@ -152,10 +168,11 @@ class EraKFold(EraSplitter):
     """Contiguous era blocks; each is tested once with all other eras (purged) training."""
 
     method = "era_kfold"
+    settings_class = EraKFoldSettings
 
-    def __init__(self, folds: int = 5, embargo: int | str = "auto", refit: bool = True) -> None:
-        super().__init__(embargo, refit)
-        self.n_folds = folds
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        super().__init__(*args, **settings)
+        self.n_folds = self.settings.folds
 
     @property
     def active(self) -> bool:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from fxml.errors import require
+
 log = logging.getLogger(__name__)
 GIB = 1024**3
 # what a run holds besides features and the model's dataset, per row (ids, eras, targets,
@@ -61,6 +63,11 @@ class MemoryPolicy(Protocol):
     def plan(self, need: MemoryNeed) -> MemoryPlan: ...
 
 
+# The policies' fields are the ``memory`` group's settings, defaults and checks, written once: the
+# config schemas are derived from these classes (fxml.config.schema).
+
+
+@dataclass
 class InMemory:
     """Every selected training era, fully in memory (features stay int8)."""
 
@@ -68,6 +75,7 @@ class InMemory:
         return MemoryPlan("memory", 1, "memory=in_memory")
 
 
+@dataclass
 class OnDisk:
     """Every selected training era in the int8 store on disk, memory-mapped and streamed."""
 
@@ -75,12 +83,17 @@ class OnDisk:
         return MemoryPlan("disk", 1, "memory=disk")
 
 
+@dataclass
 class EraSubsample:
     """Every nth era; with ``every=None`` the smallest stride whose feature matrix fits ``max_gib``."""
 
-    def __init__(self, every: int | None = None, max_gib: float = 4.0) -> None:
-        self.every = every
-        self.max_gib = max_gib
+    every: int | None = None  # keep every nth training era; None: the smallest that fits max_gib
+    max_gib: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.every is not None:
+            require(self.every >= 1, "memory.every", "must be >= 1 or null", self.every)
+        require(self.max_gib > 0, "memory.max_gib", "must be > 0", self.max_gib)
 
     def plan(self, need: MemoryNeed) -> MemoryPlan:
         if self.every:
@@ -89,12 +102,17 @@ class EraSubsample:
         return MemoryPlan("memory", every, f"training features fit memory.max_gib={self.max_gib:g}")
 
 
+@dataclass
 class Auto:
     """The cheapest plan that fits the memory actually available (or ``max_gib``, if smaller)."""
 
-    def __init__(self, max_gib: float | None = None, headroom: float = 0.85) -> None:
-        self.max_gib = max_gib
-        self.headroom = headroom
+    max_gib: float | None = None  # plan for at most this much even if more is available
+    headroom: float = 0.85  # share of the available memory a plan may use
+
+    def __post_init__(self) -> None:
+        if self.max_gib is not None:
+            require(self.max_gib > 0, "memory.max_gib", "must be > 0 or null", self.max_gib)
+        require(0 < self.headroom <= 1, "memory.headroom", "must be in (0, 1]", self.headroom)
 
     def plan(self, need: MemoryNeed) -> MemoryPlan:
         limit, source = available_memory()

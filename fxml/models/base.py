@@ -9,6 +9,7 @@ predicts bit for bit what the run logged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fxml.data.loader import DataSplit
+from fxml.models.params import ModelParams, params_signature
 
 # on_step(step, total_steps, metrics): progress bars and, later, pruning hooks listen here
 StepCallback = Callable[[int, int, dict[str, float]], None]
@@ -38,9 +40,25 @@ class TabularModel(ABC):
     # bytes per int8 feature value that the family's own training dataset takes (bins,
     # quantiles), for memory plans; 0 for families that train from the int8 matrix itself
     dataset_bytes_per_value: ClassVar[float] = 0.0
+    # the family's parameters (fxml.models.params): the constructor takes exactly these and runs
+    # their checks; None (wrappers such as NeutralizedModel) keeps the options as given
+    params_class: ClassVar[type[ModelParams] | None] = None
 
-    def __init__(self, **options: Any) -> None:
-        self.options = options
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "params_class" in vars(cls) and cls.params_class is not None:
+            cls.__signature__ = params_signature(cls.params_class)  # type: ignore[attr-defined]
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        if self.params_class is None:
+            assert not args, f"{type(self).__name__} takes keyword options only"
+            self.options = options
+            return
+        given = params_signature(self.params_class).bind(*args, **options).arguments
+        self.params = self.params_class(**given)
+        # a plain dict, as logged, saved in the manifest and read by the family's fit/predict
+        self.options: dict[str, Any] = {f.name: getattr(self.params, f.name)
+                                         for f in dataclasses.fields(self.params)}
 
     @property
     def uses_validation(self) -> bool:

@@ -28,6 +28,7 @@ import numpy as np
 from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, load_model
+from fxml.models.params import EnsembleParams
 from fxml.models.postprocess import era_codes, rank_by_era
 from fxml.scoring.eras import era_sum
 from fxml.scoring.transforms import center_by_era, signed_power
@@ -39,11 +40,11 @@ MEMBERS = "members"
 
 class EnsembleModel(TabularModel):
     per_era = True
+    params_class = EnsembleParams
 
-    def __init__(self, members: dict[str, Any], weights: Any = "equal", **common: Any) -> None:
-        members, weights = _plain(members), _plain(weights)
-        super().__init__(members=dict(members), weights=weights, **common)
-        self.names: list[str] = list(members)
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*map(_plain, args), **{key: _plain(value) for key, value in options.items()})
+        self.names: list[str] = list(self.options["members"])
         self.models: list[TabularModel] = []
         self.columns: list[list[int] | None] = []
         self.sources: list[str] = []

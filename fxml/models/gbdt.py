@@ -25,6 +25,7 @@ from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, predict_chunk_rows
 from fxml.models.devices import cpu_fallback, xgboost_device
+from fxml.models.params import LightGBMParams, XGBoostParams
 from fxml.scoring import score_eras
 
 log = logging.getLogger(__name__)
@@ -40,32 +41,8 @@ class GBDTModel(TabularModel):
     # LightGBM keeps 4-bit bins for 5-valued features, XGBoost one byte; histograms on top
     dataset_bytes_per_value = 1.0
 
-    def __init__(
-        self,
-        n_estimators: int = 300,
-        learning_rate: float = 0.05,
-        max_depth: int = 5,
-        num_leaves: int = 31,
-        colsample_bytree: float = 0.5,
-        subsample: float = 1.0,
-        min_child_samples: int = 20,
-        reg_lambda: float = 0.0,
-        early_stopping_rounds: int | None = None,
-        valid_corr_every: int = 0,
-        params: dict[str, Any] | None = None,
-        device: str = "cpu",
-        n_jobs: int = -1,
-        seed: int = 42,
-        **extra: Any,
-    ) -> None:
-        super().__init__(
-            n_estimators=n_estimators, learning_rate=learning_rate, max_depth=max_depth,
-            num_leaves=num_leaves, colsample_bytree=colsample_bytree, subsample=subsample,
-            min_child_samples=min_child_samples, reg_lambda=reg_lambda,
-            early_stopping_rounds=early_stopping_rounds, valid_corr_every=valid_corr_every,
-            params=dict(params or {}),
-            device=device, n_jobs=n_jobs, seed=seed, **extra,
-        )
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
         self.booster: Any = None
 
     @property
@@ -135,6 +112,8 @@ def bin_sample_rows(n_features: int) -> int | None:
 
 
 class LightGBMModel(GBDTModel):
+    params_class = LightGBMParams
+
     def _params(self, device_type: str) -> dict[str, Any]:
         o = self.options
         params = {
@@ -272,6 +251,8 @@ def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = No
 
 
 class XGBoostModel(GBDTModel):
+    params_class = XGBoostParams
+
     def _params(self) -> dict[str, Any]:
         o = self.options
         params = {
@@ -286,7 +267,7 @@ class XGBoostModel(GBDTModel):
             # squared error has unit hessians, so this is a minimum row count per leaf
             "min_child_weight": o["min_child_samples"],
             "lambda": o["reg_lambda"],
-            "max_bin": o.get("max_bin", 64),
+            "max_bin": o["max_bin"],
             "seed": o["seed"],
             "verbosity": 0,
         }

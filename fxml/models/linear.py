@@ -14,6 +14,7 @@ import numpy as np
 
 from fxml.data.loader import DataSplit
 from fxml.models.base import StepCallback, TabularModel
+from fxml.models.params import RidgeParams
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 65_536
@@ -22,8 +23,10 @@ CHUNK_BYTES = 64 * 2**20
 
 
 class RidgeModel(TabularModel):
-    def __init__(self, alpha: float = 1.0, fit_intercept: bool = True, **common: Any) -> None:
-        super().__init__(alpha=alpha, fit_intercept=fit_intercept, **common)
+    params_class = RidgeParams
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
         self.coef: np.ndarray | None = None
         self.intercept = 0.0
 

@@ -101,7 +101,9 @@ class NeutralizedModel(TabularModel):
 
     per_era = True
 
-    def __init__(self, proportion: float = 0.5, feature_set: str = "custom",
+    # built by wrap() from the postprocess group (whose schema holds the defaults) or from a
+    # saved manifest: no defaults here
+    def __init__(self, proportion: float, feature_set: str,
                  neutralizers: list[str] | None = None, input_features: list[str] | None = None,
                  n_model_features: int | None = None, **options: Any) -> None:
         super().__init__(proportion=proportion, feature_set=feature_set,

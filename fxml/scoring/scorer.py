@@ -24,6 +24,7 @@ from fxml.scoring.grid import EraGrid
 from fxml.scoring.importance import feature_groups, permutation_importance
 from fxml.scoring.portfolio import BenchmarkPortfolio, prepare_portfolio
 from fxml.scoring.prepared import prepared
+from fxml.scoring.settings import SCORER_SIGNATURE, ScorerSettings
 
 log = logging.getLogger(__name__)
 # the prepared parts of the comparison scores are kept beside the release's files
@@ -64,39 +65,23 @@ def payout_score(per_era: pd.DataFrame, corr_weight: float, mmc_weight: float, c
 
 
 class NumeraiScorer:
-    def __init__(
-        self,
-        meta_model: bool = True,
-        benchmark: bool = True,
-        benchmark_column: str | None = None,
-        fnc: bool = True,
-        feature_exposure: bool = True,
-        payout_corr_weight: float = 0.5,
-        payout_mmc_weight: float = 2.0,
-        payout_clip: float = 0.05,
-        importance: str = "none",
-        importance_repeats: int = 1,
-        importance_seed: int = 0,
-        mpc: bool = True,
-        mpc_own_stake: float = 1.0,
-        mpc_benchmark_stake: float = 1.0,
-        mpc_stakes: dict[str, float] | None = None,
-        mpc_benchmark_columns: list[str] | None = None,
-        mpc_neutralizers: str | None = None,
-        mpc_sample_weights: str | None = None,
-        diagnostics: bool = True,
-        top_bottom: int = 200,
-    ) -> None:
-        self.use_meta_model, self.use_benchmark = meta_model, benchmark
-        self.benchmark_column = benchmark_column
-        self.use_features = fnc or feature_exposure
-        self.keep = {"fnc": fnc, "feature_exposure": feature_exposure}
-        self.payout = (payout_corr_weight, payout_mmc_weight, payout_clip)
-        self.importance_of = importance
-        self.importance_repeats, self.importance_seed = importance_repeats, importance_seed
-        self.portfolio = PortfolioSettings(mpc, mpc_own_stake, mpc_benchmark_stake, dict(mpc_stakes or {}),
-                                           mpc_benchmark_columns, mpc_neutralizers, mpc_sample_weights)
-        self.diagnostics, self.top_bottom = diagnostics, top_bottom
+    # the settings, defaults and checks: ScorerSettings (fxml.scoring.settings)
+    __signature__ = SCORER_SIGNATURE
+
+    def __init__(self, *args: Any, **settings: Any) -> None:
+        s = ScorerSettings(*args, **settings)
+        self.settings = s
+        self.use_meta_model, self.use_benchmark = s.meta_model, s.benchmark
+        self.benchmark_column = s.benchmark_column
+        self.use_features = s.fnc or s.feature_exposure
+        self.keep = {"fnc": s.fnc, "feature_exposure": s.feature_exposure}
+        self.payout = (s.payout_corr_weight, s.payout_mmc_weight, s.payout_clip)
+        self.importance_of = s.importance
+        self.importance_repeats, self.importance_seed = s.importance_repeats, s.importance_seed
+        self.portfolio = PortfolioSettings(s.mpc, s.mpc_own_stake, s.mpc_benchmark_stake,
+                                           dict(s.mpc_stakes), s.mpc_benchmark_columns,
+                                           s.mpc_neutralizers, s.mpc_sample_weights)
+        self.diagnostics, self.top_bottom = s.diagnostics, s.top_bottom
 
     def importance(self, model: TabularModel, split: DataSplit, data: NumeraiData) -> pd.DataFrame | None:
         """Permutation importance of features or feature groups; None when not asked for."""

@@ -1,10 +1,22 @@
-"""Deep tabular families on PyTorch Lightning: MLP, tabular ResNet and TabNet (the ``deep`` extra)."""
+"""Deep tabular families on PyTorch Lightning: MLP, tabular ResNet and TabNet (the ``deep`` extra).
 
-from fxml.extras import require_extra
+The model classes load on first use, so ``fxml.models.deep.params`` (their parameters, read by
+the config schemas) imports without PyTorch; without the extra, the first use is one line naming it.
+"""
 
-# a guard, not work: without the extra, model=mlp|resnet|tabnet is one line naming it
-require_extra("deep", "the deep models (model=mlp, resnet, tabnet)")
+from __future__ import annotations
 
-from fxml.models.deep.model import DeepTabularModel, MLPModel, ResNetModel, TabNetModel  # noqa: E402
+from typing import Any
 
 __all__ = ["DeepTabularModel", "MLPModel", "ResNetModel", "TabNetModel"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from fxml.extras import require_extra
+
+        require_extra("deep", "the deep models (model=mlp, resnet, tabnet)")
+        from fxml.models.deep import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

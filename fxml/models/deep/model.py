@@ -23,6 +23,7 @@ from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, predict_chunk_rows
 from fxml.models.deep.device import DeviceChoice, check_precision, choose_device
 from fxml.models.deep.networks import MLP, ResNet, run_network, scale_features
+from fxml.models.deep.params import MLPParams, ResNetParams, TabNetParams
 from fxml.models.deep.tabnet import TabNet
 from fxml.scoring import score_eras
 
@@ -44,33 +45,8 @@ class DeepTabularModel(TabularModel):
     network_class: ClassVar[type[nn.Module]]
     network_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(
-        self,
-        loss: str = "mse",
-        aux_targets: list[str] | None = None,
-        aux_weight: float = 0.5,
-        batch_size: int = 1024,
-        era_batching: bool = False,
-        eras_per_batch: int = 1,
-        learning_rate: float = 1e-3,
-        weight_decay: float = 0.0,
-        gradient_clip: float = 0.0,
-        max_epochs: int = 20,
-        patience: int | None = 5,
-        device: str = "cpu",
-        devices: int = 1,
-        precision: str = "32",
-        n_jobs: int = -1,
-        seed: int = 42,
-        **options: Any,
-    ) -> None:
-        super().__init__(
-            loss=loss, aux_targets=list(aux_targets or []), aux_weight=aux_weight,
-            batch_size=batch_size, era_batching=era_batching, eras_per_batch=eras_per_batch,
-            learning_rate=learning_rate, weight_decay=weight_decay, gradient_clip=gradient_clip,
-            max_epochs=max_epochs, patience=patience, device=device, devices=devices,
-            precision=precision, n_jobs=n_jobs, seed=seed, **options,
-        )
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
         self.network: nn.Module | None = None
         self.shape: dict[str, int] = {}
         self.history: list[dict[str, float]] = []
@@ -220,41 +196,23 @@ class DeepTabularModel(TabularModel):
 
 
 class MLPModel(DeepTabularModel):
+    params_class = MLPParams
     network_class = MLP
     network_keys = ("widths", "dropout", "norm", "activation")
 
-    def __init__(self, widths: list[int] | tuple[int, ...] = (256, 128), dropout: float = 0.1,
-                 norm: str = "batch", activation: str = "silu", **common: Any) -> None:
-        super().__init__(widths=list(widths), dropout=dropout, norm=norm, activation=activation,
-                         **common)
-
 
 class ResNetModel(DeepTabularModel):
+    params_class = ResNetParams
     network_class = ResNet
     network_keys = ("d_main", "d_hidden", "n_blocks", "dropout", "residual_dropout", "norm",
                     "activation")
 
-    def __init__(self, d_main: int = 128, d_hidden: int = 256, n_blocks: int = 2,
-                 dropout: float = 0.1, residual_dropout: float = 0.0, norm: str = "batch",
-                 activation: str = "relu", **common: Any) -> None:
-        super().__init__(d_main=d_main, d_hidden=d_hidden, n_blocks=n_blocks, dropout=dropout,
-                         residual_dropout=residual_dropout, norm=norm, activation=activation,
-                         **common)
-
 
 class TabNetModel(DeepTabularModel):
+    params_class = TabNetParams
     network_class = TabNet
     network_keys = ("n_d", "n_a", "n_steps", "gamma", "n_shared", "n_independent", "mask_type",
                     "ghost_batch_norm", "virtual_batch_size", "momentum")
-
-    def __init__(self, n_d: int = 8, n_a: int = 8, n_steps: int = 3, gamma: float = 1.3,
-                 n_shared: int = 2, n_independent: int = 2, mask_type: str = "sparsemax",
-                 ghost_batch_norm: bool = True, virtual_batch_size: int = 128,
-                 momentum: float = 0.02, lambda_sparse: float = 1e-3, **common: Any) -> None:
-        super().__init__(n_d=n_d, n_a=n_a, n_steps=n_steps, gamma=gamma, n_shared=n_shared,
-                         n_independent=n_independent, mask_type=mask_type,
-                         ghost_batch_norm=ghost_batch_norm, virtual_batch_size=virtual_batch_size,
-                         momentum=momentum, lambda_sparse=lambda_sparse, **common)
 
     def feature_masks(self, features: np.ndarray) -> list[np.ndarray]:
         """Each decision step's feature mask for int8 rows: (rows, features), rows sum to 1."""

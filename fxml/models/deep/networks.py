@@ -11,6 +11,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from fxml.models.deep.params import MLPParams as M
+from fxml.models.deep.params import ResNetParams as R
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
 NORMS = ("batch", "layer", "none")
 
@@ -26,8 +29,9 @@ def make_norm(kind: str, width: int) -> nn.Module:
 class MLP(nn.Module):
     """``[Linear -> Norm -> activation -> Dropout] * len(widths)`` then a linear head."""
 
-    def __init__(self, n_inputs: int, n_outputs: int, widths: Sequence[int] = (256, 128),
-                 dropout: float = 0.1, norm: str = "batch", activation: str = "silu") -> None:
+    # defaults: the model family's (fxml.models.deep.params), never written here
+    def __init__(self, n_inputs: int, n_outputs: int, widths: Sequence[int],
+                 dropout: float = M.dropout, norm: str = M.norm, activation: str = M.activation) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         previous = n_inputs
@@ -63,9 +67,10 @@ class ResidualBlock(nn.Module):
 class ResNet(nn.Module):
     """Tabular ResNet: ``d_main`` wide residual stream, ``d_hidden`` wide blocks."""
 
-    def __init__(self, n_inputs: int, n_outputs: int, d_main: int = 128, d_hidden: int = 256,
-                 n_blocks: int = 2, dropout: float = 0.1, residual_dropout: float = 0.0,
-                 norm: str = "batch", activation: str = "relu") -> None:
+    def __init__(self, n_inputs: int, n_outputs: int, d_main: int = R.d_main, d_hidden: int = R.d_hidden,
+                 n_blocks: int = R.n_blocks, dropout: float = R.dropout,
+                 residual_dropout: float = R.residual_dropout, norm: str = R.norm,
+                 activation: str = R.activation) -> None:
         super().__init__()
         self.stem = nn.Linear(n_inputs, d_main)
         self.blocks = nn.Sequential(*(

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from fxml.models.deep.params import TabNetParams as P
 from fxml.models.deep.sparse import SPARSE_MAPS
 
 NormFactory = Callable[[int], nn.Module]
@@ -103,16 +104,17 @@ class TabNet(nn.Module):
         self,
         n_inputs: int,
         n_outputs: int,
-        n_d: int = 8,
-        n_a: int = 8,
-        n_steps: int = 3,
-        gamma: float = 1.3,
-        n_shared: int = 2,
-        n_independent: int = 2,
-        mask_type: str = "sparsemax",
-        ghost_batch_norm: bool = True,
-        virtual_batch_size: int = 128,
-        momentum: float = 0.02,
+        # defaults: the model family's (fxml.models.deep.params), never written here
+        n_d: int = P.n_d,
+        n_a: int = P.n_a,
+        n_steps: int = P.n_steps,
+        gamma: float = P.gamma,
+        n_shared: int = P.n_shared,
+        n_independent: int = P.n_independent,
+        mask_type: str = P.mask_type,
+        ghost_batch_norm: bool = P.ghost_batch_norm,
+        virtual_batch_size: int = P.virtual_batch_size,
+        momentum: float = P.momentum,
         epsilon: float = 1e-15,
     ) -> None:
         super().__init__()
