@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fxml.models.base import StepCallback
+from fxml.steps import StepCallback
 
 console = Console()
 error_console = Console(stderr=True)

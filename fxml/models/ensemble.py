@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from fxml.data.loader import DataSplit
+from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, load_model
-from fxml.models.postprocess import era_codes, rank_by_era
 from fxml.scoring.eras import era_sum
+from fxml.scoring.ranks import era_codes, rank_by_era
 from fxml.scoring.transforms import center_by_era, signed_power
 
 log = logging.getLogger(__name__)

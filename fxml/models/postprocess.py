@@ -27,32 +27,13 @@ from omegaconf.errors import OmegaConfBaseException
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, load_model
-from fxml.scoring.eras import encode_eras, era_count, era_order, era_starts, order_within_eras
-from fxml.scoring.transforms import tie_kept_rank
+from fxml.scoring.eras import era_count, era_order, era_starts
+from fxml.scoring.ranks import era_codes, rank_by_era
 
 log = logging.getLogger(__name__)
 # numerai_tools.scoring.neutralize solves with np.linalg.lstsq(..., rcond=1e-6)
 LSTSQ_RCOND = 1e-6
 INNER = "inner"
-
-
-def era_codes(eras: np.ndarray | None, n_rows: int) -> tuple[np.ndarray, int]:
-    """Dense era codes; ``None`` means every row is in one era (a live round)."""
-    if eras is None:
-        return np.zeros(n_rows, dtype=np.intp), 1
-    encoded = encode_eras(np.asarray(eras))
-    return encoded.codes, encoded.n_eras
-
-
-def rank_by_era(values: np.ndarray, eras: np.ndarray | None = None) -> np.ndarray:
-    """``(rank - 0.5) / n`` inside each era, ties sharing their average rank (pandas'
-    ``rank(method="average")``), so every value lies strictly inside (0, 1). NaN stays NaN and
-    does not count in ``n``."""
-    values = np.asarray(values, dtype=np.float64)
-    codes, n_eras = era_codes(eras, len(values))
-    order = order_within_eras(values, codes, n_eras)
-    order = order[~np.isnan(values[order])]
-    return tie_kept_rank(values, codes, n_eras, order)
 
 
 def era_slices(eras: np.ndarray | None, n_rows: int) -> list[np.ndarray]:

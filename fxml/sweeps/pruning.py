@@ -19,7 +19,7 @@ import optuna
 from hydra.core.hydra_config import HydraConfig
 
 from fxml.errors import FxmlError
-from fxml.models.base import StepCallback
+from fxml.steps import StepCallback
 from fxml.sweeps.retry import with_retries
 
 log = logging.getLogger(__name__)
