@@ -6,7 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fxml.config.schema import register_schemas
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, describe_config_error
 
 __all__ = ["register_schemas", "validate", "describe_config_error"]
 
@@ -20,23 +20,3 @@ def validate(cfg: DictConfig) -> None:
             OmegaConf.to_object(cfg[group])
         except OmegaConfBaseException as error:
             raise FxmlError(describe_config_error(error)) from None
-
-
-def describe_config_error(error: BaseException) -> str:
-    """One line for an OmegaConf/Hydra composition error: the message and the key it is about."""
-    cause = error
-    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
-        cause = cause.__cause__
-    for candidate in (cause, cause.__cause__):
-        if isinstance(candidate, FxmlError):
-            return str(candidate)
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    message = lines[0] if lines else type(cause).__name__
-    key = getattr(cause, "full_key", None)
-    if key and key not in message:
-        message = f"{message} (key: {key})"
-    if "Available options" in str(cause):
-        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
-        options = [line for line in lines[start + 1 :] if " " not in line and ":" not in line]
-        message = f"{message}; available: {', '.join(options)}"
-    return message

@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from fxml.data.loader import DataSplit, NumeraiData
-from fxml.errors import FxmlError
+from fxml.data.split import DataSplit
+from fxml.errors import FxmlError, describe_config_error
 from fxml.models.base import StepCallback, TabularModel, load_model
 from fxml.scoring.eras import era_count, era_order, era_starts
 from fxml.scoring.ranks import era_codes, rank_by_era
+
+if TYPE_CHECKING:  # annotations only: a logged model loads without the loader (Polars) or OmegaConf
+    from omegaconf import DictConfig
+
+    from fxml.data.loader import NumeraiData
 
 log = logging.getLogger(__name__)
 # numerai_tools.scoring.neutralize solves with np.linalg.lstsq(..., rcond=1e-6)
@@ -175,12 +178,13 @@ def postprocessed(model: TabularModel, settings: DictConfig | None,
     """
     if settings is None:
         return model, []
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         options = OmegaConf.to_container(settings, resolve=True)
         OmegaConf.to_object(settings)  # the schema's range checks
     except OmegaConfBaseException as error:
-        from fxml.config import describe_config_error
-
         raise FxmlError(describe_config_error(error)) from None
     assert isinstance(options, dict)
     if options.get("method", "none") == "none":

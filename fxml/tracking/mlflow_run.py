@@ -23,9 +23,8 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
-from optuna import TrialPruned
 
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, RunPruned
 from fxml.interrupts import interrupting_signal
 from fxml.secrets import redact  # noqa: F401  (also imported from here by the sweeper)
 from fxml.tracking.stores import (
@@ -97,13 +96,13 @@ def tracked_run(uri: str, experiment: str, run_name: str | None, tags: dict[str,
                             f"({redact(first_line(error))}); run {run.info.run_id} could not be "
                             "closed there and may show RUNNING") from None
         signum = interrupting_signal()
-        stopped = isinstance(error, (KeyboardInterrupt, TrialPruned)) or signum is not None
+        stopped = isinstance(error, (KeyboardInterrupt, RunPruned)) or signum is not None
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         # a library may have turned the signal into its own exit (Lightning: SystemExit(1))
         what = f"Interrupted: {signal.Signals(signum).name}" if signum is not None \
             else f"{type(error).__name__}: {message}"
         try:
-            mlflow.set_tag("pruned" if isinstance(error, TrialPruned) else "error",
+            mlflow.set_tag("pruned" if isinstance(error, RunPruned) else "error",
                            redact(what)[:5000])
             mlflow.end_run(status="KILLED" if stopped else "FAILED")
         except Exception as closing:
