@@ -67,6 +67,11 @@ class TabularModel(ABC):
             out[start : start + len(block)] = self.predict_float32(block)
         return out
 
+    def fitted_params(self) -> dict[str, float]:
+        """Values ``fit`` chose that the runner logs as MLflow params (an ensemble's weights);
+        models do not log themselves."""
+        return {}
+
     @abstractmethod
     def save_state(self, directory: Path) -> None: ...
 

@@ -130,6 +130,9 @@ class NeutralizedModel(TabularModel):
                      "[features, 1], standardise to mean 0 / std 1",
         }}
 
+    def fitted_params(self) -> dict[str, float]:
+        return self.inner.fitted_params() if self.inner is not None else {}
+
     def _model_columns(self, features: np.ndarray) -> np.ndarray:
         n = self.options["n_model_features"]
         return features if features.shape[1] == n else features[:, :n]

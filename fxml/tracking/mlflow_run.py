@@ -154,6 +154,13 @@ def log_metric_batch(metrics: list[Metric]) -> None:
         retrying(lambda batch=batch: client.log_batch(run_id, metrics=batch))
 
 
+def log_fitted_params(model: Any) -> None:
+    """Log what ``fit`` chose (``model.fitted_params()``, e.g. ensemble weights) to the active run."""
+    params = model.fitted_params()
+    if params:
+        mlflow.log_params(params)
+
+
 def log_series(per_era: pd.DataFrame, columns: tuple[str, ...]) -> None:
     """Per-era scores as metric series, the era number as the step."""
     log_metric_batch([
