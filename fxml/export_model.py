@@ -16,7 +16,6 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas
 from fxml.console import console, quiet_dependencies
 from fxml.errors import FxmlError
 from fxml.submission import checked
@@ -27,7 +26,6 @@ from fxml.submission.submit import numerai_model_id
 from fxml.tracking.mlflow_run import tracking_uri
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-register_schemas()
 
 
 @exits_on_user_error

@@ -12,7 +12,6 @@ import mlflow
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas
 from fxml.console import console, quiet_dependencies
 from fxml.errors import FxmlError
 from fxml.submission import checked
@@ -22,7 +21,6 @@ from fxml.submission.submit import numerai_model_id
 from fxml.tracking.mlflow_run import tracking_uri
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-register_schemas()
 
 
 @exits_on_user_error

@@ -14,14 +14,12 @@ import mlflow
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas
 from fxml.console import console, quiet_dependencies
 from fxml.submission import checked
 from fxml.tracking.mlflow_run import tracking_uri
 from fxml.tracking.report import select_runs, write_report
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-register_schemas()
 
 
 @exits_on_user_error

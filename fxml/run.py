@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from fxml import __version__
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas, validate
+from fxml.config import validate
 from fxml.console import console, quiet_dependencies, step_progress, summary_table
 from fxml.crossval import cross_validate, training_parts
 from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
@@ -46,7 +46,6 @@ from fxml.tracking.stores import bound_retries
 
 log = logging.getLogger("fxml.run")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-register_schemas()
 
 
 @exits_on_user_error

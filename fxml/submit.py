@@ -10,13 +10,11 @@ import hydra
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import register_schemas
 from fxml.console import quiet_dependencies
 from fxml.submission import checked
 from fxml.submission.submit import Submission, submit
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-register_schemas()
 
 
 @exits_on_user_error
