@@ -45,7 +45,8 @@ class FxmlPyfunc(mlflow.pyfunc.PythonModel):
         missing = [name for name in self.feature_names if name not in model_input.columns]
         if missing:
             raise ValueError(f"input lacks {len(missing)} feature column(s), e.g. {missing[0]}")
-        features = model_input[self.feature_names].to_numpy(dtype=np.int8)
+        # C order, as the runner predicts: a column-major copy would sum in another order (BLAS)
+        features = np.ascontiguousarray(model_input[self.feature_names].to_numpy(dtype=np.int8))
         eras = era_numbers(model_input["era"].to_numpy()) if "era" in model_input else None
         return self.model.predict(features, eras)
 
