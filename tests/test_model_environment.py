@@ -161,7 +161,7 @@ def test_fresh_environment_from_requirements_reproduces_predictions(
         capture_output=True, text=True, timeout=900)
     assert installed.returncode == 0, installed.stderr[-3000:]
     print(f"{family}: fresh environment built in {time.perf_counter() - started:.0f} s")
-    found = subprocess.run([python, "-c", "import importlib.util as u; print(u.find_spec('fxml'))"],
+    found = subprocess.run([python, "-I", "-c", "import importlib.util as u; print(u.find_spec('fxml'))"],
                            capture_output=True, text=True, cwd=tmp_path)
     assert found.stdout.strip() == "None"  # nothing but the model provides fxml there
     _, expected = logged_predictions(ws, run, tmp_path)
