@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 from rich.markup import escape
 
-from fxml.config import describe_config_error
+from fxml.config import describe_config_error, register_schemas
 from fxml.console import error_console
 from fxml.interrupts import exit_code, interrupting_signal, stop_on_signals
 from fxml.secrets import redact, redact_records
@@ -60,6 +60,9 @@ def run_cli(hydra_entry: Callable[[], Any]) -> None:
 
     # Hydra re-raises instead of printing its multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # the schemas enter Hydra's ConfigStore here, before composition, not when a module is
+    # imported; launcher workers get the parent's ConfigStore with the composed job
+    register_schemas()
     redact_records()
     stop_on_signals()
     try:

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fxml.models.base import StepCallback
+from fxml.steps import StepCallback
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -30,7 +30,7 @@ from fxml.scoring import summarize
 from fxml.scoring.scorer import NumeraiScorer, Scores
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.pruning import trial_reporter
-from fxml.tracking.mlflow_run import StepMetrics, log_frame, log_series
+from fxml.tracking.mlflow_run import StepMetrics, log_fitted_params, log_frame, log_series
 from fxml.tracking.plots import cumulative_scores_by_fold
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def fit_and_score_fold(model: TabularModel, train: DataSplit, fold: Fold, n_fold
     with step_progress(f"fold {fold.index + 1}/{n_folds}: training", step_metrics) as on_step:
         model.fit(fit, holdout, on_step=on_step)
     step_metrics.flush()
+    log_fitted_params(model)
     del fit, holdout
     test = rows_of_eras(train, fold.test)
     predictions = predict_in_era_blocks(model, test)

@@ -13,3 +13,31 @@ def require(condition: bool, key: str, rule: str, value: object) -> None:
 
 def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
     require(value in allowed, key, f"must be one of {', '.join(allowed)}", value)
+
+
+class RunPruned(Exception):
+    """A run stopped early on purpose (a sweep pruned its trial): the tracked run ends KILLED with
+    a ``pruned`` tag. The sweep layer raises a subclass that Optuna recognises too, so tracking
+    needs no Optuna."""
+
+
+def describe_config_error(error: BaseException) -> str:
+    """One line for an OmegaConf/Hydra composition error: the message and the key it is about."""
+    from omegaconf.errors import OmegaConfBaseException  # here: errors stays a dependency-free leaf
+
+    cause = error
+    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    for candidate in (cause, cause.__cause__):
+        if isinstance(candidate, FxmlError):
+            return str(candidate)
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    message = lines[0] if lines else type(cause).__name__
+    key = getattr(cause, "full_key", None)
+    if key and key not in message:
+        message = f"{message} (key: {key})"
+    if "Available options" in str(cause):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
+        options = [line for line in lines[start + 1 :] if " " not in line and ":" not in line]
+        message = f"{message}; available: {', '.join(options)}"
+    return message

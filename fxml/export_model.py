@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import CONFIG_PATH, register_schemas
+from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
 from fxml.errors import FxmlError
 from fxml.submission import checked
@@ -25,8 +25,6 @@ from fxml.submission.export import check_in_fresh_process, live_shaped, write_pi
 from fxml.submission.registry import first_line, load_logged_model
 from fxml.submission.submit import numerai_model_id
 from fxml.tracking.mlflow_run import tracking_uri
-
-register_schemas()
 
 
 @exits_on_user_error

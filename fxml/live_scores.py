@@ -10,7 +10,7 @@ import mlflow
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import CONFIG_PATH, register_schemas
+from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
 from fxml.errors import FxmlError
 from fxml.submission import checked
@@ -18,8 +18,6 @@ from fxml.submission.credentials import build_client, find_credentials, missing_
 from fxml.submission.live import LiveUpdate, fetch_round_scores, log_live_scores
 from fxml.submission.submit import numerai_model_id
 from fxml.tracking.mlflow_run import tracking_uri
-
-register_schemas()
 
 
 @exits_on_user_error

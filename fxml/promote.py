@@ -12,13 +12,11 @@ import hydra
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import CONFIG_PATH, register_schemas
+from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
 from fxml.submission import checked
 from fxml.submission.choice import RunSelection
 from fxml.submission.registry import Promotion, promote
-
-register_schemas()
 
 
 @exits_on_user_error

@@ -14,13 +14,11 @@ import mlflow
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import CONFIG_PATH, register_schemas
+from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
 from fxml.submission import checked
 from fxml.tracking.mlflow_run import tracking_uri
 from fxml.tracking.report import select_runs, write_report
-
-register_schemas()
 
 
 @exits_on_user_error

@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from fxml import __version__
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import CONFIG_PATH, register_schemas, validate
+from fxml.config import CONFIG_PATH, validate
 from fxml.console import (
     console,
     importance_table,
@@ -39,6 +39,7 @@ from fxml.models.postprocess import postprocessed
 from fxml.scoring.importance import importance_figure
 from fxml.scoring.scorer import Scores
 from fxml.secrets import redact
+from fxml.submission.registry import load_ensemble_members
 from fxml.sweeps.pruning import trial_reporter
 from fxml.tracking.mlflow_run import (
     JOB_TAG,
@@ -48,6 +49,7 @@ from fxml.tracking.mlflow_run import (
     StepMetrics,
     git_commit,
     log_config,
+    log_fitted_params,
     log_frame,
     log_series,
     tracked_run,
@@ -59,7 +61,6 @@ from fxml.tracking.stores import bound_retries
 
 log = logging.getLogger("fxml.run")
 IMPORTANCE_CSV = "importance/permutation.csv"
-register_schemas()
 
 
 @exits_on_user_error
@@ -82,7 +83,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                          "feature_set": data.feature_set, "target": data.target})
         # post-processing wraps the model; neutralisers outside the run's features load with validation
         def build_model() -> tuple[TabularModel, list[str]]:
-            return postprocessed(instantiate(cfg.model, _convert_="all"), cfg.get("postprocess"), data)
+            model = instantiate(cfg.model, _convert_="all")
+            load_ensemble_members(model)  # members named by MLflow URI: loaded here, not in models
+            return postprocessed(model, cfg.get("postprocess"), data)
 
         model, neutralizers = build_model()
         splitter = instantiate(cfg.cv)
@@ -119,6 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with step_progress(f"training {tags['model_family']}", *listeners) as on_step:
             model.fit(fit_split, inner_holdout, on_step=on_step)
         step_metrics.flush()
+        log_fitted_params(model)
         mlflow.set_tags(taken_fallbacks())
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
         del fit_split, inner_holdout

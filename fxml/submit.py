@@ -8,12 +8,10 @@ import hydra
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
-from fxml.config import CONFIG_PATH, register_schemas
+from fxml.config import CONFIG_PATH
 from fxml.console import quiet_dependencies
 from fxml.submission import checked
 from fxml.submission.submit import Submission, submit
-
-register_schemas()
 
 
 @exits_on_user_error

@@ -11,7 +11,7 @@ import pytest
 from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import load_model
-from fxml.models.ensemble import EnsembleModel, fit_weights
+from fxml.models.ensemble import EnsembleModel, LoadedMember, fit_weights, member_columns
 from fxml.models.postprocess import rank_by_era
 from tests.conftest import Workspace, assert_one_line_error, assert_reloads_to_logged_predictions
 from tests.test_promote_submit import fxml_command, served_release
@@ -138,10 +138,12 @@ def test_ensemble_of_existing_runs_rank_averages_their_predictions(ws: Workspace
 
 def test_member_reading_other_features_is_rejected(ws: Workspace, trained_ensemble) -> None:
     uri = f"runs:/{trained_ensemble.info.run_id}/model"
-    features = mlflow.pyfunc.load_model(uri).unwrap_python_model().feature_names
+    logged = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    features = logged.feature_names
+    member = LoadedMember(logged.model, features, uri)
     with pytest.raises(FxmlError, match=r"model.members.wide .* reads 2 feature\(s\) this run does "
                                         r"not load.*data.feature_set"):
-        EnsembleModel._load_member("wide", uri, features[2:])
+        member_columns("wide", member, features[2:])
     result = ws.run("model=ensemble", "~model.members.lgbm", "+model.members.gone=runs:/0000/model",
                     "tracking.run_name=ensemble-bad")
     assert_one_line_error(result, "model.members.gone", "runs:/0000/model")

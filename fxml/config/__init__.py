@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fxml.config.schema import register_schemas
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, describe_config_error
 
 __all__ = ["CONFIG_PATH", "register_schemas", "validate", "describe_config_error"]
 
@@ -43,21 +43,3 @@ def resolve_model_classes(model: Any) -> None:
         resolve_model_classes(member)
 
 
-def describe_config_error(error: BaseException) -> str:
-    """One line for an OmegaConf/Hydra composition error: the message and the key it is about."""
-    cause = error
-    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
-        cause = cause.__cause__
-    for candidate in (cause, cause.__cause__):
-        if isinstance(candidate, FxmlError):
-            return str(candidate)
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-    message = lines[0] if lines else type(cause).__name__
-    key = getattr(cause, "full_key", None)
-    if key and key not in message:
-        message = f"{message} (key: {key})"
-    if "Available options" in str(cause):
-        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
-        options = [line for line in lines[start + 1 :] if " " not in line and ":" not in line]
-        message = f"{message}; available: {', '.join(options)}"
-    return message

@@ -12,18 +12,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from fxml.data.loader import DataSplit
+from fxml.data.split import DataSplit
+from fxml.data.split import labelled_rows as labelled_rows  # re-exported for the families
 from fxml.models.params import ModelParams, params_signature
+from fxml.steps import StepCallback
 
-# on_step(step, total_steps, metrics): progress bars and, later, pruning hooks listen here
-StepCallback = Callable[[int, int, dict[str, float]], None]
 MANIFEST = "fxml_model.json"
 PREDICT_CHUNK_ROWS = 65_536
 # float32 bytes of one prediction chunk: at 2,748 features 65,536 rows would be 720 MB
@@ -85,6 +85,11 @@ class TabularModel(ABC):
             out[start : start + len(block)] = self.predict_float32(block)
         return out
 
+    def fitted_params(self) -> dict[str, float]:
+        """Values ``fit`` chose that the runner logs as MLflow params (an ensemble's weights);
+        models do not log themselves."""
+        return {}
+
     @abstractmethod
     def save_state(self, directory: Path) -> None: ...
 
@@ -110,13 +115,6 @@ def load_model(directory: Path) -> TabularModel:
 def float32_chunks(features: np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:
     for start in range(0, len(features), rows):
         yield start, np.asarray(features[start : start + rows], dtype=np.float32)
-
-
-def labelled_rows(split: DataSplit) -> DataSplit:
-    """The rows of a split whose target is known: the unresolved eras at the end of an era-sorted
-    validation split are cut off as a view, not a copy."""
-    assert split.target is not None
-    return split.rows(~np.isnan(split.target))
 
 
 def predict_in_era_blocks(model: TabularModel, split: DataSplit,

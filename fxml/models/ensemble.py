@@ -1,7 +1,10 @@
 """Ensembles: several models as one :class:`TabularModel`, so the runner treats them like any model.
 
 Members are model configs, built and trained in ``fit`` on the run's data, or URIs of fxml models
-already in MLflow (``runs:/<id>/model``, ``models:/<name>@<alias>``), loaded and used as they are.
+already in MLflow (``runs:/<id>/model``, ``models:/<name>@<alias>``), used as they are. The model
+layer neither reads MLflow nor logs to it: the runner loads URI members
+(``fxml.submission.registry.load_ensemble_members``) and hands them over with :meth:`attach`, and
+logs the fitted weights (:meth:`fitted_params`).
 ``predict`` ranks each member's predictions per era into (0, 1) (``(rank - 0.5) / n``, ties
 averaged) and returns their weighted mean. Weights are ``equal``, fixed per member, or ``fit``:
 non-negative, summing to 1, chosen on the validation set ``fit`` is given (the runner's inner
@@ -10,8 +13,8 @@ per-era Pearson correlation between the blend of ranks and Numerai's transformed
 (``(t - mean) ** 1.5`` signed, as in CORR); a smooth stand-in for CORR itself, solved with SLSQP.
 
 Saved state holds every member (URI members too) in its own folder, so the logged ensemble loads
-and predicts without the runs it was built from. MLflow, Hydra and SciPy are imported where they
-are used (fitting only), so a pickled fitted ensemble (``fxml.export_model``) predicts without them.
+and predicts without the runs it was built from. Hydra and SciPy are imported where they are used
+(fitting only), so a pickled fitted ensemble (``fxml.export_model``) predicts without them.
 """
 
 from __future__ import annotations
@@ -20,22 +23,33 @@ import dataclasses
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fxml.data.loader import DataSplit
+from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, load_model
 from fxml.models.params import EnsembleParams
-from fxml.models.postprocess import era_codes, rank_by_era
 from fxml.scoring.eras import era_sum
+from fxml.scoring.ranks import era_codes, rank_by_era
 from fxml.scoring.transforms import center_by_era, signed_power
 
 log = logging.getLogger(__name__)
 STATE = "ensemble.json"
 MEMBERS = "members"
+
+
+@dataclass
+class LoadedMember:
+    """A member logged earlier, loaded by the layer above: the model and the columns it reads."""
+
+    model: TabularModel
+    features: list[str]
+    source: str
+    feature_set: str = "?"
 
 
 class EnsembleModel(TabularModel):
@@ -50,6 +64,14 @@ class EnsembleModel(TabularModel):
         self.sources: list[str] = []
         self.weights = np.full(len(self.names), 1.0 / max(len(self.names), 1))
         self.input_features: list[str] | None = None
+        self.loaded: dict[str, LoadedMember] = {}
+
+    def logged_member_uris(self) -> dict[str, str]:
+        """The members named by an MLflow URI, which the runner loads and :meth:`attach` es."""
+        return {name: spec for name, spec in self.options["members"].items() if isinstance(spec, str)}
+
+    def attach(self, name: str, member: LoadedMember) -> None:
+        self.loaded[name] = member
 
     # -- fitting -----------------------------------------------------------------------------------
 
@@ -61,7 +83,7 @@ class EnsembleModel(TabularModel):
         shared_train = dataclasses.replace(train, releasable=False)
         for name, spec in self.options["members"].items():
             if isinstance(spec, str):
-                model, columns = self._load_member(name, spec, train.feature_names)
+                model, columns = self._logged_member(name, spec, train.feature_names)
                 source = spec
             else:
                 model, columns = self._build_member(name, spec), None
@@ -76,12 +98,11 @@ class EnsembleModel(TabularModel):
         self.weights = self._weights(validation)
         shown = ", ".join(f"{n}={w:.3f}" for n, w in zip(self.names, self.weights, strict=True))
         log.info("ensemble weights (%s): %s", self._weight_kind, shown)
-        import mlflow  # imported here: a pickled fitted ensemble must not need MLflow
-
-        if mlflow.active_run() is not None:
-            mlflow.log_params({f"ensemble.weight.{n}": round(float(w), 6)
-                               for n, w in zip(self.names, self.weights, strict=True)})
         return self
+
+    def fitted_params(self) -> dict[str, float]:
+        return {f"ensemble.weight.{n}": round(float(w), 6)
+                for n, w in zip(self.names, self.weights, strict=True)}
 
     @property
     def _weight_kind(self) -> str:
@@ -104,24 +125,13 @@ class EnsembleModel(TabularModel):
             raise FxmlError(f"model.members.{name}: {spec.get('_target_')} is not an fxml model")
         return model
 
-    @staticmethod
-    def _load_member(name: str, uri: str, run_features: list[str]) -> tuple[TabularModel, list[int]]:
-        from fxml.submission.registry import load_logged_model
-
-        try:
-            loaded = load_logged_model(uri)
-        except FxmlError as error:
-            raise FxmlError(f"model.members.{name}: {error}") from None
-        position = {feature: i for i, feature in enumerate(run_features)}
-        missing = [feature for feature in loaded.features if feature not in position]
-        if missing:
-            raise FxmlError(
-                f"model.members.{name} ({uri}) reads {len(missing)} feature(s) this run does not "
-                f"load, e.g. {missing[0]} (it was trained on feature set "
-                f"{loaded.manifest.get('feature_set', '?')}); run the ensemble with a "
-                "data.feature_set that contains them")
-        log.info("ensemble: member %s loaded from %s (%d features)", name, uri, len(loaded.features))
-        return loaded.model, [position[feature] for feature in loaded.features]
+    def _logged_member(self, name: str, uri: str,
+                       run_features: list[str]) -> tuple[TabularModel, list[int]]:
+        loaded = self.loaded.get(name)
+        if loaded is None:
+            raise FxmlError(f"model.members.{name}: {uri} was not loaded; the runner loads URI "
+                            "members (fxml.submission.registry.load_ensemble_members) before fit")
+        return loaded.model, member_columns(name, loaded, run_features)
 
     def _weights(self, validation: DataSplit | None) -> np.ndarray:
         weights = self.options["weights"]
@@ -183,6 +193,18 @@ class EnsembleModel(TabularModel):
         self.weights = np.asarray(state["weights"], dtype=np.float64)
         self.models = [load_model(directory / MEMBERS / f"{i:02d}_{name}")
                        for i, name in enumerate(self.names)]
+
+
+def member_columns(name: str, member: LoadedMember, run_features: list[str]) -> list[int]:
+    """The run's columns a logged member reads, in its order; an error names a feature it lacks."""
+    position = {feature: i for i, feature in enumerate(run_features)}
+    missing = [feature for feature in member.features if feature not in position]
+    if missing:
+        raise FxmlError(
+            f"model.members.{name} ({member.source}) reads {len(missing)} feature(s) this run does "
+            f"not load, e.g. {missing[0]} (it was trained on feature set {member.feature_set}); "
+            "run the ensemble with a data.feature_set that contains them")
+    return [position[feature] for feature in member.features]
 
 
 def _plain(value: Any) -> Any:

@@ -21,7 +21,7 @@ import lightgbm as lgb
 import numpy as np
 import xgboost as xgb
 
-from fxml.data.loader import DataSplit
+from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, predict_chunk_rows
 from fxml.models.devices import cpu_fallback, xgboost_device

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fxml.data.loader import DataSplit
+from fxml.data.split import DataSplit
 from fxml.models.base import StepCallback, TabularModel
 from fxml.models.params import RidgeParams
 

@@ -18,41 +18,25 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from fxml.data.loader import DataSplit, NumeraiData
-from fxml.errors import FxmlError
+from fxml.data.split import DataSplit
+from fxml.errors import FxmlError, describe_config_error
 from fxml.models.base import StepCallback, TabularModel, load_model
-from fxml.scoring.eras import encode_eras, era_count, era_order, era_starts, order_within_eras
-from fxml.scoring.transforms import tie_kept_rank
+from fxml.scoring.eras import era_count, era_order, era_starts
+from fxml.scoring.ranks import era_codes, rank_by_era
+
+if TYPE_CHECKING:  # annotations only: a logged model loads without the loader (Polars) or OmegaConf
+    from omegaconf import DictConfig
+
+    from fxml.data.loader import NumeraiData
 
 log = logging.getLogger(__name__)
 # numerai_tools.scoring.neutralize solves with np.linalg.lstsq(..., rcond=1e-6)
 LSTSQ_RCOND = 1e-6
 INNER = "inner"
-
-
-def era_codes(eras: np.ndarray | None, n_rows: int) -> tuple[np.ndarray, int]:
-    """Dense era codes; ``None`` means every row is in one era (a live round)."""
-    if eras is None:
-        return np.zeros(n_rows, dtype=np.intp), 1
-    encoded = encode_eras(np.asarray(eras))
-    return encoded.codes, encoded.n_eras
-
-
-def rank_by_era(values: np.ndarray, eras: np.ndarray | None = None) -> np.ndarray:
-    """``(rank - 0.5) / n`` inside each era, ties sharing their average rank (pandas'
-    ``rank(method="average")``), so every value lies strictly inside (0, 1). NaN stays NaN and
-    does not count in ``n``."""
-    values = np.asarray(values, dtype=np.float64)
-    codes, n_eras = era_codes(eras, len(values))
-    order = order_within_eras(values, codes, n_eras)
-    order = order[~np.isnan(values[order])]
-    return tie_kept_rank(values, codes, n_eras, order)
 
 
 def era_slices(eras: np.ndarray | None, n_rows: int) -> list[np.ndarray]:
@@ -148,6 +132,9 @@ class NeutralizedModel(TabularModel):
                      "[features, 1], standardise to mean 0 / std 1",
         }}
 
+    def fitted_params(self) -> dict[str, float]:
+        return self.inner.fitted_params() if self.inner is not None else {}
+
     def _model_columns(self, features: np.ndarray) -> np.ndarray:
         n = self.options["n_model_features"]
         return features if features.shape[1] == n else features[:, :n]
@@ -196,12 +183,13 @@ def postprocessed(model: TabularModel, settings: DictConfig | None,
     """
     if settings is None:
         return model, []
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         options = OmegaConf.to_container(settings, resolve=True)
         OmegaConf.to_object(settings)  # the schema's range checks
     except OmegaConfBaseException as error:
-        from fxml.config import describe_config_error
-
         raise FxmlError(describe_config_error(error)) from None
     assert isinstance(options, dict)
     if options.get("method", "none") == "none":

@@ -10,18 +10,24 @@ model does not use the feature; a negative drop means shuffling helped (noise, o
 
 from __future__ import annotations
 
-import matplotlib
+from typing import Protocol
 
-matplotlib.use("Agg")  # runs have no display
+import numpy as np
+import pandas as pd
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+# a Figure drawn without pyplot needs no backend: runs have no display, and importing this module
+# leaves matplotlib's global state alone
+from matplotlib.figure import Figure
 
-from fxml.data.loader import DataSplit  # noqa: E402
-from fxml.models.base import TabularModel, labelled_rows  # noqa: E402
-from fxml.scoring import score_eras  # noqa: E402
+from fxml.data.split import DataSplit, labelled_rows
+from fxml.scoring import score_eras
+
+
+class Predictor(Protocol):
+    """What importance needs of a model (any fxml model is one; scoring does not import models)."""
+
+    def predict(self, features: np.ndarray, eras: np.ndarray | None = None) -> np.ndarray: ...
+
 
 # feature sets of features.json that are sizes or legacy lists, not groups of related features
 NOT_GROUPS = frozenset({"small", "medium", "all"})
@@ -48,7 +54,7 @@ def feature_groups(feature_sets: dict[str, list[str]], feature_names: list[str])
     return groups
 
 
-def _mean_corr(model: TabularModel, features: np.ndarray, split: DataSplit) -> float:
+def _mean_corr(model: Predictor, features: np.ndarray, split: DataSplit) -> float:
     assert split.target is not None
     predictions = model.predict(features, split.eras)
     return float(score_eras(predictions, split.target, split.eras)["corr"].mean())
@@ -64,7 +70,7 @@ def within_era_permutation(eras: np.ndarray, rng: np.random.Generator) -> np.nda
 
 
 def permutation_importance(
-    model: TabularModel,
+    model: Predictor,
     split: DataSplit,
     groups: dict[str, list[int]] | None = None,
     repeats: int = 1,
@@ -104,7 +110,8 @@ def permutation_importance(
 def importance_figure(table: pd.DataFrame, top: int = 30) -> Figure:
     """Horizontal bars of the largest CORR drops (error bars: std over repeats)."""
     shown = table.head(top).iloc[::-1]
-    figure, axis = plt.subplots(figsize=(8, 1.5 + 0.28 * len(shown)), dpi=100)
+    figure = Figure(figsize=(8, 1.5 + 0.28 * len(shown)), dpi=100)
+    axis = figure.subplots()
     axis.barh(shown["name"], shown["corr_drop"], xerr=shown["corr_drop_std"], color="#4878a8")
     axis.axvline(0.0, color="grey", linewidth=0.8)
     axis.set_xlabel("drop in validation CORR mean when shuffled within eras")

@@ -15,13 +15,12 @@ from fxml.data.benchmarks import benchmark_predictions
 from fxml.data.layout import BENCHMARK_FILES
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.errors import FxmlError
-from fxml.models.base import TabularModel
 from fxml.scoring import score_eras, summarize
 from fxml.scoring.comparison import comparison_scores, meta_reference, scored_grid
 from fxml.scoring.diagnostics import MetaReference, calmar_ratio, compounded_annual_return
 from fxml.scoring.eras import EraCodes, encode_eras
 from fxml.scoring.grid import EraGrid
-from fxml.scoring.importance import feature_groups, permutation_importance
+from fxml.scoring.importance import Predictor, feature_groups, permutation_importance
 from fxml.scoring.portfolio import BenchmarkPortfolio, prepare_portfolio
 from fxml.scoring.prepared import prepared
 from fxml.scoring.settings import SCORER_SIGNATURE, ScorerSettings
@@ -83,7 +82,7 @@ class NumeraiScorer:
                                            s.mpc_neutralizers, s.mpc_sample_weights)
         self.diagnostics, self.top_bottom = s.diagnostics, s.top_bottom
 
-    def importance(self, model: TabularModel, split: DataSplit, data: NumeraiData) -> pd.DataFrame | None:
+    def importance(self, model: Predictor, split: DataSplit, data: NumeraiData) -> pd.DataFrame | None:
         """Permutation importance of features or feature groups; None when not asked for."""
         if self.importance_of == "none":
             return None

@@ -8,13 +8,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, describe_config_error
 
 
 def checked(cfg: DictConfig) -> Any:
     """Run a command config's schema checks (``__post_init__``); a bad value becomes one line."""
-    from fxml.config import describe_config_error
-
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:

@@ -105,6 +105,23 @@ def load_logged_model(uri: str) -> LoadedModel:
     return LoadedModel(ref, pyfunc, dict(python_model.manifest), python_model.model, tags)
 
 
+def load_ensemble_members(model: TabularModel) -> None:
+    """Load the members an ensemble names by MLflow URI and attach them: the model layer never
+    reads MLflow itself. Any other model is left as it is."""
+    from fxml.models.ensemble import EnsembleModel, LoadedMember
+
+    if not isinstance(model, EnsembleModel):
+        return
+    for name, uri in model.logged_member_uris().items():
+        try:
+            loaded = load_logged_model(uri)
+        except FxmlError as error:
+            raise FxmlError(f"model.members.{name}: {error}") from None
+        log.info("ensemble: member %s loaded from %s (%d features)", name, uri, len(loaded.features))
+        model.attach(name, LoadedMember(loaded.model, loaded.features, uri,
+                                        str(loaded.manifest.get("feature_set", "?"))))
+
+
 # --- promotion ----------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from fxml.data.layout import ID, PREDICTION
 from fxml.errors import FxmlError
-from fxml.models.postprocess import rank_by_era
+from fxml.scoring.ranks import rank_by_era
 
 ID_COLUMN, PREDICTION_COLUMN = ID, PREDICTION
 MIN_STD = 1e-9

@@ -18,13 +18,17 @@ import mlflow
 import optuna
 from hydra.core.hydra_config import HydraConfig
 
-from fxml.errors import FxmlError
-from fxml.models.base import StepCallback
+from fxml.errors import FxmlError, RunPruned
+from fxml.steps import StepCallback
 from fxml.sweeps.retry import with_retries
 
 log = logging.getLogger(__name__)
 WORST_CORR = -1.0
 STORAGE_ENV = "FXML_OPTUNA_STORAGE"
+
+
+class TrialPruned(optuna.TrialPruned, RunPruned):
+    """Optuna's pruned-trial signal that the tracking layer also knows (as ``RunPruned``)."""
 
 
 def make_pruner(cfg: Any, direction: str) -> optuna.pruners.BasePruner:
@@ -74,7 +78,7 @@ def trial_reporter(sweep: Any) -> StepCallback | None:
         value = WORST_CORR if math.isnan(value) else value
         with_retries(f"report step {step}", lambda: trial.report(value, step), seconds)
         if with_retries("ask the pruner", trial.should_prune, seconds):
-            raise optuna.TrialPruned(f"pruned at step {step}: {metric}={value:.5f}")
+            raise TrialPruned(f"pruned at step {step}: {metric}={value:.5f}")
 
     log.info("sweep: trial %d of study %s reports %s for pruning", trial.number, sweep.study_name,
              metric)

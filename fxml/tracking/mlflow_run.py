@@ -24,9 +24,8 @@ import mlflow
 import pandas as pd
 from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
-from optuna import TrialPruned
 
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, RunPruned
 from fxml.interrupts import interrupting_signal
 from fxml.secrets import redact  # noqa: F401  (also imported from here by the sweeper)
 from fxml.tracking.stores import (
@@ -123,13 +122,13 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
                             f"({redact(first_line(error))}); run {run.info.run_id} could not be "
                             "closed there and may show RUNNING") from None
         signum = interrupting_signal()
-        stopped = isinstance(error, (KeyboardInterrupt, TrialPruned)) or signum is not None
+        stopped = isinstance(error, (KeyboardInterrupt, RunPruned)) or signum is not None
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         # a library may have turned the signal into its own exit (Lightning: SystemExit(1))
         what = f"Interrupted: {signal.Signals(signum).name}" if signum is not None \
             else f"{type(error).__name__}: {message}"
         try:
-            mlflow.set_tag("pruned" if isinstance(error, TrialPruned) else "error",
+            mlflow.set_tag("pruned" if isinstance(error, RunPruned) else "error",
                            redact(what)[:5000])
             mlflow.end_run(status="KILLED" if stopped else "FAILED")
         except Exception as closing:
@@ -179,6 +178,13 @@ def log_metric_batch(metrics: list[Metric]) -> None:
     for start in range(0, len(metrics), BATCH):
         batch = metrics[start : start + BATCH]
         retrying(lambda batch=batch: client.log_batch(run_id, metrics=batch))
+
+
+def log_fitted_params(model: Any) -> None:
+    """Log what ``fit`` chose (``model.fitted_params()``, e.g. ensemble weights) to the active run."""
+    params = model.fitted_params()
+    if params:
+        mlflow.log_params(params)
 
 
 def log_series(per_era: pd.DataFrame, columns: tuple[str, ...]) -> None:

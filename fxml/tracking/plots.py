@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # runs have no display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+# Figures drawn without pyplot need no backend (runs have no display) and leave matplotlib's
+# global state alone
+from matplotlib.figure import Figure
 
 
 def cumulative_scores(per_era: pd.DataFrame, columns: tuple[str, ...] = ("corr", "mmc")) -> Figure:
     """Cumulative per-era scores: the curve Numerai users read drawdowns and consistency from."""
-    figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
+    figure = Figure(figsize=(9, 4.5), dpi=100)
+    axis = figure.subplots()
     for column in columns:
         if column in per_era and per_era[column].notna().any():
             series = per_era[column].dropna()

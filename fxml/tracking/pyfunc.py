@@ -2,14 +2,17 @@
 
 The logged model holds the model's own saved state plus a manifest of the feature columns, the data
 version and the target, so ``mlflow.pyfunc.load_model(uri).predict(frame)`` works on a frame of
-Numerai features without fxml's config.
+Numerai features without fxml's config. fxml's own code travels inside the model (MLflow
+``code_paths``) and its ``requirements.txt`` pins only the public distributions that loading this
+model imports (``fxml.tracking.requirements``), so the model loads and serves in an environment
+built from that file alone. This module is what MLflow unpickles there: it imports only MLflow,
+NumPy, pandas and the light parts of fxml (no loader, config, tracking runs or sweeps).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,9 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 
-from fxml import __version__
 from fxml.data.layout import era_numbers
 from fxml.models.base import TabularModel, load_model
+from fxml.tracking.requirements import copy_fxml_code, pip_requirements
 
 MODEL_ARTIFACT = "model"
 MANIFEST = "fxml_pyfunc.json"
@@ -42,15 +45,10 @@ class FxmlPyfunc(mlflow.pyfunc.PythonModel):
         missing = [name for name in self.feature_names if name not in model_input.columns]
         if missing:
             raise ValueError(f"input lacks {len(missing)} feature column(s), e.g. {missing[0]}")
-        features = model_input[self.feature_names].to_numpy(dtype=np.int8)
+        # C order, as the runner predicts: a column-major copy would sum in another order (BLAS)
+        features = np.ascontiguousarray(model_input[self.feature_names].to_numpy(dtype=np.int8))
         eras = era_numbers(model_input["era"].to_numpy()) if "era" in model_input else None
         return self.model.predict(features, eras)
-
-
-def model_requirements() -> list[str]:
-    """fxml pinned to this version, plus its own runtime dependencies (test extras left out)."""
-    needs = [r for r in (metadata.requires("fxml") or []) if "extra ==" not in r]
-    return [f"fxml=={__version__}", *needs]
 
 
 def log_pyfunc_model(model: TabularModel, feature_names: list[str],
@@ -76,7 +74,8 @@ def log_pyfunc_model(model: TabularModel, feature_names: list[str],
             python_model=FxmlPyfunc(),
             artifacts={"fxml_model": str(directory)},
             signature=signature,
-            # fxml must be importable where the model loads, and with it what fxml needs
-            pip_requirements=model_requirements(),
+            # fxml's code goes with the model; its environment needs only public distributions
+            code_paths=[str(copy_fxml_code(Path(tmp) / "code"))],
+            pip_requirements=pip_requirements(model),
         )
     return info.model_uri

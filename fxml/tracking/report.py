@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import mlflow
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.entities import Run  # noqa: E402
+# Figures drawn without pyplot need no backend and are freed with their last reference
+from matplotlib.figure import Figure
+from mlflow.entities import Run
 
-from fxml.errors import FxmlError  # noqa: E402
-from fxml.scoring.diagnostics import rank_correlation_by_era  # noqa: E402
-from fxml.scoring.eras import encode_eras  # noqa: E402
+from fxml.errors import FxmlError
+from fxml.scoring.diagnostics import rank_correlation_by_era
+from fxml.scoring.eras import encode_eras
 
 # The summary columns of the table, in order; a column no run logged is left out.
 TABLE_METRICS = (
@@ -134,19 +134,19 @@ def prediction_correlations(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(pairs)
 
 
-def figure_uri(figure: plt.Figure) -> str:
+def figure_uri(figure: Figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def cumulative_figure(runs: list[RunData]) -> str | None:
     """Cumulative per-era CORR (solid), MMC (dashed) and MPC (dotted) of every run, one colour per
     run, on one plot."""
-    figure, axes = plt.subplots(figsize=(10, 4.8))
+    figure = Figure(figsize=(10, 4.8))
+    axes = figure.subplots()
     drawn = False
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, data in enumerate(runs):
         for metric, style in CUMULATIVE:
             values = data.per_era.get(metric)
@@ -156,7 +156,6 @@ def cumulative_figure(runs: list[RunData]) -> str | None:
                       label=f"{data.label} {metric.upper()}")
             drawn = True
     if not drawn:
-        plt.close(figure)
         return None
     axes.axhline(0, color="grey", linewidth=0.6)
     axes.set_xlabel("era")
@@ -169,7 +168,8 @@ def cumulative_figure(runs: list[RunData]) -> str | None:
 def correlation_figure(correlations: pd.DataFrame) -> str | None:
     if correlations.empty:
         return None
-    figure, axes = plt.subplots(figsize=(10, 3.6))
+    figure = Figure(figsize=(10, 3.6))
+    axes = figure.subplots()
     for column in correlations.columns:
         axes.plot(correlations.index, correlations[column], marker=".", label=column)
     axes.set_xlabel("era")
@@ -183,7 +183,8 @@ def live_figure(runs: list[RunData]) -> str | None:
     with_live = [data for data in runs if data.live]
     if not with_live:
         return None
-    figure, axes = plt.subplots(figsize=(10, 3.6))
+    figure = Figure(figsize=(10, 3.6))
+    axes = figure.subplots()
     for data in with_live:
         for metric, values in data.live.items():
             if metric != "live_payout":

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxml.data.loader import DataSplit
+from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, predict_chunk_rows
 from fxml.models.deep.device import DeviceChoice, check_precision, choose_device

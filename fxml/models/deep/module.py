@@ -13,10 +13,10 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from fxml.models.base import StepCallback
 from fxml.models.deep.feeding import Batch
 from fxml.models.deep.losses import Objective
 from fxml.models.deep.networks import run_network
+from fxml.steps import StepCallback
 
 log = logging.getLogger(__name__)
 
