@@ -17,7 +17,7 @@ SOURCES = (REPO / "fxml", REPO / "hydra_plugins")
 
 # lowest first: a module may import its own layer and the layers below it, never one above
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("leaf", ("fxml", "fxml.errors", "fxml.steps", "fxml.interrupts", "fxml.secrets",
+    ("leaf", ("fxml", "fxml.errors", "fxml.extras", "fxml.steps", "fxml.interrupts", "fxml.secrets",
               "fxml.console")),
     ("data", ("fxml.data",)),
     ("scoring", ("fxml.scoring",)),
