@@ -173,7 +173,7 @@ def test_synthetic_source_defaults_are_the_generator_defaults() -> None:
 
 
 def test_parameters_are_checked_in_python_as_on_the_command_line(tmp_path: Path) -> None:
-    from fxml.models.gbdt import XGBoostModel
+    from fxml.models.xgboost_model import XGBoostModel
 
     with pytest.raises(FxmlError) as raised:
         XGBoostModel(reg_lambda=-0.5)

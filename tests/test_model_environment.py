@@ -101,6 +101,8 @@ def test_requirements_pin_only_what_the_family_imports(ws: Workspace, logged,
     import lightgbm
 
     assert lgbm["lightgbm"] == lightgbm.__version__ and lgbm["mlflow"] == mlflow.__version__
+    # each tree family in its own module: a LightGBM model does not ask for XGBoost
+    assert "xgboost" not in lgbm, lgbm
     for pins in (ridge, lgbm):
         assert not set(pins) & set(NOT_AT_LOAD), pins
 

@@ -121,7 +121,7 @@ def test_installed_without_the_deep_extra_runs_the_default_job_anywhere(
                          "mlflow.search_runs(search_all_experiments=True, output_format='list')])",
                          MLFLOW_TRACKING_URI=uri)
     assert runs.stdout.strip().splitlines()[-1:] == [str(
-        [("FINISHED", "fxml.models.gbdt.LightGBMModel", True)])], runs.stderr
+        [("FINISHED", "fxml.models.lightgbm_model.LightGBMModel", True)])], runs.stderr
 
 
 def test_a_user_config_directory_adds_and_replaces_presets(tmp_path: Path) -> None:

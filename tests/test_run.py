@@ -108,5 +108,5 @@ def test_help_and_cfg_show_groups_and_resolved_config(workspace: Workspace) -> N
     assert "hparams_search: lgbm, mlp, ridge, xgboost" in helped.stdout
     shown = workspace.run("--cfg", "job", "model=xgboost", small=False)
     assert shown.returncode == 0
-    assert "_target_: fxml.models.gbdt.XGBoostModel" in shown.stdout
+    assert "_target_: fxml.models.xgboost_model.XGBoostModel" in shown.stdout
     assert "accelerator: cpu" in shown.stdout

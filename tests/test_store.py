@@ -20,7 +20,7 @@ from fxml.data.sources import SyntheticSource
 from fxml.data.store import BLOCK_COLUMNS
 from fxml.errors import FxmlError
 from fxml.models.base import labelled_rows
-from fxml.models.gbdt import LightGBMModel
+from fxml.models.lightgbm_model import LightGBMModel
 from tests.conftest import SMALL_DATA, Workspace
 
 N_FEATURES = BLOCK_COLUMNS + 44  # more than one block of columns

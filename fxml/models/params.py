@@ -110,13 +110,13 @@ class GBDTParams(ModelParams):
 @dataclass
 class LightGBMParams(GBDTParams):
     family: ClassVar[str] = "lgbm"
-    target: ClassVar[str] = "fxml.models.gbdt.LightGBMModel"
+    target: ClassVar[str] = "fxml.models.lightgbm_model.LightGBMModel"
 
 
 @dataclass
 class XGBoostParams(GBDTParams):
     family: ClassVar[str] = "xgboost"
-    target: ClassVar[str] = "fxml.models.gbdt.XGBoostModel"
+    target: ClassVar[str] = "fxml.models.xgboost_model.XGBoostModel"
 
     reg_lambda: float = 1.0  # XGBoost's own default, which every logged xgboost run used
     max_bin: int = 64  # histogram bins per feature (Numerai's features have five values)

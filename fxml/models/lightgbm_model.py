@@ -1,0 +1,147 @@
+"""LightGBM behind the common contract: float32 row batches of the int8 matrix through a
+``lgb.Sequence``, bins from a bounded sample, a CPU fallback recorded when the GPU build is absent."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lightgbm as lgb
+import numpy as np
+
+from fxml.data.split import DataSplit
+from fxml.errors import FxmlError
+from fxml.models.base import StepCallback, predict_chunk_rows
+from fxml.models.devices import cpu_fallback
+from fxml.models.gbdt import GBDTModel, _ValidCorr
+from fxml.models.params import LightGBMParams
+
+log = logging.getLogger("fxml.models.gbdt")
+T = TypeVar("T")
+BIN_SAMPLE_BYTES = 256 * 2**20
+LIGHTGBM_SAMPLE_BYTES_PER_VALUE = 18.6
+LIGHTGBM_DEFAULT_SAMPLE_ROWS = 200_000
+MIN_BIN_SAMPLE_ROWS = 2_000
+
+
+class _Int8Rows(lgb.Sequence):
+    """Hands LightGBM float32 row batches of the int8 matrix (in memory or memory-mapped), of a
+    bounded size, never the whole matrix as float."""
+
+    def __init__(self, features: np.ndarray) -> None:
+        self.features = features
+        self.batch_size = predict_chunk_rows(features.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int | slice) -> np.ndarray:
+        # single rows are LightGBM's bin sample, which it wants as float64
+        dtype = np.float32 if isinstance(index, slice) else np.float64
+        return np.asarray(self.features[index], dtype=dtype)
+
+
+def bin_sample_rows(n_features: int) -> int | None:
+    """Rows LightGBM samples to find bin edges, so the sample stays within BIN_SAMPLE_BYTES.
+
+    LightGBM keeps ~18.6 bytes per sampled value (10 GB at its default 200k rows x 2,748
+    features); Numerai's features have five values, which a few thousand rows find. None keeps
+    LightGBM's default where that already fits.
+    """
+    rows = BIN_SAMPLE_BYTES // int(LIGHTGBM_SAMPLE_BYTES_PER_VALUE * max(n_features, 1))
+    return None if rows >= LIGHTGBM_DEFAULT_SAMPLE_ROWS else max(rows, MIN_BIN_SAMPLE_ROWS)
+
+
+class LightGBMModel(GBDTModel):
+    params_class = LightGBMParams
+
+    def _params(self, device_type: str) -> dict[str, Any]:
+        o = self.options
+        params = {
+            "objective": "regression",
+            "learning_rate": o["learning_rate"],
+            "max_depth": o["max_depth"],
+            "num_leaves": o["num_leaves"],
+            "feature_fraction": o["colsample_bytree"],
+            "bagging_fraction": o["subsample"],
+            "bagging_freq": 1 if o["subsample"] < 1 else 0,
+            "min_data_in_leaf": o["min_child_samples"],
+            "lambda_l2": o["reg_lambda"],
+            "num_threads": max(o["n_jobs"], 0),
+            "seed": o["seed"],
+            "deterministic": True,
+            "verbosity": -1,
+            "device_type": device_type,
+        }
+        return {**params, **o["params"]}
+
+    def _dataset_params(self, params: dict[str, Any], n_features: int) -> dict[str, Any]:
+        sample = bin_sample_rows(n_features)
+        if sample is None or "bin_construct_sample_cnt" in params:
+            return params
+        return {**params, "bin_construct_sample_cnt": sample}
+
+    def fit(self, train: DataSplit, validation: DataSplit | None = None,
+            on_step: StepCallback | None = None) -> LightGBMModel:
+        params = self._dataset_params(self._params("cuda" if self.wants_gpu else "cpu"),
+                                      train.features.shape[1])
+        total = self.options["n_estimators"]
+
+        def construct(params: dict[str, Any]) -> lgb.Dataset:
+            return lgb.Dataset([_Int8Rows(train.features)], label=train.target, params=params,
+                               free_raw_data=True).construct()
+
+        train_set, params = self._on_device(construct, params)
+        train.release_features()
+        valid = self._validation_set(validation)
+        valid_sets, callbacks, feval = [], [], None
+        corr = _ValidCorr(valid, self.options["valid_corr_every"]) \
+            if valid is not None and self.options["valid_corr_every"] else None
+        if valid is not None:
+            valid_sets = [lgb.Dataset([_Int8Rows(valid.features)], label=valid.target,
+                                      reference=train_set)]
+            if corr is not None:
+                feval = lambda preds, _: (corr.name, corr(preds), True)  # noqa: E731
+            if self.options["early_stopping_rounds"]:
+                callbacks.append(lgb.early_stopping(self.options["early_stopping_rounds"],
+                                                    first_metric_only=True, verbose=False))
+        if on_step is not None:
+            def report(env: Any) -> None:
+                metrics = {f"valid_{name}": value for _, name, value, _ in env.evaluation_result_list
+                           if name != _ValidCorr.name or (corr is not None and corr.fresh)}
+                on_step(env.iteration + 1, total, metrics)
+            callbacks.append(report)
+
+        def boost(params: dict[str, Any]) -> lgb.Booster:
+            log.info("model: LightGBM on %s, %d rounds", params["device_type"], total)
+            return lgb.train(params, train_set, num_boost_round=total, valid_sets=valid_sets,
+                             valid_names=["valid"] * len(valid_sets), feval=feval, callbacks=callbacks)
+
+        self.booster, _ = self._on_device(boost, params)
+        # the binned datasets are no longer needed: free them before validation is predicted
+        self.booster.free_dataset()
+        return self
+
+    @staticmethod
+    def _on_device(step: Callable[[dict[str, Any]], T], params: dict[str, Any]) -> tuple[T, dict[str, Any]]:
+        """Run ``step`` with ``params``; a LightGBM build without GPU support falls back to CPU."""
+        try:
+            return step(params), params
+        except lgb.basic.LightGBMError as error:
+            if params["device_type"] == "cpu":
+                raise FxmlError(f"LightGBM failed: {str(error).splitlines()[0]}") from None
+            cpu_fallback("LightGBM", f"no GPU support in this build ({str(error).splitlines()[0]})")
+            cpu = {**params, "device_type": "cpu"}
+            return step(cpu), cpu
+
+    def predict_float32(self, features: np.ndarray) -> np.ndarray:
+        return self.booster.predict(features, num_iteration=self.booster.best_iteration or None)
+
+    def save_state(self, directory: Path) -> None:
+        self.booster.save_model(directory / "model.txt",
+                                num_iteration=self.booster.best_iteration or None)
+
+    def load_state(self, directory: Path) -> None:
+        self.booster = lgb.Booster(model_file=str(directory / "model.txt"))

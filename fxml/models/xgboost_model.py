@@ -1,0 +1,140 @@
+"""XGBoost behind the common contract: a ``QuantileDMatrix`` reading the int8 matrix in place, or
+external memory fed block by block from a disk-backed split."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+from fxml.data.split import DataSplit
+from fxml.errors import FxmlError
+from fxml.models.base import StepCallback, predict_chunk_rows
+from fxml.models.devices import xgboost_device
+from fxml.models.gbdt import GBDTModel, _ValidCorr
+from fxml.models.params import XGBoostParams
+
+log = logging.getLogger("fxml.models.gbdt")
+
+
+class _StepReporter(xgb.callback.TrainingCallback):
+    def __init__(self, on_step: StepCallback, total: int, corr: _ValidCorr | None) -> None:
+        super().__init__()
+        self.on_step, self.total, self.corr = on_step, total, corr
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
+        metrics = {f"{data}_{name}": values[-1]
+                   for data, by_metric in evals_log.items() for name, values in by_metric.items()
+                   if name != _ValidCorr.name or (self.corr is not None and self.corr.fresh)}
+        self.on_step(epoch + 1, self.total, metrics)
+        return False
+
+
+class _Int8Blocks(xgb.DataIter):
+    """Feeds XGBoost a disk-backed split in row blocks, for external-memory training."""
+
+    def __init__(self, split: DataSplit, cache_prefix: str) -> None:
+        super().__init__(cache_prefix=cache_prefix)
+        self.split, self.rows, self.position = split, predict_chunk_rows(split.features.shape[1]), 0
+
+    def next(self, input_data: Callable[..., None]) -> bool:
+        start = self.position
+        if start >= len(self.split):
+            return False
+        stop = start + self.rows
+        input_data(data=np.asarray(self.split.features[start:stop]), label=self.split.target[start:stop])
+        self.position = stop
+        return True
+
+    def reset(self) -> None:
+        self.position = 0
+
+
+def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
+    """In memory: a ``QuantileDMatrix`` reading the int8 matrix in place. Disk-backed: an
+    ``ExtMemQuantileDMatrix`` fed block by block, its pages cached beside the store."""
+    if split.storage != "disk":
+        return xgb.QuantileDMatrix(split.features, label=split.target, max_bin=max_bin, ref=ref)
+    cache = Path(tempfile.mkdtemp(prefix="fxml-xgb-"))
+    blocks = _Int8Blocks(split, str(cache / split.name))
+    log.info("model: XGBoost reads the %s split from the int8 store into external memory", split.name)
+    matrix = xgb.ExtMemQuantileDMatrix(blocks, max_bin=max_bin, ref=ref)
+    weakref.finalize(matrix, shutil.rmtree, cache, ignore_errors=True)
+    return matrix
+
+
+class XGBoostModel(GBDTModel):
+    params_class = XGBoostParams
+
+    def _params(self) -> dict[str, Any]:
+        o = self.options
+        params = {
+            "objective": "reg:squarederror",
+            "tree_method": "hist",
+            "device": xgboost_device(self.wants_gpu),
+            "eta": o["learning_rate"],
+            "max_depth": max(o["max_depth"], 0),
+            "max_leaves": o["num_leaves"],
+            "colsample_bytree": o["colsample_bytree"],
+            "subsample": o["subsample"],
+            # squared error has unit hessians, so this is a minimum row count per leaf
+            "min_child_weight": o["min_child_samples"],
+            "lambda": o["reg_lambda"],
+            "max_bin": o["max_bin"],
+            "seed": o["seed"],
+            "verbosity": 0,
+        }
+        if o["n_jobs"] > 0:
+            params["nthread"] = o["n_jobs"]
+        return {**params, **o["params"]}
+
+    def fit(self, train: DataSplit, validation: DataSplit | None = None,
+            on_step: StepCallback | None = None) -> XGBoostModel:
+        params = self._params()
+        total = self.options["n_estimators"]
+        dtrain = quantile_matrix(train, params["max_bin"])
+        train.release_features()
+        evals, callbacks, metric = [], [], None
+        valid = self._validation_set(validation)
+        corr = _ValidCorr(valid, self.options["valid_corr_every"]) \
+            if valid is not None and self.options["valid_corr_every"] else None
+        if valid is not None:
+            evals = [(quantile_matrix(valid, params["max_bin"], ref=dtrain), "valid")]
+        if corr is not None:
+            metric = lambda preds, _: (corr.name, corr(preds))  # noqa: E731
+            # early stopping follows the last metric: keep it on the squared error
+            params = {**params, "eval_metric": "rmse"}
+        if on_step is not None:
+            callbacks.append(_StepReporter(on_step, total, corr))
+        log.info("model: XGBoost on %s, %d rounds", params["device"], total)
+        try:
+            self.booster = xgb.train(
+                params, dtrain, num_boost_round=total, evals=evals, verbose_eval=False,
+                early_stopping_rounds=self.options["early_stopping_rounds"] if evals else None,
+                callbacks=callbacks, custom_metric=metric,
+            )
+        except xgb.core.XGBoostError as error:
+            raise FxmlError(f"XGBoost failed: {str(error).splitlines()[0]}") from None
+        if evals and self.options["early_stopping_rounds"]:
+            self.booster = self.booster[: self.booster.best_iteration + 1]
+        # a fresh booster from the model's bytes holds no DMatrix: the quantised training data
+        # is freed before validation is predicted
+        self.booster = xgb.Booster(model_file=self.booster.save_raw())
+        return self
+
+    def predict_float32(self, features: np.ndarray) -> np.ndarray:
+        return self.booster.inplace_predict(features)
+
+    def save_state(self, directory: Path) -> None:
+        self.booster.save_model(directory / "model.ubj")
+
+    def load_state(self, directory: Path) -> None:
+        self.booster = xgb.Booster()
+        self.booster.load_model(directory / "model.ubj")
