@@ -61,6 +61,7 @@ from fxml.sweeps.study import (
     fingerprint,
 )
 from fxml.tracking.mlflow_run import redact, tracking_uri
+from fxml.tracking.stores import creation_lock
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
@@ -410,8 +411,11 @@ def _open_storage(url: str, interval: int, grace: int, on_stale: Any) -> optuna.
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     # a server database may restart: test each pooled connection before using it
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
-                                      grace_period=grace, heartbeat_stale_trial_callback=on_stale)
+    # workers started together would each create Optuna's tables in a new database
+    # ("table study_directions already exists"): one at a time, as for the MLflow store
+    with creation_lock(url):
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
+                                          grace_period=grace, heartbeat_stale_trial_callback=on_stale)
 
 
 def _is_a_race(error: BaseException) -> bool:
