@@ -102,7 +102,8 @@ def test_local_release_runs_offline(workspace: Workspace, broken_copy: Path) -> 
     made = next(r for r in workspace.runs() if r.info.run_name == "prepare-copy")
     assert run.info.status == "FINISHED" and result.value["mlflow_run_id"] == run.info.run_id
     # the copied release, read from the local folder: its resolved validation eras, every 4th training era
-    assert run.data.tags["data_version"] == "v5.2" and run.data.params["data.directory"] == str(broken_copy.parent)
+    assert run.data.tags["data_version"] == "v5.2"
+    assert run.data.params["data.directory"] == str(broken_copy.parent)
     assert run.data.metrics["n_eras"] == made.data.metrics["n_eras"] == 10  # 14 eras, 4 unresolved
     assert "data: train 2,417 rows, 10 eras" in result.logs
     assert np.isfinite(run.data.metrics["corr_mean"])
