@@ -98,7 +98,8 @@ class Workspace:
         value: list[Any] = []
         out, err = io.StringIO(), io.StringIO()
         code = 0
-        previous, environment = Path.cwd(), self.env(**env)
+        # MLflow caches a store per URI, so the default relative one would stay the first module's
+        previous, environment = Path.cwd(), self.env(**{"MLFLOW_TRACKING_URI": self.uri, **env})
         with (mock.patch.dict(os.environ, environment, clear=True), mock.patch("fxml.cli.stop_on_signals"),
               _captured_logs() as logs, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)):
             os.chdir(self.root)
