@@ -79,7 +79,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 
 def run_named(ws: Workspace, name: str, *overrides: str):  # type: ignore[no-untyped-def]
-    result = ws.run(*overrides, f"tracking.run_name={name}")
+    result = ws.train(*overrides, f"tracking.run_name={name}")
     assert result.returncode == 0, result.stderr
     return next(r for r in ws.runs() if r.info.run_name == name)
 
@@ -142,6 +142,6 @@ def test_member_reading_other_features_is_rejected(ws: Workspace, trained_ensemb
     with pytest.raises(FxmlError, match=r"model.members.wide .* reads 2 feature\(s\) this run does "
                                         r"not load.*data.feature_set"):
         EnsembleModel._load_member("wide", uri, features[2:])
-    result = ws.run("model=ensemble", "~model.members.lgbm", "+model.members.gone=runs:/0000/model",
-                    "tracking.run_name=ensemble-bad")
+    result = ws.train("model=ensemble", "~model.members.lgbm", "+model.members.gone=runs:/0000/model",
+                      "tracking.run_name=ensemble-bad")
     assert_one_line_error(result, "model.members.gone", "runs:/0000/model")

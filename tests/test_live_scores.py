@@ -25,7 +25,7 @@ ROUND_2 = {"v2_corr20": -0.008, "mmc": 0.001, "tc": 0.027, "bmc": -0.001}
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory):
     ws = Workspace(tmp_path_factory.mktemp("live"))
-    result = ws.run("model=ridge", "tracking.run_name=ridge")
+    result = ws.train("model=ridge", "tracking.run_name=ridge")
     assert result.returncode == 0, result.stderr
     run_id = next(r.info.run_id for r in ws.runs() if r.info.run_name == "ridge")
     served = served_release(ws)

@@ -92,8 +92,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 @pytest.fixture(scope="module")
 def neutral_run(ws: Workspace):  # type: ignore[no-untyped-def]
-    result = ws.run("postprocess=neutralize", "postprocess.proportion=1", "postprocess.feature_set=charisma",
-                    "model.n_estimators=20", "tracking.run_name=neutral")
+    result = ws.train("postprocess=neutralize", "postprocess.proportion=1",
+                      "postprocess.feature_set=charisma", "model.n_estimators=20",
+                      "tracking.run_name=neutral")
     assert result.returncode == 0, result.stderr
     return next(r for r in ws.runs() if r.info.run_name == "neutral")
 
@@ -154,8 +155,8 @@ def test_registered_model_carries_the_post_processing(ws: Workspace, neutral_run
 
 
 def test_bad_post_processing_settings_are_one_line(ws: Workspace) -> None:
-    result = ws.run("postprocess=neutralize", "postprocess.proportion=1.5", "model=ridge",
-                    "tracking.log_model=false")
+    result = ws.train("postprocess=neutralize", "postprocess.proportion=1.5", "model=ridge",
+                      "tracking.log_model=false")
     assert_one_line_error(result, "postprocess.proportion", "[0, 1]")
 
 

@@ -83,7 +83,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     ws = Workspace(tmp_path_factory.mktemp("weekly"))
     runs = {}
     for name, overrides in (("lgbm", ("model.n_estimators=20",)), ("ridge", ("model=ridge",))):
-        result = ws.run(*overrides, f"tracking.run_name={name}")
+        result = ws.train(*overrides, f"tracking.run_name={name}")
         assert result.returncode == 0, result.stderr
         runs[name] = next(r.info.run_id for r in ws.runs() if r.info.run_name == name)
     return Project(ws, served_release(ws), runs)

@@ -48,8 +48,8 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> SweptProject:
     time.sleep(1.1)
     between = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     time.sleep(1.1)
-    ridge = ws.run("model=ridge", "scorer.fnc=false", "tracking.run_name=ridge",
-                   f"tracking.experiment={EXPERIMENT}")
+    ridge = ws.train("model=ridge", "scorer.fnc=false", "tracking.run_name=ridge",
+                     f"tracking.experiment={EXPERIMENT}")
     assert ridge.returncode == 0, ridge.stderr
     ridge_id = next(r.info.run_id for r in ws.runs(EXPERIMENT) if r.info.run_name == "ridge")
     return SweptProject(ws, study, parent.info.run_id, ridge_id, between)

@@ -38,7 +38,7 @@ def two_runs(workspace: Workspace) -> list[str]:
     ids = []
     for name, overrides in (("report-ridge", ("model=ridge",)),
                             ("report-lgbm", ("model.n_estimators=30",))):
-        result = workspace.run(*overrides, f"tracking.run_name={name}", "tracking.log_model=false")
+        result = workspace.train(*overrides, f"tracking.run_name={name}", "tracking.log_model=false")
         assert result.returncode == 0, result.stderr
         ids.append(next(r.info.run_id for r in workspace.runs() if r.info.run_name == name))
     return ids
