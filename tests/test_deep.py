@@ -14,7 +14,6 @@ import pytest
 import torch
 from numerai_tools.scoring import numerai_corr
 
-from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import load_model
 from fxml.models.deep import MLPModel, ResNetModel, TabNetModel
@@ -25,6 +24,7 @@ from fxml.models.deep.losses import Objective, correlation_loss
 from fxml.models.deep.sparse import entmax15, sparsemax
 from fxml.models.deep.tabnet import TabNet
 from tests.conftest import Workspace, assert_one_line_error, assert_reloads_to_logged_predictions
+from tests.helpers import toy_split
 
 # a few epochs on one thread: each run takes seconds on a 2-core machine
 FAST = ("trainer.n_jobs=1", "trainer.max_epochs=6", "trainer.patience=3")
@@ -101,18 +101,6 @@ def test_wrong_values_fail_with_one_line(workspace: Workspace, override: str, fr
 
 
 # -- pieces ----------------------------------------------------------------------------------
-
-
-def toy_split(name: str = "train", eras: int = 12, rows: int = 200, features: int = 8,
-              seed: int = 0, used: int = 0) -> DataSplit:
-    """Int8 features 0..4; the target rises with feature ``used`` plus noise."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 5, size=(eras * rows, features), dtype=np.int8)
-    signal = x[:, used] + rng.normal(0, 1.5, len(x))
-    target = np.clip(np.round(signal) / 4, 0, 1).astype(np.float32)
-    return DataSplit(name, np.array([f"id{i}" for i in range(len(x))]),
-                     np.repeat(np.arange(1, eras + 1, dtype=np.int32), rows), x, target,
-                     [f"feature_{i}" for i in range(features)])
 
 
 # 1.5-entmax leaves far fewer exact zeros than sparsemax: 2.4% here with torch 2.13 on CPU (the

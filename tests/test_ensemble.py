@@ -14,7 +14,7 @@ from fxml.models.base import load_model
 from fxml.models.ensemble import EnsembleModel, fit_weights
 from fxml.models.postprocess import rank_by_era
 from tests.conftest import Workspace, assert_one_line_error, assert_reloads_to_logged_predictions
-from tests.test_promote_submit import fxml_command, served_release
+from tests.helpers import fxml_command, served_release
 
 RIDGE = {"_target_": "fxml.models.linear.RidgeModel", "alpha": 1.0}
 

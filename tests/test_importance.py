@@ -12,7 +12,7 @@ from fxml.data.loader import DataSplit
 from fxml.models.base import StepCallback, TabularModel
 from fxml.scoring.importance import feature_groups, permutation_importance, within_era_permutation
 from tests.conftest import Workspace
-from tests.test_deep import toy_split
+from tests.helpers import toy_split
 
 
 class OneFeature(TabularModel):

@@ -14,7 +14,7 @@ from fxml.scoring.diagnostics import churn
 from fxml.submission.live import metric_name, resolved_round_scores
 from tests.conftest import Workspace, assert_one_line_error
 from tests.fakes import FAKE_MODELS, recorded_round_scores
-from tests.test_promote_submit import KEYS, PUBLIC_ID, SECRET_KEY, fxml_command, served_release
+from tests.helpers import KEYS, PUBLIC_ID, SECRET_KEY, fxml_command, served_release
 
 FAKE_API = "api._target_=tests.fakes.FakeNumerAPI"
 REGISTERED = "fxml-live"

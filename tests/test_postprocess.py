@@ -14,7 +14,7 @@ from fxml.models.base import load_model
 from fxml.models.linear import RidgeModel
 from fxml.models.postprocess import NeutralizedModel, neutralize_by_era, rank_by_era
 from tests.conftest import Workspace, assert_one_line_error
-from tests.test_promote_submit import fxml_command, served_release
+from tests.helpers import fxml_command, served_release
 
 
 def per_era_exposures(values: np.ndarray, features: np.ndarray, eras: np.ndarray) -> np.ndarray:

@@ -20,9 +20,8 @@ from numerai_tools.submissions import validate_submission_numerai
 
 from tests.conftest import Workspace, assert_one_line_error
 from tests.fakes import FAKE_MODELS, ConstantModel, NaNModel, recorded_calls
+from tests.helpers import KEYS, PUBLIC_ID, SECRET_KEY, fxml_command, served_release
 
-PUBLIC_ID, SECRET_KEY = "FXMLFAKEPUBLICID7Q2X9", "FXMLFAKESECRETKEY3M8Z1W5"
-KEYS = {"NUMERAI_PUBLIC_ID": PUBLIC_ID, "NUMERAI_SECRET_KEY": SECRET_KEY}
 FAKE_API = "api._target_=tests.fakes.FakeNumerAPI"
 REGISTERED = "fxml-weekly"
 
@@ -54,28 +53,6 @@ class Project:
 
     def submission_runs(self) -> list:
         return self.ws.runs("fxml-submissions")
-
-
-def fxml_command(ws: Workspace, module: str, *args: str, keys: bool = False, round_number: int = 1000,
-                 cwd: Path | None = None, served: Path | None = None,
-                 outputs: list[str] | None = None) -> subprocess.CompletedProcess:
-    """``python -m <module> args`` in the project folder, as a user runs it, with the fake client's
-    environment (and the fake keys when ``keys``)."""
-    env = ws.env(FXML_FAKE_NUMERAI_LOG=str(ws.root / "fake-numerai" / "calls.jsonl"),
-                 FXML_FAKE_NUMERAI_ROUND=str(round_number), **(KEYS if keys else {}))
-    if served is not None:
-        env["FXML_FAKE_NUMERAI_DIR"] = str(served)
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ws.root, env=env,
-                            capture_output=True, text=True, timeout=600)
-    if outputs is not None:
-        outputs.append(result.stdout + result.stderr)
-    return result
-
-
-def served_release(ws: Workspace) -> Path:
-    releases = sorted((ws.root / "data" / "synthetic").glob("v5.2-*"))
-    assert len(releases) == 1, releases
-    return releases[0]
 
 
 @pytest.fixture(scope="module")
