@@ -32,6 +32,17 @@ SMALL_DATA = (
 )
 
 
+# each command's config and task function, for running it in-process
+COMMANDS = {
+    "fxml.run": ("config", "train"),
+    "fxml.promote": ("promote", "promote_command"),
+    "fxml.submit": ("submit", "submit_command"),
+    "fxml.report": ("report", "report_command"),
+    "fxml.live_scores": ("live_scores", "live_scores_command"),
+    "fxml.export_model": ("export_model", "export_command"),
+}
+
+
 def compose_fxml_config(overrides: list[str], config_name: str = "config") -> Any:
     """The config ``python -m fxml.<command> <overrides>`` would get: the one place tests name
     where fxml's configs live."""
@@ -89,12 +100,20 @@ class Workspace:
                               text=True, timeout=600)
 
     def train(self, *args: str, small: bool = True, **env: str) -> InProcessResult:
-        """``python -m fxml.run <args>`` without the new interpreter: the same config, the same
-        task and the same error handling (fxml.cli.run_cli), in this folder with this environment."""
-        from fxml.cli import run_cli
-        from fxml.run import train
+        """``python -m fxml.run <args>`` without a new interpreter (see ``command``)."""
+        return self.command("fxml.run", *args, *(SMALL_DATA if small else ()), **env)
 
-        overrides = [*args, *(SMALL_DATA if small else ())]
+    def command(self, module: str, *args: str, cwd: Path | None = None, **env: str) -> InProcessResult:
+        """``python -m <module> <args>`` in this process: the same config, the same task and the
+        same error handling (fxml.cli.run_cli), in this folder with this environment."""
+        import importlib
+
+        from fxml.cli import run_cli
+
+        config_name, task_name = COMMANDS[module]
+        loaded = importlib.import_module(module)
+        task = getattr(loaded, task_name)
+        overrides = list(getattr(loaded, "runs_as_list", list)(list(args)))  # fxml.report's runs=a,b
         value: list[Any] = []
         out, err = io.StringIO(), io.StringIO()
         code = 0
@@ -102,9 +121,9 @@ class Workspace:
         previous, environment = Path.cwd(), self.env(**{"MLFLOW_TRACKING_URI": self.uri, **env})
         with (mock.patch.dict(os.environ, environment, clear=True), mock.patch("fxml.cli.stop_on_signals"),
               _captured_logs() as logs, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)):
-            os.chdir(self.root)
+            os.chdir(cwd or self.root)
             try:
-                run_cli(lambda: value.append(train(compose_fxml_config(overrides))))
+                run_cli(lambda: value.append(task(compose_fxml_config(overrides, config_name))))
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else 1
             finally:

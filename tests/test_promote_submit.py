@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from numerai_tools.submissions import validate_submission_numerai
 
-from tests.conftest import Workspace, assert_one_line_error
+from tests.conftest import Workspace, assert_one_line_error, compose_fxml_config
 from tests.fakes import FAKE_MODELS, ConstantModel, NaNModel, recorded_calls
 from tests.helpers import KEYS, PUBLIC_ID, SECRET_KEY, fxml_command, served_release
 
@@ -327,15 +327,11 @@ def test_submit_config_checks() -> None:
 
 def compose_command(name: str, *overrides: str):  # type: ignore[no-untyped-def]
     """Compose a command's config as Hydra does and run its schema checks, in this process."""
-    from hydra import compose, initialize_config_dir
-
     from fxml.config import register_schemas
     from fxml.submission import checked
 
     register_schemas()
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"),
-                               version_base="1.3"):
-        return checked(compose(name, overrides=list(overrides)))
+    return checked(compose_fxml_config(list(overrides), name))
 
 
 # --- hosted compute ---------------------------------------------------------------------------
