@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from fxml.data.loader import DataSplit
-from tests.conftest import SMALL_DATA, Workspace
+from tests.conftest import SMALL_DATA, InProcessResult, Workspace
 
 PUBLIC_ID, SECRET_KEY = "FXMLFAKEPUBLICID7Q2X9", "FXMLFAKESECRETKEY3M8Z1W5"
 KEYS = {"NUMERAI_PUBLIC_ID": PUBLIC_ID, "NUMERAI_SECRET_KEY": SECRET_KEY}
@@ -21,15 +21,20 @@ KEYS = {"NUMERAI_PUBLIC_ID": PUBLIC_ID, "NUMERAI_SECRET_KEY": SECRET_KEY}
 
 def fxml_command(ws: Workspace, module: str, *args: str, keys: bool = False, round_number: int = 1000,
                  cwd: Path | None = None, served: Path | None = None,
-                 outputs: list[str] | None = None) -> subprocess.CompletedProcess:
-    """``python -m <module> args`` in the project folder, as a user runs it, with the fake client's
-    environment (and the fake keys when ``keys``)."""
-    env = ws.env(FXML_FAKE_NUMERAI_LOG=str(ws.root / "fake-numerai" / "calls.jsonl"),
-                 FXML_FAKE_NUMERAI_ROUND=str(round_number), **(KEYS if keys else {}))
+                 outputs: list[str] | None = None,
+                 in_process: bool = False) -> subprocess.CompletedProcess | InProcessResult:
+    """``python -m <module> args`` in the project folder, as a user runs it (or, ``in_process``,
+    its config and task in this process), with the fake client's environment (and the fake keys
+    when ``keys``)."""
+    fake = {"FXML_FAKE_NUMERAI_LOG": str(ws.root / "fake-numerai" / "calls.jsonl"),
+            "FXML_FAKE_NUMERAI_ROUND": str(round_number), **(KEYS if keys else {})}
     if served is not None:
-        env["FXML_FAKE_NUMERAI_DIR"] = str(served)
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ws.root, env=env,
-                            capture_output=True, text=True, timeout=600)
+        fake["FXML_FAKE_NUMERAI_DIR"] = str(served)
+    if in_process:
+        result: subprocess.CompletedProcess | InProcessResult = ws.command(module, *args, cwd=cwd, **fake)
+    else:
+        result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ws.root,
+                                env=ws.env(**fake), capture_output=True, text=True, timeout=600)
     if outputs is not None:
         outputs.append(result.stdout + result.stderr)
     return result

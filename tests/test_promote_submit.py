@@ -43,9 +43,11 @@ class Project:
         return [entry for entry in recorded_calls(self.calls_log) if entry["call"] == call]
 
     def command(self, module: str, *args: str, keys: bool = False, round_number: int = 1000,
-                cwd: Path | None = None) -> subprocess.CompletedProcess:
+                cwd: Path | None = None, in_process: bool = False):  # type: ignore[no-untyped-def]
+        """The command as a user types it, or (``in_process``, for the lines of errors) its config
+        and task in this process."""
         return fxml_command(self.ws, module, *args, keys=keys, round_number=round_number, cwd=cwd,
-                            served=self.served, outputs=self.outputs)
+                            served=self.served, outputs=self.outputs, in_process=in_process)
 
     def submit(self, *args: str, **options) -> subprocess.CompletedProcess:
         return self.command("fxml.submit", f"model_uri=models:/{REGISTERED}@champion",
@@ -132,7 +134,7 @@ def test_promote_best_run_by_metric_then_move_the_alias(project: Project) -> Non
 
 
 def test_promote_rejects_a_metric_no_run_logged(project: Project) -> None:
-    result = project.command("fxml.promote", "metric=no_such_metric")
+    result = project.command("fxml.promote", "metric=no_such_metric", in_process=True)
     assert_one_line_error(result, "metric=no_such_metric", "corr_mean")
 
 
@@ -237,7 +239,7 @@ def test_upload_once_per_round_unless_forced(project: Project, promoted) -> None
 
 def test_missing_credentials_stop_before_the_upload(project: Project, promoted) -> None:
     before = len(project.uploads())
-    result = project.submit(round_number=1003)
+    result = project.submit(round_number=1003, in_process=True)
     assert_one_line_error(result, "NUMERAI_PUBLIC_ID", "NUMERAI_SECRET_KEY", "did not upload")
     assert len(project.uploads()) == before
     run = next(r for r in project.submission_runs() if r.data.tags.get("round") == "1003")
@@ -307,7 +309,7 @@ def test_unknown_numerai_model_lists_names_not_ids(project: Project, monkeypatch
 
 def test_submit_an_unknown_model_is_one_line(project: Project, promoted) -> None:
     result = project.command("fxml.submit", "model_uri=models:/no-such-model@champion",
-                             "numerai_model=fxml_test", FAKE_API, round_number=1008)
+                             "numerai_model=fxml_test", FAKE_API, round_number=1008, in_process=True)
     assert_one_line_error(result, "no registered model version at models:/no-such-model@champion")
 
 
