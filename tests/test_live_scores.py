@@ -31,7 +31,9 @@ def project(tmp_path_factory: pytest.TempPathFactory):
     served = served_release(ws)
 
     def command(*args: str, keys: bool = True, round_number: int = 1000):
-        return fxml_command(ws, *args, keys=keys, round_number=round_number, served=served)
+        # setting the scene: promote and submit are tested as typed in test_promote_submit
+        return fxml_command(ws, *args, keys=keys, round_number=round_number, served=served,
+                            in_process=True)
 
     promoted = command("fxml.promote", f"run_id={run_id}", f"name={REGISTERED}")
     assert promoted.returncode == 0, promoted.stderr
@@ -111,9 +113,7 @@ def test_live_scores_twice_adds_only_new_rounds(project) -> None:
 
     # the comparison report shows the live scores of the training run
     page = ws.root / "live.html"
-    shown = subprocess.run([sys.executable, "-m", "fxml.report", f"runs={training_run}",
-                            f"output={page}"], cwd=ws.root, env=ws.env(), capture_output=True,
-                           text=True, timeout=600)
+    shown = ws.command("fxml.report", f"runs={training_run}", f"output={page}")
     assert shown.returncode == 0, shown.stderr
     html = page.read_text()
     assert "Live scores from Numerai" in html and "<th>live_tc (mean)</th>" in html
