@@ -54,6 +54,17 @@ def compose_fxml_config(overrides: list[str], config_name: str = "config") -> An
         return compose(config_name, overrides=overrides)
 
 
+def forget_process_state() -> None:
+    """What a command's process would take with it when it exits: the comparison scores it
+    prepared (kept in memory for in-process sweeps) and the figures it logged."""
+    import matplotlib.pyplot as plt
+
+    from fxml.scoring import prepared
+
+    prepared._MEMORY.clear()
+    plt.close("all")
+
+
 @dataclass
 class InProcessResult:
     """What a command run in-process left: exit code, console output, log lines, return value."""
@@ -128,6 +139,7 @@ class Workspace:
                 code = stop.code if isinstance(stop.code, int) else 1
             finally:
                 os.chdir(previous)
+                forget_process_state()
         return InProcessResult(code, out.getvalue(), err.getvalue(), logs.getvalue(),
                                value[0] if value else None)
 

@@ -174,6 +174,7 @@ def test_search_space_from_hydra_override_grammar() -> None:
         grid({"d": space["d"]})
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_with_the_same_command(workspace: Workspace) -> None:
     command = [sys.executable, "-m", "fxml.run", "-m", "hparams_search=lgbm",
                "hydra.sweeper.study_name=interrupted", "hydra.sweeper.n_trials=3",
