@@ -1,11 +1,20 @@
-"""Shared helpers: run fxml as a user would (a subprocess in a scratch folder), read MLflow back."""
+"""Shared helpers: run fxml as a user would (a subprocess in a scratch folder) or, where the
+process adds nothing, compose the same config and call the same task in-process; read MLflow back.
+Each test module gets a workspace (and so an MLflow store) of its own."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import mlflow
 import numpy as np
@@ -21,6 +30,67 @@ SMALL_DATA = (
     "data.source.n_features=60",
     "data.source.live_rows=120",
 )
+
+
+# each command's config and task function, for running it in-process
+COMMANDS = {
+    "fxml.run": ("config", "train"),
+    "fxml.promote": ("promote", "promote_command"),
+    "fxml.submit": ("submit", "submit_command"),
+    "fxml.report": ("report", "report_command"),
+    "fxml.live_scores": ("live_scores", "live_scores_command"),
+    "fxml.export_model": ("export_model", "export_command"),
+}
+
+
+def compose_fxml_config(overrides: list[str], config_name: str = "config") -> Any:
+    """The config ``python -m fxml.<command> <overrides>`` would get: the one place tests name
+    where fxml's configs live."""
+    from hydra import compose, initialize_config_module
+
+    from fxml.config import register_schemas
+
+    register_schemas()  # what run_cli does before Hydra composes
+    with initialize_config_module("fxml.conf", version_base="1.3"):
+        return compose(config_name, overrides=overrides)
+
+
+def forget_process_state() -> None:
+    """What a command's process would take with it when it exits: the comparison scores it
+    prepared (kept in memory for in-process sweeps) and the figures it logged."""
+    import matplotlib.pyplot as plt
+
+    from fxml.scoring import prepared
+
+    prepared._MEMORY.clear()
+    plt.close("all")
+
+
+@dataclass
+class InProcessResult:
+    """What a command run in-process left: exit code, console output, log lines, return value."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    logs: str
+    value: Any = field(default=None)
+
+
+@contextlib.contextmanager
+def _captured_logs() -> Iterator[io.StringIO]:
+    """INFO records of the run, as Hydra's console handler would show them."""
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield buffer
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 class Workspace:
@@ -40,6 +110,39 @@ class Workspace:
         command = [sys.executable, "-m", "fxml.run", *args, *(SMALL_DATA if small else ())]
         return subprocess.run(command, cwd=self.root, env=self.env(**env), capture_output=True,
                               text=True, timeout=600)
+
+    def train(self, *args: str, small: bool = True, **env: str) -> InProcessResult:
+        """``python -m fxml.run <args>`` without a new interpreter (see ``command``)."""
+        return self.command("fxml.run", *args, *(SMALL_DATA if small else ()), **env)
+
+    def command(self, module: str, *args: str, cwd: Path | None = None, **env: str) -> InProcessResult:
+        """``python -m <module> <args>`` in this process: the same config, the same task and the
+        same error handling (fxml.cli.run_cli), in this folder with this environment."""
+        import importlib
+
+        from fxml.cli import run_cli
+
+        config_name, task_name = COMMANDS[module]
+        loaded = importlib.import_module(module)
+        task = getattr(loaded, task_name)
+        overrides = list(getattr(loaded, "runs_as_list", list)(list(args)))  # fxml.report's runs=a,b
+        value: list[Any] = []
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        # MLflow caches a store per URI, so the default relative one would stay the first module's
+        previous, environment = Path.cwd(), self.env(**{"MLFLOW_TRACKING_URI": self.uri, **env})
+        with (mock.patch.dict(os.environ, environment, clear=True), mock.patch("fxml.cli.stop_on_signals"),
+              _captured_logs() as logs, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)):
+            os.chdir(cwd or self.root)
+            try:
+                run_cli(lambda: value.append(task(compose_fxml_config(overrides, config_name))))
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+            finally:
+                os.chdir(previous)
+                forget_process_state()
+        return InProcessResult(code, out.getvalue(), err.getvalue(), logs.getvalue(),
+                               value[0] if value else None)
 
     def client(self) -> mlflow.MlflowClient:
         return mlflow.MlflowClient(tracking_uri=self.uri)
@@ -63,15 +166,15 @@ class Workspace:
         return client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A project folder and MLflow store of the module's own: modules do not see each other's runs."""
     return Workspace(tmp_path_factory.mktemp("project"))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tracking_points_at_the_workspace(workspace: Workspace) -> None:
-    """Artifact downloads go through MLflow's global client. A module may point it at a store of
-    its own; each module starts at the shared workspace's store again."""
+    """Artifact downloads go through MLflow's global client: each module starts at its own store."""
     mlflow.set_tracking_uri(workspace.uri)
 
 
@@ -84,7 +187,7 @@ def assert_reloads_to_logged_predictions(workspace: Workspace, run) -> mlflow.py
     return model
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+def assert_one_line_error(result: subprocess.CompletedProcess | InProcessResult, *fragments: str) -> None:
     assert result.returncode != 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -245,7 +245,7 @@ def layout(run) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def memorizer_run(workspace: Workspace):  # type: ignore[no-untyped-def]
-    result = workspace.run("cv=era_kfold", "cv.folds=4", "model=ridge",
+    result = workspace.train("cv=era_kfold", "cv.folds=4", "model=ridge",
                            "model._target_=tests.test_cv.RowMemorizer", "trainer.inner_holdout_eras=3",
                            "scorer.fnc=false", "tracking.experiment=memorizer")
     assert result.returncode == 0, result.stderr
@@ -301,7 +301,7 @@ def test_fold_layout_read_back_from_mlflow_has_no_leak(workspace: Workspace, mem
 
 @pytest.fixture(scope="module")
 def walk_forward_run(workspace: Workspace):  # type: ignore[no-untyped-def]
-    result = workspace.run("cv=walk_forward", "cv.folds=3", "cv.min_train_eras=12", *FAST,
+    result = workspace.train("cv=walk_forward", "cv.folds=3", "cv.min_train_eras=12", *FAST,
                            "tracking.experiment=walk-forward")
     assert result.returncode == 0, result.stderr
     assert "Cross-validation, out of fold over" in result.stdout and "Validation (holdout)" in result.stdout
@@ -359,7 +359,7 @@ def test_walk_forward_folds_and_artifacts(workspace: Workspace, walk_forward_run
 
 
 def test_era_kfold_with_early_stopping_reads_only_the_inner_holdout(workspace: Workspace) -> None:
-    result = workspace.run("cv=era_kfold", "cv.folds=3", "cv.refit=false", "model.early_stopping_rounds=5",
+    result = workspace.train("cv=era_kfold", "cv.folds=3", "cv.refit=false", "model.early_stopping_rounds=5",
                            "model.valid_corr_every=5", "trainer.inner_holdout_eras=4", "scorer.fnc=false",
                            *FAST, "tracking.experiment=kfold")
     assert result.returncode == 0, result.stderr
@@ -374,7 +374,7 @@ def test_era_kfold_with_early_stopping_reads_only_the_inner_holdout(workspace: W
 
 
 def test_cv_composes_with_every_nth_era_and_the_disk_store(workspace: Workspace) -> None:
-    result = workspace.run("cv=era_kfold", "cv.folds=3", "cv.refit=false", "data.every_nth_era=2",
+    result = workspace.train("cv=era_kfold", "cv.folds=3", "cv.refit=false", "data.every_nth_era=2",
                            "memory=disk", "scorer.fnc=false", *FAST, "tracking.experiment=nth")
     assert result.returncode == 0, result.stderr
     run = job_run(workspace, "nth")
@@ -389,9 +389,9 @@ def test_cv_composes_with_every_nth_era_and_the_disk_store(workspace: Workspace)
 
 
 def test_bad_cv_settings_are_one_line_errors(workspace: Workspace) -> None:
-    assert_one_line_error(workspace.run("cv=era_kfold", "cv.folds=1"), "cv.folds must be >= 2")
-    assert_one_line_error(workspace.run("cv=era_kfold", "cv.folds=60", *FAST), "cannot make 60 folds")
-    assert_one_line_error(workspace.run("cv=walk_forward", "cv.embargo=soon"), "cv.embargo must be auto")
+    assert_one_line_error(workspace.train("cv=era_kfold", "cv.folds=1"), "cv.folds must be >= 2")
+    assert_one_line_error(workspace.train("cv=era_kfold", "cv.folds=60", *FAST), "cannot make 60 folds")
+    assert_one_line_error(workspace.train("cv=walk_forward", "cv.embargo=soon"), "cv.embargo must be auto")
 
 
 @pytest.mark.slow

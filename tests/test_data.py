@@ -136,7 +136,7 @@ def test_offline_latest_falls_back_to_local_release_or_fails_clearly(tmp_path: P
 
 def test_v5_from_the_command_line_with_a_fake_client(workspace: Workspace, served: Path,
                                                      tmp_path: Path) -> None:
-    result = workspace.run(
+    result = workspace.train(
         "data=v5", f"data.directory={tmp_path}", "data.source.api._target_=tests.fakes.FakeNumerAPI",
         "model.n_estimators=20", "tracking.log_model=false", "tracking.run_name=v5-fake",
         small=False, FXML_FAKE_NUMERAI_DIR=str(served),

@@ -3,30 +3,21 @@ library that cannot use the GPU it was asked for says so in the log and in a tag
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
+from tests.conftest import Workspace, assert_one_line_error
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 
 
 def test_trainer_gpu_without_a_gpu_fails_before_loading_data(tmp_path) -> None:
-    """The same line for every family (started together: each fails within seconds)."""
+    """The same line for every family (the command's config and task, in-process)."""
     families = ("lgbm", "xgboost", "ridge", "mlp")
     workspaces = {model: Workspace(tmp_path / model) for model in families}
-    for workspace in workspaces.values():
+    for model, workspace in workspaces.items():
         workspace.root.mkdir()
-    processes = {model: subprocess.Popen(
-        [sys.executable, "-m", "fxml.run", f"model={model}", "trainer=gpu", *SMALL_DATA],
-        cwd=workspaces[model].root, env=workspaces[model].env(), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE) for model in families}
-    for model, process in processes.items():
-        stdout, stderr = process.communicate(timeout=300)
-        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        result = workspace.train(f"model={model}", "trainer=gpu")
         assert_one_line_error(result, "trainer.accelerator=gpu but PyTorch sees no such device",
                               "use trainer=cpu")
         assert not (workspaces[model].root / "data").exists(), f"{model}: no data was read or made"
@@ -41,10 +32,10 @@ def test_a_tree_model_falling_back_to_cpu_says_so(workspace: Workspace, model: s
                                                   reason: str) -> None:
     # the model asks for CUDA directly (as on a GPU machine whose library build lacks it)
     name = f"fallback-{model}"
-    result = workspace.run(f"model={model}", "model.device=cuda", "model.n_estimators=5",
-                           "tracking.log_model=false", f"tracking.run_name={name}")
+    result = workspace.train(f"model={model}", "model.device=cuda", "model.n_estimators=5",
+                             "tracking.log_model=false", f"tracking.run_name={name}")
     assert result.returncode == 0, result.stderr
-    shown = " ".join((result.stdout + result.stderr).split())
+    shown = " ".join((result.stdout + result.logs).split())
     assert reason in shown
     # the last word on the device is the one it trained on (LightGBM tries CUDA first)
     assert shown.rsplit(f"model: {family} on ", 1)[1].startswith("cpu"), shown

@@ -14,7 +14,7 @@ from fxml.models.base import load_model
 from fxml.models.ensemble import EnsembleModel, LoadedMember, fit_weights, member_columns
 from fxml.models.postprocess import rank_by_era
 from tests.conftest import Workspace, assert_one_line_error, assert_reloads_to_logged_predictions
-from tests.test_promote_submit import fxml_command, served_release
+from tests.helpers import fxml_command, served_release
 
 RIDGE = {"_target_": "fxml.models.linear.RidgeModel", "alpha": 1.0}
 
@@ -79,7 +79,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 
 def run_named(ws: Workspace, name: str, *overrides: str):  # type: ignore[no-untyped-def]
-    result = ws.run(*overrides, f"tracking.run_name={name}")
+    result = ws.train(*overrides, f"tracking.run_name={name}")
     assert result.returncode == 0, result.stderr
     return next(r for r in ws.runs() if r.info.run_name == name)
 
@@ -144,6 +144,6 @@ def test_member_reading_other_features_is_rejected(ws: Workspace, trained_ensemb
     with pytest.raises(FxmlError, match=r"model.members.wide .* reads 2 feature\(s\) this run does "
                                         r"not load.*data.feature_set"):
         member_columns("wide", member, features[2:])
-    result = ws.run("model=ensemble", "~model.members.lgbm", "+model.members.gone=runs:/0000/model",
-                    "tracking.run_name=ensemble-bad")
+    result = ws.train("model=ensemble", "~model.members.lgbm", "+model.members.gone=runs:/0000/model",
+                      "tracking.run_name=ensemble-bad")
     assert_one_line_error(result, "model.members.gone", "runs:/0000/model")

@@ -1,4 +1,7 @@
-"""Bad input: one clear line, non-zero exit, no traceback, the MLflow run marked FAILED."""
+"""Bad input: one clear line, non-zero exit, no traceback, the MLflow run marked FAILED.
+
+The messages are checked in-process through the command's own error handling (fxml.cli.run_cli
+around the composed config and fxml.run.train); two subprocess tests prove the command line wiring."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -25,7 +29,7 @@ from tests.conftest import Workspace, assert_one_line_error
 )
 def test_wrong_config_values_fail_before_any_work(workspace: Workspace, override, fragments) -> None:
     before = len(workspace.runs())
-    result = workspace.run(override)
+    result = workspace.train(override)
     assert_one_line_error(result, *fragments)
     assert len(workspace.runs()) == before, "a config error must not start an MLflow run"
 
@@ -41,7 +45,7 @@ def test_wrong_config_values_fail_before_any_work(workspace: Workspace, override
 )
 def test_wrong_data_selection_marks_the_run_failed(workspace: Workspace, override, fragments) -> None:
     name = f"bad-{override.split('=')[0]}"
-    result = workspace.run(override, f"tracking.run_name={name}")
+    result = workspace.train(override, f"tracking.run_name={name}")
     assert_one_line_error(result, *fragments)
     run = next(r for r in workspace.runs() if r.info.run_name == name)
     assert run.info.status == "FAILED"
@@ -49,19 +53,33 @@ def test_wrong_data_selection_marks_the_run_failed(workspace: Workspace, overrid
     assert "model.n_estimators" in run.data.params, "what was logged before the failure stays"
 
 
-@pytest.fixture()
-def broken_copy(workspace: Workspace, tmp_path: Path) -> Path:
-    """The small synthetic release copied as a local Numerai v5.2 folder that a test may damage."""
-    ok = workspace.run("--cfg", "job")
-    assert ok.returncode == 0, ok.stderr
-    releases = list((workspace.root / "data" / "synthetic").glob("v5.2-*"))
-    if not releases:
-        ok = workspace.run("tracking.log_model=false", "model.n_estimators=5",
+@pytest.mark.parametrize(("override", "line"), [
+    ("model.n_estimator=3", "fxml: config error: Key 'n_estimator' not in 'LGBMConfig'"),
+    ("data.feature_set=huge", "fxml: error: data.feature_set=huge"),
+])
+def test_the_command_prints_the_same_one_line(workspace: Workspace, override: str, line: str) -> None:
+    """What a user types: the subprocess shows the line and exit code the in-process checks see."""
+    typed, in_process = workspace.run(override, "tracking.log_model=false"), workspace.train(override)
+    assert_one_line_error(typed, line.split(": ", 2)[-1])
+    assert typed.stderr.startswith(line) and typed.stderr == in_process.stderr
+    assert typed.returncode == in_process.returncode == (2 if "config error" in line else 1)
+
+
+@pytest.fixture(scope="module")
+def synthetic_release(workspace: Workspace) -> Path:
+    """The small synthetic release, made by one short run."""
+    made = workspace.train("tracking.log_model=false", "model.n_estimators=5",
                            "tracking.run_name=prepare-copy")
-        assert ok.returncode == 0, ok.stderr
-        releases = list((workspace.root / "data" / "synthetic").glob("v5.2-*"))
+    assert made.returncode == 0, made.stderr
+    (release,) = (workspace.root / "data" / "synthetic").glob("v5.2-*")
+    return release
+
+
+@pytest.fixture()
+def broken_copy(synthetic_release: Path, tmp_path: Path) -> Path:
+    """The small synthetic release copied as a local Numerai v5.2 folder that a test may damage."""
     copy = tmp_path / "numerai" / "v5.2"
-    shutil.copytree(releases[0], copy)
+    shutil.copytree(synthetic_release, copy)
     return copy
 
 
@@ -71,14 +89,24 @@ def _small_features(folder: Path) -> list[str]:
 
 def _run_on(workspace: Workspace, folder: Path, name: str):
     """Run on a local v5 folder with no network: nothing can be downloaded."""
-    return workspace.run("data=v5", "data.version=v5.2", f"data.directory={folder.parent}",
-                         "data.source.api._target_=tests.fakes.OfflineNumerAPI",
-                         f"tracking.run_name={name}", small=False)
+    return workspace.train("data=v5", "data.version=v5.2", f"data.directory={folder.parent}",
+                           "data.source.api._target_=tests.fakes.OfflineNumerAPI",
+                           f"tracking.run_name={name}", "tracking.log_model=false", small=False)
 
 
 def test_local_release_runs_offline(workspace: Workspace, broken_copy: Path) -> None:
     result = _run_on(workspace, broken_copy, "offline-ok")
     assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and "MLflow run" in result.stdout
+    run = next(r for r in workspace.runs() if r.info.run_name == "offline-ok")
+    made = next(r for r in workspace.runs() if r.info.run_name == "prepare-copy")
+    assert run.info.status == "FINISHED" and result.value["mlflow_run_id"] == run.info.run_id
+    # the copied release, read from the local folder: its resolved validation eras, every 4th training era
+    assert run.data.tags["data_version"] == "v5.2"
+    assert run.data.params["data.directory"] == str(broken_copy.parent)
+    assert run.data.metrics["n_eras"] == made.data.metrics["n_eras"] == 10  # 14 eras, 4 unresolved
+    assert "data: train 2,417 rows, 10 eras" in result.logs
+    assert np.isfinite(run.data.metrics["corr_mean"])
 
 
 def test_truncated_parquet(workspace: Workspace, broken_copy: Path) -> None:

@@ -12,7 +12,7 @@ from fxml.data.loader import DataSplit
 from fxml.models.base import StepCallback, TabularModel
 from fxml.scoring.importance import feature_groups, permutation_importance, within_era_permutation
 from tests.conftest import Workspace
-from tests.test_deep import toy_split
+from tests.helpers import toy_split
 
 
 class OneFeature(TabularModel):
@@ -64,8 +64,8 @@ def test_shuffles_stay_inside_eras_and_groups_come_from_feature_sets() -> None:
 
 def test_run_logs_importance_table_and_plot(workspace: Workspace) -> None:
     name = "importance-groups"
-    result = workspace.run("model=ridge", "scorer.importance=groups", "scorer.importance_repeats=2",
-                           f"tracking.run_name={name}", "tracking.log_model=false")
+    result = workspace.train("model=ridge", "scorer.importance=groups", "scorer.importance_repeats=2",
+                             f"tracking.run_name={name}", "tracking.log_model=false")
     assert result.returncode == 0, result.stderr[-3000:]
     run = next(r for r in workspace.runs() if r.info.run_name == name)
     paths = {a.path for a in workspace.client().list_artifacts(run.info.run_id, "importance")}

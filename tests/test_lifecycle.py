@@ -10,49 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 
-from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
-
-# training that would go on for minutes: the test stops it
-ENDLESS = {
-    # valid_corr_every: a GBDT logs per-round metrics only when it reads a validation set
-    "lgbm": ("model=lgbm", "model.n_estimators=1000000", "model.learning_rate=0.0001",
-             "model.valid_corr_every=100"),
-    "mlp": ("model=mlp", "trainer.n_jobs=1", "trainer.max_epochs=100000", "trainer.patience=100000"),
-}
-
-
-def start(workspace: Workspace, *args: str, **env: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "fxml.run", *args, *SMALL_DATA, "tracking.log_model=false"]
-    return subprocess.Popen(command, cwd=workspace.root, env=workspace.env(**env), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def wait_for_training(uri: str, experiment: str, name: str, process: subprocess.Popen,
-                      timeout: float = 240) -> str:
-    """The run's id once it has logged a training metric (so the model is mid-fit)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        try:
-            client = mlflow.MlflowClient(uri)
-            found = client.get_experiment_by_name(experiment)
-            runs = [] if found is None else \
-                client.search_runs([found.experiment_id], f"attributes.run_name = '{name}'")
-        except Exception:  # this client raced the run to create a new store's tables: look again
-            runs = []
-        if runs and any(key.startswith(("valid_", "train_", "epoch")) for key in runs[0].data.metrics):
-            return runs[0].info.run_id
-        time.sleep(0.5)
-    process.kill()
-    raise AssertionError(f"run {name} never started training: {process.communicate()}")
-
-
-def finish(process: subprocess.Popen, timeout: float = 90) -> subprocess.CompletedProcess:
-    stdout, stderr = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+from tests.conftest import Workspace, assert_one_line_error
+from tests.helpers import ENDLESS, finish, start, wait_for_training
 
 
 @pytest.mark.parametrize(("family", "signum", "code"), [

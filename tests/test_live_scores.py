@@ -14,7 +14,7 @@ from fxml.scoring.diagnostics import churn
 from fxml.submission.live import metric_name, resolved_round_scores
 from tests.conftest import Workspace, assert_one_line_error
 from tests.fakes import FAKE_MODELS, recorded_round_scores
-from tests.test_promote_submit import KEYS, PUBLIC_ID, SECRET_KEY, fxml_command, served_release
+from tests.helpers import KEYS, PUBLIC_ID, SECRET_KEY, fxml_command, served_release
 
 FAKE_API = "api._target_=tests.fakes.FakeNumerAPI"
 REGISTERED = "fxml-live"
@@ -25,13 +25,15 @@ ROUND_2 = {"v2_corr20": -0.008, "mmc": 0.001, "tc": 0.027, "bmc": -0.001}
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory):
     ws = Workspace(tmp_path_factory.mktemp("live"))
-    result = ws.run("model=ridge", "tracking.run_name=ridge")
+    result = ws.train("model=ridge", "tracking.run_name=ridge")
     assert result.returncode == 0, result.stderr
     run_id = next(r.info.run_id for r in ws.runs() if r.info.run_name == "ridge")
     served = served_release(ws)
 
     def command(*args: str, keys: bool = True, round_number: int = 1000):
-        return fxml_command(ws, *args, keys=keys, round_number=round_number, served=served)
+        # setting the scene: promote and submit are tested as typed in test_promote_submit
+        return fxml_command(ws, *args, keys=keys, round_number=round_number, served=served,
+                            in_process=True)
 
     promoted = command("fxml.promote", f"run_id={run_id}", f"name={REGISTERED}")
     assert promoted.returncode == 0, promoted.stderr
@@ -111,9 +113,7 @@ def test_live_scores_twice_adds_only_new_rounds(project) -> None:
 
     # the comparison report shows the live scores of the training run
     page = ws.root / "live.html"
-    shown = subprocess.run([sys.executable, "-m", "fxml.report", f"runs={training_run}",
-                            f"output={page}"], cwd=ws.root, env=ws.env(), capture_output=True,
-                           text=True, timeout=600)
+    shown = ws.command("fxml.report", f"runs={training_run}", f"output={page}")
     assert shown.returncode == 0, shown.stderr
     html = page.read_text()
     assert "Live scores from Numerai" in html and "<th>live_tc (mean)</th>" in html

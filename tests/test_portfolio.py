@@ -134,7 +134,7 @@ def test_benchmark_predictions_aligned_by_id(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def mpc_run(workspace: Workspace):
-    result = workspace.run("tracking.run_name=mpc-run", "model.n_estimators=40", "scorer.top_bottom=50",
+    result = workspace.train("tracking.run_name=mpc-run", "model.n_estimators=40", "scorer.top_bottom=50",
                            "scorer.mpc_own_stake=2.0")
     assert result.returncode == 0, result.stderr
     run = next(r for r in workspace.runs() if r.info.run_name == "mpc-run")
@@ -186,7 +186,7 @@ def test_a_later_run_reuses_the_prepared_portfolio_and_stays_exact(workspace: Wo
     cached = list((workspace.root / "data" / "synthetic" / ".fxml-cache").glob("*.npz"))
     assert len(cached) >= 2  # the benchmark portfolio and the meta model's side
     stamps = {path: path.stat().st_mtime_ns for path in cached}
-    result = workspace.run("model=ridge", "tracking.run_name=mpc-ridge", "tracking.log_model=false",
+    result = workspace.train("model=ridge", "tracking.run_name=mpc-ridge", "tracking.log_model=false",
                            "scorer.top_bottom=50", "scorer.mpc_own_stake=2.0")
     assert result.returncode == 0, result.stderr
     run = next(r for r in workspace.runs() if r.info.run_name == "mpc-ridge")
@@ -210,7 +210,7 @@ def test_run_logs_diagnostics_equal_to_numerai_tools(workspace: Workspace, mpc_r
 
 
 def test_mpc_stake_for_an_unknown_benchmark_is_one_line(workspace: Workspace) -> None:
-    result = workspace.run("model=ridge", "tracking.log_model=false", "+scorer.mpc_stakes.nope=2.0")
+    result = workspace.train("model=ridge", "tracking.log_model=false", "+scorer.mpc_stakes.nope=2.0")
     assert_one_line_error(result, "scorer.mpc_stakes names nope")
 
 
@@ -223,7 +223,7 @@ def test_run_with_neutralizers_and_sample_weights_equals_numerai_tools(workspace
                             "weight": np.linspace(0.5, 1.5, len(validation))})
     weights_path = workspace.root / "weights.parquet"
     weights.to_parquet(weights_path, index=False)
-    result = workspace.run("model=ridge", "tracking.run_name=mpc-neutral", "tracking.log_model=false",
+    result = workspace.train("model=ridge", "tracking.run_name=mpc-neutral", "tracking.log_model=false",
                            "scorer.mpc_neutralizers=small", f"scorer.mpc_sample_weights={weights_path}")
     assert result.returncode == 0, result.stderr
     run = next(r for r in workspace.runs() if r.info.run_name == "mpc-neutral")

@@ -11,8 +11,8 @@ import mlflow
 import pytest
 
 from tests.conftest import REPO, SMALL_DATA, Workspace, assert_one_line_error
+from tests.helpers import ENDLESS, finish, start, wait_for_training
 from tests.postgres_server import PASSWORD, postgres  # noqa: F401
-from tests.test_lifecycle import ENDLESS, finish, start, wait_for_training
 
 
 def test_concurrent_runs_create_one_store_and_experiment(postgres, tmp_path: Path) -> None:  # noqa: F811

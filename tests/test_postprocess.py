@@ -14,7 +14,7 @@ from fxml.models.base import load_model
 from fxml.models.linear import RidgeModel
 from fxml.models.postprocess import NeutralizedModel, neutralize_by_era, rank_by_era
 from tests.conftest import Workspace, assert_one_line_error
-from tests.test_promote_submit import fxml_command, served_release
+from tests.helpers import fxml_command, served_release
 
 
 def per_era_exposures(values: np.ndarray, features: np.ndarray, eras: np.ndarray) -> np.ndarray:
@@ -92,8 +92,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 @pytest.fixture(scope="module")
 def neutral_run(ws: Workspace):  # type: ignore[no-untyped-def]
-    result = ws.run("postprocess=neutralize", "postprocess.proportion=1", "postprocess.feature_set=charisma",
-                    "model.n_estimators=20", "tracking.run_name=neutral")
+    result = ws.train("postprocess=neutralize", "postprocess.proportion=1",
+                      "postprocess.feature_set=charisma", "model.n_estimators=20",
+                      "tracking.run_name=neutral")
     assert result.returncode == 0, result.stderr
     return next(r for r in ws.runs() if r.info.run_name == "neutral")
 
@@ -154,8 +155,8 @@ def test_registered_model_carries_the_post_processing(ws: Workspace, neutral_run
 
 
 def test_bad_post_processing_settings_are_one_line(ws: Workspace) -> None:
-    result = ws.run("postprocess=neutralize", "postprocess.proportion=1.5", "model=ridge",
-                    "tracking.log_model=false")
+    result = ws.train("postprocess=neutralize", "postprocess.proportion=1.5", "model=ridge",
+                      "tracking.log_model=false")
     assert_one_line_error(result, "postprocess.proportion", "[0, 1]")
 
 

@@ -18,11 +18,10 @@ import pandas as pd
 import pytest
 from numerai_tools.submissions import validate_submission_numerai
 
-from tests.conftest import Workspace, assert_one_line_error
+from tests.conftest import Workspace, assert_one_line_error, compose_fxml_config
 from tests.fakes import FAKE_MODELS, ConstantModel, NaNModel, recorded_calls
+from tests.helpers import KEYS, PUBLIC_ID, SECRET_KEY, fxml_command, served_release
 
-PUBLIC_ID, SECRET_KEY = "FXMLFAKEPUBLICID7Q2X9", "FXMLFAKESECRETKEY3M8Z1W5"
-KEYS = {"NUMERAI_PUBLIC_ID": PUBLIC_ID, "NUMERAI_SECRET_KEY": SECRET_KEY}
 FAKE_API = "api._target_=tests.fakes.FakeNumerAPI"
 REGISTERED = "fxml-weekly"
 
@@ -44,9 +43,11 @@ class Project:
         return [entry for entry in recorded_calls(self.calls_log) if entry["call"] == call]
 
     def command(self, module: str, *args: str, keys: bool = False, round_number: int = 1000,
-                cwd: Path | None = None) -> subprocess.CompletedProcess:
+                cwd: Path | None = None, in_process: bool = False):  # type: ignore[no-untyped-def]
+        """The command as a user types it, or (``in_process``, for the lines of errors) its config
+        and task in this process."""
         return fxml_command(self.ws, module, *args, keys=keys, round_number=round_number, cwd=cwd,
-                            served=self.served, outputs=self.outputs)
+                            served=self.served, outputs=self.outputs, in_process=in_process)
 
     def submit(self, *args: str, **options) -> subprocess.CompletedProcess:
         return self.command("fxml.submit", f"model_uri=models:/{REGISTERED}@champion",
@@ -56,34 +57,12 @@ class Project:
         return self.ws.runs("fxml-submissions")
 
 
-def fxml_command(ws: Workspace, module: str, *args: str, keys: bool = False, round_number: int = 1000,
-                 cwd: Path | None = None, served: Path | None = None,
-                 outputs: list[str] | None = None) -> subprocess.CompletedProcess:
-    """``python -m <module> args`` in the project folder, as a user runs it, with the fake client's
-    environment (and the fake keys when ``keys``)."""
-    env = ws.env(FXML_FAKE_NUMERAI_LOG=str(ws.root / "fake-numerai" / "calls.jsonl"),
-                 FXML_FAKE_NUMERAI_ROUND=str(round_number), **(KEYS if keys else {}))
-    if served is not None:
-        env["FXML_FAKE_NUMERAI_DIR"] = str(served)
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ws.root, env=env,
-                            capture_output=True, text=True, timeout=600)
-    if outputs is not None:
-        outputs.append(result.stdout + result.stderr)
-    return result
-
-
-def served_release(ws: Workspace) -> Path:
-    releases = sorted((ws.root / "data" / "synthetic").glob("v5.2-*"))
-    assert len(releases) == 1, releases
-    return releases[0]
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     ws = Workspace(tmp_path_factory.mktemp("weekly"))
     runs = {}
     for name, overrides in (("lgbm", ("model.n_estimators=20",)), ("ridge", ("model=ridge",))):
-        result = ws.run(*overrides, f"tracking.run_name={name}")
+        result = ws.train(*overrides, f"tracking.run_name={name}")
         assert result.returncode == 0, result.stderr
         runs[name] = next(r.info.run_id for r in ws.runs() if r.info.run_name == name)
     return Project(ws, served_release(ws), runs)
@@ -155,7 +134,7 @@ def test_promote_best_run_by_metric_then_move_the_alias(project: Project) -> Non
 
 
 def test_promote_rejects_a_metric_no_run_logged(project: Project) -> None:
-    result = project.command("fxml.promote", "metric=no_such_metric")
+    result = project.command("fxml.promote", "metric=no_such_metric", in_process=True)
     assert_one_line_error(result, "metric=no_such_metric", "corr_mean")
 
 
@@ -260,7 +239,7 @@ def test_upload_once_per_round_unless_forced(project: Project, promoted) -> None
 
 def test_missing_credentials_stop_before_the_upload(project: Project, promoted) -> None:
     before = len(project.uploads())
-    result = project.submit(round_number=1003)
+    result = project.submit(round_number=1003, in_process=True)
     assert_one_line_error(result, "NUMERAI_PUBLIC_ID", "NUMERAI_SECRET_KEY", "did not upload")
     assert len(project.uploads()) == before
     run = next(r for r in project.submission_runs() if r.data.tags.get("round") == "1003")
@@ -330,7 +309,7 @@ def test_unknown_numerai_model_lists_names_not_ids(project: Project, monkeypatch
 
 def test_submit_an_unknown_model_is_one_line(project: Project, promoted) -> None:
     result = project.command("fxml.submit", "model_uri=models:/no-such-model@champion",
-                             "numerai_model=fxml_test", FAKE_API, round_number=1008)
+                             "numerai_model=fxml_test", FAKE_API, round_number=1008, in_process=True)
     assert_one_line_error(result, "no registered model version at models:/no-such-model@champion")
 
 
@@ -350,15 +329,11 @@ def test_submit_config_checks() -> None:
 
 def compose_command(name: str, *overrides: str):  # type: ignore[no-untyped-def]
     """Compose a command's config as Hydra does and run its schema checks, in this process."""
-    from hydra import compose, initialize_config_dir
-
     from fxml.config import register_schemas
     from fxml.submission import checked
 
     register_schemas()
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"),
-                               version_base="1.3"):
-        return checked(compose(name, overrides=list(overrides)))
+    return checked(compose_fxml_config(list(overrides), name))
 
 
 # --- hosted compute ---------------------------------------------------------------------------

@@ -26,7 +26,11 @@ class SweptProject:
     ridge_id: str
     between: str  # a moment after the sweep, before the ridge run
 
-    def promote(self, *args: str) -> subprocess.CompletedProcess:
+    def promote(self, *args: str, typed: bool = False):  # type: ignore[no-untyped-def]
+        """``python -m fxml.promote args`` as typed, or its config and task in this process (the
+        lines it prints are the same: test_promote_submit checks the command itself)."""
+        if not typed:
+            return self.ws.command("fxml.promote", *args)
         return subprocess.run([sys.executable, "-m", "fxml.promote", *args], cwd=self.ws.root,
                               env=self.ws.env(), capture_output=True, text=True, timeout=300)
 
@@ -48,8 +52,8 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> SweptProject:
     time.sleep(1.1)
     between = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
     time.sleep(1.1)
-    ridge = ws.run("model=ridge", "scorer.fnc=false", "tracking.run_name=ridge",
-                   f"tracking.experiment={EXPERIMENT}")
+    ridge = ws.train("model=ridge", "scorer.fnc=false", "tracking.run_name=ridge",
+                     f"tracking.experiment={EXPERIMENT}")
     assert ridge.returncode == 0, ridge.stderr
     ridge_id = next(r.info.run_id for r in ws.runs(EXPERIMENT) if r.info.run_name == "ridge")
     return SweptProject(ws, study, parent.info.run_id, ridge_id, between)
@@ -57,7 +61,8 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> SweptProject:
 
 def test_promote_a_sweeps_best_trial_by_study_name_or_parent_run(swept: SweptProject) -> None:
     best = swept.study.best_trial
-    by_name = swept.promote(f"sweep={swept.study.study_name}", "name=from-sweep", "alias=champion")
+    by_name = swept.promote(f"sweep={swept.study.study_name}", "name=from-sweep", "alias=champion",
+                            typed=True)
     assert by_name.returncode == 0, by_name.stderr
     assert swept.champion_run("from-sweep") == best.user_attrs["mlflow_run_id"]
     assert (f"chose run {best.user_attrs['mlflow_run_id']}: best trial {best.number} of sweep "

@@ -80,6 +80,7 @@ def test_artifacts_include_config_and_plot(workspace: Workspace, default_run) ->
             "predictions/validation.parquet"} <= paths
 
 
+# the config and task of the command, in-process: the command line itself is the default run's
 @pytest.mark.parametrize(
     ("overrides", "family", "param"),
     [
@@ -91,12 +92,13 @@ def test_artifacts_include_config_and_plot(workspace: Workspace, default_run) ->
 )
 def test_model_families_from_the_command_line(workspace: Workspace, overrides, family, param) -> None:
     name = f"family-{family}-{param[1]}"
-    result = workspace.run(*overrides, f"tracking.run_name={name}", "tracking.log_model=false")
+    result = workspace.train(*overrides, f"tracking.run_name={name}", "tracking.log_model=false")
     assert result.returncode == 0, result.stderr
     run = next(r for r in workspace.runs() if r.info.run_name == name)
     assert run.data.tags["model_family"] == family
     assert run.data.params[param[0]] == param[1]
     assert run.data.metrics["corr_mean"] > 0
+    assert result.value["corr_mean"] == pytest.approx(run.data.metrics["corr_mean"])
 
 
 def test_help_and_cfg_show_groups_and_resolved_config(workspace: Workspace) -> None:

@@ -179,11 +179,11 @@ def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> No
     need = data.memory_need(LightGBMModel.dataset_bytes_per_value)
     # a limit between what streaming and what everything in memory needs
     limit = (need.on_disk() + need.in_memory()) / 2 / 0.85 / GIB
-    result = workspace.run("memory=auto", f"memory.max_gib={limit}", "tracking.run_name=auto-low",
-                           "tracking.log_model=false", COLUMNS="300")
+    result = workspace.train("memory=auto", f"memory.max_gib={limit}", "tracking.run_name=auto-low",
+                             "tracking.log_model=false")
     assert result.returncode == 0, result.stderr
-    assert "memory: disk, all training eras" in result.stdout + result.stderr
-    memory = workspace.run("tracking.run_name=in-memory", "tracking.log_model=false")
+    assert "memory: disk, all training eras" in result.logs
+    memory = workspace.train("tracking.run_name=in-memory", "tracking.log_model=false")
     assert memory.returncode == 0, memory.stderr
     runs = {run.info.run_name: run for run in workspace.runs()}
     streamed, in_memory = runs["auto-low"], runs["in-memory"]

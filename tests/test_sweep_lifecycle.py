@@ -14,8 +14,8 @@ import optuna
 import pytest
 
 from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
+from tests.helpers import assert_parent_names_the_best
 from tests.postgres_server import PASSWORD, postgres  # noqa: F401
-from tests.test_sweeps import assert_parent_names_the_best
 
 FAST = ("model.n_estimators=30", "model.valid_corr_every=5", "tracking.log_model=false",
         "trainer.inner_holdout_eras=4", "scorer.fnc=false")

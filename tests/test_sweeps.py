@@ -15,6 +15,7 @@ from fxml.errors import FxmlError
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.space import distribution, grid, parse_overrides
 from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
+from tests.helpers import assert_parent_names_the_best
 
 FAST = ("model.n_estimators=30", "model.valid_corr_every=5", "tracking.log_model=false",
         "scorer.fnc=false")
@@ -31,20 +32,6 @@ def children(workspace: Workspace, parent_id: str, experiment: str = "fxml") -> 
 def parent_of(workspace: Workspace, key_fragment: str, experiment: str = "fxml"):
     return next(r for r in workspace.runs(experiment)
                 if key_fragment in r.data.tags.get("fxml.sweep_key", ""))
-
-
-def assert_parent_names_the_best(parent, found: optuna.Study) -> None:  # type: ignore[no-untyped-def]
-    """The parent run names the study's best trial in tags and metrics (never params)."""
-    best = found.best_trial
-    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
-    assert parent.data.tags["best_trial"] == str(best.number)
-    assert parent.data.tags["best_run_id"] == best.user_attrs["mlflow_run_id"]
-    assert all(parent.data.tags[f"best.{k}"] == str(v) for k, v in best.params.items())
-    assert not any(key.startswith("best.") for key in parent.data.params)
-    command = parent.data.tags["best_command"]
-    assert command.startswith("python -m fxml.run ") and "hparams_search" not in command
-    assert all(f"{k}={v!r}" in command if isinstance(v, float) else f"{k}={v}" in command
-               for k, v in best.params.items())
 
 
 def test_grid_multirun_groups_every_job_under_one_parent(workspace: Workspace) -> None:
@@ -187,6 +174,7 @@ def test_search_space_from_hydra_override_grammar() -> None:
         grid({"d": space["d"]})
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_with_the_same_command(workspace: Workspace) -> None:
     command = [sys.executable, "-m", "fxml.run", "-m", "hparams_search=lgbm",
                "hydra.sweeper.study_name=interrupted", "hydra.sweeper.n_trials=3",
