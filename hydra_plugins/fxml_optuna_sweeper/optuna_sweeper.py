@@ -9,6 +9,7 @@ database, so re-running a command resumes its study and several workers can shar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -411,9 +412,12 @@ def _open_storage(url: str, interval: int, grace: int, on_stale: Any) -> optuna.
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     # a server database may restart: test each pooled connection before using it
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    # workers started together would each create Optuna's tables in a new database
-    # ("table study_directions already exists"): one at a time, as for the MLflow store
-    with creation_lock(url):
+    # workers started together would each create Optuna's tables in a new SQLite file ("table
+    # study_directions already exists"): one at a time, as for the MLflow store. Only where the
+    # file's folder exists, so that a wrong path still fails as one line
+    database = Path(url.removeprefix("sqlite:///").split("?", 1)[0]) if url.startswith("sqlite:///") else None
+    serialised = database is not None and database.parent.is_dir()
+    with creation_lock(url) if serialised else contextlib.nullcontext():
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
                                           grace_period=grace, heartbeat_stale_trial_callback=on_stale)
 
