@@ -19,7 +19,7 @@ from omegaconf import MISSING
 from fxml.data import cv_settings, memory
 from fxml.errors import FxmlError, one_of, require
 from fxml.models.deep.params import DeepParams
-from fxml.models.params import MODEL_URI_PREFIXES, ModelParams, model_families
+from fxml.models.params import ModelParams, check_model_uri, model_families
 from fxml.scoring.settings import ScorerSettings
 
 __all__ = ["FxmlError", "SCHEMAS", "check_model_uri", "model_schema", "one_of", "register_schemas",
@@ -229,10 +229,17 @@ class RootConfig:
 
 # --- ensembles, post-processing, promotion, submission ---
 
-def check_model_uri(uri: str, key: str = "model_uri") -> None:
+def check_given_model_uri(uri: str) -> None:
+    """``model_uri`` of a command, once given (it has no default)."""
     if uri != MISSING:
-        require(uri.startswith(MODEL_URI_PREFIXES), key,
-                "must be a models:/<name>@<alias> or runs:/<run id>/model URI", uri)
+        check_model_uri(uri, "model_uri")
+
+
+def check_numerai_model(name: str) -> None:
+    """``numerai_model``, once given: a model name as numer.ai accepts it."""
+    if name != MISSING:
+        require(name.replace("_", "").replace("-", "").isalnum(), "numerai_model",
+                "must be a Numerai model name (letters, digits, _ or -)", name)
 
 
 @dataclass
@@ -299,12 +306,10 @@ class SubmitConfig:
     experiment: str = "fxml-submissions"
 
     def __post_init__(self) -> None:
-        check_model_uri(self.model_uri)
+        check_given_model_uri(self.model_uri)
         if self.round is not None:
             require(self.round >= 1, "round", "must be a round number >= 1 or null", self.round)
-        if self.numerai_model != MISSING:
-            require(self.numerai_model.replace("_", "").replace("-", "").isalnum(), "numerai_model",
-                    "must be a Numerai model name (letters, digits, _ or -)", self.numerai_model)
+        check_numerai_model(self.numerai_model)
 
 
 @dataclass
@@ -316,9 +321,7 @@ class LiveScoresConfig:
     tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
 
     def __post_init__(self) -> None:
-        if self.numerai_model != MISSING:
-            require(self.numerai_model.replace("_", "").replace("-", "").isalnum(), "numerai_model",
-                    "must be a Numerai model name (letters, digits, _ or -)", self.numerai_model)
+        check_numerai_model(self.numerai_model)
 
 
 @dataclass
@@ -350,7 +353,7 @@ class ExportModelConfig:
     tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
-        check_model_uri(self.model_uri)
+        check_given_model_uri(self.model_uri)
         require(self.output.endswith(".pkl"), "output", "must end with .pkl (Numerai's rule)",
                 self.output)
         require(self.check_rows >= 2, "check_rows", "must be >= 2", self.check_rows)

@@ -26,6 +26,12 @@ MODEL_URI_PREFIXES = ("runs:/", "models:/")
 ENSEMBLE_WEIGHTS = ("equal", "fit")
 
 
+def check_model_uri(uri: str, key: str) -> None:
+    """An fxml model named by MLflow URI (an ensemble member, the model to submit or export)."""
+    require(uri.startswith(MODEL_URI_PREFIXES), key,
+            "must be a models:/<name>@<alias> or runs:/<run id>/model URI", uri)
+
+
 @dataclass
 class ModelParams:
     """What every family takes: where and how it trains. On the command line the trainer group
@@ -159,8 +165,7 @@ class EnsembleParams(ModelParams):
         for name, member in self.members.items():
             key = f"model.members.{name}"
             if isinstance(member, str):
-                require(member.startswith(MODEL_URI_PREFIXES), key,
-                        "must be a models:/<name>@<alias> or runs:/<run id>/model URI", member)
+                check_model_uri(member, key)
             else:
                 target = getattr(member, "_target_", None) or (
                     member.get("_target_") if isinstance(member, dict) else None)
