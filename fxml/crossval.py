@@ -28,10 +28,12 @@ from fxml.errors import FxmlError
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.scoring import summarize
 from fxml.scoring.scorer import NumeraiScorer, Scores
+from fxml.secrets import redact
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.pruning import trial_reporter
 from fxml.tracking.mlflow_run import StepMetrics, log_fitted_params, log_frame, log_series
 from fxml.tracking.plots import cumulative_scores_by_fold
+from fxml.tracking.stores import first_line
 
 log = logging.getLogger(__name__)
 PREFIX = "cv_"
@@ -82,8 +84,7 @@ def fold_run(fold: Fold, name: str, tags: dict[str, str]) -> Iterator[Any]:
     try:
         yield run
     except BaseException as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        mlflow.set_tag("error", f"{type(error).__name__}: {message}"[:5000])
+        mlflow.set_tag("error", redact(first_line(error))[:5000])
         mlflow.end_run(status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run(status="FINISHED")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow
-from hydra.core.utils import JobStatus
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Run, RunTag
 from omegaconf import DictConfig
@@ -28,6 +28,7 @@ from fxml.console import JobRow, comparison_table, print_wide
 from fxml.secrets import redact
 from fxml.sweeps.stopping import watch_stop_signals
 from fxml.tracking.mlflow_run import JOB_TAG, OVERRIDES_TAG, TRIAL_TAG, tracking_uri, use_experiment
+from fxml.tracking.stores import first_line
 
 log = logging.getLogger(__name__)
 PARENT_ENV = "FXML_PARENT_RUN_ID"
@@ -155,6 +156,12 @@ def trial_rows(runs: list[Run], trials: list[Any]) -> list[JobRow]:
     return rows
 
 
+def job_error(job_return: JobReturn) -> BaseException:
+    """A failed job's exception: Hydra's public ``return_value`` would re-raise it and print a
+    line of its own to stderr."""
+    return job_return._return_value
+
+
 def is_optuna_search(config: DictConfig) -> bool:
     return str(config.hydra.sweeper.get("_target_", "")).endswith(OPTUNA_SWEEPER)
 
@@ -196,11 +203,9 @@ class MlflowSweepParent(Callback):
         # a job that failed before its MLflow run started (a bad value) still gets a row; seen
         # here when the launcher runs jobs in this process (basic), not in workers (joblib)
         if self.run_id and job_return.status == JobStatus.FAILED:
-            error = job_return._return_value  # the public return_value would re-raise it
-            text = str(error).strip().splitlines()
             self.failed_early[str(config.hydra.job.num)] = JobRow(
-                str(config.hydra.job.num), "FAILED", f"(no run: {type(error).__name__}: "
-                f"{redact(text[0]) if text else ''})", " ".join(config.hydra.overrides.task))
+                str(config.hydra.job.num), "FAILED", f"(no run: {redact(first_line(job_error(job_return)))})",
+                " ".join(config.hydra.overrides.task))
 
     def _show_table(self) -> None:
         try:

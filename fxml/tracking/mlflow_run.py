@@ -123,10 +123,9 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
                             "closed there and may show RUNNING") from None
         signum = interrupting_signal()
         stopped = isinstance(error, (KeyboardInterrupt, RunPruned)) or signum is not None
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
         # a library may have turned the signal into its own exit (Lightning: SystemExit(1))
         what = f"Interrupted: {signal.Signals(signum).name}" if signum is not None \
-            else f"{type(error).__name__}: {message}"
+            else first_line(error)
         try:
             mlflow.set_tag("pruned" if isinstance(error, RunPruned) else "error",
                            redact(what)[:5000])
@@ -136,8 +135,7 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
                 raise
             _forget_active_run()
             raise FxmlError(f"MLflow tracking at {redact(uri)} stopped answering while run "
-                            f"{run.info.run_id} was being closed after {type(error).__name__}: "
-                            f"{redact(message)}") from None
+                            f"{run.info.run_id} was being closed after {redact(first_line(error))}") from None
         raise
     mlflow.end_run(status="FINISHED")
 

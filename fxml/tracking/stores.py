@@ -147,12 +147,18 @@ def is_already_exists(error: BaseException) -> bool:
 
 
 @contextmanager
-def creation_lock(uri: str) -> Iterator[None]:
-    """Serialise store and experiment creation across processes on the same backend."""
+def creation_lock(uri: str, create_folder: bool = True) -> Iterator[None]:
+    """Serialise store and experiment creation across processes on the same backend. A SQLite
+    file's folder is created first, or with ``create_folder=False`` left alone: where it is
+    missing nothing is locked, and opening the database fails as it would without the lock."""
     scheme = uri.split(":", 1)[0].split("+", 1)[0]
     if scheme == "sqlite" and uri.startswith("sqlite:///") and ":memory:" not in uri:
         database = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-        database.parent.mkdir(parents=True, exist_ok=True)
+        if create_folder:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        elif not database.parent.is_dir():
+            yield
+            return
         with FileLock(str(database) + ".lock"):
             yield
     elif scheme in ("postgresql", "mysql"):

@@ -9,7 +9,6 @@ database, so re-running a command resumes its study and several workers can shar
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import math
@@ -20,6 +19,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from fxml.sweeps.parent import (
     STUDY_TAG,
     Best,
     end_parent_run,
+    job_error,
     job_runs,
     open_parent_run,
     record_best,
@@ -63,6 +64,7 @@ from fxml.sweeps.study import (
 )
 from fxml.tracking.mlflow_run import redact, tracking_uri
 from fxml.tracking.stores import creation_lock
+from fxml.tracking.stores import first_line as error_line  # "Type: first line"
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
@@ -278,13 +280,10 @@ class FxmlOptunaSweeper(Sweeper):
                 value, state = self.objective.value(metrics), TrialState.COMPLETE
             except FxmlError as problem:
                 note = str(problem)
-        # a failed job's exception: Hydra's public ``return_value`` would re-raise it and print
-        # a line of its own to stderr
-        elif isinstance(error := result._return_value, optuna.TrialPruned):
+        elif isinstance(error := job_error(result), optuna.TrialPruned):
             state, note = TrialState.PRUNED, str(error)
         else:
-            text = str(error).strip()
-            note = f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+            note = error_line(error)
         if state == TrialState.FAIL:
             self._set_attr(trial, "error", redact(note or "")[:2000])
         with_retries(f"record trial {trial.number}",
@@ -413,11 +412,11 @@ def _open_storage(url: str, interval: int, grace: int, on_stale: Any) -> optuna.
     # a server database may restart: test each pooled connection before using it
     engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
     # workers started together would each create Optuna's tables in a new SQLite file ("table
-    # study_directions already exists"): one at a time, as for the MLflow store. Only where the
-    # file's folder exists, so that a wrong path still fails as one line
-    database = Path(url.removeprefix("sqlite:///").split("?", 1)[0]) if url.startswith("sqlite:///") else None
-    serialised = database is not None and database.parent.is_dir()
-    with creation_lock(url) if serialised else contextlib.nullcontext():
+    # study_directions already exists"): one at a time, as for the MLflow store. No folder is
+    # created for an absolute path, so that a wrong one still fails as one line; a server's
+    # connection errors stay those of opening the study
+    lock = creation_lock(url, create_folder=False) if url.startswith("sqlite") else nullcontext()
+    with lock:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=interval,
                                           grace_period=grace, heartbeat_stale_trial_callback=on_stale)
 
