@@ -36,6 +36,11 @@ def fail_interrupted(signum: int) -> None:
     fail("interrupted", f"by {name}; the MLflow run, if any, is marked KILLED", exit_code(signum))
 
 
+def in_multirun() -> bool:
+    """Whether this is a job of a Hydra multirun (a grid, a search)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def exits_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
     """Inside a single job, a user error ends the process with one line (Hydra would add its own
     report first); inside a multirun it propagates, so the sweep records that job as failed."""
@@ -47,7 +52,7 @@ def exits_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return task(*args, **kwargs)
         except FxmlError as error:
-            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            if in_multirun():
                 raise
             fail("error:", str(error), USER_ERROR)
 

@@ -12,13 +12,12 @@ import hydra
 import mlflow
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.markup import escape
 
 from fxml import __version__
-from fxml.cli import exits_on_user_error, run_cli
+from fxml.cli import exits_on_user_error, in_multirun, run_cli
 from fxml.config import CONFIG_PATH, validate
 from fxml.console import (
     console,
@@ -211,10 +210,6 @@ def model_choice(cfg: DictConfig) -> str:
         if choice:
             return str(choice)
     return cfg.model._target_.rsplit(".", 1)[-1].removesuffix("Model").lower()
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def multirun_job_tags(cfg: DictConfig) -> dict[str, str]:
