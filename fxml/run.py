@@ -31,7 +31,7 @@ from fxml.console import (
 from fxml.crossval import cross_validate, training_parts
 from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
 from fxml.data.loader import DataSplit, NumeraiData
-from fxml.data.memory import MemoryPlan, MemoryPolicy
+from fxml.data.memory import MemoryPlan, MemoryPolicy, return_freed_memory
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.models.devices import require_accelerator, taken_fallbacks
 from fxml.models.postprocess import postprocessed
@@ -125,12 +125,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mlflow.set_tags(taken_fallbacks())
         mlflow.log_metric("train_seconds", time.perf_counter() - started)
         del fit_split, inner_holdout
+        return_freed_memory()  # the model's training dataset, before validation is loaded
         with console.status("loading validation"):
             validation = data.load("validation", neutralizers, plan.storage)
         mlflow.log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
 
         with console.status("scoring validation"):
             predictions = predict_in_era_blocks(model, validation)
+            return_freed_memory()  # the prediction blocks, before scoring's own buffers
             scores = scorer.score(predictions, validation, data)
         log_scores(scores, validation, predictions)
         with console.status("permutation importance"):

@@ -6,8 +6,9 @@ Usage: python scripts/bench_scoring.py [--rows 1000000 --eras 200 --features 42]
 Default mode: both sides score the same synthetic data (corr, mmc, bmc, fnc, feature
 exposure); the table gives the seconds each took, the speed ratio and the largest
 absolute difference per metric. ``--comparison`` also times MPC (in a portfolio of the model
-and 5 benchmark models) and the comparison diagnostics, as a share of the core scoring time and
-against numerai-tools (pandas for exposure dissimilarity, which numerai-tools lacks) era by era.
+and 5 benchmark models) and the comparison diagnostics as the scorer runs them (beside the core
+metrics), as what they add to the core scoring time (wall and CPU), and against numerai-tools
+(pandas for exposure dissimilarity, which numerai-tools lacks) era by era.
 
 Full-width mode (``--rows-per-era``): eras of equal size at full feature width; fxml's
 FNC + feature exposure per era over ``--eras`` eras against numerai-tools'
@@ -262,40 +263,63 @@ def reference_comparison(data: dict, benchmarks: np.ndarray, per_era: list[dict]
     return pd.DataFrame(values, index=index), seconds
 
 
-def comparison_report(data: dict, per_era: list[dict], core_seconds: float, repeats: int) -> None:
+def _core(data: dict) -> pd.DataFrame:
+    return score_eras(data["predictions"], data["targets"], data["eras"], meta_model=data["meta_model"],
+                      benchmark=data["benchmark"], features=data["features"])
+
+
+def _clocked(work) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Wall-clock and CPU seconds (all threads of the process) of ``work()``."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def comparison_report(data: dict, per_era: list[dict], repeats: int) -> None:
     """--comparison: what MPC and the diagnostics add to the core scoring time, and their
-    agreement with numerai-tools."""
+    agreement with numerai-tools.
+
+    Timed as fxml's scorer runs them: beside the core metrics (``fxml.scoring.scorer.beside``),
+    for the first model on a split (the model-independent parts prepared), the first model of a
+    later run (those parts loaded from ``.fxml-cache``) and each further model in a process.
+    Each repeat measures the core metrics alone right before, so both see the same load; wall
+    and CPU seconds (all threads) are reported, and the comparison alone after them."""
     import tempfile
     from pathlib import Path
 
+    from fxml.scoring.comparison import scored_grid
     from fxml.scoring.diagnostics import MetaReference
+    from fxml.scoring.eras import encode_eras
     from fxml.scoring.portfolio import BenchmarkPortfolio
     from fxml.scoring.prepared import load_prepared, save_prepared
+    from fxml.scoring.scorer import beside
 
     benchmarks = comparison_inputs(data)
-    first, further, later_run = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(repeats):
-            started = time.perf_counter()
-            ours, prepared = run_comparison(data, benchmarks)
-            first.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            run_comparison(data, benchmarks, prepared)
-            further.append(time.perf_counter() - started)
-            codes, grid, portfolio, meta = prepared
-            save_prepared(Path(tmp) / "portfolio.npz", portfolio)
-            save_prepared(Path(tmp) / "meta.npz", meta)
-            # a later process: encode eras and the grid, load the prepared parts, score the model
-            started = time.perf_counter()
-            from fxml.scoring.comparison import scored_grid
-            from fxml.scoring.eras import encode_eras
+    ours, prepared = run_comparison(data, benchmarks)
+    folder = Path(tempfile.mkdtemp())
+    save_prepared(folder / "portfolio.npz", prepared[2])
+    save_prepared(folder / "meta.npz", prepared[3])
 
-            codes = encode_eras(data["eras"])
-            loaded = (codes, scored_grid(codes, data["targets"]),
-                      load_prepared(Path(tmp) / "portfolio.npz", BenchmarkPortfolio),
-                      load_prepared(Path(tmp) / "meta.npz", MetaReference))
-            run_comparison(data, benchmarks, loaded)
-            later_run.append(time.perf_counter() - started)
+    def later_run() -> None:  # a new process: encode eras and the grid, load the prepared parts
+        codes = encode_eras(data["eras"])
+        run_comparison(data, benchmarks, (codes, scored_grid(codes, data["targets"]),
+                                          load_prepared(folder / "portfolio.npz", BenchmarkPortfolio),
+                                          load_prepared(folder / "meta.npz", MetaReference)))
+
+    cases = {
+        "first model on a split (prepares the benchmark portfolio and the meta model's side)":
+            lambda: run_comparison(data, benchmarks),
+        "first model of a later run (prepared parts loaded from .fxml-cache)": later_run,
+        "each further model on the same split": lambda: run_comparison(data, benchmarks, prepared),
+    }
+    core: list[tuple[float, float]] = []
+    together: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    alone: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, side in cases.items():
+            core.append(_clocked(lambda: _core(data)))
+            together[name].append(_clocked(lambda side=side: beside(lambda: _core(data), side)))
+            alone[name].append(_clocked(side))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected, seconds = reference_comparison(data, benchmarks, per_era)
@@ -304,17 +328,20 @@ def comparison_report(data: dict, per_era: list[dict], core_seconds: float, repe
         difference = np.nanmax(np.abs(ours[metric].reindex(expected.index).to_numpy()
                                       - expected[metric].to_numpy()))
         print(f"{metric:<24}{seconds[metric]:>16.2f}{difference:>14.1e}")
-    first_s, further_s = float(np.median(first)), float(np.median(further))
     print(f"MPC: model + {benchmarks.shape[1]} benchmark models, equal stakes; numerai-tools per era "
           f"(exposure dissimilarity: pandas corrwith)")
-    print(f"fxml MPC + diagnostics, first model on a split (prepares the benchmark portfolio and the "
-          f"meta model's side): {first_s:.3f} s = {100 * first_s / core_seconds:.0f}% of core scoring")
-    later_s = float(np.median(later_run))
-    print(f"fxml MPC + diagnostics, first model of a later run on the same split (prepared parts "
-          f"loaded from .fxml-cache): {later_s:.3f} s = {100 * later_s / core_seconds:.0f}% of core scoring")
-    print(f"fxml MPC + diagnostics, each further model on the same split: {further_s:.3f} s "
-          f"= {100 * further_s / core_seconds:.0f}% of core scoring ({core_seconds:.3f} s)")
-    print(f"speed ratio (numerai-tools / fxml first model): {sum(seconds.values()) / first_s:.0f}x")
+    core_wall, core_cpu = np.median(core, axis=0)
+    print(f"\ncore metrics alone: {core_wall:.3f} s wall, {core_cpu:.3f} s CPU (median of {len(core)})")
+    print(f"{'MPC + diagnostics, added to the core metrics':<88}{'wall':>8}{'CPU':>8}"
+          f"{'alone s':>9}{'alone CPU':>10}")
+    for name in cases:
+        wall, cpu = np.median(together[name], axis=0)
+        alone_wall, alone_cpu = np.median(alone[name], axis=0)
+        print(f"  {name:<86}{100 * (wall / core_wall - 1):>+7.0f}%{100 * (cpu / core_cpu - 1):>+7.0f}%"
+              f"{alone_wall:>9.3f}{alone_cpu:>10.3f}")
+    first_alone = float(np.median([w for w, _ in alone[next(iter(cases))]]))
+    print(f"speed ratio (numerai-tools / fxml first model, alone): "
+          f"{sum(seconds.values()) / first_alone:.0f}x")
 
 
 def default_benchmark(args: argparse.Namespace) -> None:
@@ -352,7 +379,7 @@ def default_benchmark(args: argparse.Namespace) -> None:
     )
     print(f"speed ratio (numerai-tools all / fxml median): {total_reference / typical:.0f}x")
     if args.comparison:
-        comparison_report(data, per_era, typical, args.repeats)
+        comparison_report(data, per_era, args.repeats)
 
 
 def subset_eras(data: dict, n_eras: int) -> dict:

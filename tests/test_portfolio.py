@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,8 @@ import pytest
 from numerai_tools.scoring import meta_portfolio_contribution, numerai_corr, spearman_correlation
 
 from fxml.data.benchmarks import benchmark_predictions
+from fxml.errors import FxmlError
+from fxml.scoring import diagnostics
 from fxml.scoring.diagnostics import (
     calmar_ratio,
     churn,
@@ -20,6 +24,7 @@ from fxml.scoring.diagnostics import (
 )
 from fxml.scoring.eras import encode_eras
 from fxml.scoring.portfolio import meta_portfolio_contribution_by_era, neutralizer_basis
+from fxml.scoring.scorer import beside
 from tests.conftest import Workspace, assert_one_line_error
 
 MODELS = ["model", "bench_a", "bench_b", "bench_c"]
@@ -62,18 +67,19 @@ def reference_mpc(data: dict, era: int, stakes: np.ndarray, neutralize: bool, we
 
 @pytest.mark.parametrize("neutralize", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_mpc_equals_numerai_tools_per_era(portfolio_data: dict, neutralize: bool, weighted: bool) -> None:
+@pytest.mark.parametrize("stakes", [[1.0, 3.0, 0.5, 2.0], [2.0, 0.0, 0.5, 1.0]])
+def test_mpc_equals_numerai_tools_per_era(portfolio_data: dict, neutralize: bool, weighted: bool,
+                                          stakes: list[float]) -> None:
     data = portfolio_data
-    stakes = np.array([1.0, 3.0, 0.5, 2.0])
+    stakes = np.array(stakes)  # the second: a benchmark without stake
     codes = encode_eras(data["eras"])
     ours = meta_portfolio_contribution_by_era(
         data["predictions"], stakes, data["targets"], codes.codes, codes.n_eras,
         sample_weights=data["weights"] if weighted else None,
         neutralizers=data["features"] if neutralize else None)
-    for position, era in enumerate(codes.labels):
-        expected = reference_mpc(data, int(era), stakes, neutralize, weighted)[0]
-        assert ours[position] == pytest.approx(expected, abs=1e-9)
-        assert abs(expected) > 1e-4  # a real, non-zero contribution was compared
+    expected = [reference_mpc(data, int(era), stakes, neutralize, weighted)[0] for era in codes.labels]
+    assert ours == pytest.approx(expected, abs=1e-9)
+    assert np.abs(expected).min() > 1e-5  # real, non-zero contributions were compared
 
 
 def test_mpc_depends_on_stakes(portfolio_data: dict) -> None:
@@ -86,7 +92,10 @@ def test_mpc_depends_on_stakes(portfolio_data: dict) -> None:
     assert np.abs(equal - heavy).max() > 1e-4
 
 
-def test_diagnostics_equal_numerai_tools_per_era(portfolio_data: dict) -> None:
+@pytest.mark.parametrize("columns_at_a_time", [512, 2])
+def test_diagnostics_equal_numerai_tools_per_era(portfolio_data: dict, columns_at_a_time: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(diagnostics, "EXPOSURE_COLUMNS", columns_at_a_time)
     data = portfolio_data
     prediction, meta = data["predictions"][:, 1], data["predictions"][:, 2]  # ties; NaNs
     codes = encode_eras(data["eras"])
@@ -112,6 +121,30 @@ def test_diagnostics_equal_numerai_tools_per_era(portfolio_data: dict) -> None:
         expected_dissimilarity = 1 - (model_exposure[usable] @ meta_exposure[usable]) / (
             meta_exposure[usable] @ meta_exposure[usable])
         assert dissimilarity[position] == pytest.approx(expected_dissimilarity, abs=1e-10)
+
+
+def test_beside_returns_both_results_and_hands_on_either_error() -> None:
+    thread_names: list[str] = []
+
+    def side() -> str:
+        thread_names.append(threading.current_thread().name)
+        return "side"
+
+    assert beside(lambda: "main", side) == ("main", "side")
+    assert thread_names and thread_names[0] != threading.current_thread().name
+
+    def failing_side() -> None:
+        raise FxmlError("the benchmark file is corrupt")
+
+    with pytest.raises(FxmlError, match="corrupt"):
+        beside(lambda: "main", failing_side)
+    # an error of the main work is raised at once, without waiting for the side work
+    release = threading.Event()
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="NaN"):
+        beside(lambda: (_ for _ in ()).throw(ValueError("NaN targets")), lambda: release.wait(30))
+    assert time.perf_counter() - started < 10
+    release.set()
 
 
 def test_churn_apy_and_calmar_by_hand() -> None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fxml.data.memory import return_freed_memory
+
 
 @dataclass
 class DataSplit:
@@ -64,6 +66,7 @@ class DataSplit:
         its own binned copy): the int8 train matrix is then freed during training."""
         if self.releasable:
             self.features = np.empty((0, len(self.feature_names)), dtype=np.int8)
+            return_freed_memory()
 
 
 def labelled_rows(split: DataSplit) -> DataSplit:

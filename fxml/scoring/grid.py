@@ -72,8 +72,8 @@ class EraGrid:
             twice = (np.arange(2 * self.width) if halves else 2 * np.arange(self.width)) + 1.0
             with np.errstate(invalid="ignore", divide="ignore"):
                 percentile = np.minimum(twice[None, :] / (2.0 * self.counts[:, None]), 1.0)
-            self._tables[key] = np.where(np.isfinite(percentile),
-                                         signed_power(ndtri(percentile)), 0.0)
+            # places past an era's count (padding, percentile 1) and empty eras (NaN) map to 0
+            self._tables[key] = np.where(percentile < 1.0, signed_power(ndtri(percentile)), 0.0)
         return self._tables[key]
 
 
@@ -125,16 +125,19 @@ def grid_ranks(grid: EraGrid, values: np.ndarray, stable: bool = False) -> GridR
     return GridRanks(order, first + last_reversed[:, ::-1], True, stable)
 
 
+def sorted_signals(grid: EraGrid, ranks: GridRanks) -> np.ndarray:
+    """Numerai's transform ``power(gaussian(rank), 1.5)`` at each sorted place (eras, width; 0
+    past an era's count): a table lookup per cell instead of an inverse normal CDF per value."""
+    if not ranks.has_ties:
+        return grid.gaussian_power_table(halves=False)
+    table = grid.gaussian_power_table(halves=True)
+    flat = ranks.twice_rank + (np.arange(grid.n_eras) * table.shape[1])[:, None]
+    return table.reshape(-1)[np.minimum(flat, table.size - 1)]
+
+
 def gaussian_power_ranks(grid: EraGrid, ranks: GridRanks) -> np.ndarray:
-    """Numerai's transform of ranked predictions, ``power(gaussian(rank), 1.5)``, on the grid
-    (0 in padding): a table lookup per cell instead of an inverse normal CDF per value."""
-    if ranks.has_ties:
-        table = grid.gaussian_power_table(halves=True)
-        flat = ranks.twice_rank + (np.arange(grid.n_eras) * table.shape[1])[:, None]
-        sorted_values = table.reshape(-1)[np.minimum(flat, table.size - 1)]
-    else:
-        sorted_values = grid.gaussian_power_table(halves=False)
-    return np.where(grid.valid, ranks.scatter(sorted_values), 0.0)
+    """Numerai's transform of ranked predictions on the grid (0 in padding)."""
+    return ranks.scatter(sorted_signals(grid, ranks))
 
 
 def percentile_ranks(grid: EraGrid, ranks: GridRanks) -> np.ndarray:

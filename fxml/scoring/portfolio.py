@@ -15,7 +15,8 @@ Per era, over the rows where the target and every model's prediction are present
    ``(w_k.t - (v.t)(w_k.v)/(v.v)) / |v| / 50`` with ``t`` the centred target.
 
 All eras are computed at once on a padded (eras, width) grid: one vectorised sort per model
-and era row, per-era dot products as row sums.
+and era row, per-era dot products as row sums. Steps 2 and 3 are linear in the signals, so the
+benchmarks' stake-weighted signals are summed first and neutralised once.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from fxml.scoring.eras import era_starts
-from fxml.scoring.grid import EraGrid, GridRanks, era_grid, gaussian_power_ranks, grid_ranks
+from fxml.scoring.grid import (
+    EraGrid,
+    GridRanks,
+    era_grid,
+    gaussian_power_ranks,
+    grid_ranks,
+    sorted_signals,
+)
 
 # numerai-tools divides the stake gradient by 50, a scale that brings it near CORR's range.
 MPC_SCALE = 50.0
@@ -33,14 +41,18 @@ MPC_SCALE = 50.0
 NEUTRALIZER_RCOND = 1e-10
 
 
-def portfolio_signals(predictions: np.ndarray, grid: EraGrid) -> np.ndarray:
-    """(eras, width, models): each model's signed 1.5 power of gaussianised tie-kept ranks among the
-    grid's rows of each era (0 in padding): its position in the portfolio before neutralisation."""
-    signals = np.empty((grid.n_eras, grid.width, predictions.shape[1]))
-    for column in range(predictions.shape[1]):
+def stake_weighted_signals(predictions: np.ndarray, stakes: np.ndarray, grid: EraGrid) -> np.ndarray:
+    """``sum_k stake_k s_k`` on the grid (0 in padding), ``s_k`` model k's signed 1.5 power of
+    gaussianised tie-kept ranks among the grid's rows of each era: its position in the portfolio
+    before neutralisation. Neutralising and centring are linear, so the benchmarks' combined
+    position needs them once on this sum rather than once per model."""
+    combined = np.zeros(grid.n_eras * grid.width)
+    offsets = (np.arange(grid.n_eras) * grid.width)[:, None]
+    for column in np.flatnonzero(stakes):
         ranks = grid_ranks(grid, predictions[:, column])
-        signals[:, :, column] = gaussian_power_ranks(grid, ranks)
-    return signals
+        # each column's sorted places are distinct cells: a fancy-indexed += adds once per cell
+        combined[ranks.order + offsets] += stakes[column] * sorted_signals(grid, ranks)
+    return combined.reshape(grid.n_eras, grid.width)
 
 
 def neutralizer_basis(columns: np.ndarray) -> np.ndarray:
@@ -55,20 +67,18 @@ def neutralizer_basis(columns: np.ndarray) -> np.ndarray:
 
 def neutral_weights(signals: np.ndarray, sample_weights: np.ndarray,
                     neutralizers: np.ndarray | None, grid: EraGrid) -> np.ndarray:
-    """Centred portfolio weights of each model (eras, width, models): signals with the
-    neutralisers' span removed, times the sample weights (a grid). ``neutralizers`` (rows, m) are
-    raw columns (features), turned into an orthonormal basis per era; None neutralises nothing."""
-    weights = signals * sample_weights[:, :, None]
+    """Centred portfolio weights (a grid) of signals (a grid): the neutralisers' span removed,
+    times the sample weights (a grid). ``neutralizers`` (rows, m) are raw columns (features),
+    turned into an orthonormal basis per era; None neutralises nothing."""
+    weights = signals * sample_weights
     if neutralizers is not None:
         starts = era_starts(grid.counts)
         for era in np.flatnonzero(grid.counts):
             size = int(grid.counts[era])
             basis = neutralizer_basis(neutralizers[grid.rows[starts[era]: starts[era] + size]])
             fitted = basis @ (basis.T @ weights[era, :size])
-            weights[era, :size] = (signals[era, :size] - fitted) * sample_weights[era, :size, None]
-    for k in range(weights.shape[2]):
-        weights[:, :, k] = grid.centred(weights[:, :, k])
-    return weights
+            weights[era, :size] = (signals[era, :size] - fitted) * sample_weights[era, :size]
+    return grid.centred(weights)
 
 
 @dataclass
@@ -118,8 +128,8 @@ def prepare_portfolio(
         grid = era_grid(codes, n_eras, kept)
     weights_q = grid.place(np.ones(targets.size) if sample_weights is None
                            else np.asarray(sample_weights, dtype=np.float64))
-    weights = neutral_weights(portfolio_signals(benchmarks, grid), weights_q, neutralizers, grid)
-    position = weights @ stakes
+    position = neutral_weights(stake_weighted_signals(benchmarks, stakes, grid), weights_q,
+                               neutralizers, grid)
     centred_targets = grid.centred(grid.place(targets))
     return BenchmarkPortfolio(grid, weights_q, neutralizers, centred_targets, position,
                               float(np.abs(stakes).sum()),
@@ -141,8 +151,7 @@ def model_contribution(portfolio: BenchmarkPortfolio, predictions: np.ndarray, o
     if signals is None:
         ranks = ranks or grid_ranks(grid, np.asarray(predictions, np.float64))
         signals = gaussian_power_ranks(grid, ranks)
-    weights = neutral_weights(signals[:, :, None], portfolio.sample_weights, portfolio.neutralizers,
-                              grid)[:, :, 0]
+    weights = neutral_weights(signals, portfolio.sample_weights, portfolio.neutralizers, grid)
     total = portfolio.stake_total + abs(own_stake)
     if not total > 0:
         raise ValueError("the portfolio's stakes must not all be zero")

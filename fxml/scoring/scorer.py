@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,8 @@ from fxml.scoring.prepared import prepared
 from fxml.scoring.settings import SCORER_SIGNATURE, ScorerSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+U = TypeVar("U")
 # the prepared parts of the comparison scores are kept beside the release's files
 CACHE_FOLDER = ".fxml-cache"
 
@@ -43,6 +46,26 @@ def scored_rows(split: DataSplit) -> tuple[EraCodes, EraGrid]:
     assert split.target is not None
     codes = encode_eras(split.eras)
     return codes, scored_grid(codes, split.target)
+
+
+def beside(main: Callable[[], T], side: Callable[[], U]) -> tuple[T, U]:
+    """``main()`` on this thread while ``side()`` runs on another; both results, or the first
+    error. The other thread is a daemon, so an error or interrupt in ``main`` is not held up."""
+    outcome: dict[str, Any] = {}
+
+    def run_side() -> None:
+        try:
+            outcome["value"] = side()
+        except BaseException as error:  # handed to the caller's thread below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run_side, name="fxml-scoring-beside", daemon=True)
+    thread.start()
+    value = main()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return value, outcome["value"]
 
 
 def _cached(key: tuple, build: Callable[[], Any]) -> Any:
@@ -105,33 +128,40 @@ class NumeraiScorer:
             if found is not None:
                 benchmark_name, references["benchmark"] = found
         references = {k: v for k, v in references.items() if v is not None}
-        per_era = score_eras(
-            predictions, split.target, split.eras,
-            meta_model=references.get("meta_model"),
-            benchmark=references.get("benchmark"),
-            features=split.features if self.use_features else None,
-        )
+        # The comparison scores share nothing with the core metrics but their inputs, and the
+        # core metrics leave a core idle below THREADED_MIN_FEATURES: numpy's sorts, gathers and
+        # ufuncs release the GIL, so preparing the benchmark portfolio and the meta model's side
+        # beside them takes little of the scoring's wall-clock time.
+        per_era, extra = beside(
+            lambda: score_eras(predictions, split.target, split.eras,
+                               meta_model=references.get("meta_model"),
+                               benchmark=references.get("benchmark"),
+                               features=split.features if self.use_features else None),
+            lambda: self._comparison_scores(predictions, split, data, references.get("meta_model")))
         per_era = per_era.drop(columns=[c for c, keep in self.keep.items() if not keep and c in per_era])
         if "mmc" in per_era:
             per_era["payout"] = payout_score(per_era, *self.payout)
+        per_era = per_era.join(extra.reindex(per_era.index))
+        return Scores(per_era, with_payout_summaries(summarize(per_era), per_era), references,
+                      benchmark_name)
+
+    def _comparison_scores(self, predictions: np.ndarray, split: DataSplit, data: NumeraiData,
+                           meta_model: np.ndarray | None) -> pd.DataFrame:
+        """MPC and the diagnostics, per era (see ``comparison_scores``)."""
         codes, grid = _cached(("grid", split_key(split)), lambda: scored_rows(split))
         portfolio = self._portfolio(split, data, codes, grid) if self.portfolio.enabled else None
         meta = None
-        if self.diagnostics and "meta_model" in references:
-            meta_model = references["meta_model"]
+        if self.diagnostics and meta_model is not None:
             filled = np.nan_to_num(meta_model)
             key = ("meta", split_key(split), int(np.isnan(meta_model).sum()), float(filled.sum()),
                    float(filled @ np.arange(filled.size, dtype=np.float64)))
             meta = prepared(key, MetaReference,
                             lambda: meta_reference(codes, grid, meta_model, split.features),
                             self._cache_folder(data))
-        extra = comparison_scores(
+        return comparison_scores(
             predictions, split.target, codes, grid, portfolio=portfolio,
             own_stake=self.portfolio.own_stake, meta=meta,
             top_bottom=self.top_bottom if self.diagnostics else None)
-        per_era = per_era.join(extra.reindex(per_era.index))
-        return Scores(per_era, with_payout_summaries(summarize(per_era), per_era), references,
-                      benchmark_name)
 
     def _portfolio(self, split: DataSplit, data: NumeraiData, codes: EraCodes,
                    grid: EraGrid) -> BenchmarkPortfolio | None:
