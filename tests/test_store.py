@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from fxml.data import memory as memory_module
 from fxml.data.layout import FEATURES_JSON
 from fxml.data.loader import NumeraiData
 from fxml.data.memory import GIB, Auto, MemoryNeed, available_memory
@@ -159,7 +160,9 @@ def test_missing_feature_values_error_or_fill(tmp_path: Path) -> None:
         load(tmp_path, "validation", missing_features="zero")
 
 
-def test_auto_prefers_memory_then_disk_then_fewer_eras() -> None:
+def test_auto_prefers_memory_then_disk_then_fewer_eras(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the plans below are bounded by max_gib, not by what this (possibly busy) machine has free
+    monkeypatch.setattr(memory_module, "available_memory", lambda: (64 * GIB, "available system memory"))
     need = MemoryNeed(train_features=4 * GIB, validation_features=5 * GIB, model_dataset=4 * GIB,
                       rows=2_000_000, train_eras=100)
     assert Auto(max_gib=40).plan(need).storage == "memory"
