@@ -156,7 +156,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
                 splitter: EraSplitter | None = None) -> MemoryPlan:
     """The memory policy's choice for this run, logged as tags and one console line."""
-    need = data.memory_need(model.dataset_bytes_per_value)
+    need = data.memory_need(model.dataset_bytes_per_value, model.streamed_dataset_bytes_per_value)
     if splitter is not None and splitter.copied_share:
         # era_kfold copies a fold's training eras (in memory, whatever the storage) beside the
         # model's own dataset

@@ -22,6 +22,7 @@ from fxml.data.store import BLOCK_COLUMNS
 from fxml.errors import FxmlError
 from fxml.models.base import labelled_rows
 from fxml.models.lightgbm_model import LightGBMModel
+from fxml.models.xgboost_model import XGBoostModel
 from tests.conftest import SMALL_DATA, Workspace
 
 N_FEATURES = BLOCK_COLUMNS + 44  # more than one block of columns
@@ -174,6 +175,21 @@ def test_auto_prefers_memory_then_disk_then_fewer_eras(monkeypatch: pytest.Monke
     assert need.on_disk(fewer.every - 1) > 4 * GIB * 0.85 or need.in_memory(fewer.every - 1) > 4 * GIB
     limit, source = available_memory()
     assert limit > 0 and source
+
+
+def test_auto_counts_a_model_dataset_kept_on_disk_when_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory_module, "available_memory", lambda: (64 * GIB, "available system memory"))
+    shape = dict(train_features=4 * GIB, validation_features=5 * GIB, rows=2_000_000, train_eras=100)
+    in_memory_bytes = int(4 * GIB * XGBoostModel.dataset_bytes_per_value)
+    # XGBoost: a QuantileDMatrix in memory, external-memory pages on disk when streamed
+    xgboost = MemoryNeed(**shape, model_dataset=in_memory_bytes,
+                         streamed_model_dataset=int(4 * GIB * XGBoostModel.streamed_dataset_bytes_per_value))
+    # the same bytes kept in memory either way (how LightGBM's bins behave)
+    kept = MemoryNeed(**shape, model_dataset=in_memory_bytes)
+    assert xgboost.in_memory() == kept.in_memory() > 19 * GIB
+    plan = Auto(max_gib=8).plan(xgboost)
+    assert (plan.storage, plan.every) == ("disk", 1)
+    assert Auto(max_gib=8).plan(kept).every > 1
 
 
 def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> None:

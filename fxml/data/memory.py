@@ -62,6 +62,7 @@ class MemoryNeed:
     model_dataset: int
     rows: int
     train_eras: int
+    streamed_model_dataset: int | None = None  # the model's dataset when trained from disk
 
     def in_memory(self, every: int = 1) -> int:
         return (self.train_features // every + self.validation_features + self.model_dataset // every
@@ -69,7 +70,8 @@ class MemoryNeed:
 
     def on_disk(self, every: int = 1) -> int:
         block = min(SCORING_BLOCK_BYTES, self.validation_features)
-        return self.model_dataset // every + self.rows * BYTES_PER_ROW + block + BASE_BYTES
+        dataset = self.model_dataset if self.streamed_model_dataset is None else self.streamed_model_dataset
+        return dataset // every + self.rows * BYTES_PER_ROW + block + BASE_BYTES
 
 
 @dataclass(frozen=True)

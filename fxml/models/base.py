@@ -40,6 +40,9 @@ class TabularModel(ABC):
     # bytes per int8 feature value that the family's own training dataset takes (bins,
     # quantiles), for memory plans; 0 for families that train from the int8 matrix itself
     dataset_bytes_per_value: ClassVar[float] = 0.0
+    # the same when training from the int8 store on disk (None: as in memory); XGBoost's
+    # external-memory pages stay on disk
+    streamed_dataset_bytes_per_value: ClassVar[float | None] = None
     # the family's parameters (fxml.models.params): the constructor takes exactly these and runs
     # their checks; None (wrappers such as NeutralizedModel) keeps the options as given
     params_class: ClassVar[type[ModelParams] | None] = None

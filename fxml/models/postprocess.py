@@ -114,6 +114,10 @@ class NeutralizedModel(TabularModel):
         return self.inner.dataset_bytes_per_value
 
     @property
+    def streamed_dataset_bytes_per_value(self) -> float | None:  # type: ignore[override]
+        return self.inner.streamed_dataset_bytes_per_value
+
+    @property
     def input_features(self) -> list[str]:
         return self.options["input_features"]
 
