@@ -24,6 +24,7 @@ from fxml.models.base import labelled_rows
 from fxml.models.lightgbm_model import LightGBMModel
 from fxml.models.xgboost_model import XGBoostModel
 from tests.conftest import SMALL_DATA, Workspace
+from tests.helpers import toy_split
 
 N_FEATURES = BLOCK_COLUMNS + 44  # more than one block of columns
 
@@ -222,3 +223,14 @@ def test_more_columns_for_the_same_rows(release: Path) -> None:
     np.testing.assert_array_equal(more, expected.to_numpy(np.int8))
     with pytest.raises(FxmlError, match=f"validation.parquet is missing column.s. feature_{N_FEATURES:04d}"):
         data.read_features(labelled, [f"feature_{N_FEATURES:04d}"])
+
+
+def test_lightgbm_trains_column_wise_unless_its_params_choose() -> None:
+    # row-wise (LightGBM's own choice at Numerai's widths) keeps a second copy of the bins
+    default = LightGBMModel(n_estimators=2).fit(toy_split())
+    assert default.booster.params["force_col_wise"] is True
+    chosen = LightGBMModel(n_estimators=2, params={"force_row_wise": True}).fit(toy_split())
+    assert chosen.booster.params["force_row_wise"] is True
+    assert "force_col_wise" not in chosen.booster.params
+    assert np.abs(default.predict(toy_split("validation", seed=1).features)
+                  - chosen.predict(toy_split("validation", seed=1).features)).max() < 1e-6

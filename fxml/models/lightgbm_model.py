@@ -75,7 +75,7 @@ class LightGBMModel(GBDTModel):
             "verbosity": -1,
             "device_type": device_type,
         }
-        if not {"force_col_wise", "force_row_wise"} & set(o["params"]):
+        if device_type == "cpu" and not {"force_col_wise", "force_row_wise"} & set(o["params"]):
             # LightGBM's own choice is row-wise at Numerai's widths: a second, row-major copy of
             # the binned dataset, and histograms over every feature of each row when
             # colsample_bytree samples a few (at 1/16 of v5.2, all features: 2.4x the CPU time)
