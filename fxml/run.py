@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -158,10 +157,8 @@ def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
     """The memory policy's choice for this run, logged as tags and one console line."""
     need = data.memory_need(model.dataset_bytes_per_value, model.streamed_dataset_bytes_per_value)
     if splitter is not None and splitter.copied_share:
-        # era_kfold copies a fold's training eras (in memory, whatever the storage) beside the
-        # model's own dataset
-        need = dataclasses.replace(need, model_dataset=need.model_dataset
-                                   + int(need.train_features * splitter.copied_share))
+        # era_kfold copies a fold's training eras (in memory, whatever the storage)
+        need = need.with_beside_dataset(int(need.train_features * splitter.copied_share))
     plan = policy.plan(need)
     mlflow.set_tags({"memory_plan": f"{plan.storage}, every {plan.every} training era(s)",
                      "memory_reason": plan.reason})

@@ -176,6 +176,13 @@ def test_memory_plans_count_the_era_kfold_copy(workspace: Workspace) -> None:
         for splitter in (None, EraSplitter(), WalkForward(), EraKFold(folds=5)):
             plan_memory(Recording(), data, model, splitter)  # type: ignore[arg-type]
     assert [need.model_dataset for need in seen] == [200, 200, 200, 200 + 800]
+    # a dataset streamed from disk (XGBoost's external memory) still has the copy beside it
+    seen.clear()
+    streamed = MemoryNeed(1000, 500, 200, 10, 40, streamed_model_dataset=0)
+    data = SimpleNamespace(memory_need=lambda *_: streamed)
+    with mlflow.start_run(experiment_id=mlflow.set_experiment("plans").experiment_id):
+        plan_memory(Recording(), data, model, EraKFold(folds=5))  # type: ignore[arg-type]
+    assert (seen[0].model_dataset, seen[0].streamed_model_dataset) == (1000, 800)
 
 
 @pytest.mark.parametrize(("objective", "expected"), [

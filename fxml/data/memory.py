@@ -14,7 +14,8 @@ import logging
 import math
 import os
 import resource
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -30,7 +31,7 @@ BASE_BYTES = 512 * 2**20
 SCORING_BLOCK_BYTES = 512 * 2**20
 
 
-def _malloc_trim() -> object | None:
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back this way
@@ -50,7 +51,7 @@ def return_freed_memory() -> None:
     peak. Called between a run's stages; a no-op where the C library is not glibc.
     """
     if _TRIM is not None:
-        _TRIM(0)  # type: ignore[operator]
+        _TRIM(0)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ class MemoryNeed:
     def in_memory(self, every: int = 1) -> int:
         return (self.train_features // every + self.validation_features + self.model_dataset // every
                 + self.rows * BYTES_PER_ROW + BASE_BYTES)
+
+    def with_beside_dataset(self, extra: int) -> MemoryNeed:
+        """This need with ``extra`` bytes held in memory beside the model's dataset, whether that
+        dataset is in memory or streamed (era_kfold's copy of a fold's training eras)."""
+        streamed = None if self.streamed_model_dataset is None else self.streamed_model_dataset + extra
+        return replace(self, model_dataset=self.model_dataset + extra, streamed_model_dataset=streamed)
 
     def on_disk(self, every: int = 1) -> int:
         block = min(SCORING_BLOCK_BYTES, self.validation_features)
