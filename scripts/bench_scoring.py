@@ -144,6 +144,14 @@ def single_blas_thread() -> contextlib.AbstractContextManager:
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def core_scores(data: dict, references: bool = True) -> pd.DataFrame:
+    """fxml's core metrics of ``data`` (MMC and BMC only with ``references``)."""
+    return score_eras(data["predictions"], data["targets"], data["eras"],
+                      meta_model=data["meta_model"] if references else None,
+                      benchmark=data["benchmark"] if references else None,
+                      features=data["features"])
+
+
 def time_fxml(
     data: dict, repeats: int, references: bool = True
 ) -> tuple[pd.DataFrame, list[float], list[float]]:
@@ -151,14 +159,7 @@ def time_fxml(
     seconds, cpu_seconds = [], []
     for _ in range(repeats):
         started, cpu_started = time.perf_counter(), time.process_time()
-        ours = score_eras(
-            data["predictions"],
-            data["targets"],
-            data["eras"],
-            meta_model=data["meta_model"] if references else None,
-            benchmark=data["benchmark"] if references else None,
-            features=data["features"],
-        )
+        ours = core_scores(data, references)
         seconds.append(time.perf_counter() - started)
         cpu_seconds.append(time.process_time() - cpu_started)
     return ours, seconds, cpu_seconds
@@ -263,11 +264,6 @@ def reference_comparison(data: dict, benchmarks: np.ndarray, per_era: list[dict]
     return pd.DataFrame(values, index=index), seconds
 
 
-def _core(data: dict) -> pd.DataFrame:
-    return score_eras(data["predictions"], data["targets"], data["eras"], meta_model=data["meta_model"],
-                      benchmark=data["benchmark"], features=data["features"])
-
-
 def _clocked(work) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     """Wall-clock and CPU seconds (all threads of the process) of ``work()``."""
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -317,8 +313,8 @@ def comparison_report(data: dict, per_era: list[dict], repeats: int) -> None:
     alone: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, side in cases.items():
-            core.append(_clocked(lambda: _core(data)))
-            together[name].append(_clocked(lambda side=side: beside(lambda: _core(data), side)))
+            core.append(_clocked(lambda: core_scores(data)))
+            together[name].append(_clocked(lambda side=side: beside(lambda: core_scores(data), side)))
             alone[name].append(_clocked(side))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
