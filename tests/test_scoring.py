@@ -424,6 +424,7 @@ def test_integer_gram_is_exact_in_passes(int8_product, monkeypatch):
         if transforms.int8_matmul() is None:
             pytest.skip("torch's int8 matrix product does not run here")
         monkeypatch.setattr(transforms, "INT8_MATMUL_MIN_FEATURES", 0)
+        monkeypatch.setattr(transforms, "INT8_MATMUL_MIN_ROWS", 0)
     else:
         monkeypatch.setattr(transforms, "int8_matmul", lambda: None)
     rng = np.random.default_rng(3)

@@ -29,7 +29,7 @@ from fxml.data.layout import (
     era_numbers,
     read_feature_metadata,
 )
-from fxml.data.memory import MemoryNeed
+from fxml.data.memory import MemoryNeed, return_freed_memory
 from fxml.data.sources import DataSource
 from fxml.data.split import DataSplit
 from fxml.data.store import MissingFeatures, RowPlan, disk_matrix, memory_matrix, plan_rows
@@ -124,6 +124,7 @@ class NumeraiData:
             features, filled = disk_matrix(path, columns, plan, self.missing, self.folder / STORE_FOLDER)
         else:
             features, filled = memory_matrix(path, columns, plan, self.missing)
+        return_freed_memory()  # the decoded parquet blocks, before the next stage's peak
         if filled:
             log.warning("data: %s had %s missing feature value(s), filled with %d "
                         "(data.missing_features=fill)", path.name, f"{filled:,}", self.missing.fill)

@@ -12,12 +12,16 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import mmap
 import os
 import resource
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 from fxml.errors import require
 
@@ -49,9 +53,47 @@ def return_freed_memory() -> None:
     been predicted in blocks, that is hundreds of MiB (0.55 GiB at 1/16 of v5.2, ``all``) which
     nothing uses but which still counts in the process's RSS and would add to the next stage's
     peak. Called between a run's stages; a no-op where the C library is not glibc.
+    Arrow's own allocator keeps the parquet blocks it decoded (~60 MiB after a split is read),
+    so it is asked to give back its unused pages too.
     """
+    arrow = sys.modules.get("pyarrow")  # imported by the loader, not by a logged model
+    if arrow is not None:
+        arrow.default_memory_pool().release_unused()
     if _TRIM is not None:
         _TRIM(0)
+
+
+# private anonymous pages, and a way to hand some back, where the platform has both
+_RELEASABLE_PAGES = hasattr(mmap, "MAP_ANONYMOUS") and hasattr(mmap.mmap, "madvise")
+
+
+def anonymous_matrix(shape: tuple[int, int]) -> np.ndarray:
+    """An int8 matrix in private anonymous memory of its own, as ``np.empty`` gives a large
+    array, but whose rows ``release_rows`` can hand back to the system while the matrix lives."""
+    size = shape[0] * shape[1]
+    if not _RELEASABLE_PAGES or size < mmap.PAGESIZE:
+        return np.empty(shape, dtype=np.int8)
+    pages = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(pages, dtype=np.int8, count=size).reshape(shape)
+
+
+def release_rows(matrix: np.ndarray, stop: int) -> None:
+    """Hand the memory of rows ``[0, stop)`` of ``matrix`` (one from ``anonymous_matrix`` or a
+    row range of one) back to the system: the whole pages inside those rows, which read as zeros
+    after. For a model that has taken these rows into its own dataset and will not read them
+    again, so the int8 rows and the model's copy of them are never both whole. Rows from
+    ``stop`` on are untouched; any other array is left as it is."""
+    root = matrix
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    pages = root.base.obj if isinstance(root.base, memoryview) else None
+    if not isinstance(pages, mmap.mmap) or not matrix.flags.c_contiguous or stop <= 0:
+        return
+    offset = matrix.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (offset + min(stop, len(matrix)) * matrix.shape[1]) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        pages.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 @dataclass(frozen=True)

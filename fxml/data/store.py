@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fxml.data.memory import anonymous_matrix
 from fxml.errors import FxmlError
 
 log = logging.getLogger(__name__)
@@ -184,5 +185,5 @@ def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingF
 
 def memory_matrix(path: Path, columns: list[str], plan: RowPlan,
                   missing: MissingFeatures) -> tuple[np.ndarray, int]:
-    out = np.empty((plan.n_rows, len(columns)), dtype=np.int8)
+    out = anonymous_matrix((plan.n_rows, len(columns)))
     return out, fill_matrix(path, columns, plan, out, missing)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import lightgbm as lgb
 import numpy as np
 
+from fxml.data.memory import release_rows
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, predict_chunk_rows
@@ -28,19 +29,29 @@ MIN_BIN_SAMPLE_ROWS = 2_000
 
 class _Int8Rows(lgb.Sequence):
     """Hands LightGBM float32 row batches of the int8 matrix (in memory or memory-mapped), of a
-    bounded size, never the whole matrix as float."""
+    bounded size, never the whole matrix as float.
 
-    def __init__(self, features: np.ndarray) -> None:
+    With ``release_read_rows``, the rows of each batch are handed back to the system once read:
+    LightGBM takes single rows for its bin sample first, then every row once, in order, in
+    batches, so the int8 rows shrink as its binned dataset (1 byte per value) grows.
+    """
+
+    def __init__(self, features: np.ndarray, release_read_rows: bool = False) -> None:
         self.features = features
         self.batch_size = predict_chunk_rows(features.shape[1])
+        self.release_read_rows = release_read_rows
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
-        # single rows are LightGBM's bin sample, which it wants as float64
-        dtype = np.float32 if isinstance(index, slice) else np.float64
-        return np.asarray(self.features[index], dtype=dtype)
+        if not isinstance(index, slice):
+            # single rows are LightGBM's bin sample, which it wants as float64
+            return np.asarray(self.features[index], dtype=np.float64)
+        batch = np.asarray(self.features[index], dtype=np.float32)
+        if self.release_read_rows:
+            release_rows(self.features, index.indices(len(self.features))[1])
+        return batch
 
 
 def bin_sample_rows(n_features: int) -> int | None:
@@ -95,8 +106,9 @@ class LightGBMModel(GBDTModel):
         total = self.options["n_estimators"]
 
         def construct(params: dict[str, Any]) -> lgb.Dataset:
-            return lgb.Dataset([_Int8Rows(train.features)], label=train.target, params=params,
-                               free_raw_data=True).construct()
+            # a GPU attempt may fail and be retried on CPU, which reads the rows again
+            rows = _Int8Rows(train.features, train.releasable and params["device_type"] == "cpu")
+            return lgb.Dataset([rows], label=train.target, params=params, free_raw_data=True).construct()
 
         train_set, params = self._on_device(construct, params)
         train.release_features()

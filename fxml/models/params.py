@@ -125,7 +125,9 @@ class XGBoostParams(GBDTParams):
     target: ClassVar[str] = "fxml.models.xgboost_model.XGBoostModel"
 
     reg_lambda: float = 1.0  # XGBoost's own default, which every logged xgboost run used
-    max_bin: int = 64  # histogram bins per feature (Numerai's features have five values)
+    # histogram bins per feature: Numerai's features have five values, which keep their own bins
+    # at 8 as at 256, and building the quantised matrix peaks ~1 byte per value lower than at 64
+    max_bin: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()

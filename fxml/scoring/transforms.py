@@ -111,16 +111,22 @@ def int8_matmul() -> Any:
     return torch
 
 
-# Importing torch takes 2-3 s; at 6,000 rows per era the int8 product saves ~0.01 s per era
-# at 500 features and ~0.3 s at 2,748, so below this width it is used only when torch is
-# already imported.
+# Importing torch takes 2-3 s and keeps ~0.35 GiB resident. The int8 product saves ~0.06 ms
+# per row of a 2,748-wide era (~0.3 s per era of Numerai's ~5,000 rows, minutes over a
+# validation set), but ~0.01 s per era at 500 features, and at under 1,000 rows per era (data
+# cut to a fraction of its rows) the Gram matrix is a small part of the era's solve while
+# torch's memory is a large part of the run's. Outside these bounds it is used only when torch
+# is already imported.
 INT8_MATMUL_MIN_FEATURES = 1000
+INT8_MATMUL_MIN_ROWS = 1000
 
 
 def _worth_int8_matmul(features: np.ndarray) -> bool:
     if features.dtype != np.int8:
         return False
-    return "torch" in sys.modules or features.shape[1] >= INT8_MATMUL_MIN_FEATURES
+    if "torch" in sys.modules:
+        return True
+    return features.shape[1] >= INT8_MATMUL_MIN_FEATURES and features.shape[0] >= INT8_MATMUL_MIN_ROWS
 
 
 def exact_rows_per_pass(features: np.ndarray, limit: int) -> int:
@@ -257,7 +263,8 @@ def refined_single_precision_solution(gram: np.ndarray, cross: np.ndarray) -> np
     once the residual is as small as a float64 factorisation's backward error allows, so
     the result is as accurate. None when a pivot is too small for float32 or refinement
     does not converge (an ill-conditioned system): the caller solves in double."""
-    factor, info = lapack.spotrf(gram.astype(np.float32), lower=0, clean=0)
+    # the float32 copy is the factor's own: no second copy inside LAPACK
+    factor, info = lapack.spotrf(gram.astype(np.float32), lower=0, clean=0, overwrite_a=1)
     if info != 0:
         return None
     variances = np.diagonal(gram)
