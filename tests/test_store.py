@@ -256,25 +256,50 @@ def test_released_rows_read_as_zeros_and_the_rest_is_kept() -> None:
     matrix = anonymous_matrix((40 * page_rows, 64))
     matrix[:] = 3
     tail = matrix[10 * page_rows :]  # a row range of the matrix, as a fit split's rows are
-    release_rows(tail, 5 * page_rows + 1)
+    release_rows(tail, 0, 5 * page_rows + 1)
     assert matrix[: 10 * page_rows].min() == 3
     assert tail[: 5 * page_rows].max() == 0  # whole pages only: the row after stays
     assert tail[5 * page_rows :].min() == 3
     plain = np.full((40 * page_rows, 64), 3, dtype=np.int8)
-    release_rows(plain, len(plain))  # not memory it can hand back: left as it is
+    release_rows(plain, 0, len(plain))  # not memory it can hand back: left as it is
     assert plain.min() == 3
+
+
+def test_released_store_rows_are_read_again_from_the_file(tmp_path: Path) -> None:
+    page_rows = mmap.PAGESIZE // 64
+    path = tmp_path / "store.int8"
+    written = np.memmap(path, dtype=np.int8, mode="w+", shape=(8 * page_rows, 64))
+    written[:] = np.arange(8 * page_rows, dtype=np.int64)[:, None] % 5
+    written.flush()
+    store = np.memmap(path, dtype=np.int8, mode="r", shape=(8 * page_rows, 64))
+    before = np.array(store)
+    release_rows(store[page_rows:], 0, 4 * page_rows)
+    np.testing.assert_array_equal(store, before)
 
 
 def test_lightgbm_hands_back_the_rows_it_has_binned_and_learns_the_same(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fxml.models.lightgbm_model.predict_chunk_rows", lambda _: 500)
-    source = toy_split(rows=400)
+    batch = 8 * mmap.PAGESIZE // 64  # batches of whole pages
+    monkeypatch.setattr("fxml.models.lightgbm_model.predict_chunk_rows", lambda _: batch)
+    source = toy_split(rows=400, features=64)
     features = anonymous_matrix(source.features.shape)
     features[:] = source.features
-    kept = LightGBMModel(n_estimators=5).fit(toy_split(rows=400))
+    kept = LightGBMModel(n_estimators=5).fit(toy_split(rows=400, features=64))
     handed = dataclasses.replace(source, features=features, releasable=True)
     released = LightGBMModel(n_estimators=5).fit(handed)
     assert handed.features.size == 0
-    assert features[: len(features) - 500].max() == 0  # every batch but the last, handed back
-    validation = toy_split("validation", seed=1).features
+    assert len(features) > 2 * batch
+    assert features[: len(features) // batch * batch].max() == 0  # every whole batch handed back
+    validation = toy_split("validation", seed=1, features=64).features
     np.testing.assert_array_equal(kept.predict(validation), released.predict(validation))
+
+
+def test_xgboost_learns_the_same_from_the_store_on_disk(release: Path) -> None:
+    # external memory reads the store in several passes, handing each block's pages back
+    predictions = {}
+    for storage in ("memory", "disk"):
+        _, train = load(release, "train", storage)
+        _, validation = load(release, "validation", storage)
+        model = XGBoostModel(n_estimators=10, colsample_bytree=0.5).fit(train)
+        predictions[storage] = model.predict(np.asarray(validation.features))
+    np.testing.assert_allclose(predictions["disk"], predictions["memory"], rtol=0, atol=1e-6)

@@ -77,21 +77,27 @@ def anonymous_matrix(shape: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(pages, dtype=np.int8, count=size).reshape(shape)
 
 
-def release_rows(matrix: np.ndarray, stop: int) -> None:
-    """Hand the memory of rows ``[0, stop)`` of ``matrix`` (one from ``anonymous_matrix`` or a
-    row range of one) back to the system: the whole pages inside those rows, which read as zeros
-    after. For a model that has taken these rows into its own dataset and will not read them
-    again, so the int8 rows and the model's copy of them are never both whole. Rows from
-    ``stop`` on are untouched; any other array is left as it is."""
+def release_rows(matrix: np.ndarray, start: int, stop: int) -> None:
+    """Hand the memory of rows ``[start, stop)`` of ``matrix`` back to the system: the whole
+    pages inside those rows, for a reader that is done with them.
+
+    For a matrix from ``anonymous_matrix`` (or a row range of one) the rows read as zeros after:
+    only for a model that has taken them into its own dataset and will not read them again, so
+    the int8 rows and the model's copy are never both whole. For the int8 store on disk
+    (``np.memmap``) the pages leave this process's resident memory and are read again from the
+    file if needed. Other rows, and any other array, are left as they are.
+    """
     root = matrix
     while isinstance(root.base, np.ndarray):
         root = root.base
-    pages = root.base.obj if isinstance(root.base, memoryview) else None
-    if not isinstance(pages, mmap.mmap) or not matrix.flags.c_contiguous or stop <= 0:
+    pages = root.base.obj if isinstance(root.base, memoryview) else root.base
+    # an np.memmap of the whole file (offset 0) starts where its mapping starts
+    if not isinstance(pages, mmap.mmap) or not matrix.flags.c_contiguous:
         return
     offset = matrix.__array_interface__["data"][0] - root.__array_interface__["data"][0]
-    first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
-    last = (offset + min(stop, len(matrix)) * matrix.shape[1]) // mmap.PAGESIZE * mmap.PAGESIZE
+    width = matrix.shape[1] if matrix.ndim == 2 else 1
+    first = -(-(offset + max(start, 0) * width) // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (offset + min(stop, len(matrix)) * width) // mmap.PAGESIZE * mmap.PAGESIZE
     if last > first:
         pages.madvise(mmap.MADV_DONTNEED, first, last - first)
 

@@ -50,7 +50,8 @@ class _Int8Rows(lgb.Sequence):
             return np.asarray(self.features[index], dtype=np.float64)
         batch = np.asarray(self.features[index], dtype=np.float32)
         if self.release_read_rows:
-            release_rows(self.features, index.indices(len(self.features))[1])
+            start, stop, _ = index.indices(len(self.features))
+            release_rows(self.features, start, stop)
         return batch
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
+from fxml.data.memory import release_rows
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, predict_chunk_rows
@@ -50,6 +51,8 @@ class _Int8Blocks(xgb.DataIter):
             return False
         stop = start + self.rows
         input_data(data=np.asarray(self.split.features[start:stop]), label=self.split.target[start:stop])
+        # store pages: XGBoost's next pass reads them again from the file, not from this process
+        release_rows(self.split.features, start, stop)
         self.position = stop
         return True
 
