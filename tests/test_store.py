@@ -173,7 +173,7 @@ def test_auto_prefers_memory_then_disk_then_fewer_eras(monkeypatch: pytest.Monke
     need = MemoryNeed(train_features=4 * GIB, validation_features=5 * GIB, model_dataset=4 * GIB,
                       rows=2_000_000, train_eras=100)
     assert Auto(max_gib=40).plan(need).storage == "memory"
-    on_disk = Auto(max_gib=12).plan(need)
+    on_disk = Auto(max_gib=9).plan(need)
     assert (on_disk.storage, on_disk.every) == ("disk", 1)
     assert "streamed from the int8 store" in on_disk.reason and "memory.max_gib" in on_disk.reason
     fewer = Auto(max_gib=4).plan(need)
@@ -181,6 +181,21 @@ def test_auto_prefers_memory_then_disk_then_fewer_eras(monkeypatch: pytest.Monke
     assert need.on_disk(fewer.every - 1) > 4 * GIB * 0.85 or need.in_memory(fewer.every - 1) > 4 * GIB
     limit, source = available_memory()
     assert limit > 0 and source
+
+
+def test_auto_counts_the_stages_a_run_holds_one_after_the_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory_module, "available_memory", lambda: (64 * GIB, "available system memory"))
+    shape = {"train_features": 4 * GIB, "validation_features": 5 * GIB, "rows": 2_000_000, "train_eras": 100}
+    # LightGBM's bins (1 byte per value) take the place of the int8 rows they are built from;
+    # XGBoost's quantised matrix (2.4) is built beside them
+    lightgbm = MemoryNeed(**shape, model_dataset=4 * GIB, dataset_replaces_train=True)
+    xgboost = MemoryNeed(**shape, model_dataset=int(4 * GIB * XGBoostModel.dataset_bytes_per_value))
+    assert lightgbm.in_memory() < 7 * GIB  # validation and scoring are the larger stage
+    assert xgboost.in_memory() > 13 * GIB
+    assert Auto(max_gib=8).plan(lightgbm).storage == "memory"
+    assert Auto(max_gib=8).plan(xgboost).storage == "disk"
+    # cross-validation keeps the train matrix whole beside each fold's dataset
+    assert lightgbm.with_beside_dataset(0).in_memory() > 8 * GIB
 
 
 def test_auto_counts_a_model_dataset_kept_on_disk_when_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,7 +207,7 @@ def test_auto_counts_a_model_dataset_kept_on_disk_when_streamed(monkeypatch: pyt
                          streamed_model_dataset=int(4 * GIB * XGBoostModel.streamed_dataset_bytes_per_value))
     # the same bytes kept in memory either way (how LightGBM's bins behave)
     kept = MemoryNeed(**shape, model_dataset=in_memory_bytes)
-    assert xgboost.in_memory() == kept.in_memory() > 19 * GIB
+    assert xgboost.in_memory() == kept.in_memory() > 14 * GIB
     plan = Auto(max_gib=8).plan(xgboost)
     assert (plan.storage, plan.every) == ("disk", 1)
     assert Auto(max_gib=8).plan(kept).every > 1
@@ -200,15 +215,21 @@ def test_auto_counts_a_model_dataset_kept_on_disk_when_streamed(monkeypatch: pyt
 
 def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> None:
     spec = {key.split(".")[-1]: int(value) for key, value in (o.split("=") for o in SMALL_DATA)}
-    data = NumeraiData(SyntheticSource(**spec), workspace.root / "data" / "synthetic", version="v5.2")
-    need = data.memory_need(LightGBMModel.dataset_bytes_per_value)
+    # LightGBM's bins take the int8 train rows' place: the store on disk saves validation's
+    # memory, so validation is made the larger split here
+    data = NumeraiData(SyntheticSource(**spec), workspace.root / "data" / "synthetic", version="v5.2",
+                       train_eras=[1, 8])
+    need = data.memory_need(LightGBMModel.dataset_bytes_per_value,
+                            dataset_replaces_train=LightGBMModel.releases_train_rows)
+    assert need.on_disk() < need.in_memory()
     # a limit between what streaming and what everything in memory needs
     limit = (need.on_disk() + need.in_memory()) / 2 / 0.85 / GIB
     result = workspace.train("memory=auto", f"memory.max_gib={limit}", "tracking.run_name=auto-low",
-                             "tracking.log_model=false")
+                             "tracking.log_model=false", "data.train_eras=[1,8]")
     assert result.returncode == 0, result.stderr
     assert "memory: disk, all training eras" in result.logs
-    memory = workspace.train("tracking.run_name=in-memory", "tracking.log_model=false")
+    memory = workspace.train("tracking.run_name=in-memory", "tracking.log_model=false",
+                             "data.train_eras=[1,8]")
     assert memory.returncode == 0, memory.stderr
     runs = {run.info.run_name: run for run in workspace.runs()}
     streamed, in_memory = runs["auto-low"], runs["in-memory"]

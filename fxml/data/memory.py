@@ -104,7 +104,12 @@ def release_rows(matrix: np.ndarray, start: int, stop: int) -> None:
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """What a run would hold, in bytes, with every selected training era."""
+    """What a run would hold, in bytes, with every selected training era.
+
+    A run holds its stages one after the other: the train matrix and the model's dataset while
+    it trains (both freed after), then validation while it is predicted and scored. The need is
+    the larger stage, plus ids, targets and scores per row and the interpreter.
+    """
 
     train_features: int
     validation_features: int
@@ -112,21 +117,31 @@ class MemoryNeed:
     rows: int
     train_eras: int
     streamed_model_dataset: int | None = None  # the model's dataset when trained from disk
+    # the model hands back the int8 train rows as its dataset takes them in (LightGBM), so the
+    # two are never both whole
+    dataset_replaces_train: bool = False
 
     def in_memory(self, every: int = 1) -> int:
-        return (self.train_features // every + self.validation_features + self.model_dataset // every
-                + self.rows * BYTES_PER_ROW + BASE_BYTES)
+        train, dataset = self.train_features // every, self.model_dataset // every
+        training = max(train, dataset) if self.dataset_replaces_train else train + dataset
+        return max(training, self.validation_features + self._scoring_block()) + self._fixed()
 
     def with_beside_dataset(self, extra: int) -> MemoryNeed:
         """This need with ``extra`` bytes held in memory beside the model's dataset, whether that
         dataset is in memory or streamed (era_kfold's copy of a fold's training eras)."""
         streamed = None if self.streamed_model_dataset is None else self.streamed_model_dataset + extra
-        return replace(self, model_dataset=self.model_dataset + extra, streamed_model_dataset=streamed)
+        return replace(self, model_dataset=self.model_dataset + extra, streamed_model_dataset=streamed,
+                       dataset_replaces_train=False)
 
     def on_disk(self, every: int = 1) -> int:
-        block = min(SCORING_BLOCK_BYTES, self.validation_features)
         dataset = self.model_dataset if self.streamed_model_dataset is None else self.streamed_model_dataset
-        return dataset // every + self.rows * BYTES_PER_ROW + block + BASE_BYTES
+        return max(dataset // every, self._scoring_block()) + self._fixed()
+
+    def _scoring_block(self) -> int:
+        return min(SCORING_BLOCK_BYTES, self.validation_features)
+
+    def _fixed(self) -> int:
+        return self.rows * BYTES_PER_ROW + BASE_BYTES
 
 
 @dataclass(frozen=True)

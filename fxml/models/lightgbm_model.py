@@ -68,6 +68,7 @@ def bin_sample_rows(n_features: int) -> int | None:
 
 class LightGBMModel(GBDTModel):
     params_class = LightGBMParams
+    releases_train_rows = True  # _Int8Rows(release_read_rows=...)
 
     def _params(self, device_type: str) -> dict[str, Any]:
         o = self.options
