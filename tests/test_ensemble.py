@@ -147,3 +147,19 @@ def test_member_reading_other_features_is_rejected(ws: Workspace, trained_ensemb
     result = ws.train("model=ensemble", "~model.members.lgbm", "+model.members.gone=runs:/0000/model",
                       "tracking.run_name=ensemble-bad")
     assert_one_line_error(result, "model.members.gone", "runs:/0000/model")
+
+
+def test_memory_plans_count_the_largest_member_dataset() -> None:
+    from fxml.models.lightgbm_model import LightGBMModel
+    from fxml.models.xgboost_model import XGBoostModel
+
+    gbdts = EnsembleModel(members={
+        "lgbm": {"_target_": "fxml.models.lightgbm_model.LightGBMModel"},
+        "xgb": {"_target_": "fxml.models.xgboost_model.XGBoostModel"},
+        "logged": "runs:/0123/model"})
+    assert gbdts.dataset_bytes_per_value == XGBoostModel.dataset_bytes_per_value
+    # streamed from the store, XGBoost keeps its pages on disk and LightGBM's bins are the most
+    assert gbdts.streamed_dataset_bytes_per_value == LightGBMModel.dataset_bytes_per_value
+    assert not gbdts.releases_train_rows  # every member reads the shared train matrix
+    ridge = EnsembleModel(members={"ridge": {"_target_": "fxml.models.linear.RidgeModel"}})
+    assert ridge.dataset_bytes_per_value == 0.0

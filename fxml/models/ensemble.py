@@ -73,6 +73,32 @@ class EnsembleModel(TabularModel):
     def attach(self, name: str, member: LoadedMember) -> None:
         self.loaded[name] = member
 
+    # members train one after another on the shared train matrix, each freeing its own dataset
+    # before the next: a memory plan counts the largest
+    @property
+    def dataset_bytes_per_value(self) -> float:  # type: ignore[override]
+        return max((family.dataset_bytes_per_value for family in self._member_families()), default=0.0)
+
+    @property
+    def streamed_dataset_bytes_per_value(self) -> float | None:  # type: ignore[override]
+        return max((family.dataset_bytes_per_value if family.streamed_dataset_bytes_per_value is None
+                    else family.streamed_dataset_bytes_per_value for family in self._member_families()),
+                   default=0.0)
+
+    def _member_families(self) -> list[type[TabularModel]]:
+        """The classes of the members trained in the run (read from their configs' targets)."""
+        from hydra.utils import get_class
+
+        families = []
+        for spec in self.options["members"].values():
+            try:
+                family = get_class(spec["_target_"]) if isinstance(spec, dict) else None
+            except Exception:  # a wrong target is reported by fit, with the member's name
+                family = None
+            if isinstance(family, type) and issubclass(family, TabularModel):
+                families.append(family)
+        return families
+
     # -- fitting -----------------------------------------------------------------------------------
 
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
