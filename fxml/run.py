@@ -155,10 +155,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
                 splitter: EraSplitter | None = None) -> MemoryPlan:
     """The memory policy's choice for this run, logged as tags and one console line."""
-    # cross-validation's folds keep the whole train matrix beside each fold's dataset
-    folds = splitter is not None and splitter.active
-    need = data.memory_need(model.dataset_bytes_per_value, model.streamed_dataset_bytes_per_value,
-                            model.releases_train_rows and not folds)
+    need = data.memory_need(model.dataset_bytes_per_value, model.streamed_dataset_bytes_per_value)
     if splitter is not None and splitter.copied_share:
         # era_kfold copies a fold's training eras (in memory, whatever the storage)
         need = need.with_beside_dataset(int(need.train_features * splitter.copied_share))

@@ -18,7 +18,15 @@ import pytest
 from fxml.data import memory as memory_module
 from fxml.data.layout import FEATURES_JSON
 from fxml.data.loader import NumeraiData
-from fxml.data.memory import GIB, Auto, MemoryNeed, anonymous_matrix, available_memory, release_rows
+from fxml.data.memory import (
+    GIB,
+    SCORING_BLOCK_BYTES,
+    Auto,
+    MemoryNeed,
+    anonymous_matrix,
+    available_memory,
+    release_rows,
+)
 from fxml.data.sources import SyntheticSource
 from fxml.data.store import BLOCK_COLUMNS
 from fxml.errors import FxmlError
@@ -185,17 +193,14 @@ def test_auto_prefers_memory_then_disk_then_fewer_eras(monkeypatch: pytest.Monke
 
 def test_auto_counts_the_stages_a_run_holds_one_after_the_other(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory_module, "available_memory", lambda: (64 * GIB, "available system memory"))
-    shape = {"train_features": 4 * GIB, "validation_features": 5 * GIB, "rows": 2_000_000, "train_eras": 100}
-    # LightGBM's bins (1 byte per value) take the place of the int8 rows they are built from;
-    # XGBoost's quantised matrix (2.4) is built beside them
-    lightgbm = MemoryNeed(**shape, model_dataset=4 * GIB, dataset_replaces_train=True)
-    xgboost = MemoryNeed(**shape, model_dataset=int(4 * GIB * XGBoostModel.dataset_bytes_per_value))
-    assert lightgbm.in_memory() < 7 * GIB  # validation and scoring are the larger stage
-    assert xgboost.in_memory() > 13 * GIB
-    assert Auto(max_gib=8).plan(lightgbm).storage == "memory"
-    assert Auto(max_gib=8).plan(xgboost).storage == "disk"
-    # cross-validation keeps the train matrix whole beside each fold's dataset
-    assert lightgbm.with_beside_dataset(0).in_memory() > 8 * GIB
+    # training holds the train matrix and the model's dataset, then both are freed before
+    # validation is loaded and scored: the larger stage is what the run needs
+    shape = {"validation_features": 5 * GIB, "rows": 2_000_000, "train_eras": 100}
+    ridge_like = MemoryNeed(train_features=3 * GIB, model_dataset=0, **shape)
+    lightgbm = MemoryNeed(train_features=3 * GIB, model_dataset=3 * GIB, **shape)
+    assert ridge_like.in_memory() == MemoryNeed(train_features=1 * GIB, model_dataset=0, **shape).in_memory()
+    assert lightgbm.in_memory() == ridge_like.in_memory() + GIB - SCORING_BLOCK_BYTES
+    assert Auto(max_gib=8).plan(lightgbm).storage == "memory"  # 6.8 GiB, not the 11.8 of all three
 
 
 def test_auto_counts_a_model_dataset_kept_on_disk_when_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,21 +220,15 @@ def test_auto_counts_a_model_dataset_kept_on_disk_when_streamed(monkeypatch: pyt
 
 def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> None:
     spec = {key.split(".")[-1]: int(value) for key, value in (o.split("=") for o in SMALL_DATA)}
-    # LightGBM's bins take the int8 train rows' place: the store on disk saves validation's
-    # memory, so validation is made the larger split here
-    data = NumeraiData(SyntheticSource(**spec), workspace.root / "data" / "synthetic", version="v5.2",
-                       train_eras=[1, 8])
-    need = data.memory_need(LightGBMModel.dataset_bytes_per_value,
-                            dataset_replaces_train=LightGBMModel.releases_train_rows)
-    assert need.on_disk() < need.in_memory()
+    data = NumeraiData(SyntheticSource(**spec), workspace.root / "data" / "synthetic", version="v5.2")
+    need = data.memory_need(LightGBMModel.dataset_bytes_per_value)
     # a limit between what streaming and what everything in memory needs
     limit = (need.on_disk() + need.in_memory()) / 2 / 0.85 / GIB
     result = workspace.train("memory=auto", f"memory.max_gib={limit}", "tracking.run_name=auto-low",
-                             "tracking.log_model=false", "data.train_eras=[1,8]")
+                             "tracking.log_model=false")
     assert result.returncode == 0, result.stderr
     assert "memory: disk, all training eras" in result.logs
-    memory = workspace.train("tracking.run_name=in-memory", "tracking.log_model=false",
-                             "data.train_eras=[1,8]")
+    memory = workspace.train("tracking.run_name=in-memory", "tracking.log_model=false")
     assert memory.returncode == 0, memory.stderr
     runs = {run.info.run_name: run for run in workspace.runs()}
     streamed, in_memory = runs["auto-low"], runs["in-memory"]

@@ -160,19 +160,17 @@ class NumeraiData:
         return memory_matrix(path, names, plan, self.missing)[0]
 
     def memory_need(self, dataset_bytes_per_value: float,
-                    streamed_bytes_per_value: float | None = None,
-                    dataset_replaces_train: bool = False) -> MemoryNeed:
+                    streamed_bytes_per_value: float | None = None) -> MemoryNeed:
         """What loading train and validation would hold, for a memory policy to plan with; the
         model's dataset takes ``streamed_bytes_per_value`` (if given) when it trains from the
-        store on disk, and ``dataset_replaces_train`` when it frees the int8 rows it has taken."""
+        store on disk."""
         train, validation = self.era_rows("train"), self.era_rows("validation")
         n_train, n_validation, k = sum(train.values()), sum(validation.values()), len(self.feature_names)
         streamed = None if streamed_bytes_per_value is None else int(n_train * k * streamed_bytes_per_value)
         return MemoryNeed(train_features=n_train * k, validation_features=n_validation * k,
                           model_dataset=int(n_train * k * dataset_bytes_per_value),
                           rows=n_train + n_validation, train_eras=len(train),
-                          streamed_model_dataset=streamed,
-                          dataset_replaces_train=dataset_replaces_train)
+                          streamed_model_dataset=streamed)
 
     def era_rows(self, split: str) -> dict[int, int]:
         """Rows per era of the eras a split would load (before any memory plan)."""

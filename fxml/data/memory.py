@@ -117,21 +117,18 @@ class MemoryNeed:
     rows: int
     train_eras: int
     streamed_model_dataset: int | None = None  # the model's dataset when trained from disk
-    # the model hands back the int8 train rows as its dataset takes them in (LightGBM), so the
-    # two are never both whole
-    dataset_replaces_train: bool = False
 
     def in_memory(self, every: int = 1) -> int:
-        train, dataset = self.train_features // every, self.model_dataset // every
-        training = max(train, dataset) if self.dataset_replaces_train else train + dataset
+        # LightGBM hands back the int8 rows it has binned, but allocates all its bins before the
+        # first row: both are whole at its peak
+        training = (self.train_features + self.model_dataset) // every
         return max(training, self.validation_features + self._scoring_block()) + self._fixed()
 
     def with_beside_dataset(self, extra: int) -> MemoryNeed:
         """This need with ``extra`` bytes held in memory beside the model's dataset, whether that
         dataset is in memory or streamed (era_kfold's copy of a fold's training eras)."""
         streamed = None if self.streamed_model_dataset is None else self.streamed_model_dataset + extra
-        return replace(self, model_dataset=self.model_dataset + extra, streamed_model_dataset=streamed,
-                       dataset_replaces_train=False)
+        return replace(self, model_dataset=self.model_dataset + extra, streamed_model_dataset=streamed)
 
     def on_disk(self, every: int = 1) -> int:
         dataset = self.model_dataset if self.streamed_model_dataset is None else self.streamed_model_dataset

@@ -43,8 +43,6 @@ class TabularModel(ABC):
     # the same when training from the int8 store on disk (None: as in memory); XGBoost's
     # external-memory pages stay on disk
     streamed_dataset_bytes_per_value: ClassVar[float | None] = None
-    # fit hands back a releasable train split's int8 rows as its own dataset takes them in
-    releases_train_rows: ClassVar[bool] = False
     # the family's parameters (fxml.models.params): the constructor takes exactly these and runs
     # their checks; None (wrappers such as NeutralizedModel) keeps the options as given
     params_class: ClassVar[type[ModelParams] | None] = None

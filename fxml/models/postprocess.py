@@ -118,11 +118,6 @@ class NeutralizedModel(TabularModel):
         return self.inner.streamed_dataset_bytes_per_value
 
     @property
-    def releases_train_rows(self) -> bool:  # type: ignore[override]
-        # a train split with neutraliser columns is copied for the inner model, not released
-        return self.inner.releases_train_rows and len(self.input_features) == self.options["n_model_features"]
-
-    @property
     def input_features(self) -> list[str]:
         return self.options["input_features"]
 
