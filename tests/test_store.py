@@ -323,3 +323,15 @@ def test_xgboost_learns_the_same_from_the_store_on_disk(release: Path) -> None:
         model = XGBoostModel(n_estimators=10, colsample_bytree=0.5).fit(train)
         predictions[storage] = model.predict(np.asarray(validation.features))
     np.testing.assert_allclose(predictions["disk"], predictions["memory"], rtol=0, atol=1e-6)
+
+
+def test_auto_streams_every_era_when_only_the_fixed_part_is_too_large(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # ridge and the deep models keep no dataset of their own: fewer eras would not help
+    monkeypatch.setattr(memory_module, "available_memory", lambda: (64 * GIB, "available system memory"))
+    need = MemoryNeed(train_features=GIB, validation_features=GIB, model_dataset=0, rows=300_000,
+                      train_eras=574)
+    plan = Auto(max_gib=0.5).plan(need)
+    assert (plan.storage, plan.every) == ("disk", 1)
+    assert "every era streamed anyway" in plan.reason
+    assert "streaming every training era anyway" in caplog.text

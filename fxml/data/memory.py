@@ -232,7 +232,13 @@ class Auto:
             if streamed(every) <= budget:
                 return MemoryPlan("disk", every, f"all training eras need {_gib(streamed(1))} "
                                                  f"even streamed, {have}")
-        return MemoryPlan("disk", max(need.train_eras, 1), f"even one training era may not fit: {have}")
+        # what does not fit is the run's fixed part (the scoring block, per-row arrays, the
+        # interpreter), which fewer training eras barely change: stream them all and try
+        log.warning("memory: even streamed from the int8 store with fewer training eras the run is "
+                    "estimated at %s, more than %s; streaming every training era anyway",
+                    _gib(streamed(need.train_eras)), have)
+        return MemoryPlan("disk", 1, f"even streamed the run needs {_gib(streamed(1))} (over "
+                                     f"{_gib(budget)}): every era streamed anyway, {have}")
 
 
 def available_memory() -> tuple[int, str]:
