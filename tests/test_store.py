@@ -283,6 +283,8 @@ def test_released_rows_read_as_zeros_and_the_rest_is_kept() -> None:
     plain = np.full((40 * page_rows, 64), 3, dtype=np.int8)
     release_rows(plain, 0, len(plain))  # not memory it can hand back: left as it is
     assert plain.min() == 3
+    release_rows(matrix, 0, len(matrix), file_pages_only=True)  # for a reader that reads them again
+    assert matrix[: 10 * page_rows].min() == tail[5 * page_rows :].min() == 3
 
 
 def test_released_store_rows_are_read_again_from_the_file(tmp_path: Path) -> None:

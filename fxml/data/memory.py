@@ -77,7 +77,7 @@ def anonymous_matrix(shape: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(pages, dtype=np.int8, count=size).reshape(shape)
 
 
-def release_rows(matrix: np.ndarray, start: int, stop: int) -> None:
+def release_rows(matrix: np.ndarray, start: int, stop: int, file_pages_only: bool = False) -> None:
     """Hand the memory of rows ``[start, stop)`` of ``matrix`` back to the system: the whole
     pages inside those rows, for a reader that is done with them.
 
@@ -85,19 +85,21 @@ def release_rows(matrix: np.ndarray, start: int, stop: int) -> None:
     only for a model that has taken them into its own dataset and will not read them again, so
     the int8 rows and the model's copy are never both whole. For the int8 store on disk
     (``np.memmap``) the pages leave this process's resident memory and are read again from the
-    file if needed. Other rows, and any other array, are left as they are.
+    file if needed. Other rows, and any other array, are left as they are; so are anonymous
+    pages with ``file_pages_only``, for a reader that reads the rows again.
     """
     root = matrix
     while isinstance(root.base, np.ndarray):
         root = root.base
-    pages = root.base.obj if isinstance(root.base, memoryview) else root.base
+    anonymous = isinstance(root.base, memoryview)
+    pages = root.base.obj if anonymous else root.base
     # an np.memmap of the whole file (offset 0) starts where its mapping starts
-    if not isinstance(pages, mmap.mmap) or not matrix.flags.c_contiguous:
+    if not isinstance(pages, mmap.mmap) or not matrix.flags.c_contiguous or (anonymous and file_pages_only):
         return
     offset = matrix.__array_interface__["data"][0] - root.__array_interface__["data"][0]
-    width = matrix.shape[1] if matrix.ndim == 2 else 1
-    first = -(-(offset + max(start, 0) * width) // mmap.PAGESIZE) * mmap.PAGESIZE
-    last = (offset + min(stop, len(matrix)) * width) // mmap.PAGESIZE * mmap.PAGESIZE
+    row_bytes = matrix.strides[0]
+    first = -(-(offset + max(start, 0) * row_bytes) // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (offset + min(stop, len(matrix)) * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
     if last > first:
         pages.madvise(mmap.MADV_DONTNEED, first, last - first)
 

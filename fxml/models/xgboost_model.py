@@ -51,8 +51,9 @@ class _Int8Blocks(xgb.DataIter):
             return False
         stop = start + self.rows
         input_data(data=np.asarray(self.split.features[start:stop]), label=self.split.target[start:stop])
-        # store pages: XGBoost's next pass reads them again from the file, not from this process
-        release_rows(self.split.features, start, stop)
+        # XGBoost reads every block in several passes: store pages only, which the next pass
+        # reads again from the file
+        release_rows(self.split.features, start, stop, file_pages_only=True)
         self.position = stop
         return True
 
