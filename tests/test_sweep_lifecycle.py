@@ -31,8 +31,6 @@ def search_command(*args: str) -> list[str]:
 
 
 def start(workspace: Workspace, command: list[str], **env: str) -> subprocess.Popen:
-    # the store's tables exist before this test polls it while the command writes to it
-    workspace.client().search_experiments()
     # a terminal's default signal handling, even when the tests run from a background shell
     return subprocess.Popen(command, cwd=workspace.root, env=workspace.env(**env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
