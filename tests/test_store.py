@@ -14,10 +14,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import xgboost as xgb
 
 from fxml.data import memory as memory_module
 from fxml.data.layout import FEATURES_JSON
-from fxml.data.loader import NumeraiData
+from fxml.data.loader import STORE_FOLDER, NumeraiData
 from fxml.data.memory import (
     GIB,
     SCORING_BLOCK_BYTES,
@@ -32,7 +33,8 @@ from fxml.data.store import BLOCK_COLUMNS
 from fxml.errors import FxmlError
 from fxml.models.base import labelled_rows
 from fxml.models.lightgbm_model import LightGBMModel
-from fxml.models.xgboost_model import XGBoostModel
+from fxml.models.linear import RidgeModel
+from fxml.models.xgboost_model import XGBoostModel, quantile_matrix
 from tests.conftest import SMALL_DATA, Workspace
 from tests.helpers import toy_split
 
@@ -201,6 +203,10 @@ def test_auto_counts_the_stages_a_run_holds_one_after_the_other(monkeypatch: pyt
     assert ridge_like.in_memory() == MemoryNeed(train_features=1 * GIB, model_dataset=0, **shape).in_memory()
     assert lightgbm.in_memory() == ridge_like.in_memory() + GIB - SCORING_BLOCK_BYTES
     assert Auto(max_gib=8).plan(lightgbm).storage == "memory"  # 6.8 GiB, not the 11.8 of all three
+    # a model that copies its rows reads them from the store file: only its dataset is held
+    copied = MemoryNeed(train_features=3 * GIB, model_dataset=6 * GIB, rows_copied=True, **shape)
+    assert copied.in_memory() == MemoryNeed(train_features=0, model_dataset=6 * GIB, **shape).in_memory()
+    assert copied.in_memory() < MemoryNeed(train_features=3 * GIB, model_dataset=6 * GIB, **shape).in_memory()
 
 
 def test_auto_counts_a_model_dataset_kept_on_disk_when_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,22 +227,38 @@ def test_auto_counts_a_model_dataset_kept_on_disk_when_streamed(monkeypatch: pyt
 def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> None:
     spec = {key.split(".")[-1]: int(value) for key, value in (o.split("=") for o in SMALL_DATA)}
     data = NumeraiData(SyntheticSource(**spec), workspace.root / "data" / "synthetic", version="v5.2")
-    need = data.memory_need(LightGBMModel.dataset_bytes_per_value)
+    # ridge holds the train matrix itself in memory, and only a scoring block when streamed
+    need = data.memory_need(RidgeModel.dataset_bytes_per_value)
     # a limit between what streaming and what everything in memory needs
     limit = (need.on_disk() + need.in_memory()) / 2 / 0.85 / GIB
-    result = workspace.train("memory=auto", f"memory.max_gib={limit}", "tracking.run_name=auto-low",
-                             "tracking.log_model=false")
+    result = workspace.train("model=ridge", "memory=auto", f"memory.max_gib={limit}",
+                             "tracking.run_name=auto-low", "tracking.log_model=false")
     assert result.returncode == 0, result.stderr
     assert "memory: disk, all training eras" in result.logs
-    memory = workspace.train("tracking.run_name=in-memory", "tracking.log_model=false")
+    memory = workspace.train("model=ridge", "tracking.run_name=in-memory", "tracking.log_model=false")
     assert memory.returncode == 0, memory.stderr
+    assert "train 9,760 rows, 40 eras, 9 features (int8, 0.1 MiB, memory)" in memory.logs
     runs = {run.info.run_name: run for run in workspace.runs()}
     streamed, in_memory = runs["auto-low"], runs["in-memory"]
     assert streamed.data.tags["memory_plan"] == "disk, every 1 training era(s)"
     assert "memory.max_gib" in streamed.data.tags["memory_reason"]
     assert in_memory.data.tags["memory_plan"] == "memory, every 1 training era(s)"
     for name in ("corr_mean", "mmc_mean", "fnc_mean", "feature_exposure_mean"):
-        assert streamed.data.metrics[name] == in_memory.data.metrics[name], name
+        assert streamed.data.metrics[name] == pytest.approx(in_memory.data.metrics[name], rel=0, abs=1e-12)
+
+
+def test_gbdts_in_memory_read_their_training_rows_from_the_store(workspace: Workspace) -> None:
+    # their own dataset holds what they train on: the rows come from the store file, not a copy
+    for model in ("lgbm", "xgboost"):
+        result = workspace.train(f"model={model}", "model.n_estimators=5",
+                                 f"tracking.run_name=copied-{model}", "tracking.log_model=false")
+        assert result.returncode == 0, result.stderr
+        assert "memory: memory, all training eras: memory=in_memory" in result.logs
+        assert "the model reads its training rows from the int8 store file" in result.logs
+        assert "train 9,760 rows, 40 eras, 9 features (int8, 0.1 MiB, disk)" in result.logs
+        assert "XGBoost reads the train split from the int8 store into external memory" not in result.logs
+    stores = list((workspace.root / "data" / "synthetic").glob(f"*/{STORE_FOLDER}/train-*.int8"))
+    assert len(stores) == 1 and stores[0].stat().st_size == 9_760 * 9
 
 
 def test_more_columns_for_the_same_rows(release: Path) -> None:
@@ -316,15 +338,38 @@ def test_lightgbm_hands_back_the_rows_it_has_binned_and_learns_the_same(
     np.testing.assert_array_equal(kept.predict(validation), released.predict(validation))
 
 
-def test_xgboost_learns_the_same_from_the_store_on_disk(release: Path) -> None:
-    # external memory reads the store in several passes, handing each block's pages back
-    predictions = {}
-    for storage in ("memory", "disk"):
-        _, train = load(release, "train", storage)
-        _, validation = load(release, "validation", storage)
-        model = XGBoostModel(n_estimators=10, colsample_bytree=0.5).fit(train)
-        predictions[storage] = model.predict(np.asarray(validation.features))
-    np.testing.assert_allclose(predictions["disk"], predictions["memory"], rtol=0, atol=1e-6)
+@pytest.mark.parametrize(("storage", "dataset_on_disk", "matrix"), [
+    ("memory", False, xgb.QuantileDMatrix),
+    ("disk", False, xgb.QuantileDMatrix),  # an in-memory plan: rows from the store file
+    ("disk", True, xgb.ExtMemQuantileDMatrix),  # a disk plan: external memory
+])
+def test_xgboost_learns_the_same_from_the_store_on_disk(release: Path, storage: str, dataset_on_disk: bool,
+                                                        matrix: type) -> None:
+    # from the store XGBoost reads the blocks in several passes, handing each block's pages back
+    _, expected_train = load(release, "train")
+    _, validation = load(release, "validation")
+    expected = XGBoostModel(n_estimators=10, colsample_bytree=0.5).fit(expected_train)
+    _, train = load(release, "train", storage)
+    train.dataset_on_disk = dataset_on_disk
+    assert type(quantile_matrix(train, 8)) is matrix
+    model = XGBoostModel(n_estimators=10, colsample_bytree=0.5).fit(train)
+    np.testing.assert_allclose(model.predict(validation.features), expected.predict(validation.features),
+                               rtol=0, atol=1e-6)
+
+
+def test_an_unwritable_store_is_one_line_or_memory_when_asked(release: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "release"
+    folder.mkdir()
+    for name in ("train.parquet", FEATURES_JSON):
+        (folder / name).symlink_to(release / name)
+    (folder / STORE_FOLDER).write_text("a file where the store's folder would go\n")
+    data = NumeraiData(FolderSource(), folder, feature_set="all")
+    with pytest.raises(FxmlError, match=r"^cannot write the int8 store .*\.fxml-store \(0\.00 GiB\): "):
+        data.load("train", storage="disk")
+    fallback = data.load("train", storage="disk", memory_if_no_store=True)
+    assert fallback.storage == "memory"
+    _, expected = load(release, "train")
+    np.testing.assert_array_equal(fallback.features, expected.features)
 
 
 def test_auto_streams_every_era_when_only_the_fixed_part_is_too_large(

@@ -32,7 +32,14 @@ from fxml.data.layout import (
 from fxml.data.memory import MemoryNeed, return_freed_memory
 from fxml.data.sources import DataSource
 from fxml.data.split import DataSplit
-from fxml.data.store import MissingFeatures, RowPlan, disk_matrix, memory_matrix, plan_rows
+from fxml.data.store import (
+    MissingFeatures,
+    RowPlan,
+    StoreUnavailable,
+    disk_matrix,
+    memory_matrix,
+    plan_rows,
+)
 from fxml.errors import FxmlError
 
 log = logging.getLogger(__name__)
@@ -102,12 +109,14 @@ class NumeraiData:
         return list(sets[feature_set])
 
     def load(self, split: str, extra_features: list[str] | None = None,
-             storage: str = "memory", every_nth_train_era: int = 1) -> DataSplit:
+             storage: str = "memory", every_nth_train_era: int = 1,
+             memory_if_no_store: bool = False) -> DataSplit:
         """Read one split into the era-indexed int8 store (``storage`` = memory or disk).
 
         Train honours the era spans, ``every_nth_era`` and ``every_nth_train_era`` (a memory
         plan's subsampling); ``extra_features`` are more int8 columns after the run's features
-        (neutralisers outside the model's set).
+        (neutralisers outside the model's set). With ``memory_if_no_store``, a store file that
+        cannot be written (no space, a read-only folder) is a warning and the rows go in memory.
         """
         path = self.path(SPLIT_FILES[split])
         frame = self._scan(path, split)
@@ -121,8 +130,14 @@ class NumeraiData:
             raise FxmlError(f"no rows left in {path.name} after the era selection")
         plan = plan_rows(file_eras, keep)
         if storage == "disk":
-            features, filled = disk_matrix(path, columns, plan, self.missing, self.folder / STORE_FOLDER)
-        else:
+            try:
+                features, filled = disk_matrix(path, columns, plan, self.missing, self.folder / STORE_FOLDER)
+            except StoreUnavailable as error:
+                if not memory_if_no_store:
+                    raise
+                log.warning("data: %s; reading %s into memory instead", error, split)
+                storage = "memory"
+        if storage != "disk":
             features, filled = memory_matrix(path, columns, plan, self.missing)
         return_freed_memory()  # the decoded parquet blocks, before the next stage's peak
         if filled:
@@ -160,17 +175,18 @@ class NumeraiData:
         return memory_matrix(path, names, plan, self.missing)[0]
 
     def memory_need(self, dataset_bytes_per_value: float,
-                    streamed_bytes_per_value: float | None = None) -> MemoryNeed:
+                    streamed_bytes_per_value: float | None = None,
+                    rows_copied: bool = False) -> MemoryNeed:
         """What loading train and validation would hold, for a memory policy to plan with; the
         model's dataset takes ``streamed_bytes_per_value`` (if given) when it trains from the
-        store on disk."""
+        store on disk; ``rows_copied``: the model reads its training rows from the store file."""
         train, validation = self.era_rows("train"), self.era_rows("validation")
         n_train, n_validation, k = sum(train.values()), sum(validation.values()), len(self.feature_names)
         streamed = None if streamed_bytes_per_value is None else int(n_train * k * streamed_bytes_per_value)
         return MemoryNeed(train_features=n_train * k, validation_features=n_validation * k,
                           model_dataset=int(n_train * k * dataset_bytes_per_value),
                           rows=n_train + n_validation, train_eras=len(train),
-                          streamed_model_dataset=streamed)
+                          streamed_model_dataset=streamed, rows_copied=rows_copied)
 
     def era_rows(self, split: str) -> dict[int, int]:
         """Rows per era of the eras a split would load (before any memory plan)."""

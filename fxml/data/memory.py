@@ -110,7 +110,9 @@ class MemoryNeed:
 
     A run holds its stages one after the other: the train matrix and the model's dataset while
     it trains (both freed after), then validation while it is predicted and scored. The need is
-    the larger stage, plus ids, targets and scores per row and the interpreter.
+    the larger stage, plus ids, targets and scores per row and the interpreter. A model that
+    copies its training rows into its own dataset reads them from the int8 store file instead
+    (``rows_copied``): the train matrix is then not held beside the dataset.
     """
 
     train_features: int
@@ -119,11 +121,13 @@ class MemoryNeed:
     rows: int
     train_eras: int
     streamed_model_dataset: int | None = None  # the model's dataset when trained from disk
+    rows_copied: bool = False
 
     def in_memory(self, every: int = 1) -> int:
-        # LightGBM hands back the int8 rows it has binned, but allocates all its bins before the
-        # first row: both are whole at its peak
-        training = (self.train_features + self.model_dataset) // every
+        # LightGBM allocates all its bins before the first row and XGBoost reads every row in
+        # several passes: an in-memory train matrix is whole beside their dataset at its peak
+        rows = 0 if self.rows_copied else self.train_features
+        training = (rows + self.model_dataset) // every
         return max(training, self.validation_features + self._scoring_block()) + self._fixed()
 
     def with_beside_dataset(self, extra: int) -> MemoryNeed:
@@ -215,20 +219,25 @@ class Auto:
             limit, source = int(self.max_gib * GIB), "memory.max_gib"
         budget = int(limit * self.headroom)
         have = f"{_gib(budget)} usable of {_gib(limit)} ({source})"
-        if need.in_memory() <= budget:
-            return MemoryPlan("memory", 1, f"needs {_gib(need.in_memory())} in memory, {have}")
         # under an address-space limit a memory-mapped store counts in full
         mapped = source.startswith("address-space")
+
+        def in_memory(every: int) -> int:
+            copied_rows_mapped = need.train_features // every if mapped and need.rows_copied else 0
+            return need.in_memory(every) + copied_rows_mapped
+
+        if in_memory(1) <= budget:
+            return MemoryPlan("memory", 1, f"needs {_gib(in_memory(1))} in memory, {have}")
 
         def streamed(every: int) -> int:
             files = need.train_features // every + need.validation_features if mapped else 0
             return need.on_disk(every) + files
 
         if streamed(1) <= budget:
-            return MemoryPlan("disk", 1, f"in memory needs {_gib(need.in_memory())}, streamed from "
+            return MemoryPlan("disk", 1, f"in memory needs {_gib(in_memory(1))}, streamed from "
                                          f"the int8 store {_gib(streamed(1))}, {have}")
         for every in range(2, max(need.train_eras, 2) + 1):
-            if need.in_memory(every) <= budget:
+            if in_memory(every) <= budget:
                 return MemoryPlan("memory", every, f"all training eras need {_gib(streamed(1))} "
                                                    f"even streamed, {have}")
             if streamed(every) <= budget:

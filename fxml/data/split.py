@@ -16,7 +16,7 @@ from fxml.data.memory import return_freed_memory
 @dataclass
 class DataSplit:
     """Rows of one split, aligned arrays, sorted by era; ``features`` is int8 (rows, features),
-    C order, in memory or memory-mapped from the int8 store (``storage``)."""
+    C order, in memory or memory-mapped from the int8 store (``storage``: where the rows are)."""
 
     name: str
     ids: np.ndarray
@@ -31,6 +31,9 @@ class DataSplit:
     # the runner hands over a split it will not read again: a model may then drop its features
     # once it has built its own training data (see ``release_features``)
     releasable: bool = False
+    # the memory plan is on disk: a model that can keep its own dataset on disk too does so
+    # (XGBoost's external memory); rows read from the store under an in-memory plan leave it False
+    dataset_on_disk: bool = False
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -52,7 +55,8 @@ class DataSplit:
         return DataSplit(self.name, self.ids[index], self.eras[index], self.features[index],
                          None if self.target is None else self.target[index], self.feature_names,
                          {name: values[index] for name, values in self.extra.items()}, self.storage,
-                         None if self.file_rows is None else self.file_rows[index])
+                         None if self.file_rows is None else self.file_rows[index],
+                         dataset_on_disk=self.dataset_on_disk)
 
     def era_range(self, first: int, last: int) -> DataSplit:
         """Eras ``first`` to ``last`` (inclusive): a view of the era-sorted rows."""

@@ -9,6 +9,7 @@ run of eras is a row range of the matrix: a view, never a copy.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -168,19 +169,41 @@ def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingF
         if tuple(info["shape"]) == shape:
             log.info("data: reusing the int8 store %s", matrix_path)
             return np.memmap(matrix_path, dtype=np.int8, mode="r", shape=shape), info["filled"]
-    directory.mkdir(parents=True, exist_ok=True)
     partial = matrix_path.with_name(matrix_path.name + f".{os.getpid()}.partial")
     try:
-        writable = np.memmap(partial, dtype=np.int8, mode="w+", shape=shape)
+        _allocate(partial, shape[0] * shape[1])
+        writable = np.memmap(partial, dtype=np.int8, mode="r+", shape=shape)
         filled = fill_matrix(path, columns, plan, writable, missing)
         writable.flush()
         del writable
         os.replace(partial, matrix_path)
     finally:
-        partial.unlink(missing_ok=True)
+        _remove(partial)
     info_path.write_text(json.dumps({"shape": list(shape), "filled": filled, "source": path.name}))
     log.info("data: wrote the int8 store %s (%.1f MiB)", matrix_path, shape[0] * shape[1] / 2**20)
     return np.memmap(matrix_path, dtype=np.int8, mode="r", shape=shape), filled
+
+
+class StoreUnavailable(FxmlError):
+    """The int8 store file cannot be written (no space, a read-only folder)."""
+
+
+def _allocate(path: Path, nbytes: int) -> None:
+    """Reserve the store file's blocks before it is memory-mapped: a full disk is then an error
+    here, not a SIGBUS when a written page is flushed to a block the file system cannot give."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as file:
+            os.posix_fallocate(file.fileno(), 0, max(nbytes, 1))
+    except OSError as error:
+        _remove(path)
+        raise StoreUnavailable(f"cannot write the int8 store {path.parent} ({nbytes / 2**30:.2f} GiB): "
+                               f"{error.strerror or error}") from None
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):  # nothing there, or a folder that never was one
+        path.unlink(missing_ok=True)
 
 
 def memory_matrix(path: Path, columns: list[str], plan: RowPlan,

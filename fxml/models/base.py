@@ -43,6 +43,10 @@ class TabularModel(ABC):
     # the same when training from the int8 store on disk (None: as in memory); XGBoost's
     # external-memory pages stay on disk
     streamed_dataset_bytes_per_value: ClassVar[float | None] = None
+    # the family reads the training rows only to build that dataset: even when a run's plan is
+    # in memory, the rows then come from the int8 store file (the kernel's page cache, handed
+    # back as they are read) instead of a second copy held beside the dataset
+    copies_train_rows: ClassVar[bool] = False
     # the family's parameters (fxml.models.params): the constructor takes exactly these and runs
     # their checks; None (wrappers such as NeutralizedModel) keeps the options as given
     params_class: ClassVar[type[ModelParams] | None] = None

@@ -85,6 +85,11 @@ class EnsembleModel(TabularModel):
                     else family.streamed_dataset_bytes_per_value for family in self._member_families()),
                    default=0.0)
 
+    @property
+    def copies_train_rows(self) -> bool:  # type: ignore[override]
+        families = self._member_families()
+        return bool(families) and all(family.copies_train_rows for family in families)
+
     def _member_families(self) -> list[type[TabularModel]]:
         """The classes of the members trained in the run (read from their configs' targets)."""
         from hydra.utils import get_class

@@ -118,6 +118,10 @@ class NeutralizedModel(TabularModel):
         return self.inner.streamed_dataset_bytes_per_value
 
     @property
+    def copies_train_rows(self) -> bool:  # type: ignore[override]
+        return self.inner.copies_train_rows
+
+    @property
     def input_features(self) -> list[str]:
         return self.options["input_features"]
 

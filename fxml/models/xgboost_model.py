@@ -1,5 +1,5 @@
-"""XGBoost behind the common contract: a ``QuantileDMatrix`` reading the int8 matrix in place, or
-external memory fed block by block from a disk-backed split."""
+"""XGBoost behind the common contract: a ``QuantileDMatrix`` reading the int8 rows in place or
+block by block from the int8 store, or external memory when the memory plan is on disk."""
 
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ class _StepReporter(xgb.callback.TrainingCallback):
 
 
 class _Int8Blocks(xgb.DataIter):
-    """Feeds XGBoost a disk-backed split in row blocks, for external-memory training."""
+    """Feeds XGBoost a disk-backed split in row blocks."""
 
-    def __init__(self, split: DataSplit, cache_prefix: str) -> None:
+    def __init__(self, split: DataSplit, cache_prefix: str | None = None) -> None:
         super().__init__(cache_prefix=cache_prefix)
         self.split, self.rows, self.position = split, predict_chunk_rows(split.features.shape[1]), 0
 
@@ -62,10 +62,13 @@ class _Int8Blocks(xgb.DataIter):
 
 
 def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
-    """In memory: a ``QuantileDMatrix`` reading the int8 matrix in place. Disk-backed: an
-    ``ExtMemQuantileDMatrix`` fed block by block, its pages cached beside the store."""
+    """A ``QuantileDMatrix`` reading an in-memory int8 matrix in place, or fed block by block from
+    the int8 store; an ``ExtMemQuantileDMatrix`` (pages in a temporary folder) when the memory plan
+    puts the model's dataset on disk too."""
     if split.storage != "disk":
         return xgb.QuantileDMatrix(split.features, label=split.target, max_bin=max_bin, ref=ref)
+    if not split.dataset_on_disk:
+        return xgb.QuantileDMatrix(_Int8Blocks(split), max_bin=max_bin, ref=ref)
     cache = Path(tempfile.mkdtemp(prefix="fxml-xgb-"))
     blocks = _Int8Blocks(split, str(cache / split.name))
     log.info("model: XGBoost reads the %s split from the int8 store into external memory", split.name)
