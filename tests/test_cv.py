@@ -171,7 +171,8 @@ def test_memory_plans_count_the_era_kfold_copy(workspace: Workspace) -> None:
             return MemoryPlan("memory", 1, "recorded")
 
     data = SimpleNamespace(memory_need=lambda *_: MemoryNeed(1000, 500, 200, 10, 40))
-    model = SimpleNamespace(dataset_bytes_per_value=0.0, streamed_dataset_bytes_per_value=None)
+    model = SimpleNamespace(dataset_bytes_per_value=0.0, streamed_dataset_bytes_per_value=None,
+                            copies_train_rows=False)
     with mlflow.start_run(experiment_id=mlflow.set_experiment("plans").experiment_id):
         for splitter in (None, EraSplitter(), WalkForward(), EraKFold(folds=5)):
             plan_memory(Recording(), data, model, splitter)  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import mmap
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from fxml.errors import FxmlError
 from fxml.models.base import labelled_rows
 from fxml.models.lightgbm_model import LightGBMModel
 from fxml.models.linear import RidgeModel
-from fxml.models.xgboost_model import XGBoostModel, quantile_matrix
+from fxml.models.xgboost_model import XGBoostModel, _Int8Blocks, quantile_matrix
 from tests.conftest import SMALL_DATA, Workspace
 from tests.helpers import toy_split
 
@@ -355,6 +356,45 @@ def test_xgboost_learns_the_same_from_the_store_on_disk(release: Path, storage: 
     model = XGBoostModel(n_estimators=10, colsample_bytree=0.5).fit(train)
     np.testing.assert_allclose(model.predict(validation.features), expected.predict(validation.features),
                                rtol=0, atol=1e-6)
+
+
+def resident_bytes(path: Path) -> int:
+    """This process's resident bytes of its memory maps of ``path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's first line ends with its file
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def test_xgboost_hands_back_the_store_pages_it_has_read(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    source = toy_split(eras=20, rows=1000, features=64)
+    path = tmp_path / "train.int8"
+    written = np.memmap(path, dtype=np.int8, mode="w+", shape=source.features.shape)
+    written[:] = source.features
+    written.flush()
+    del written  # unmapped: only the reader's pages are counted
+    stored = np.memmap(path, dtype=np.int8, mode="r", shape=source.features.shape)
+    train = dataclasses.replace(source, features=stored, storage="disk")
+    block = 4 * mmap.PAGESIZE // 64  # blocks of four pages
+    monkeypatch.setattr("fxml.models.xgboost_model.predict_chunk_rows", lambda _: block)
+    seen = []
+    handing = _Int8Blocks.next
+
+    def next_block(self, input_data):  # type: ignore[no-untyped-def]
+        seen.append(resident_bytes(path))  # while XGBoost asks for a block, after the one before
+        return handing(self, input_data)
+
+    monkeypatch.setattr(_Int8Blocks, "next", next_block)
+    matrix = quantile_matrix(train, 8)
+    assert matrix.num_row() == len(train) and len(seen) > 2 * len(train) / block  # several passes
+    # XGBoost reads the rows it is pointed at after ``next`` returns: at most the block it has
+    # just read is resident, with the pages the kernel maps around a fault (64 KiB windows)
+    bound = 2 * block * 64 + 2 * 64 * 1024
+    assert max(seen) <= bound < train.features.nbytes / 4
 
 
 def test_an_unwritable_store_is_one_line_or_memory_when_asked(release: Path, tmp_path: Path) -> None:

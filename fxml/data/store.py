@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fxml.data.memory import anonymous_matrix
+from fxml.data.memory import anonymous_matrix, release_rows
 from fxml.errors import FxmlError
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,9 @@ def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingF
         writable = np.memmap(partial, dtype=np.int8, mode="r+", shape=shape)
         filled = fill_matrix(path, columns, plan, writable, missing)
         writable.flush()
+        # the written pages stay in the page cache; out of this process's resident set before
+        # the model reads them again through the read-only map
+        release_rows(writable, 0, len(writable), file_pages_only=True)
         del writable
         os.replace(partial, matrix_path)
     finally:

@@ -46,19 +46,26 @@ class _Int8Blocks(xgb.DataIter):
         self.split, self.rows, self.position = split, predict_chunk_rows(split.features.shape[1]), 0
 
     def next(self, input_data: Callable[..., None]) -> bool:
+        # ``input_data`` only points XGBoost at the rows: it reads them after this returns, and
+        # is done with them when it asks for the next block
+        self._release_handed_block()
         start = self.position
         if start >= len(self.split):
             return False
         stop = start + self.rows
         input_data(data=np.asarray(self.split.features[start:stop]), label=self.split.target[start:stop])
-        # XGBoost reads every block in several passes: store pages only, which the next pass
-        # reads again from the file
-        release_rows(self.split.features, start, stop, file_pages_only=True)
         self.position = stop
         return True
 
     def reset(self) -> None:
+        self._release_handed_block()
         self.position = 0
+
+    def _release_handed_block(self) -> None:
+        # XGBoost reads every block in several passes: store pages only, which the next pass
+        # reads again from the file
+        if self.position:
+            release_rows(self.split.features, self.position - self.rows, self.position, file_pages_only=True)
 
 
 def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
