@@ -30,10 +30,11 @@ from fxml.data.memory import (
     release_rows,
 )
 from fxml.data.sources import SyntheticSource
+from fxml.data.split import DataSplit
 from fxml.data.store import BLOCK_COLUMNS
 from fxml.errors import FxmlError
 from fxml.models.base import labelled_rows
-from fxml.models.lightgbm_model import LightGBMModel
+from fxml.models.lightgbm_model import SAMPLE_ROWS_BETWEEN_RELEASES, LightGBMModel, _Int8Rows
 from fxml.models.linear import RidgeModel
 from fxml.models.xgboost_model import XGBoostModel, _Int8Blocks, quantile_matrix
 from tests.conftest import SMALL_DATA, Workspace
@@ -259,7 +260,7 @@ def test_gbdts_in_memory_read_their_training_rows_from_the_store(workspace: Work
         assert "train 9,760 rows, 40 eras, 9 features (int8, 0.1 MiB, disk)" in result.logs
         assert "XGBoost reads the train split from the int8 store into external memory" not in result.logs
     stores = list((workspace.root / "data" / "synthetic").glob(f"*/{STORE_FOLDER}/train-*.int8"))
-    assert len(stores) == 1 and stores[0].stat().st_size == 9_760 * 9
+    assert [store.stat().st_size for store in stores if store.stat().st_size == 9_760 * 9]
 
 
 def test_more_columns_for_the_same_rows(release: Path) -> None:
@@ -371,14 +372,8 @@ def resident_bytes(path: Path) -> int:
 
 def test_xgboost_hands_back_the_store_pages_it_has_read(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    source = toy_split(eras=20, rows=1000, features=64)
     path = tmp_path / "train.int8"
-    written = np.memmap(path, dtype=np.int8, mode="w+", shape=source.features.shape)
-    written[:] = source.features
-    written.flush()
-    del written  # unmapped: only the reader's pages are counted
-    stored = np.memmap(path, dtype=np.int8, mode="r", shape=source.features.shape)
-    train = dataclasses.replace(source, features=stored, storage="disk")
+    train = store_backed(toy_split(eras=20, rows=1000, features=64), path)
     block = 4 * mmap.PAGESIZE // 64  # blocks of four pages
     monkeypatch.setattr("fxml.models.xgboost_model.predict_chunk_rows", lambda _: block)
     seen = []
@@ -395,6 +390,35 @@ def test_xgboost_hands_back_the_store_pages_it_has_read(tmp_path: Path,
     # just read is resident, with the pages the kernel maps around a fault (64 KiB windows)
     bound = 2 * block * 64 + 2 * 64 * 1024
     assert max(seen) <= bound < train.features.nbytes / 4
+
+
+def store_backed(source: DataSplit, path: Path) -> DataSplit:
+    """``source`` with its features in a store-like file, memory-mapped read-only."""
+    written = np.memmap(path, dtype=np.int8, mode="w+", shape=source.features.shape)
+    written[:] = source.features
+    written.flush()
+    del written  # unmapped: only the reader's pages are counted
+    stored = np.memmap(path, dtype=np.int8, mode="r", shape=source.features.shape)
+    return dataclasses.replace(source, features=stored, storage="disk", releasable=True)
+
+
+def test_lightgbm_hands_back_the_store_pages_of_its_bin_sample(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # rows of one page each: every sampled row maps a page and the kernel's 64 KiB around it
+    path = tmp_path / "train.int8"
+    train = store_backed(toy_split(eras=10, rows=200, features=mmap.PAGESIZE), path)
+    seen: list[int] = []
+    reading = _Int8Rows.__getitem__
+
+    def read(self, index):  # type: ignore[no-untyped-def]
+        if isinstance(index, slice) or self.sampled % 50 == 49:
+            seen.append(resident_bytes(path))
+        return reading(self, index)
+
+    monkeypatch.setattr(_Int8Rows, "__getitem__", read)
+    LightGBMModel(n_estimators=2).fit(train)
+    bound = SAMPLE_ROWS_BETWEEN_RELEASES * mmap.PAGESIZE + 2 * 64 * 1024
+    assert len(seen) > 10 and max(seen) <= bound < path.stat().st_size / 4
 
 
 def test_an_unwritable_store_is_one_line_or_memory_when_asked(release: Path, tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ from fxml.models.params import LightGBMParams
 log = logging.getLogger("fxml.models.gbdt")
 T = TypeVar("T")
 BIN_SAMPLE_BYTES = 256 * 2**20
+# at 64 KiB of store pages mapped per sampled row, at most 16 MiB between releases
+SAMPLE_ROWS_BETWEEN_RELEASES = 256
 LIGHTGBM_SAMPLE_BYTES_PER_VALUE = 18.6
 LIGHTGBM_DEFAULT_SAMPLE_ROWS = 200_000
 MIN_BIN_SAMPLE_ROWS = 2_000
@@ -42,19 +44,31 @@ class _Int8Rows(lgb.Sequence):
         self.features = features
         self.batch_size = predict_chunk_rows(features.shape[1])
         self.release_read_rows = release_read_rows
+        self.sampled = 0
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
         if not isinstance(index, slice):
-            # single rows are LightGBM's bin sample, which it wants as float64
+            # single rows are LightGBM's bin sample, which it wants as float64; from the store,
+            # each one maps the pages around it too (the kernel's fault-around, 64 KiB): handed
+            # back every few hundred rows, and before the bins are filled
+            self.sampled += 1
+            if self.sampled % SAMPLE_ROWS_BETWEEN_RELEASES == 0:
+                self._release_sampled_pages()
             return np.asarray(self.features[index], dtype=np.float64)
+        if self.sampled:
+            self._release_sampled_pages()
+            self.sampled = 0
         batch = np.asarray(self.features[index], dtype=np.float32)
         if self.release_read_rows:
             start, stop, _ = index.indices(len(self.features))
             release_rows(self.features, start, stop)
         return batch
+
+    def _release_sampled_pages(self) -> None:
+        release_rows(self.features, 0, len(self.features), file_pages_only=True)
 
 
 def bin_sample_rows(n_features: int) -> int | None:
