@@ -355,8 +355,7 @@ def test_xgboost_learns_the_same_from_the_store_on_disk(release: Path, storage: 
     train.dataset_on_disk = dataset_on_disk
     assert type(quantile_matrix(train, 8)) is matrix
     model = XGBoostModel(n_estimators=10, colsample_bytree=0.5).fit(train)
-    np.testing.assert_allclose(model.predict(validation.features), expected.predict(validation.features),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(model.predict(validation.features), expected.predict(validation.features))
 
 
 def resident_bytes(path: Path) -> int:
@@ -419,6 +418,14 @@ def test_lightgbm_hands_back_the_store_pages_of_its_bin_sample(tmp_path: Path,
     LightGBMModel(n_estimators=2).fit(train)
     bound = SAMPLE_ROWS_BETWEEN_RELEASES * mmap.PAGESIZE + 2 * 64 * 1024
     assert len(seen) > 10 and max(seen) <= bound < path.stat().st_size / 4
+
+
+def test_lightgbm_learns_the_same_from_the_store(tmp_path: Path) -> None:
+    validation = toy_split("validation", seed=1, features=64).features
+    in_memory = LightGBMModel(n_estimators=5).fit(toy_split(rows=400, features=64))
+    stored = LightGBMModel(n_estimators=5).fit(store_backed(toy_split(rows=400, features=64),
+                                                            tmp_path / "train.int8"))
+    np.testing.assert_array_equal(stored.predict(validation), in_memory.predict(validation))
 
 
 def test_an_unwritable_store_is_one_line_or_memory_when_asked(release: Path, tmp_path: Path) -> None:
