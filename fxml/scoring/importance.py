@@ -10,17 +10,16 @@ model does not use the feature; a negative drop means shuffling helped (noise, o
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
 
-# a Figure drawn without pyplot needs no backend: runs have no display, and importing this module
-# leaves matplotlib's global state alone
-from matplotlib.figure import Figure
-
 from fxml.data.split import DataSplit, labelled_rows
 from fxml.scoring import score_eras
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class Predictor(Protocol):
@@ -110,6 +109,9 @@ def permutation_importance(
 def importance_figure(table: pd.DataFrame, top: int = 30) -> Figure:
     """Horizontal bars of the largest CORR drops (error bars: std over repeats)."""
     shown = table.head(top).iloc[::-1]
+    # drawn without pyplot (no backend needed); imported only when a figure is drawn
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(8, 1.5 + 0.28 * len(shown)), dpi=100)
     axis = figure.subplots()
     axis.barh(shown["name"], shown["corr_drop"], xerr=shown["corr_drop_std"], color="#4878a8")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
-# Figures drawn without pyplot need no backend (runs have no display) and leave matplotlib's
-# global state alone
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def cumulative_scores(per_era: pd.DataFrame, columns: tuple[str, ...] = ("corr", "mmc")) -> Figure:
     """Cumulative per-era scores: the curve Numerai users read drawdowns and consistency from."""
+    # drawn without pyplot: no backend (runs have no display), matplotlib's global state left
+    # alone; imported here, after training and scoring, whose peaks it would otherwise add to
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(9, 4.5), dpi=100)
     axis = figure.subplots()
     for column in columns:
