@@ -41,10 +41,9 @@ class _StepReporter(xgb.callback.TrainingCallback):
 class _Int8Blocks(xgb.DataIter):
     """Feeds XGBoost a disk-backed split in row blocks."""
 
-    def __init__(self, split: DataSplit, cache_prefix: str | None = None, rows: int | None = None) -> None:
+    def __init__(self, split: DataSplit, cache_prefix: str | None = None) -> None:
         super().__init__(cache_prefix=cache_prefix)
-        self.split, self.position = split, 0
-        self.rows = rows or predict_chunk_rows(split.features.shape[1])
+        self.split, self.rows, self.position = split, predict_chunk_rows(split.features.shape[1]), 0
 
     def next(self, input_data: Callable[..., None]) -> bool:
         # ``input_data`` only points XGBoost at the rows: it reads them after this returns, and
@@ -76,10 +75,7 @@ def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = No
     if split.storage != "disk":
         return xgb.QuantileDMatrix(split.features, label=split.target, max_bin=max_bin, ref=ref)
     if not split.dataset_on_disk:
-        # each block adds its own buffers to the build's peak; in memory there are no pages for
-        # small blocks to multiply (1/16 of v5.2 `all`: 60 MiB less at a quarter of the rows)
-        rows = max(256, predict_chunk_rows(split.features.shape[1]) // 4)
-        return xgb.QuantileDMatrix(_Int8Blocks(split, rows=rows), max_bin=max_bin, ref=ref)
+        return xgb.QuantileDMatrix(_Int8Blocks(split), max_bin=max_bin, ref=ref)
     cache = Path(tempfile.mkdtemp(prefix="fxml-xgb-"))
     blocks = _Int8Blocks(split, str(cache / split.name))
     log.info("model: XGBoost reads the %s split from the int8 store into external memory", split.name)
