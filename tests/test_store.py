@@ -401,11 +401,14 @@ def store_backed(source: DataSplit, path: Path) -> DataSplit:
     return dataclasses.replace(source, features=stored, storage="disk", releasable=True)
 
 
-def test_lightgbm_hands_back_the_store_pages_of_its_bin_sample(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("releasable", [True, False])  # False: an ensemble's shared split
+def test_lightgbm_hands_back_the_store_pages_it_has_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         releasable: bool) -> None:
     # rows of one page each: every sampled row maps a page and the kernel's 64 KiB around it
+    monkeypatch.setattr("fxml.models.lightgbm_model.predict_chunk_rows", lambda _: 64)
     path = tmp_path / "train.int8"
-    train = store_backed(toy_split(eras=10, rows=200, features=mmap.PAGESIZE), path)
+    train = dataclasses.replace(store_backed(toy_split(eras=10, rows=200, features=mmap.PAGESIZE), path),
+                                releasable=releasable)
     seen: list[int] = []
     reading = _Int8Rows.__getitem__
 
@@ -416,8 +419,9 @@ def test_lightgbm_hands_back_the_store_pages_of_its_bin_sample(tmp_path: Path,
 
     monkeypatch.setattr(_Int8Rows, "__getitem__", read)
     LightGBMModel(n_estimators=2).fit(train)
+    # the sample's pages and each batch's (64 rows) go back before the next batch is read
     bound = SAMPLE_ROWS_BETWEEN_RELEASES * mmap.PAGESIZE + 2 * 64 * 1024
-    assert len(seen) > 10 and max(seen) <= bound < path.stat().st_size / 4
+    assert len(seen) > 2000 / 64 and max(seen) <= bound < path.stat().st_size / 4
 
 
 def test_lightgbm_learns_the_same_from_the_store(tmp_path: Path) -> None:

@@ -33,11 +33,12 @@ class _Int8Rows(lgb.Sequence):
     """Hands LightGBM float32 row batches of the int8 matrix (in memory or memory-mapped), of a
     bounded size, never the whole matrix as float.
 
-    With ``release_read_rows``, the rows of each batch are handed back to the system once read:
     LightGBM takes single rows for its bin sample first, then every row once, in order, in
-    batches. It allocates all its bins (1 byte per value) before the first batch, so this does not
-    lower the peak of an in-memory matrix, but the rest of the construction (minutes at full size)
-    holds one copy instead of two, and the store's pages on disk leave the process as they are read.
+    batches. From the store on disk, the pages of each batch leave the process once read, always
+    (they can be read again from the file: an ensemble's members share the split). With
+    ``release_read_rows`` an in-memory matrix's rows are handed back too: LightGBM allocates all
+    its bins (1 byte per value) before the first batch, so this does not lower the peak, but the
+    rest of the construction (minutes at full size) holds one copy instead of two.
     """
 
     def __init__(self, features: np.ndarray, release_read_rows: bool = False) -> None:
@@ -62,9 +63,8 @@ class _Int8Rows(lgb.Sequence):
             self._release_sampled_pages()
             self.sampled = 0
         batch = np.asarray(self.features[index], dtype=np.float32)
-        if self.release_read_rows:
-            start, stop, _ = index.indices(len(self.features))
-            release_rows(self.features, start, stop)
+        start, stop, _ = index.indices(len(self.features))
+        release_rows(self.features, start, stop, file_pages_only=not self.release_read_rows)
         return batch
 
     def _release_sampled_pages(self) -> None:
