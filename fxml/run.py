@@ -93,7 +93,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with console.status("loading data"):
             # out-of-fold predictions of a neutralised model need its neutralisers in train too
             train_split = data.load("train", neutralizers if splitter.active else None,
-                                    storage="disk" if model.copies_train_rows else plan.storage,
+                                    storage="disk" if model.train_rows_from_store else plan.storage,
                                     every_nth_train_era=plan.every,
                                     memory_if_no_store=plan.storage == "memory")
         train_split.dataset_on_disk = plan.storage == "disk"
@@ -159,7 +159,7 @@ def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
                 splitter: EraSplitter | None = None) -> MemoryPlan:
     """The memory policy's choice for this run, logged as tags and one console line."""
     need = data.memory_need(model.dataset_bytes_per_value, model.streamed_dataset_bytes_per_value,
-                            model.copies_train_rows)
+                            model.train_rows_from_store)
     if splitter is not None and splitter.copied_share:
         # era_kfold copies a fold's training eras (in memory, whatever the storage)
         need = need.with_beside_dataset(int(need.train_features * splitter.copied_share))
@@ -167,9 +167,9 @@ def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
     mlflow.set_tags({"memory_plan": f"{plan.storage}, every {plan.every} training era(s)",
                      "memory_reason": plan.reason})
     log.info("memory: %s", plan.describe())
-    if model.copies_train_rows and plan.storage == "memory":
-        log.info("memory: the model reads its training rows from the int8 store file into its own "
-                 "dataset, so they are not held twice")
+    if model.train_rows_from_store and plan.storage == "memory":
+        log.info("memory: the model reads its training rows from the int8 store file a piece at a "
+                 "time, so they are not held in memory whole")
     return plan
 
 

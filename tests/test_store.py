@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import xgboost as xgb
 
 from fxml.data import memory as memory_module
@@ -25,15 +26,19 @@ from fxml.data.memory import (
     SCORING_BLOCK_BYTES,
     Auto,
     MemoryNeed,
+    StoreRows,
     anonymous_matrix,
     available_memory,
+    read_rows,
     release_rows,
 )
 from fxml.data.sources import SyntheticSource
 from fxml.data.split import DataSplit
 from fxml.data.store import BLOCK_COLUMNS
 from fxml.errors import FxmlError
-from fxml.models.base import labelled_rows
+from fxml.models.base import labelled_rows, predict_in_era_blocks
+from fxml.models.deep import MLPModel
+from fxml.models.deep.feeding import BatchFeeder
 from fxml.models.lightgbm_model import SAMPLE_ROWS_BETWEEN_RELEASES, LightGBMModel, _Int8Rows
 from fxml.models.linear import RidgeModel
 from fxml.models.xgboost_model import XGBoostModel, _Int8Blocks, quantile_matrix
@@ -206,7 +211,7 @@ def test_auto_counts_the_stages_a_run_holds_one_after_the_other(monkeypatch: pyt
     assert lightgbm.in_memory() == ridge_like.in_memory() + GIB - SCORING_BLOCK_BYTES
     assert Auto(max_gib=8).plan(lightgbm).storage == "memory"  # 6.8 GiB, not the 11.8 of all three
     # a model that copies its rows reads them from the store file: only its dataset is held
-    copied = MemoryNeed(train_features=3 * GIB, model_dataset=6 * GIB, rows_copied=True, **shape)
+    copied = MemoryNeed(train_features=3 * GIB, model_dataset=6 * GIB, train_rows_from_store=True, **shape)
     assert copied.in_memory() == MemoryNeed(train_features=0, model_dataset=6 * GIB, **shape).in_memory()
     assert copied.in_memory() < MemoryNeed(train_features=3 * GIB, model_dataset=6 * GIB, **shape).in_memory()
 
@@ -249,12 +254,15 @@ def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> No
         assert streamed.data.metrics[name] == pytest.approx(in_memory.data.metrics[name], rel=0, abs=1e-12)
 
 
-def test_gbdts_in_memory_read_their_training_rows_from_the_store(workspace: Workspace) -> None:
-    # their own dataset holds what they train on: the rows come from the store file, not a copy
-    for model in ("lgbm", "xgboost"):
-        result = workspace.train(f"model={model}", "model.n_estimators=5",
+def test_models_in_memory_read_their_training_rows_from_the_store(workspace: Workspace) -> None:
+    # the GBDTs' own dataset holds what they train on, and a deep model reads a batch at a time:
+    # the rows come from the store file, not a copy held in memory
+    short = {"lgbm": "model.n_estimators=5", "xgboost": "model.n_estimators=5", "mlp": "trainer.max_epochs=1"}
+    for model, option in short.items():
+        result = workspace.train(f"model={model}", option,
                                  f"tracking.run_name=copied-{model}", "tracking.log_model=false")
         assert result.returncode == 0, result.stderr
+        assert ("data: batches read from the int8 store" in result.logs) == (model == "mlp")
         assert "memory: memory, all training eras: memory=in_memory" in result.logs
         assert "the model reads its training rows from the int8 store file" in result.logs
         assert "train 9,760 rows, 40 eras, 9 features (int8, 0.1 MiB, disk)" in result.logs
@@ -458,3 +466,66 @@ def test_auto_streams_every_era_when_only_the_fixed_part_is_too_large(
     assert (plan.storage, plan.every) == ("disk", 1)
     assert "every era streamed anyway" in plan.reason
     assert "streaming every training era anyway" in caplog.text
+
+
+def test_store_rows_are_read_from_the_file_in_any_order(tmp_path: Path) -> None:
+    source = toy_split(eras=10, rows=50, features=37).features
+    stored = store_backed(toy_split(eras=10, rows=50, features=37), tmp_path / "train.int8").features
+    part = stored[120:410]  # a row range of the store: reads start at its first row
+    reader = StoreRows.of(part)
+    assert reader is not None and reader.shape == (290, 37) and reader.offset == 120 * 37
+    order = np.random.default_rng(0).permutation(290)
+    runs = np.r_[np.arange(5, 60), 3, np.arange(200, 290), 0]  # consecutive runs are one read each
+    for rows in (order, runs, order[:1], order[:0]):
+        np.testing.assert_array_equal(reader.read(rows), source[120:410][rows])
+    np.testing.assert_array_equal(read_rows(stored, 480, 600), source[480:])
+    assert resident_bytes(tmp_path / "train.int8") == 0  # nothing of the file was mapped in
+    with pytest.raises(IndexError):
+        reader.read(np.array([290]))
+    # arrays that are not a store file: in memory, anonymous pages, a column slice
+    for other in (source, anonymous_matrix((100, 64)), stored[:, :5]):
+        assert StoreRows.of(other) is None
+    assert read_rows(source, 3, 9).base is source  # a view, as before
+    with open(tmp_path / "train.int8", "r+b") as file:
+        file.truncate(300 * 37)
+    with pytest.raises(FxmlError, match="shorter than its 500 rows; delete it"):
+        StoreRows.of(stored).read(np.array([499]))
+
+
+@pytest.mark.parametrize("era_batches", [False, True])
+def test_deep_batches_from_the_store_equal_those_from_memory(tmp_path: Path, era_batches: bool) -> None:
+    split = toy_split(eras=10, rows=37, features=64)
+    stored = store_backed(toy_split(eras=10, rows=37, features=64), tmp_path / "train.int8")
+    options = {"batch_size": 64, "era_batches": era_batches, "eras_per_batch": 3, "seed": 5}
+    from_memory = BatchFeeder(split.features, split.target, split.eras, **options)
+    from_store = BatchFeeder(stored.features, stored.target, stored.eras, **options)
+    assert from_store.features is None and from_store.store is not None  # the matrix is not held
+    for _ in range(2):  # two epochs, each with its own shuffle
+        for expected, got in zip(from_memory, from_store, strict=True):
+            for a, b in zip(expected, got, strict=True):
+                torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert resident_bytes(tmp_path / "train.int8") == 0
+
+
+def test_deep_models_learn_the_same_from_the_store_and_hold_none_of_it(tmp_path: Path) -> None:
+    train, holdout = toy_split(eras=12, rows=60, features=32), toy_split("validation", eras=4, seed=1,
+                                                                          features=32)
+    path = tmp_path / "train.int8"
+    options = {"widths": [16], "max_epochs": 3, "batch_size": 64, "n_jobs": 1}
+    in_memory = MLPModel(**options).fit(train, holdout)
+    stored = MLPModel(**options).fit(store_backed(train, path),
+                                     store_backed(holdout, tmp_path / "holdout.int8"))
+    assert [h["valid_corr"] for h in stored.history] == [h["valid_corr"] for h in in_memory.history]
+    np.testing.assert_array_equal(stored.predict(holdout.features), in_memory.predict(holdout.features))
+    assert resident_bytes(path) == resident_bytes(tmp_path / "holdout.int8") == 0
+
+
+def test_predicting_from_the_store_leaves_no_blocks_mapped(tmp_path: Path) -> None:
+    train, validation = toy_split(features=16), toy_split("validation", eras=30, features=16, seed=2)
+    model = RidgeModel().fit(train)
+    path = tmp_path / "validation.int8"
+    stored = store_backed(validation, path)
+    row_bytes = 16
+    predicted = predict_in_era_blocks(model, stored, block_bytes=450 * row_bytes)  # 2 eras a block
+    np.testing.assert_array_equal(predicted, model.predict(validation.features))
+    assert resident_bytes(path) == 0

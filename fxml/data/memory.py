@@ -23,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fxml.errors import require
+from fxml.errors import FxmlError, require
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
@@ -105,14 +105,76 @@ def release_rows(matrix: np.ndarray, start: int, stop: int, file_pages_only: boo
 
 
 @dataclass(frozen=True)
+class StoreRows:
+    """Rows of an int8 store matrix read from its file with positioned reads, into memory of the
+    caller's: nothing of the file is mapped into the process, so rows read again and again (a
+    deep model's batches, every epoch) stay in the kernel's page cache, not in the process's
+    resident set or address space. Consecutive rows are one read."""
+
+    path: str
+    offset: int  # byte of the file where row 0 starts
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, matrix: np.ndarray) -> StoreRows | None:
+        """The file behind ``matrix`` when it is a C-order row range of a memory-mapped store
+        (``np.memmap``); None for any other array."""
+        root = matrix
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        if not isinstance(root, np.memmap) or root.filename is None or not matrix.flags.c_contiguous \
+                or matrix.dtype != np.int8 or matrix.ndim != 2:
+            return None
+        start = matrix.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+        return cls(root.filename, int(root.offset) + start, matrix.shape)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (row numbers, in the order given) as a new in-memory int8 matrix."""
+        rows = np.asarray(rows, dtype=np.int64)
+        width = self.shape[1]
+        out = np.empty((len(rows), width), dtype=np.int8)
+        if not len(rows) or not width:
+            return out
+        if rows.min() < 0 or rows.max() >= self.shape[0]:
+            raise IndexError(f"row numbers outside 0..{self.shape[0] - 1}")
+        buffer = memoryview(out).cast("B")
+        starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)
+        stops = np.append(starts[1:], len(rows))
+        file = os.open(self.path, os.O_RDONLY)
+        try:
+            for first, last, row in zip(starts.tolist(), stops.tolist(), rows[starts].tolist(), strict=True):
+                done, size, at = first * width, (last - first) * width, self.offset + row * width
+                while size:
+                    got = os.preadv(file, [buffer[done : done + size]], at)
+                    if got <= 0:
+                        raise FxmlError(f"{self.path}: the int8 store file is shorter than its "
+                                        f"{self.shape[0]:,} rows; delete it to have it written again")
+                    done, size, at = done + got, size - got, at + got
+        finally:
+            os.close(file)
+        return out
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        return self.read(np.arange(start, stop))
+
+
+def read_rows(matrix: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of ``matrix`` for a reader that will read them again later: read
+    from the store file when ``matrix`` is memory-mapped (nothing stays mapped), else a view."""
+    store = StoreRows.of(matrix)
+    return matrix[start:stop] if store is None else store.read_range(start, min(stop, len(matrix)))
+
+
+@dataclass(frozen=True)
 class MemoryNeed:
     """What a run would hold, in bytes, with every selected training era.
 
     A run holds its stages one after the other: the train matrix and the model's dataset while
     it trains (both freed after), then validation while it is predicted and scored. The need is
     the larger stage, plus ids, targets and scores per row and the interpreter. A model that
-    copies its training rows into its own dataset reads them from the int8 store file instead
-    (``rows_copied``): the train matrix is then not held beside the dataset.
+    reads its training rows a piece at a time (into its own dataset, or batch by batch) reads
+    them from the int8 store file instead (``train_rows_from_store``): the train matrix is then
+    not held beside the model.
     """
 
     train_features: int
@@ -121,12 +183,12 @@ class MemoryNeed:
     rows: int
     train_eras: int
     streamed_model_dataset: int | None = None  # the model's dataset when trained from disk
-    rows_copied: bool = False
+    train_rows_from_store: bool = False
 
     def in_memory(self, every: int = 1) -> int:
         # LightGBM allocates all its bins before the first row and XGBoost reads every row in
         # several passes: an in-memory train matrix is whole beside their dataset at its peak
-        rows = 0 if self.rows_copied else self.train_features
+        rows = 0 if self.train_rows_from_store else self.train_features
         training = (rows + self.model_dataset) // every
         return max(training, self.validation_features + self._scoring_block()) + self._fixed()
 
@@ -223,8 +285,8 @@ class Auto:
         mapped = source.startswith("address-space")
 
         def in_memory(every: int) -> int:
-            copied_rows_mapped = need.train_features // every if mapped and need.rows_copied else 0
-            return need.in_memory(every) + copied_rows_mapped
+            store_rows_mapped = need.train_features // every if mapped and need.train_rows_from_store else 0
+            return need.in_memory(every) + store_rows_mapped
 
         if in_memory(1) <= budget:
             return MemoryPlan("memory", 1, f"needs {_gib(in_memory(1))} in memory, {have}")

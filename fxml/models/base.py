@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fxml.data.memory import read_rows
 from fxml.data.split import DataSplit
 from fxml.data.split import labelled_rows as labelled_rows  # re-exported for the families
 from fxml.models.params import ModelParams, params_signature
@@ -43,10 +44,11 @@ class TabularModel(ABC):
     # the same when training from the int8 store on disk (None: as in memory); XGBoost's
     # external-memory pages stay on disk
     streamed_dataset_bytes_per_value: ClassVar[float | None] = None
-    # the family reads the training rows only to build that dataset: even when a run's plan is
-    # in memory, the rows then come from the int8 store file (the kernel's page cache, handed
-    # back as they are read) instead of a second copy held beside the dataset
-    copies_train_rows: ClassVar[bool] = False
+    # the family reads the training rows a bounded piece at a time (to build that dataset, or
+    # batch by batch each epoch): even when a run's plan is in memory, the rows then come from
+    # the int8 store file (the kernel's page cache, handed back as they are read) instead of a
+    # whole copy held in the process beside the model
+    train_rows_from_store: ClassVar[bool] = False
     # the family's parameters (fxml.models.params): the constructor takes exactly these and runs
     # their checks; None (wrappers such as NeutralizedModel) keeps the options as given
     params_class: ClassVar[type[ModelParams] | None] = None
@@ -141,6 +143,7 @@ def predict_in_era_blocks(model: TabularModel, split: DataSplit,
         limit = lo + max(block_bytes // row_bytes, 1)
         candidates = starts[(starts > lo) & (starts <= limit)]
         hi = int(candidates[-1]) if len(candidates) else int(starts[starts > lo][0])
-        out[lo:hi] = model.predict(split.features[lo:hi], split.eras[lo:hi])
+        # read from the store file, so that the blocks already predicted do not stay mapped
+        out[lo:hi] = model.predict(read_rows(split.features, lo, hi), split.eras[lo:hi])
         lo = hi
     return out

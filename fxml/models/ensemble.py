@@ -86,9 +86,9 @@ class EnsembleModel(TabularModel):
                    default=0.0)
 
     @property
-    def copies_train_rows(self) -> bool:  # type: ignore[override]
+    def train_rows_from_store(self) -> bool:  # type: ignore[override]
         families = self._member_families()
-        return bool(families) and all(family.copies_train_rows for family in families)
+        return bool(families) and all(family.train_rows_from_store for family in families)
 
     def _member_families(self) -> list[type[TabularModel]]:
         """The classes of the members trained in the run (read from their configs' targets)."""

@@ -30,7 +30,7 @@ FAMILY_MODULES = {"LightGBMModel": "fxml.models.lightgbm_model",
 class GBDTModel(TabularModel):
     # LightGBM's bins of 5-valued features: measured 1.0 byte per value at full size (2.75M x 2,748)
     dataset_bytes_per_value = 1.0
-    copies_train_rows = True
+    train_rows_from_store = True
 
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)

@@ -118,8 +118,8 @@ class NeutralizedModel(TabularModel):
         return self.inner.streamed_dataset_bytes_per_value
 
     @property
-    def copies_train_rows(self) -> bool:  # type: ignore[override]
-        return self.inner.copies_train_rows
+    def train_rows_from_store(self) -> bool:  # type: ignore[override]
+        return self.inner.train_rows_from_store
 
     @property
     def input_features(self) -> list[str]:

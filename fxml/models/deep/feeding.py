@@ -2,7 +2,9 @@
 
 The matrix stays int8 (on the accelerator when it fits, else in host memory); each batch is one
 ``index_select`` of its rows, moved to the device as int8 and converted to float there. No
-per-row ``__getitem__``, no collate step, no float copy of the whole matrix.
+per-row ``__getitem__``, no collate step, no float copy of the whole matrix. A matrix in the int8
+store on disk that stays on the host is not held at all: each batch's rows are read from the
+store file (the kernel's page cache) when the batch is taken.
 
 Two batch plans:
 
@@ -21,9 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fxml.data.memory import StoreRows
+
 log = logging.getLogger(__name__)
 # share of the accelerator's free memory the resident int8 matrix may take
 DEVICE_MEMORY_SHARE = 0.5
+# rows of a store file copied to the accelerator at a time
+HOST_BLOCK_BYTES = 64 * 2**20
 
 Batch = tuple[Tensor, Tensor, Tensor]
 
@@ -74,10 +80,10 @@ class BatchFeeder:
             log.info("data: int8 features (%.0f MiB) stay in host memory, batches copied to %s",
                      features.nbytes / 2**20, self.device)
         self.home = home
-        with warnings.catch_warnings():
-            # a memory-mapped store is read-only; batches only ever read from it
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            self.features = torch.from_numpy(np.ascontiguousarray(features)).to(home)
+        self.store = StoreRows.of(features) if home.type == "cpu" else None
+        if self.store is not None:
+            log.info("data: batches read from the int8 store %s", self.store.path)
+        self.features = None if self.store is not None else resident(features, home)
         if targets.ndim == 1:
             targets = targets[:, None]
         self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)).to(home)
@@ -111,7 +117,12 @@ class BatchFeeder:
     def take(self, rows: Tensor) -> Batch:
         """One batch: gather the rows where the matrix lives, convert on the device."""
         non_blocking = self.device.type == "cuda"
-        features = self.features.index_select(0, rows).to(self.device, non_blocking=non_blocking)
+        if self.store is not None:
+            taken = torch.from_numpy(self.store.read(rows.numpy()))
+        else:
+            assert self.features is not None
+            taken = self.features.index_select(0, rows)
+        features = taken.to(self.device, non_blocking=non_blocking)
         targets = self.targets.index_select(0, rows).to(self.device, non_blocking=non_blocking)
         codes = self.codes.index_select(0, rows).to(self.device, non_blocking=non_blocking)
         return features.to(self.dtype), targets.to(self.dtype), codes
@@ -119,3 +130,20 @@ class BatchFeeder:
     def __iter__(self) -> Iterator[Batch]:
         for rows in self._row_batches():
             yield self.take(rows)
+
+
+def resident(features: np.ndarray, home: torch.device) -> Tensor:
+    """The int8 matrix on ``home``; a memory-mapped store goes there a block of rows at a time,
+    so that no whole copy of it is ever held in host memory on the way to an accelerator."""
+    store = StoreRows.of(features)
+    if store is None:
+        with warnings.catch_warnings():
+            # a memory-mapped array that is not a store file (read-only); batches only read it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(np.ascontiguousarray(features)).to(home)
+    out = torch.empty(features.shape, dtype=torch.int8, device=home)
+    step = max(1, HOST_BLOCK_BYTES // max(features.shape[1], 1))
+    for start in range(0, len(features), step):
+        stop = min(start + step, len(features))
+        out[start:stop] = torch.from_numpy(store.read_range(start, stop)).to(home)
+    return out

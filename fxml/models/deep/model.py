@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fxml.data.memory import read_rows
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, predict_chunk_rows
@@ -44,6 +45,8 @@ class DeepTabularModel(TabularModel):
 
     network_class: ClassVar[type[nn.Module]]
     network_keys: ClassVar[tuple[str, ...]] = ()
+    # batches are read from the int8 store each epoch (fxml.models.deep.feeding)
+    train_rows_from_store = True
 
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
@@ -165,7 +168,8 @@ class DeepTabularModel(TabularModel):
         out = np.empty(len(features), dtype=np.float64)
         rows = predict_chunk_rows(features.shape[1])
         for start in range(0, len(features), rows):
-            block = torch.from_numpy(np.ascontiguousarray(features[start : start + rows]))
+            # the inner holdout is predicted every epoch: from the store it is read, not mapped
+            block = torch.from_numpy(np.ascontiguousarray(read_rows(features, start, start + rows)))
             outputs, _ = run_network(network, block.to(device).to(self.dtype))
             out[start : start + len(block)] = outputs[:, 0].double().cpu().numpy()
         network.train(training)
