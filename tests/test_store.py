@@ -38,10 +38,13 @@ from fxml.data.store import BLOCK_COLUMNS
 from fxml.errors import FxmlError
 from fxml.models.base import labelled_rows, predict_in_era_blocks
 from fxml.models.deep import MLPModel
-from fxml.models.deep.feeding import BatchFeeder
+from fxml.models.deep.feeding import BatchFeeder, era_codes
 from fxml.models.lightgbm_model import SAMPLE_ROWS_BETWEEN_RELEASES, LightGBMModel, _Int8Rows
 from fxml.models.linear import RidgeModel
 from fxml.models.xgboost_model import XGBoostModel, _Int8Blocks, quantile_matrix
+from fxml.scoring import score_eras
+from fxml.scoring.diagnostics import prepare_meta_reference
+from fxml.scoring.grid import era_grid
 from tests.conftest import SMALL_DATA, Workspace
 from tests.helpers import toy_split
 
@@ -528,4 +531,23 @@ def test_predicting_from_the_store_leaves_no_blocks_mapped(tmp_path: Path) -> No
     row_bytes = 16
     predicted = predict_in_era_blocks(model, stored, block_bytes=450 * row_bytes)  # 2 eras a block
     np.testing.assert_array_equal(predicted, model.predict(validation.features))
+    assert resident_bytes(path) == 0
+
+
+def test_scoring_reads_each_era_from_the_store_and_keeps_none_mapped(tmp_path: Path) -> None:
+    validation = toy_split("validation", eras=20, rows=150, features=40, seed=3)
+    path = tmp_path / "validation.int8"
+    stored = store_backed(validation, path)
+    rng = np.random.default_rng(1)
+    predictions, meta = rng.random(len(validation)), rng.random(len(validation))
+    expected = score_eras(predictions, validation.target, validation.eras, features=validation.features)
+    got = score_eras(predictions, stored.target, stored.eras, features=stored.features)
+    pd.testing.assert_frame_equal(got, expected, rtol=0, atol=0)
+    assert {"fnc", "feature_exposure"} <= set(got.columns) and resident_bytes(path) == 0
+    codes, n_eras = era_codes(validation.eras)
+    grid = era_grid(codes, n_eras, np.ones(len(validation), dtype=bool))
+    in_memory = prepare_meta_reference(grid, meta, validation.features)
+    from_store = prepare_meta_reference(grid, meta, stored.features)
+    np.testing.assert_array_equal(from_store.exposure_direction, in_memory.exposure_direction)
+    np.testing.assert_array_equal(from_store.exposure_scale, in_memory.exposure_scale)
     assert resident_bytes(path) == 0

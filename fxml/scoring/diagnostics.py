@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fxml.data.memory import take_rows
 from fxml.scoring.eras import era_starts
 from fxml.scoring.grid import (
     EraGrid,
@@ -92,8 +93,7 @@ def exposure_direction(grid: EraGrid, centred: np.ndarray,
     for era in np.flatnonzero(grid.counts > 1):
         size = int(grid.counts[era])
         rows = grid.rows[starts[era]: starts[era] + size]
-        contiguous = int(rows[-1] - rows[0]) == size - 1
-        era_rows = features[rows[0]: rows[-1] + 1] if contiguous else features[rows]
+        era_rows = take_rows(features, rows)
         values = centred[era, :size]
         explained = 0.0
         for first in range(0, era_rows.shape[1], EXPOSURE_COLUMNS):

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
+from fxml.data.memory import take_rows
 from fxml.scoring.eras import (
     encode_eras,
     era_count,
@@ -184,7 +185,7 @@ def feature_neutral_residuals_and_exposure(
         rows = contiguous[starts[era] : starts[era] + counts[era]]
         with threads.era(rows.size):
             residuals[rows], exposure[era] = _era_feature_scores(
-                features[rows], gaussian_predictions[rows], predictions[rows]
+                take_rows(features, rows), gaussian_predictions[rows], predictions[rows]
             )
     return residuals, exposure
 
