@@ -38,7 +38,7 @@ from fxml.data.store import BLOCK_COLUMNS
 from fxml.errors import FxmlError
 from fxml.models.base import labelled_rows, predict_in_era_blocks
 from fxml.models.deep import MLPModel
-from fxml.models.deep.feeding import BatchFeeder, era_codes
+from fxml.models.deep.feeding import BatchFeeder, era_codes, resident
 from fxml.models.lightgbm_model import SAMPLE_ROWS_BETWEEN_RELEASES, LightGBMModel, _Int8Rows
 from fxml.models.linear import RidgeModel
 from fxml.models.xgboost_model import XGBoostModel, _Int8Blocks, quantile_matrix
@@ -508,6 +508,25 @@ def test_deep_batches_from_the_store_equal_those_from_memory(tmp_path: Path, era
             for a, b in zip(expected, got, strict=True):
                 torch.testing.assert_close(b, a, rtol=0, atol=0)
     assert resident_bytes(tmp_path / "train.int8") == 0
+
+
+def test_a_store_goes_to_the_device_a_block_at_a_time(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # the path to an accelerator with room for the matrix, taken here on the CPU
+    split = toy_split(eras=10, rows=37, features=64)
+    stored = store_backed(toy_split(eras=10, rows=37, features=64), tmp_path / "train.int8")
+    read: list[int] = []
+    reading = StoreRows.read_range
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+        read.append(stop - start)
+        return reading(self, start, stop)
+
+    monkeypatch.setattr("fxml.models.deep.feeding.HOST_BLOCK_BYTES", 64 * 50)
+    monkeypatch.setattr(StoreRows, "read_range", read_range)
+    on_device = resident(stored.features, torch.device("cpu"))
+    assert on_device.dtype == torch.int8 and torch.equal(on_device, torch.from_numpy(split.features))
+    assert read == [50] * 7 + [20] and resident_bytes(tmp_path / "train.int8") == 0
 
 
 def test_deep_models_learn_the_same_from_the_store_and_hold_none_of_it(tmp_path: Path) -> None:
