@@ -106,10 +106,11 @@ def release_rows(matrix: np.ndarray, start: int, stop: int, file_pages_only: boo
 
 @dataclass(frozen=True)
 class StoreRows:
-    """Rows of an int8 store matrix read from its file with positioned reads, into memory of the
+    """Rows of an int8 store matrix read from its file (a seek and a read), into memory of the
     caller's: nothing of the file is mapped into the process, so rows read again and again (a
     deep model's batches, every epoch) stay in the kernel's page cache, not in the process's
-    resident set or address space. Consecutive rows are one read."""
+    resident set or address space. Consecutive rows are one read. (Unbuffered ``readinto`` was
+    measured faster than ``os.preadv`` per row, and runs everywhere.)"""
 
     path: str
     offset: int  # byte of the file where row 0 starts
@@ -140,18 +141,17 @@ class StoreRows:
         buffer = memoryview(out).cast("B")
         starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)
         stops = np.append(starts[1:], len(rows))
-        file = os.open(self.path, os.O_RDONLY)
-        try:
+        with open(self.path, "rb", buffering=0) as file:
             for first, last, row in zip(starts.tolist(), stops.tolist(), rows[starts].tolist(), strict=True):
-                done, size, at = first * width, (last - first) * width, self.offset + row * width
+                done, size = first * width, (last - first) * width
+                at = self.offset + row * width
+                file.seek(at)
                 while size:
-                    got = os.preadv(file, [buffer[done : done + size]], at)
+                    got = file.readinto(buffer[done : done + size]) or 0
                     if got <= 0:
                         raise FxmlError(f"{self.path}: the int8 store file is shorter than its "
                                         f"{self.shape[0]:,} rows; delete it to have it written again")
-                    done, size, at = done + got, size - got, at + got
-        finally:
-            os.close(file)
+                    done, size = done + got, size - got
         return out
 
     def read_range(self, start: int, stop: int) -> np.ndarray:
