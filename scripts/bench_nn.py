@@ -13,6 +13,8 @@ and reports training samples per second:
 - ``fxml BatchFeeder``: fxml's path; the int8 matrix kept in memory (on the GPU when it fits),
   one ``index_select`` per batch, converted to float on the device;
 - ``fxml BatchFeeder, era batches``: the same, each batch one whole era;
+- ``fxml BatchFeeder from the int8 store file``: what a run does on the CPU, the same batches
+  read from a store file (one read per run of consecutive rows) instead of an in-memory matrix;
 - ``fxml MLPModel.fit (Lightning)``: the whole fxml model (Lightning loop, per-epoch hooks, no
   validation) fed by the BatchFeeder, timed after a warm-up fit so imports are not counted.
 
@@ -27,8 +29,10 @@ import fxml  # noqa: F401  # isort: skip
 
 import argparse
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -148,16 +152,28 @@ def main() -> None:
 
     baseline_loader = baseline_epoch()
     feeder = BatchFeeder(x, y, era, args.batch_size, device, seed=args.seed)
+    store_folder = tempfile.TemporaryDirectory()
+    stored = np.memmap(Path(store_folder.name) / "train.int8", dtype=np.int8, mode="w+", shape=x.shape)
+    stored[:] = x
+    stored.flush()
+    stored = np.memmap(stored.filename, dtype=np.int8, mode="r", shape=x.shape)
+    # on an accelerator with room, the store goes to the device whole and this is ``feeder`` again
+    store_feeder = BatchFeeder(stored, y, era, args.batch_size, device, seed=args.seed)
     era_feeder = BatchFeeder(x, y, era, args.batch_size, device, era_batches=True, seed=args.seed)
     paths: list[tuple[str, Callable[[], Callable[[], int]]]] = [
         ("feed only: DataLoader(TensorDataset)",
          lambda: feed_steps(batches_forever(lambda: baseline_loader), device)),
         ("feed only: fxml BatchFeeder", lambda: feed_steps(batches_forever(lambda: feeder), device)),
+        ("feed only: fxml BatchFeeder from the int8 store file",
+         lambda: feed_steps(batches_forever(lambda: store_feeder), device)),
         ("train: DataLoader(TensorDataset)",
          lambda: train_steps(batches_forever(lambda: baseline_loader),
                              fresh_mlp(args, device), device)),
         ("train: fxml BatchFeeder",
          lambda: train_steps(batches_forever(lambda: feeder),
+                             fresh_mlp(args, device), device)),
+        ("train: fxml BatchFeeder from the int8 store file",
+         lambda: train_steps(batches_forever(lambda: store_feeder),
                              fresh_mlp(args, device), device)),
         ("train: fxml BatchFeeder, era batches",
          lambda: train_steps(batches_forever(lambda: era_feeder),
@@ -176,7 +192,8 @@ def main() -> None:
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     results.append(("train: fxml MLPModel.fit (Lightning)", rate, peak))
 
-    baselines = {"feed": results[0][1], "train": results[2][1]}
+    store_folder.cleanup()
+    baselines = {"feed": results[0][1], "train": results[3][1]}
     print()
     print("| path | device | samples/s | vs DataLoader | peak GPU MiB |")
     print("| --- | --- | ---: | ---: | ---: |")
