@@ -77,6 +77,15 @@ def anonymous_matrix(shape: tuple[int, int]) -> np.ndarray:
     return np.frombuffer(pages, dtype=np.int8, count=size).reshape(shape)
 
 
+def _owner(matrix: np.ndarray) -> tuple[np.ndarray, int]:
+    """The array whose buffer ``matrix`` views (itself if none), and the byte of that buffer
+    where ``matrix`` starts."""
+    root = matrix
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    return root, matrix.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+
+
 def release_rows(matrix: np.ndarray, start: int, stop: int, file_pages_only: bool = False) -> None:
     """Hand the memory of rows ``[start, stop)`` of ``matrix`` back to the system: the whole
     pages inside those rows, for a reader that is done with them.
@@ -88,15 +97,12 @@ def release_rows(matrix: np.ndarray, start: int, stop: int, file_pages_only: boo
     file if needed. Other rows, and any other array, are left as they are; so are anonymous
     pages with ``file_pages_only``, for a reader that reads the rows again.
     """
-    root = matrix
-    while isinstance(root.base, np.ndarray):
-        root = root.base
+    root, offset = _owner(matrix)
     anonymous = isinstance(root.base, memoryview)
     pages = root.base.obj if anonymous else root.base
     # an np.memmap of the whole file (offset 0) starts where its mapping starts
     if not isinstance(pages, mmap.mmap) or not matrix.flags.c_contiguous or (anonymous and file_pages_only):
         return
-    offset = matrix.__array_interface__["data"][0] - root.__array_interface__["data"][0]
     row_bytes = matrix.strides[0]
     first = -(-(offset + max(start, 0) * row_bytes) // mmap.PAGESIZE) * mmap.PAGESIZE
     last = (offset + min(stop, len(matrix)) * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
@@ -120,13 +126,10 @@ class StoreRows:
     def of(cls, matrix: np.ndarray) -> StoreRows | None:
         """The file behind ``matrix`` when it is a C-order row range of a memory-mapped store
         (``np.memmap``); None for any other array."""
-        root = matrix
-        while isinstance(root.base, np.ndarray):
-            root = root.base
+        root, start = _owner(matrix)
         if not isinstance(root, np.memmap) or root.filename is None or not matrix.flags.c_contiguous \
                 or matrix.dtype != np.int8 or matrix.ndim != 2:
             return None
-        start = matrix.__array_interface__["data"][0] - root.__array_interface__["data"][0]
         return cls(root.filename, int(root.offset) + start, matrix.shape)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
