@@ -129,7 +129,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         del fit_split, inner_holdout
         return_freed_memory()  # the model's training dataset, before validation is loaded
         with console.status("loading validation"):
-            validation = data.load("validation", neutralizers, plan.storage)
+            # predicted a block of eras and scored an era at a time: read from the store file
+            validation = data.load("validation", neutralizers, storage="disk",
+                                   memory_if_no_store=plan.storage == "memory")
         mlflow.log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
 
         with console.status("scoring validation"):
@@ -170,6 +172,8 @@ def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
     if model.train_rows_from_store and plan.storage == "memory":
         log.info("memory: the model reads its training rows from the int8 store file a piece at a "
                  "time, so they are not held in memory whole")
+    log.info("memory: validation is read from its int8 store file a block of eras at a time to "
+             "predict and an era at a time to score, so it is not held in memory whole")
     return plan
 
 

@@ -25,6 +25,8 @@ from fxml.data import memory as memory_module
 from fxml.data.layout import FEATURES_JSON
 from fxml.data.loader import STORE_FOLDER, NumeraiData
 from fxml.data.memory import (
+    BASE_BYTES,
+    BYTES_PER_ROW,
     GIB,
     SCORING_BLOCK_BYTES,
     Auto,
@@ -209,12 +211,16 @@ def test_auto_prefers_memory_then_disk_then_fewer_eras(monkeypatch: pytest.Monke
 def test_auto_counts_the_stages_a_run_holds_one_after_the_other(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory_module, "available_memory", lambda: (64 * GIB, "available system memory"))
     # training holds the train matrix and the model's dataset, then both are freed before
-    # validation is loaded and scored: the larger stage is what the run needs
+    # validation is predicted a block of eras at a time from its store file and scored an era at
+    # a time: the larger stage is what the run needs, and validation's size is not held
     shape = {"validation_features": 5 * GIB, "rows": 2_000_000, "train_eras": 100}
+    fixed = 2_000_000 * BYTES_PER_ROW + BASE_BYTES
     ridge_like = MemoryNeed(train_features=3 * GIB, model_dataset=0, **shape)
     lightgbm = MemoryNeed(train_features=3 * GIB, model_dataset=3 * GIB, **shape)
-    assert ridge_like.in_memory() == MemoryNeed(train_features=1 * GIB, model_dataset=0, **shape).in_memory()
-    assert lightgbm.in_memory() == ridge_like.in_memory() + GIB - SCORING_BLOCK_BYTES
+    assert ridge_like.in_memory() == 3 * GIB + fixed
+    assert lightgbm.in_memory() == 6 * GIB + fixed
+    small_train = MemoryNeed(train_features=GIB // 64, model_dataset=0, **shape)
+    assert small_train.in_memory() == SCORING_BLOCK_BYTES + fixed
     assert Auto(max_gib=8).plan(lightgbm).storage == "memory"  # 6.8 GiB, not the 11.8 of all three
     # a model that copies its rows reads them from the store file: only its dataset is held
     copied = MemoryNeed(train_features=3 * GIB, model_dataset=6 * GIB, train_rows_from_store=True, **shape)
@@ -251,6 +257,11 @@ def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> No
     memory = workspace.train("model=ridge", "tracking.run_name=in-memory", "tracking.log_model=false")
     assert memory.returncode == 0, memory.stderr
     assert "train 9,760 rows, 40 eras, 9 features (int8, 0.1 MiB, memory)" in memory.logs
+    # under every plan validation is predicted and scored from its store file, never held whole
+    for planned in (result, memory):
+        assert re.search(r"validation [\d,]+ rows, \d+ eras, 9 features \(int8, [\d.]+ MiB, disk\)",
+                         planned.logs), planned.logs
+        assert "validation is read from its int8 store file" in planned.logs
     runs = {run.info.run_name: run for run in workspace.runs()}
     streamed, in_memory = runs["auto-low"], runs["in-memory"]
     assert streamed.data.tags["memory_plan"] == "disk, every 1 training era(s)"

@@ -1,10 +1,12 @@
 """Memory policies: where the splits live and how many training eras are read.
 
 A policy sees what a run will hold (the int8 payload of the training eras and of validation, and
-the bytes the model's own training dataset takes) and returns a :class:`MemoryPlan`: the splits in
-memory or in the int8 store on disk (memory-mapped, streamed by the models), and a stride over the
-training eras. ``memory=auto`` prefers, in order: everything in memory; the store on disk; the
-store on disk with fewer training eras.
+the bytes the model's own training dataset takes) and returns a :class:`MemoryPlan`: the training
+split and the model's dataset in memory or in the int8 store on disk (memory-mapped, streamed by
+the models), and a stride over the training eras. ``memory=auto`` prefers, in order: everything in
+memory; the store on disk; the store on disk with fewer training eras. Whatever the plan,
+validation is read from its int8 store file a block of eras at a time (to predict) and an era at a
+time (to score): it is read once per pass and never held whole.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ GIB = 1024**3
 # predictions, scores) and in all (interpreter, libraries)
 BYTES_PER_ROW = 160
 BASE_BYTES = 512 * 2**20
-# one block of validation rows predicted and scored at a time when the store is on disk
-SCORING_BLOCK_BYTES = 512 * 2**20
+# int8 bytes of the block of whole eras predicted at a time (at least one era): small against the
+# split, large enough that a block is one read of the store file and a few model calls
+SCORING_BLOCK_BYTES = 64 * 2**20
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -184,8 +187,9 @@ class MemoryNeed:
     """What a run would hold, in bytes, with every selected training era.
 
     A run holds its stages one after the other: the train matrix and the model's dataset while
-    it trains (both freed after), then validation while it is predicted and scored. The need is
-    the larger stage, plus ids, targets and scores per row and the interpreter. A model that
+    it trains (both freed after), then a block of validation eras while it is predicted and one
+    era while it is scored (validation is read from its store file, never held whole). The need
+    is the larger stage, plus ids, targets and scores per row and the interpreter. A model that
     reads its training rows a piece at a time (into its own dataset, or batch by batch) reads
     them from the int8 store file instead (``train_rows_from_store``): the train matrix is then
     not held beside the model.
@@ -204,7 +208,7 @@ class MemoryNeed:
         # several passes: an in-memory train matrix is whole beside their dataset at its peak
         rows = 0 if self.train_rows_from_store else self.train_features
         training = (rows + self.model_dataset) // every
-        return max(training, self.validation_features + self._scoring_block()) + self._fixed()
+        return max(training, self._scoring_block()) + self._fixed()
 
     def with_beside_dataset(self, extra: int) -> MemoryNeed:
         """This need with ``extra`` bytes held in memory beside the model's dataset, whether that
@@ -299,8 +303,8 @@ class Auto:
         mapped = source.startswith("address-space")
 
         def in_memory(every: int) -> int:
-            store_rows_mapped = need.train_features // every if mapped and need.train_rows_from_store else 0
-            return need.in_memory(every) + store_rows_mapped
+            store_rows = need.train_features // every if need.train_rows_from_store else 0
+            return need.in_memory(every) + (store_rows + need.validation_features if mapped else 0)
 
         if in_memory(1) <= budget:
             return MemoryPlan("memory", 1, f"needs {_gib(in_memory(1))} in memory, {have}")

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fxml.data.memory import read_rows
+from fxml.data.memory import SCORING_BLOCK_BYTES, read_rows
 from fxml.data.split import DataSplit
 from fxml.data.split import labelled_rows as labelled_rows  # re-exported for the families
 from fxml.models.params import ModelParams, params_signature
@@ -127,7 +127,7 @@ def float32_chunks(features: np.ndarray, rows: int) -> Iterator[tuple[int, np.nd
 
 
 def predict_in_era_blocks(model: TabularModel, split: DataSplit,
-                          block_bytes: int = 512 * 2**20) -> np.ndarray:
+                          block_bytes: int = SCORING_BLOCK_BYTES) -> np.ndarray:
     """Predictions for an era-sorted split, whole eras at a time when it lives on disk, so that no
     more than ``block_bytes`` of its features are read at once (every family predicts a row from
     its row and its era alone, so blocks of whole eras give the same values as one call)."""
