@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -48,8 +49,11 @@ from fxml.models.lightgbm_model import SAMPLE_ROWS_BETWEEN_RELEASES, LightGBMMod
 from fxml.models.linear import RidgeModel
 from fxml.models.xgboost_model import XGBoostModel, _Int8Blocks, quantile_matrix
 from fxml.scoring import score_eras
+from fxml.scoring import scorer as scorer_module
 from fxml.scoring.diagnostics import prepare_meta_reference
 from fxml.scoring.grid import era_grid
+from fxml.scoring.portfolio import neutral_weights
+from fxml.scoring.scorer import neutralizer_columns
 from tests.conftest import SMALL_DATA, Workspace
 from tests.helpers import toy_split
 
@@ -567,7 +571,8 @@ def test_predicting_from_the_store_leaves_no_blocks_mapped(tmp_path: Path) -> No
     assert resident_bytes(path) == 0
 
 
-def test_scoring_reads_each_era_from_the_store_and_keeps_none_mapped(tmp_path: Path) -> None:
+def test_scoring_reads_each_era_from_the_store_and_keeps_none_mapped(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     validation = toy_split("validation", eras=20, rows=150, features=40, seed=3)
     path = tmp_path / "validation.int8"
     stored = store_backed(validation, path)
@@ -583,6 +588,16 @@ def test_scoring_reads_each_era_from_the_store_and_keeps_none_mapped(tmp_path: P
     from_store = prepare_meta_reference(grid, meta, stored.features)
     np.testing.assert_array_equal(from_store.exposure_direction, in_memory.exposure_direction)
     np.testing.assert_array_equal(from_store.exposure_scale, in_memory.exposure_scale)
+    assert resident_bytes(path) == 0
+    # MPC's neutralisers: the run's features, or some of them, read an era or a block at a time
+    signals = grid.place(predictions)
+    weights = grid.place(np.ones(len(validation)))
+    expected_weights = neutral_weights(signals, weights, validation.features, grid)
+    np.testing.assert_array_equal(neutral_weights(signals, weights, stored.features, grid), expected_weights)
+    data = SimpleNamespace(metadata={"feature_sets": {"some": validation.feature_names[::3]}})
+    monkeypatch.setattr(scorer_module, "SCORING_BLOCK_BYTES", 7 * validation.features.shape[1])
+    some = neutralizer_columns(stored, data, "some")  # type: ignore[arg-type]
+    np.testing.assert_array_equal(some, validation.features[:, ::3])
     assert resident_bytes(path) == 0
 
 

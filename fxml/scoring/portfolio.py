@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fxml.data.memory import take_rows
 from fxml.scoring.eras import era_starts
 from fxml.scoring.grid import (
     EraGrid,
@@ -75,7 +76,7 @@ def neutral_weights(signals: np.ndarray, sample_weights: np.ndarray,
         starts = era_starts(grid.counts)
         for era in np.flatnonzero(grid.counts):
             size = int(grid.counts[era])
-            basis = neutralizer_basis(neutralizers[grid.rows[starts[era]: starts[era] + size]])
+            basis = neutralizer_basis(take_rows(neutralizers, grid.rows[starts[era]: starts[era] + size]))
             fitted = basis @ (basis.T @ weights[era, :size])
             weights[era, :size] = (signals[era, :size] - fitted) * sample_weights[era, :size]
     return grid.centred(weights)

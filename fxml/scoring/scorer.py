@@ -15,6 +15,7 @@ import pandas as pd
 from fxml.data.benchmarks import benchmark_predictions
 from fxml.data.layout import BENCHMARK_FILES
 from fxml.data.loader import DataSplit, NumeraiData
+from fxml.data.memory import SCORING_BLOCK_BYTES, read_rows
 from fxml.errors import FxmlError
 from fxml.scoring import score_eras, summarize
 from fxml.scoring.comparison import comparison_scores, meta_reference, scored_grid
@@ -262,6 +263,12 @@ def neutralizer_columns(split: DataSplit, data: NumeraiData, feature_set: str) -
     position = {name: i for i, name in enumerate(split.feature_names)}
     wanted = list(sets[feature_set])
     if all(name in position for name in wanted):
-        return split.features[:, [position[name] for name in wanted]]
+        # a block of rows at a time: validation is read from its store file, not held
+        columns = [position[name] for name in wanted]
+        chosen = np.empty((len(split), len(columns)), dtype=split.features.dtype)
+        step = max(SCORING_BLOCK_BYTES // max(split.features.shape[1], 1), 1)
+        for start in range(0, len(split), step):
+            chosen[start : start + step] = read_rows(split.features, start, start + step)[:, columns]
+        return chosen
     # neutralisers the run did not load come from the split's file, for the same rows
     return data.read_features(split, wanted)
