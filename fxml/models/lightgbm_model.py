@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import lightgbm as lgb
 import numpy as np
 
-from fxml.data.memory import release_rows
+from fxml.data.memory import read_rows, release_rows
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, predict_chunk_rows
@@ -22,8 +22,6 @@ from fxml.models.params import LightGBMParams
 log = logging.getLogger("fxml.models.gbdt")
 T = TypeVar("T")
 BIN_SAMPLE_BYTES = 256 * 2**20
-# at 64 KiB of store pages mapped per sampled row, at most 16 MiB between releases
-SAMPLE_ROWS_BETWEEN_RELEASES = 256
 LIGHTGBM_SAMPLE_BYTES_PER_VALUE = 18.6
 LIGHTGBM_DEFAULT_SAMPLE_ROWS = 200_000
 MIN_BIN_SAMPLE_ROWS = 2_000
@@ -34,41 +32,32 @@ class _Int8Rows(lgb.Sequence):
     bounded size, never the whole matrix as float.
 
     LightGBM takes single rows for its bin sample first, then every row once, in order, in
-    batches. From the store on disk, the pages of each batch leave the process once read, always
-    (they can be read again from the file: an ensemble's members share the split). With
-    ``release_read_rows`` an in-memory matrix's rows are handed back too: LightGBM allocates all
-    its bins (1 byte per value) before the first batch, so this does not lower the peak, but the
-    rest of the construction (minutes at full size) holds one copy instead of two.
+    batches. From the store on disk, rows and batches are read from the file (``read_rows``):
+    nothing of it is mapped, so nothing stays in the process (an ensemble's members read the
+    split again). With ``release_read_rows`` an in-memory matrix's rows are handed back once read:
+    LightGBM allocates all its bins (1 byte per value) before the first batch, so this does not
+    lower the peak, but the rest of the construction (minutes at full size) holds one copy
+    instead of two.
     """
 
     def __init__(self, features: np.ndarray, release_read_rows: bool = False) -> None:
         self.features = features
         self.batch_size = predict_chunk_rows(features.shape[1])
         self.release_read_rows = release_read_rows
-        self.sampled = 0
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
         if not isinstance(index, slice):
-            # single rows are LightGBM's bin sample, which it wants as float64; from the store,
-            # each one maps the pages around it too (the kernel's fault-around, 64 KiB): handed
-            # back every few hundred rows, and before the bins are filled
-            self.sampled += 1
-            if self.sampled % SAMPLE_ROWS_BETWEEN_RELEASES == 0:
-                self._release_sampled_pages()
-            return np.asarray(self.features[index], dtype=np.float64)
-        if self.sampled:
-            self._release_sampled_pages()
-            self.sampled = 0
-        batch = np.asarray(self.features[index], dtype=np.float32)
+            # single rows are LightGBM's bin sample, which it wants as float64
+            row = range(len(self.features))[index]
+            return np.asarray(read_rows(self.features, row, row + 1)[0], dtype=np.float64)
         start, stop, _ = index.indices(len(self.features))
-        release_rows(self.features, start, stop, file_pages_only=not self.release_read_rows)
+        batch = np.asarray(read_rows(self.features, start, stop), dtype=np.float32)
+        if self.release_read_rows:
+            release_rows(self.features, start, stop)
         return batch
-
-    def _release_sampled_pages(self) -> None:
-        release_rows(self.features, 0, len(self.features), file_pages_only=True)
 
 
 def bin_sample_rows(n_features: int) -> int | None:

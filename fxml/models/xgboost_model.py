@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from fxml.data.memory import release_rows
+from fxml.data.memory import read_rows
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, predict_chunk_rows
@@ -39,33 +39,30 @@ class _StepReporter(xgb.callback.TrainingCallback):
 
 
 class _Int8Blocks(xgb.DataIter):
-    """Feeds XGBoost a disk-backed split in row blocks."""
+    """Feeds XGBoost a disk-backed split in row blocks, each read from the store file (nothing of
+    it stays mapped in the process; XGBoost reads every block in several passes)."""
 
     def __init__(self, split: DataSplit, cache_prefix: str | None = None) -> None:
         super().__init__(cache_prefix=cache_prefix)
         self.split, self.rows, self.position = split, predict_chunk_rows(split.features.shape[1]), 0
+        self.block: np.ndarray | None = None
 
     def next(self, input_data: Callable[..., None]) -> bool:
-        # ``input_data`` only points XGBoost at the rows: it reads them after this returns, and
-        # is done with them when it asks for the next block
-        self._release_handed_block()
         start = self.position
         if start >= len(self.split):
+            self.block = None
             return False
         stop = start + self.rows
-        input_data(data=np.asarray(self.split.features[start:stop]), label=self.split.target[start:stop])
+        # ``input_data`` only points XGBoost at the rows: it reads them after this returns, so
+        # the block is kept until XGBoost asks for the next one
+        self.block = read_rows(self.split.features, start, stop)
+        input_data(data=self.block, label=self.split.target[start:stop])
         self.position = stop
         return True
 
     def reset(self) -> None:
-        self._release_handed_block()
+        self.block = None
         self.position = 0
-
-    def _release_handed_block(self) -> None:
-        # XGBoost reads every block in several passes: store pages only, which the next pass
-        # reads again from the file
-        if self.position:
-            release_rows(self.split.features, self.position - self.rows, self.position, file_pages_only=True)
 
 
 def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
