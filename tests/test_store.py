@@ -212,6 +212,31 @@ def test_auto_prefers_memory_then_disk_then_fewer_eras(monkeypatch: pytest.Monke
     assert limit > 0 and source
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_cgroup_limit_leaves_out_what_the_run_holds_and_the_inactive_page_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str) -> None:
+    group = tmp_path / "group"
+    group.mkdir()
+    names = {"v2": ("memory.max", "memory.current"),
+             "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes")}[version]
+    (group / names[0]).write_text(f"{2 * GIB}\n")
+    (group / names[1]).write_text(f"{GIB}\n")
+    # v1 lists the group's own counters before the totals over its descendants
+    stat = f"anon {GIB // 4}\ninactive_file {GIB // 2}\nactive_file {GIB // 4}\n"
+    if version == "v1":
+        stat = f"inactive_file {GIB // 8}\n" + stat.replace("inactive_file", "total_inactive_file", 1)
+    (group / "memory.stat").write_text(stat)
+    held = 300 * 2**20
+    monkeypatch.setattr(memory_module, "_cgroup_folders", lambda: [(group, *names)])
+    monkeypatch.setattr(memory_module, "_meminfo_available", lambda: 64 * GIB)
+    monkeypatch.setattr(memory_module, "_proc_kib", lambda path, key: held if key == "VmRSS" else None)
+    # the limit, less what the group uses, plus its page cache that is given back under pressure,
+    # plus what this process holds already, which a plan's need counts in its interpreter part
+    assert available_memory() == (2 * GIB - GIB + GIB // 2 + held, "cgroup memory limit")
+    (group / names[0]).write_text("max\n" if version == "v2" else f"{2**63 - 4096}\n")
+    assert available_memory() == (64 * GIB + held, "available system memory")
+
+
 def test_auto_counts_the_stages_a_run_holds_one_after_the_other(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory_module, "available_memory", lambda: (64 * GIB, "available system memory"))
     # training holds the train matrix and the model's dataset, then both are freed before

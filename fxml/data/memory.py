@@ -333,12 +333,14 @@ class Auto:
 
 
 def available_memory() -> tuple[int, str]:
-    """Bytes this process may still use, and what limits it: the least of the system's available
-    memory, a cgroup limit and an address-space limit."""
-    candidates = [(_meminfo_available(), "available system memory")]
+    """Bytes the run may hold in all, and what limits it: the least of the system's available
+    memory, a cgroup limit and an address-space limit. What this process holds already (the
+    interpreter and its libraries) counts as available, since a plan's need includes it."""
+    held = _proc_kib("/proc/self/status", "VmRSS") or 0
+    candidates = [(_meminfo_available() + held, "available system memory")]
     cgroup = _cgroup_room()
     if cgroup is not None:
-        candidates.append((cgroup, "cgroup memory limit"))
+        candidates.append((cgroup + held, "cgroup memory limit"))
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
         candidates.append((max(soft - _own_virtual_bytes(), 0), "address-space limit (ulimit -v)"))
@@ -363,7 +365,9 @@ def _proc_kib(path: str, key: str) -> int | None:
 
 def _cgroup_room() -> int | None:
     """Room left under the tightest memory limit of this process's cgroup and its ancestors
-    (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``); None when nothing limits it."""
+    (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``); None when nothing limits it.
+    The group's usage counts the page cache of the files it read (the parquet files, the store);
+    the inactive part of it is given back under pressure, so it is not counted as used."""
     rooms = []
     for folder, limit_name, usage_name in _cgroup_folders():
         try:
@@ -372,8 +376,19 @@ def _cgroup_room() -> int | None:
         except (OSError, ValueError):
             continue
         if limit.isdigit() and int(limit) < 2**60:
-            rooms.append(max(int(limit) - usage, 0))
+            rooms.append(max(int(limit) - usage + _inactive_file_bytes(folder), 0))
     return min(rooms) if rooms else None
+
+
+def _inactive_file_bytes(folder: Path) -> int:
+    """The group's inactive file pages, its descendants' included as its usage includes them
+    (v2 ``inactive_file``; v1 ``total_inactive_file``, beside the group's own ``inactive_file``)."""
+    try:
+        pairs = (line.split() for line in (folder / "memory.stat").read_text().splitlines())
+        stat = {pair[0]: int(pair[1]) for pair in pairs if len(pair) == 2 and pair[1].isdigit()}
+    except OSError:
+        return 0
+    return stat.get("total_inactive_file", stat.get("inactive_file", 0))
 
 
 def _cgroup_folders() -> list[tuple[Path, str, str]]:
