@@ -233,6 +233,8 @@ def test_a_cgroup_limit_leaves_out_what_the_run_holds_and_the_inactive_page_cach
     # the limit, less what the group uses, plus its page cache that is given back under pressure,
     # plus what this process holds already, which a plan's need counts in its interpreter part
     assert available_memory() == (2 * GIB - GIB + GIB // 2 + held, "cgroup memory limit")
+    (group / "memory.stat").write_text(stat.replace(str(GIB // 2), str(GIB)))  # counted twice
+    assert available_memory() == (2 * GIB, "cgroup memory limit"), "never more than the limit"
     (group / names[0]).write_text("max\n" if version == "v2" else f"{2**63 - 4096}\n")
     assert available_memory() == (64 * GIB + held, "available system memory")
 

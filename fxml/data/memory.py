@@ -338,9 +338,9 @@ def available_memory() -> tuple[int, str]:
     interpreter and its libraries) counts as available, since a plan's need includes it."""
     held = _proc_kib("/proc/self/status", "VmRSS") or 0
     candidates = [(_meminfo_available() + held, "available system memory")]
-    cgroup = _cgroup_room()
+    cgroup = _cgroup_room(held)
     if cgroup is not None:
-        candidates.append((cgroup + held, "cgroup memory limit"))
+        candidates.append((cgroup, "cgroup memory limit"))
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
         candidates.append((max(soft - _own_virtual_bytes(), 0), "address-space limit (ulimit -v)"))
@@ -363,11 +363,12 @@ def _proc_kib(path: str, key: str) -> int | None:
     return None
 
 
-def _cgroup_room() -> int | None:
-    """Room left under the tightest memory limit of this process's cgroup and its ancestors
-    (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``); None when nothing limits it.
-    The group's usage counts the page cache of the files it read (the parquet files, the store);
-    the inactive part of it is given back under pressure, so it is not counted as used."""
+def _cgroup_room(held: int) -> int | None:
+    """Room under the tightest memory limit of this process's cgroup and its ancestors (cgroup
+    v2 ``memory.max``, v1 ``memory.limit_in_bytes``) for a run that holds ``held`` already, at
+    most the limit; None when nothing limits it. The group's usage counts the page cache of the
+    files it read (the parquet files, the store); the inactive part of it is given back under
+    pressure, so it is not counted as used."""
     rooms = []
     for folder, limit_name, usage_name in _cgroup_folders():
         try:
@@ -376,7 +377,8 @@ def _cgroup_room() -> int | None:
         except (OSError, ValueError):
             continue
         if limit.isdigit() and int(limit) < 2**60:
-            rooms.append(max(int(limit) - usage + _inactive_file_bytes(folder), 0))
+            room = max(int(limit) - usage + _inactive_file_bytes(folder), 0) + held
+            rooms.append(min(room, int(limit)))
     return min(rooms) if rooms else None
 
 
