@@ -135,11 +135,14 @@ class StoreRows:
             return None
         return cls(root.filename, int(root.offset) + start, matrix.shape)
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (row numbers, in the order given) as a new in-memory int8 matrix."""
+    def read(self, rows: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` (row numbers, in the order given) as an in-memory int8 matrix: a new one,
+        or the first ``len(rows)`` rows of ``into`` (C order, as wide as the store), reused."""
         rows = np.asarray(rows, dtype=np.int64)
         width = self.shape[1]
-        out = np.empty((len(rows), width), dtype=np.int8)
+        out = np.empty((len(rows), width), dtype=np.int8) if into is None else into[: len(rows)]
+        if out.shape != (len(rows), width) or out.dtype != np.int8 or not out.flags.c_contiguous:
+            raise ValueError(f"cannot read {len(rows)} rows of {width} int8 values into {into.shape}")
         if not len(rows) or not width:
             return out
         if rows.min() < 0 or rows.max() >= self.shape[0]:
@@ -160,15 +163,18 @@ class StoreRows:
                     done, size = done + got, size - got
         return out
 
-    def read_range(self, start: int, stop: int) -> np.ndarray:
-        return self.read(np.arange(start, stop))
+    def read_range(self, start: int, stop: int, into: np.ndarray | None = None) -> np.ndarray:
+        return self.read(np.arange(start, stop), into)
 
 
-def read_rows(matrix: np.ndarray, start: int, stop: int) -> np.ndarray:
+def read_rows(matrix: np.ndarray, start: int, stop: int, into: np.ndarray | None = None) -> np.ndarray:
     """Rows ``[start, stop)`` of ``matrix`` for a reader that will read them again later: read
-    from the store file when ``matrix`` is memory-mapped (nothing stays mapped), else a view."""
+    from the store file when ``matrix`` is memory-mapped (nothing stays mapped; into ``into``
+    when given, a buffer the reader reuses block after block), else a view."""
     store = StoreRows.of(matrix)
-    return matrix[start:stop] if store is None else store.read_range(start, min(stop, len(matrix)))
+    if store is None:
+        return matrix[start:stop]
+    return store.read_range(start, min(stop, len(matrix)), into)
 
 
 def take_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:

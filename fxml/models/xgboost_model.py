@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from fxml.data.memory import read_rows
+from fxml.data.memory import StoreRows, read_rows
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, predict_chunk_rows
@@ -45,6 +45,10 @@ class _Int8Blocks(xgb.DataIter):
     def __init__(self, split: DataSplit, cache_prefix: str | None = None) -> None:
         super().__init__(cache_prefix=cache_prefix)
         self.split, self.rows, self.position = split, predict_chunk_rows(split.features.shape[1]), 0
+        # one buffer for every block read from the store: XGBoost is done with a block when it
+        # asks for the next one
+        self.buffer = np.empty((min(self.rows, len(split)), split.features.shape[1]), dtype=np.int8) \
+            if StoreRows.of(split.features) is not None else None
         self.block: np.ndarray | None = None
 
     def next(self, input_data: Callable[..., None]) -> bool:
@@ -55,7 +59,7 @@ class _Int8Blocks(xgb.DataIter):
         stop = start + self.rows
         # ``input_data`` only points XGBoost at the rows: it reads them after this returns, so
         # the block is kept until XGBoost asks for the next one
-        self.block = read_rows(self.split.features, start, stop)
+        self.block = read_rows(self.split.features, start, stop, self.buffer)
         input_data(data=self.block, label=self.split.target[start:stop])
         self.position = stop
         return True
