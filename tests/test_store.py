@@ -135,6 +135,29 @@ def test_rows_sorted_by_era_and_equal_to_the_file(release: Path, storage: str) -
     assert np.all(np.diff(split.eras) >= 0)
 
 
+def test_a_damaged_store_is_written_again(release: Path, tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "release"
+    folder.mkdir()
+    for name in ("validation.parquet", FEATURES_JSON):
+        (folder / name).symlink_to(release / name)
+    data, split = load(folder, "validation", "disk")
+    expected = np.array(split.features)
+    (matrix,) = (folder / STORE_FOLDER).glob("validation-*.int8")
+    del split
+    for damage in ("cut short", "record unreadable"):
+        if damage == "cut short":
+            os.truncate(matrix, 1000)
+        else:
+            matrix.with_suffix(".json").write_text("{not json")
+        caplog.clear()
+        _, again = load(folder, "validation", "disk")
+        assert "is incomplete or damaged; writing it again" in caplog.text, damage
+        np.testing.assert_array_equal(again.features, expected)
+        assert matrix.stat().st_size == expected.size
+        del again
+
+
 def test_era_selection_reads_only_the_chosen_eras(release: Path) -> None:
     data, split = load(release, "train", every_nth_era=2, train_eras=[3, 12])
     eras = list(range(3, 13, 2))

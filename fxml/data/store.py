@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -165,10 +166,14 @@ def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingF
     info_path = matrix_path.with_suffix(".json")
     shape = (plan.n_rows, len(columns))
     if info_path.is_file() and matrix_path.is_file():
-        info = json.loads(info_path.read_text())
-        if tuple(info["shape"]) == shape:
+        info = _written_info(info_path)
+        if info is not None and tuple(info["shape"]) == shape \
+                and matrix_path.stat().st_size == shape[0] * shape[1]:
             log.info("data: reusing the int8 store %s", matrix_path)
             return np.memmap(matrix_path, dtype=np.int8, mode="r", shape=shape), info["filled"]
+        # a store is a cache of the parquet file: a damaged one (cut short, its record
+        # unreadable) is written again
+        log.warning("data: the int8 store %s is incomplete or damaged; writing it again", matrix_path)
     partial = matrix_path.with_name(matrix_path.name + f".{os.getpid()}.partial")
     try:
         _allocate(partial, shape[0] * shape[1])
@@ -185,6 +190,15 @@ def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingF
     info_path.write_text(json.dumps({"shape": list(shape), "filled": filled, "source": path.name}))
     log.info("data: wrote the int8 store %s (%.1f MiB)", matrix_path, shape[0] * shape[1] / 2**20)
     return np.memmap(matrix_path, dtype=np.int8, mode="r", shape=shape), filled
+
+
+def _written_info(info_path: Path) -> dict[str, Any] | None:
+    """A store's record (its shape and filled count), or None when it cannot be read."""
+    try:
+        info = json.loads(info_path.read_text())
+        return info if isinstance(info, dict) and {"shape", "filled"} <= info.keys() else None
+    except (OSError, ValueError):
+        return None
 
 
 class StoreUnavailable(FxmlError):
