@@ -4,7 +4,6 @@ synthetic writer: rows out of era order, several row groups, float and int64 fea
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import mmap
 import os
@@ -12,7 +11,6 @@ import re
 import subprocess
 import sys
 import tracemalloc
-import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,7 +37,6 @@ from fxml.data.memory import (
     available_memory,
     read_rows,
     release_rows,
-    return_freed_memory,
 )
 from fxml.data.sources import SyntheticSource
 from fxml.data.split import DataSplit
@@ -664,27 +661,6 @@ def test_scoring_reads_each_era_from_the_store_and_keeps_none_mapped(tmp_path: P
     some = neutralizer_columns(stored, data, "some")  # type: ignore[arg-type]
     np.testing.assert_array_equal(some, validation.features[:, ::3])
     assert resident_bytes(path) == 0
-
-
-def test_freed_memory_between_stages_includes_cyclic_garbage() -> None:
-    # objects that refer to each other (Lightning's trainer, module, callbacks and the batch
-    # feeder after a fit) are freed only by the cycle collector, which may not run for a while
-    class Part:
-        pass
-
-    freed: list[bool] = []
-    gc.disable()
-    try:
-        trainer, feeder = Part(), Part()
-        trainer.feeder, feeder.trainer = feeder, trainer
-        feeder.rows = np.ones(1_000_000)
-        weakref.finalize(feeder.rows, freed.append, True)
-        del trainer, feeder
-        assert freed == []
-        return_freed_memory()
-        assert freed == [True]
-    finally:
-        gc.enable()
 
 
 POLARS_FREES = """

@@ -12,7 +12,6 @@ time (to score): it is read once per pass and never held whole.
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import math
 import mmap
@@ -58,12 +57,8 @@ def return_freed_memory() -> None:
     nothing uses but which still counts in the process's RSS and would add to the next stage's
     peak. Called between a run's stages; a no-op where the C library is not glibc.
     Arrow's own allocator keeps the parquet blocks it decoded (~60 MiB after a split is read),
-    so it is asked to give back its unused pages too. Python's cyclic garbage is collected first:
-    after a deep model's fit, Lightning's trainer, module and callbacks refer to each other and,
-    through the batch feeder, to per-row arrays of train (50 MiB of the scoring stage's peak at
-    1/16 of v5.2, ``all``), and nothing else would free them before the next stage.
+    so it is asked to give back its unused pages too.
     """
-    gc.collect()
     arrow = sys.modules.get("pyarrow")  # imported by the loader, not by a logged model
     if arrow is not None:
         arrow.default_memory_pool().release_unused()
