@@ -26,7 +26,7 @@ def test_trainer_gpu_without_a_gpu_fails_before_loading_data(tmp_path) -> None:
 
 @pytest.mark.parametrize(("model", "family", "reason"), [
     ("xgboost", "XGBoost", "XGBoost asked for the GPU but trains on CPU: no CUDA GPU is visible"),
-    ("lgbm", "LightGBM", "LightGBM asked for the GPU but trains on CPU: no GPU support in this build"),
+    ("lgbm", "LightGBM", "LightGBM asked for the GPU but trains on CPU: no GPU learner could run (cuda: "),
 ])
 def test_a_tree_model_falling_back_to_cpu_says_so(workspace: Workspace, model: str, family: str,
                                                   reason: str) -> None:

@@ -1,5 +1,6 @@
 """LightGBM behind the common contract: float32 row batches of the int8 matrix through a
-``lgb.Sequence``, bins from a bounded sample, a CPU fallback recorded when the GPU build is absent."""
+``lgb.Sequence``, bins from a bounded sample; asked for the GPU, its CUDA learner, else its OpenCL
+one, else the CPU with the fallback recorded."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ BIN_SAMPLE_BYTES = 256 * 2**20
 LIGHTGBM_SAMPLE_BYTES_PER_VALUE = 18.6
 LIGHTGBM_DEFAULT_SAMPLE_ROWS = 200_000
 MIN_BIN_SAMPLE_ROWS = 2_000
+# LightGBM's GPU learners in the order tried: CUDA (a build from source with USE_CUDA), then OpenCL
+# (what PyPI's Linux wheels carry; it needs the GPU vendor's OpenCL driver)
+GPU_DEVICE_TYPES = ("cuda", "gpu")
 
 
 class _Int8Rows(lgb.Sequence):
@@ -107,8 +111,9 @@ class LightGBMModel(GBDTModel):
 
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> LightGBMModel:
-        params = self._dataset_params(self._params("cuda" if self.wants_gpu else "cpu"),
-                                      train.features.shape[1])
+        device_types = (*GPU_DEVICE_TYPES, "cpu") if self.wants_gpu else ("cpu",)
+        attempts = [self._dataset_params(self._params(device_type), train.features.shape[1])
+                    for device_type in device_types]
         total = self.options["n_estimators"]
 
         def construct(params: dict[str, Any]) -> lgb.Dataset:
@@ -116,7 +121,7 @@ class LightGBMModel(GBDTModel):
             rows = _Int8Rows(train.features, train.releasable and params["device_type"] == "cpu")
             return lgb.Dataset([rows], label=train.target, params=params, free_raw_data=True).construct()
 
-        train_set, params = self._on_device(construct, params)
+        train_set, params = self._on_device(construct, attempts)
         train.release_features()
         valid = self._validation_set(validation)
         valid_sets, callbacks, feval = [], [], None
@@ -142,22 +147,33 @@ class LightGBMModel(GBDTModel):
             return lgb.train(params, train_set, num_boost_round=total, valid_sets=valid_sets,
                              valid_names=["valid"] * len(valid_sets), feval=feval, callbacks=callbacks)
 
-        self.booster, _ = self._on_device(boost, params)
+        # a learner is known to be missing only when training starts (the dataset builds for any)
+        self.booster, _ = self._on_device(boost, attempts[attempts.index(params):])
         # the binned datasets are no longer needed: free them before validation is predicted
         self.booster.free_dataset()
         return self
 
     @staticmethod
-    def _on_device(step: Callable[[dict[str, Any]], T], params: dict[str, Any]) -> tuple[T, dict[str, Any]]:
-        """Run ``step`` with ``params``; a LightGBM build without GPU support falls back to CPU."""
-        try:
-            return step(params), params
-        except lgb.basic.LightGBMError as error:
-            if params["device_type"] == "cpu":
-                raise FxmlError(f"LightGBM failed: {str(error).splitlines()[0]}") from None
-            cpu_fallback("LightGBM", f"no GPU support in this build ({str(error).splitlines()[0]})")
-            cpu = {**params, "device_type": "cpu"}
-            return step(cpu), cpu
+    def _on_device(step: Callable[[dict[str, Any]], T],
+                   attempts: list[dict[str, Any]]) -> tuple[T, dict[str, Any]]:
+        """Run ``step`` with each of ``attempts`` (GPU learners first, the CPU last) until one runs;
+        a GPU learner this build or machine lacks is skipped, and the CPU fallback recorded."""
+        failures = []
+        for params in attempts:
+            try:
+                result = step(params)
+            except lgb.basic.LightGBMError as error:
+                reason = str(error).splitlines()[0]
+                if params["device_type"] == "cpu":
+                    raise FxmlError(f"LightGBM failed: {reason}") from None
+                failures.append(f"{params['device_type']}: {reason}")
+                continue
+            if failures and params["device_type"] == "cpu":
+                cpu_fallback("LightGBM", "no GPU learner could run (" + "; ".join(failures) + ")")
+            elif failures:
+                log.info("model: LightGBM's %s learner runs (%s)", params["device_type"], "; ".join(failures))
+            return result, params
+        raise AssertionError("the CPU attempt comes last and raises on failure")
 
     def predict_float32(self, features: np.ndarray) -> np.ndarray:
         return self.booster.predict(features, num_iteration=self.booster.best_iteration or None)
