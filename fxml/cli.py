@@ -1,5 +1,6 @@
 """Entry-point plumbing shared by fxml's commands: user errors become one line and an exit code;
-SIGINT and SIGTERM end the command (and its MLflow run, KILLED) with 130 / 143 and one line."""
+SIGINT, SIGTERM and SIGHUP end the command (and its MLflow run, KILLED) with 130 / 143 / 129 and
+one line."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def exits_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_cli(hydra_entry: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function, turning composition errors into one line."""
-    from fxml.errors import FxmlError
+    from fxml.errors import OUTPUT_CLOSED, FxmlError, output_closed
 
     # Hydra re-raises instead of printing its multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -78,8 +79,10 @@ def run_cli(hydra_entry: Callable[[], Any]) -> None:
         fail("config error:", describe_config_error(error), CONFIG_ERROR)
     except KeyboardInterrupt:
         fail_interrupted(interrupting_signal() or signal.SIGINT)
-    except SystemExit:
+    except SystemExit as stop:
         signum = interrupting_signal()
-        if signum is None:
-            raise
-        fail_interrupted(signum)
+        if signum is not None:
+            fail_interrupted(signum)
+        if output_closed(stop):
+            fail("error:", f"{OUTPUT_CLOSED}; the MLflow run, if any, is marked FAILED", USER_ERROR)
+        raise

@@ -41,3 +41,20 @@ def describe_config_error(error: BaseException) -> str:
         options = [line for line in lines[start + 1 :] if " " not in line and ":" not in line]
         message = f"{message}; available: {', '.join(options)}"
     return message
+
+
+OUTPUT_CLOSED = "the output was closed (broken pipe)"
+
+
+def output_closed(error: BaseException) -> bool:
+    """Whether ``error`` is a write to a closed stdout (``fxml.run | head``): Python's own
+    ``BrokenPipeError``, or the ``SystemExit(1)`` that rich raises in its place. A tracking
+    server that drops a connection surfaces as its client library's error instead."""
+    if not isinstance(error, (SystemExit, BrokenPipeError)):
+        return False
+    link: BaseException | None = error
+    while link is not None:
+        if isinstance(link, BrokenPipeError):
+            return True
+        link = link.__cause__ or link.__context__
+    return False

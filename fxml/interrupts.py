@@ -1,12 +1,14 @@
-"""SIGINT and SIGTERM stop a command the same way: :class:`Interrupted` is raised where the program
-is, the MLflow run ends KILLED, and the process exits 128 + the signal's number (130, 143)."""
+"""SIGINT, SIGTERM and SIGHUP (a closed terminal) stop a command the same way: :class:`Interrupted`
+is raised where the program is, the MLflow run ends KILLED, and the process exits 128 + the
+signal's number (130, 143, 129). A signal ignored when the command starts (``nohup`` ignores
+SIGHUP) stays ignored."""
 
 from __future__ import annotations
 
 import signal
 from types import FrameType
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received: list[int] = []
 
 
@@ -38,5 +40,5 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
 def stop_on_signals() -> None:
     """Install the handlers (main thread only; idempotent)."""
     for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) is not _on_stop_signal:
+        if signal.getsignal(signum) not in (_on_stop_signal, signal.SIG_IGN):
             signal.signal(signum, _on_stop_signal)

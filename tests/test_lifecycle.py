@@ -20,6 +20,7 @@ from tests.helpers import ENDLESS, finish, start, wait_for_training
     ("lgbm", signal.SIGTERM, 143),
     ("mlp", signal.SIGINT, 130),
     ("mlp", signal.SIGTERM, 143),
+    ("lgbm", signal.SIGHUP, 129),  # the terminal closed (an SSH session ended)
 ])
 def test_a_signal_ends_the_run_killed(workspace: Workspace, family, signum, code) -> None:
     name = f"signal-{family}-{signum.name}"
@@ -83,3 +84,35 @@ def test_a_tracking_server_killed_mid_run_gives_up_in_seconds(workspace: Workspa
     assert result.returncode == 1
     # MLflow alone retries each request for about 4 minutes; a loaded machine adds a little
     assert elapsed < 100, f"gave up only after {elapsed:.0f} s"
+
+
+def test_closed_output_ends_the_run_failed_not_blamed_on_mlflow(workspace: Workspace) -> None:
+    """``python -m fxml.run | head``: the pipe closes mid-run; the run is closed FAILED (not
+    left RUNNING as if the tracking server had gone), with one line on stderr."""
+    name = "closed-output"
+    process = start(workspace, "model=ridge", f"tracking.run_name={name}", COLUMNS="200")
+    while "memory:" not in (line := process.stdout.readline()):
+        assert line, process.stderr.read()
+    process.stdout.close()  # as head does once it has its lines
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 1, stderr
+    assert "Traceback" not in stderr and "stopped answering" not in stderr, stderr
+    assert "fxml: error: the output was closed (broken pipe)" in " ".join(stderr.split())
+    run = next(r for r in workspace.runs() if r.info.run_name == name)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "the output was closed (broken pipe)"
+
+
+def test_a_signal_ignored_at_start_stays_ignored() -> None:
+    """``nohup python -m fxml.run ...`` outlives the terminal: SIGHUP stays ignored."""
+    from fxml.interrupts import STOP_SIGNALS, stop_on_signals
+
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        stop_on_signals()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]  # installed
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

@@ -25,7 +25,7 @@ import pandas as pd
 from mlflow.entities import Metric
 from omegaconf import DictConfig, OmegaConf
 
-from fxml.errors import FxmlError, RunPruned
+from fxml.errors import OUTPUT_CLOSED, FxmlError, RunPruned, output_closed
 from fxml.interrupts import interrupting_signal
 from fxml.secrets import redact  # noqa: F401  (also imported from here by the sweeper)
 from fxml.tracking.stores import (
@@ -125,7 +125,7 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
         stopped = isinstance(error, (KeyboardInterrupt, RunPruned)) or signum is not None
         # a library may have turned the signal into its own exit (Lightning: SystemExit(1))
         what = f"Interrupted: {signal.Signals(signum).name}" if signum is not None \
-            else first_line(error)
+            else OUTPUT_CLOSED if output_closed(error) else first_line(error)
         try:
             mlflow.set_tag("pruned" if isinstance(error, RunPruned) else "error",
                            redact(what)[:5000])

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from filelock import FileLock
 
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, output_closed
 from fxml.secrets import redact
 
 POSTGRES_EXTRA = 'pip install "fxml[postgres]"'
@@ -131,7 +131,10 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 
 def is_unreachable(error: BaseException) -> bool:
-    """Whether ``error`` says the tracking server or database stopped answering."""
+    """Whether ``error`` says the tracking server or database stopped answering (a closed
+    stdout is a ``BrokenPipeError`` too, a ``ConnectionError``, but says nothing of the server)."""
+    if output_closed(error):
+        return False
     for link in _chain(error):
         if isinstance(link, (ConnectionError, TimeoutError)):
             return True
