@@ -161,7 +161,8 @@ def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
                 splitter: EraSplitter | None = None) -> MemoryPlan:
     """The memory policy's choice for this run, logged as tags and one console line."""
     need = data.memory_need(model.dataset_bytes_per_value, model.streamed_dataset_bytes_per_value,
-                            model.train_rows_from_store)
+                            model.train_rows_from_store, model.training_bytes_per_train_row,
+                            model.library_bytes)
     if splitter is not None and splitter.copied_share:
         # era_kfold copies a fold's training eras (in memory, whatever the storage)
         need = need.with_beside_dataset(int(need.train_features * splitter.copied_share))

@@ -172,7 +172,7 @@ def test_memory_plans_count_the_era_kfold_copy(workspace: Workspace) -> None:
 
     data = SimpleNamespace(memory_need=lambda *_: MemoryNeed(1000, 500, 200, 10, 40))
     model = SimpleNamespace(dataset_bytes_per_value=0.0, streamed_dataset_bytes_per_value=None,
-                            train_rows_from_store=False)
+                            train_rows_from_store=False, training_bytes_per_train_row=0, library_bytes=0)
     with mlflow.start_run(experiment_id=mlflow.set_experiment("plans").experiment_id):
         for splitter in (None, EraSplitter(), WalkForward(), EraKFold(folds=5)):
             plan_memory(Recording(), data, model, splitter)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from fxml.data.memory import (
     BASE_BYTES,
     BYTES_PER_ROW,
     GIB,
+    SCORER_BYTES_PER_VALIDATION_ROW,
     SCORING_BLOCK_BYTES,
     Auto,
     MemoryNeed,
@@ -280,6 +281,31 @@ def test_auto_counts_the_stages_a_run_holds_one_after_the_other(monkeypatch: pyt
     copied = MemoryNeed(train_features=3 * GIB, model_dataset=6 * GIB, train_rows_from_store=True, **shape)
     assert copied.in_memory() == MemoryNeed(train_features=0, model_dataset=6 * GIB, **shape).in_memory()
     assert copied.in_memory() < MemoryNeed(train_features=3 * GIB, model_dataset=6 * GIB, **shape).in_memory()
+
+
+def test_auto_counts_the_scorer_per_validation_row_and_a_deep_family_s_own_memory() -> None:
+    # v5.2 at full size, all features: 2.75M training and 3.6M validation rows
+    n_train, n_validation, k = 2_750_000, 3_600_000, 2748
+    shape = dict(train_features=n_train * k, validation_features=n_validation * k,
+                 rows=n_train + n_validation, train_eras=574, validation_rows=n_validation)
+    fixed = (n_train + n_validation) * BYTES_PER_ROW + BASE_BYTES
+    scoring = SCORING_BLOCK_BYTES + n_validation * SCORER_BYTES_PER_VALIDATION_ROW
+    ridge_like = MemoryNeed(model_dataset=0, **shape)
+    assert ridge_like.in_memory() == shape["train_features"] + fixed  # training is the larger stage
+    deep = MemoryNeed(model_dataset=0, train_rows_from_store=True, **shape,
+                      training_bytes_per_train_row=MLPModel.training_bytes_per_train_row,
+                      library_bytes=MLPModel.library_bytes)
+    assert deep.in_memory() == scoring + fixed + MLPModel.library_bytes  # scoring is the larger
+    assert deep.in_memory() == deep.on_disk()
+    # measured (scripts/bench_scale.py, full size, auto): the mlp's peak was 2.73 GiB, which the
+    # estimate without the scorer's grids and PyTorch (1.5 GiB) was under; LightGBM's 8.08 GiB
+    assert deep.in_memory() >= 2.73 * GIB
+    lightgbm = MemoryNeed(model_dataset=shape["train_features"], train_rows_from_store=True, **shape)
+    assert 8.08 * GIB <= lightgbm.in_memory() <= 9 * GIB
+    # a deep model's per-row arrays shrink with the training eras kept
+    few_rows = MemoryNeed(**{**shape, "rows": n_train, "validation_rows": 0, "validation_features": 0},
+                          model_dataset=0, train_rows_from_store=True, training_bytes_per_train_row=200)
+    assert few_rows.in_memory(every=4) - few_rows.in_memory(every=1) == -(3 * n_train * 200) // 4
 
 
 def test_auto_counts_a_model_dataset_kept_on_disk_when_streamed(monkeypatch: pytest.MonkeyPatch) -> None:

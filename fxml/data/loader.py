@@ -176,18 +176,22 @@ class NumeraiData:
 
     def memory_need(self, dataset_bytes_per_value: float,
                     streamed_bytes_per_value: float | None = None,
-                    train_rows_from_store: bool = False) -> MemoryNeed:
+                    train_rows_from_store: bool = False, training_bytes_per_train_row: int = 0,
+                    library_bytes: int = 0) -> MemoryNeed:
         """What loading train and validation would hold, for a memory policy to plan with; the
         model's dataset takes ``streamed_bytes_per_value`` (if given) when it trains from the
         store on disk; ``train_rows_from_store``: the model reads its training rows from the
-        store file."""
+        store file; the last two are the model family's own (TabularModel)."""
         train, validation = self.era_rows("train"), self.era_rows("validation")
         n_train, n_validation, k = sum(train.values()), sum(validation.values()), len(self.feature_names)
         streamed = None if streamed_bytes_per_value is None else int(n_train * k * streamed_bytes_per_value)
         return MemoryNeed(train_features=n_train * k, validation_features=n_validation * k,
                           model_dataset=int(n_train * k * dataset_bytes_per_value),
                           rows=n_train + n_validation, train_eras=len(train),
-                          streamed_model_dataset=streamed, train_rows_from_store=train_rows_from_store)
+                          streamed_model_dataset=streamed, train_rows_from_store=train_rows_from_store,
+                          validation_rows=n_validation,
+                          training_bytes_per_train_row=training_bytes_per_train_row,
+                          library_bytes=library_bytes)
 
     def era_rows(self, split: str) -> dict[int, int]:
         """Rows per era of the eras a split would load (before any memory plan)."""

@@ -36,6 +36,10 @@ BASE_BYTES = 512 * 2**20
 # int8 bytes of the block of whole eras predicted at a time (at least one era): small against the
 # split, large enough that a block is one read of the store file and a few model calls
 SCORING_BLOCK_BYTES = 64 * 2**20
+# what scoring holds per validation row beyond the above, while validation is scored: its per-era
+# grids of predictions, targets, the meta model and the benchmark models (MMC, BMC, MPC); traced
+# at ~1.0 GiB over what was held before scoring for v5.2's 3.6M validation rows
+SCORER_BYTES_PER_VALIDATION_ROW = 300
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -193,9 +197,11 @@ class MemoryNeed:
     """What a run would hold, in bytes, with every selected training era.
 
     A run holds its stages one after the other: the train matrix and the model's dataset while
-    it trains (both freed after), then a block of validation eras while it is predicted and one
-    era while it is scored (validation is read from its store file, never held whole). The need
-    is the larger stage, plus ids, targets and scores per row and the interpreter. A model that
+    it trains (both freed after, with the family's per-row training arrays), then a block of
+    validation eras while it is predicted and one era while it is scored, beside the scorer's
+    per-era grids (validation is read from its store file, never held whole). The need is the
+    larger stage, plus ids, targets and scores per row, the interpreter and the family's
+    libraries. A model that
     reads its training rows a piece at a time (into its own dataset, or batch by batch) reads
     them from the int8 store file instead (``train_rows_from_store``): the train matrix is then
     not held beside the model.
@@ -208,13 +214,17 @@ class MemoryNeed:
     train_eras: int
     streamed_model_dataset: int | None = None  # the model's dataset when trained from disk
     train_rows_from_store: bool = False
+    validation_rows: int = 0  # scored rows: the scorer's grids while validation is scored
+    # the model family's own: arrays per training row while it trains (a deep model's batch
+    # feeder) and libraries imported for it (PyTorch and Lightning)
+    training_bytes_per_train_row: int = 0
+    library_bytes: int = 0
 
     def in_memory(self, every: int = 1) -> int:
         # LightGBM allocates all its bins before the first row and XGBoost reads every row in
         # several passes: an in-memory train matrix is whole beside their dataset at its peak
         rows = 0 if self.train_rows_from_store else self.train_features
-        training = (rows + self.model_dataset) // every
-        return max(training, self._scoring_block()) + self._fixed()
+        return max(self._training(rows + self.model_dataset, every), self._scoring()) + self._fixed()
 
     def with_beside_dataset(self, extra: int) -> MemoryNeed:
         """This need with ``extra`` bytes held in memory beside the model's dataset, whether that
@@ -224,13 +234,18 @@ class MemoryNeed:
 
     def on_disk(self, every: int = 1) -> int:
         dataset = self.model_dataset if self.streamed_model_dataset is None else self.streamed_model_dataset
-        return max(dataset // every, self._scoring_block()) + self._fixed()
+        return max(self._training(dataset, every), self._scoring()) + self._fixed()
 
-    def _scoring_block(self) -> int:
-        return min(SCORING_BLOCK_BYTES, self.validation_features)
+    def _training(self, held: int, every: int) -> int:
+        train_rows = self.rows - self.validation_rows
+        return (held + train_rows * self.training_bytes_per_train_row) // every
+
+    def _scoring(self) -> int:
+        return min(SCORING_BLOCK_BYTES, self.validation_features) \
+            + self.validation_rows * SCORER_BYTES_PER_VALIDATION_ROW
 
     def _fixed(self) -> int:
-        return self.rows * BYTES_PER_ROW + BASE_BYTES
+        return self.rows * BYTES_PER_ROW + BASE_BYTES + self.library_bytes
 
 
 @dataclass(frozen=True)

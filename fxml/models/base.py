@@ -49,6 +49,10 @@ class TabularModel(ABC):
     # the int8 store file (the kernel's page cache, handed back as they are read) instead of a
     # whole copy held in the process beside the model
     train_rows_from_store: ClassVar[bool] = False
+    # what the family holds per training row while it trains, and the libraries imported for it
+    # beyond the interpreter's (memory plans count both)
+    training_bytes_per_train_row: ClassVar[int] = 0
+    library_bytes: ClassVar[int] = 0
     # the family's parameters (fxml.models.params): the constructor takes exactly these and runs
     # their checks; None (wrappers such as NeutralizedModel) keeps the options as given
     params_class: ClassVar[type[ModelParams] | None] = None

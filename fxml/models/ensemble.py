@@ -90,6 +90,16 @@ class EnsembleModel(TabularModel):
         families = self._member_families()
         return bool(families) and all(family.train_rows_from_store for family in families)
 
+    @property
+    def training_bytes_per_train_row(self) -> int:  # type: ignore[override]
+        # members train one after the other
+        return max((family.training_bytes_per_train_row for family in self._member_families()), default=0)
+
+    @property
+    def library_bytes(self) -> int:  # type: ignore[override]
+        # the deep families share theirs (PyTorch, Lightning); the others import none of note
+        return max((family.library_bytes for family in self._member_families()), default=0)
+
     def _member_families(self) -> list[type[TabularModel]]:
         """The classes of the members trained in the run (read from their configs' targets)."""
         from hydra.utils import get_class

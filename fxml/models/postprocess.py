@@ -122,6 +122,14 @@ class NeutralizedModel(TabularModel):
         return self.inner.train_rows_from_store
 
     @property
+    def training_bytes_per_train_row(self) -> int:  # type: ignore[override]
+        return self.inner.training_bytes_per_train_row
+
+    @property
+    def library_bytes(self) -> int:  # type: ignore[override]
+        return self.inner.library_bytes
+
+    @property
     def input_features(self) -> list[str]:
         return self.options["input_features"]
 
