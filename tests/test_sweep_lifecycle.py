@@ -137,10 +137,14 @@ def test_a_changed_command_gets_its_own_study_and_a_named_one_is_checked(workspa
 
 
 @pytest.mark.slow
-def test_sigterm_ends_trial_child_and_parent_killed(workspace: Workspace) -> None:
+@pytest.mark.parametrize(("signum", "code", "how"), [
+    (signal.SIGTERM, 143, "terminated"),
+    (signal.SIGHUP, 129, "interrupted"),  # the terminal closed
+])
+def test_a_stop_signal_ends_trial_child_and_parent_killed(workspace: Workspace, signum, code, how) -> None:
     # SIGINT: tests/test_sweeps.py::test_interrupted_sweep_resumes_with_the_same_command
-    signum, code, line, how = signal.SIGTERM, 143, "fxml: interrupted by SIGTERM", "terminated"
-    experiment = f"signal-{how}"
+    line = f"fxml: interrupted by {signum.name}"
+    experiment = f"signal-{signum.name}"
     given, storage = local_storage(workspace, experiment)
     sweep = start(workspace, search_command(f"hydra.sweeper.storage={given}", "hydra.sweeper.n_trials=3",
                                             f"tracking.experiment={experiment}", *SLOW_TRIALS))
