@@ -201,10 +201,9 @@ class MemoryNeed:
     validation eras while it is predicted and one era while it is scored, beside the scorer's
     per-era grids (validation is read from its store file, never held whole). The need is the
     larger stage, plus ids, targets and scores per row, the interpreter and the family's
-    libraries. A model that
-    reads its training rows a piece at a time (into its own dataset, or batch by batch) reads
-    them from the int8 store file instead (``train_rows_from_store``): the train matrix is then
-    not held beside the model.
+    libraries. A model that reads its training rows a piece at a time (into its own dataset, or
+    batch by batch) reads them from the int8 store file instead (``train_rows_from_store``): the
+    train matrix is then not held beside the model.
     """
 
     train_features: int
