@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import mmap
 import os
 import re
@@ -154,6 +155,24 @@ def test_a_damaged_store_is_written_again(release: Path, tmp_path: Path,
         np.testing.assert_array_equal(again.features, expected)
         assert matrix.stat().st_size == expected.size
         del again
+
+
+def test_a_new_store_says_what_the_stores_beside_it_take(release: Path, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "release"
+    folder.mkdir()
+    for name in ("train.parquet", "validation.parquet", FEATURES_JSON):
+        (folder / name).symlink_to(release / name)
+    caplog.set_level(logging.INFO, logger="fxml.data.store")
+    written = 0
+    for split_name in ("validation", "train"):
+        caplog.clear()
+        _, split = load(folder, split_name, "disk")
+        written += split.features.size
+        del split
+        line = next(r.getMessage() for r in caplog.records if "wrote the int8 store" in r.getMessage())
+        assert f"the stores in its folder take {written / 2**20:,.1f} MiB in all" in line, line
+    assert sum(f.stat().st_size for f in (folder / STORE_FOLDER).glob("*.int8")) == written
 
 
 def test_era_selection_reads_only_the_chosen_eras(release: Path) -> None:

@@ -188,7 +188,11 @@ def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingF
     finally:
         _remove(partial)
     info_path.write_text(json.dumps({"shape": list(shape), "filled": filled, "source": path.name}))
-    log.info("data: wrote the int8 store %s (%.1f MiB)", matrix_path, shape[0] * shape[1] / 2**20)
+    # stores of other feature sets and era selections stay beside it: say what they add up to
+    stores = sum(file.stat().st_size for file in matrix_path.parent.glob("*.int8"))
+    log.info("data: wrote the int8 store %s (%s MiB; the stores in its folder take %s MiB in all, "
+             "which deleting the folder reclaims)", matrix_path, f"{shape[0] * shape[1] / 2**20:,.1f}",
+             f"{stores / 2**20:,.1f}")
     return np.memmap(matrix_path, dtype=np.int8, mode="r", shape=shape), filled
 
 
