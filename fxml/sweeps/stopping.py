@@ -1,7 +1,7 @@
-"""How a sweep learns it was stopped: SIGINT raises KeyboardInterrupt and SIGTERM raises
-:class:`Terminated` (a KeyboardInterrupt too) where the sweep is, so trials, child runs and the
-parent run are closed KILLED before the process exits. Handlers an entry point installed first
-are chained, not replaced."""
+"""How a sweep learns it was stopped: SIGINT (and SIGHUP, a closed terminal) raises
+KeyboardInterrupt and SIGTERM raises :class:`Terminated` (a KeyboardInterrupt too) where the sweep
+is, so trials, child runs and the parent run are closed KILLED before the process exits. Handlers
+an entry point installed first are chained, not replaced."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from fxml.interrupts import STOP_SIGNALS
 
 
 class Terminated(KeyboardInterrupt):
