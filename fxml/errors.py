@@ -1,5 +1,9 @@
 """Errors that reach users as one line, without a traceback."""
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+
 
 class FxmlError(Exception):
     """A problem with the user's input (config, data, credentials): reported as one line."""
@@ -50,11 +54,16 @@ def output_closed(error: BaseException) -> bool:
     """Whether ``error`` is a write to a closed stdout (``fxml.run | head``): Python's own
     ``BrokenPipeError``, or the ``SystemExit(1)`` that rich raises in its place. A tracking
     server that drops a connection surfaces as its client library's error instead."""
-    if not isinstance(error, (SystemExit, BrokenPipeError)):
-        return False
-    link: BaseException | None = error
-    while link is not None:
-        if isinstance(link, BrokenPipeError):
-            return True
-        link = link.__cause__ or link.__context__
-    return False
+    return isinstance(error, (SystemExit, BrokenPipeError)) \
+        and any(isinstance(link, BrokenPipeError) for link in error_chain(error))
+
+
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then what caused it or was being handled when it was raised, and so on (each
+    exception once: a chain can loop)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

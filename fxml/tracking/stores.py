@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from filelock import FileLock
 
-from fxml.errors import FxmlError, output_closed
+from fxml.errors import FxmlError, error_chain, output_closed
 from fxml.secrets import redact
 
 POSTGRES_EXTRA = 'pip install "fxml[postgres]"'
@@ -121,21 +121,12 @@ def retrying(call: Callable[[], T]) -> T:
             delay = min(delay * 2, 5.0)
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def is_unreachable(error: BaseException) -> bool:
     """Whether ``error`` says the tracking server or database stopped answering (a closed
     stdout is a ``BrokenPipeError`` too, a ``ConnectionError``, but says nothing of the server)."""
     if output_closed(error):
         return False
-    for link in _chain(error):
+    for link in error_chain(error):
         if isinstance(link, (ConnectionError, TimeoutError)):
             return True
         text = f"{type(link).__name__}: {link}".lower()
@@ -146,7 +137,7 @@ def is_unreachable(error: BaseException) -> bool:
 
 def is_already_exists(error: BaseException) -> bool:
     return any(marker in f"{type(link).__name__}: {link}".lower()
-               for link in _chain(error) for marker in _ALREADY_EXISTS)
+               for link in error_chain(error) for marker in _ALREADY_EXISTS)
 
 
 @contextmanager
