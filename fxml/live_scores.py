@@ -18,6 +18,7 @@ from fxml.submission.credentials import build_client, find_credentials, missing_
 from fxml.submission.live import LiveUpdate, fetch_round_scores, log_live_scores
 from fxml.submission.submit import numerai_model_id
 from fxml.tracking.mlflow_run import tracking_uri
+from fxml.tracking.stores import store_client
 
 
 @exits_on_user_error
@@ -32,7 +33,7 @@ def live_scores_command(cfg: DictConfig) -> LiveUpdate:
     rounds = fetch_round_scores(client, model_id, credentials)
     uri = tracking_uri(settings.tracking_uri)
     mlflow.set_tracking_uri(uri)
-    update = log_live_scores(mlflow.MlflowClient(uri), settings.experiment, settings.numerai_model,
+    update = log_live_scores(store_client(uri), settings.experiment, settings.numerai_model,
                              rounds, settings.source_runs)
     new = sorted(update.logged)
     console.print(f"{settings.numerai_model}: {len(update.rounds)} resolved round(s) from Numerai; "

@@ -19,6 +19,7 @@ from fxml.console import console, quiet_dependencies
 from fxml.submission import checked
 from fxml.tracking.mlflow_run import tracking_uri
 from fxml.tracking.report import select_runs, write_report
+from fxml.tracking.stores import store_client
 
 
 @exits_on_user_error
@@ -27,7 +28,7 @@ def report_command(cfg: DictConfig) -> Path:
     settings = checked(cfg)
     uri = tracking_uri(settings.tracking_uri)
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
+    client = store_client(uri)
     run_ids = [r for r in (settings.runs or []) if r]
     runs = select_runs(client, settings.experiment, settings.sweep, run_ids, settings.max_runs)
     what = (f"experiment {settings.experiment}" if settings.experiment

@@ -145,14 +145,11 @@ class Workspace:
                                value[0] if value else None)
 
     def client(self) -> mlflow.MlflowClient:
-        """A client of the store, created (or found complete) under fxml's creation lock: a run
-        started beside a polling test may be creating the store's tables at that moment."""
-        from fxml.tracking.stores import creation_lock
+        """A client of the store, opened under fxml's creation lock: a run started beside a
+        polling test may be creating the store's tables at that moment."""
+        from fxml.tracking.stores import store_client
 
-        client = mlflow.MlflowClient(tracking_uri=self.uri)
-        with creation_lock(self.uri):
-            client.search_experiments(max_results=1)
-        return client
+        return store_client(self.uri)
 
     def artifact_frame(self, run, path: str) -> pd.DataFrame:  # type: ignore[no-untyped-def]
         local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=path,

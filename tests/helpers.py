@@ -7,13 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import optuna
 import pytest
 
 from fxml.data.loader import DataSplit
-from fxml.tracking.stores import creation_lock
+from fxml.tracking.stores import store_client
 from tests.conftest import SMALL_DATA, InProcessResult, Workspace
 
 PUBLIC_ID, SECRET_KEY = "FXMLFAKEPUBLICID7Q2X9", "FXMLFAKESECRETKEY3M8Z1W5"
@@ -80,9 +79,8 @@ def wait_for_training(uri: str, experiment: str, name: str, process: subprocess.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        client = mlflow.MlflowClient(uri)
-        with creation_lock(uri):  # the run may be creating the store's tables right now
-            found = client.get_experiment_by_name(experiment)
+        client = store_client(uri)  # under fxml's lock: the run may be creating the store's tables
+        found = client.get_experiment_by_name(experiment)
         runs = [] if found is None else \
             client.search_runs([found.experiment_id], f"attributes.run_name = '{name}'")
         if runs and any(key.startswith(("valid_", "train_", "epoch")) for key in runs[0].data.metrics):

@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 
+from fxml.tracking.stores import store_client
 from tests.conftest import REPO, SMALL_DATA, Workspace, assert_one_line_error
 from tests.helpers import ENDLESS, finish, start, wait_for_training
 from tests.postgres_server import PASSWORD, postgres  # noqa: F401
@@ -28,7 +28,7 @@ def test_concurrent_runs_create_one_store_and_experiment(postgres, tmp_path: Pat
     results = [process.communicate(timeout=300) for process in processes]
     for process, (_, stderr) in zip(processes, results, strict=True):
         assert process.returncode == 0, stderr
-    client = mlflow.MlflowClient(uri)
+    client = store_client(uri)
     experiment = client.get_experiment_by_name("race")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(run.info.run_name for run in runs) == ["racer-0", "racer-1", "racer-2"]
@@ -69,10 +69,10 @@ def test_a_short_database_restart_mid_run_is_survived(postgres, tmp_path: Path) 
     postgres.restart_after(6)
     result = finish(process, timeout=300)
     assert result.returncode == 0, result.stderr
-    run = mlflow.MlflowClient(uri).get_run(run_id)
+    run = store_client(uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert "corr_mean" in run.data.metrics, "what came after the restart was logged too"
-    steps = mlflow.MlflowClient(uri).get_metric_history(run_id, "valid_l2")
+    steps = store_client(uri).get_metric_history(run_id, "valid_l2")
     assert max(metric.step for metric in steps) == 12000
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fxml.secrets import redact
+from fxml.tracking.stores import store_client
 from tests.conftest import Workspace
 from tests.postgres_server import PASSWORD, USER, postgres  # noqa: F401
 
@@ -79,9 +80,7 @@ def test_credentials_from_the_environment(postgres, tmp_path: Path) -> None:  # 
 
 
 def workspace_runs(uri: str) -> list:
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
+    client = store_client(uri)
     return client.search_runs([client.get_experiment_by_name("fxml").experiment_id])
 
 

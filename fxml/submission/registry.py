@@ -21,6 +21,7 @@ from fxml.models.base import TabularModel
 from fxml.submission.choice import RunSelection, choose_run
 from fxml.tracking.mlflow_run import tracking_uri
 from fxml.tracking.pyfunc import MODEL_ARTIFACT, FxmlPyfunc
+from fxml.tracking.stores import store_client
 
 log = logging.getLogger(__name__)
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
@@ -66,7 +67,7 @@ class LoadedModel:
 
 def resolve_model_uri(uri: str, client: mlflow.MlflowClient | None = None) -> ModelRef:
     """Look up the registered version and source run behind ``uri`` (FxmlError if none)."""
-    client = client or mlflow.MlflowClient()
+    client = client or store_client()
     if match := _RUN_URI.match(uri):
         return ModelRef(uri, run_id=match["run_id"])
     try:
@@ -101,7 +102,7 @@ def load_logged_model(uri: str) -> LoadedModel:
                         f"{type(python_model).__name__})")
     tags: dict[str, str] = {}
     if ref.name and ref.version:
-        tags = dict(mlflow.MlflowClient().get_model_version(ref.name, ref.version).tags)
+        tags = dict(store_client().get_model_version(ref.name, ref.version).tags)
     return LoadedModel(ref, pyfunc, dict(python_model.manifest), python_model.model, tags)
 
 
@@ -146,7 +147,7 @@ def promote(selection: RunSelection, name: str | None, alias: str, uri: str | No
     """Register the model of the run ``selection`` picks (see fxml.submission.choice) and point
     ``alias`` at that version."""
     mlflow.set_tracking_uri(tracking_uri(uri))
-    client = mlflow.MlflowClient()
+    client = store_client()
     choice = choose_run(client, selection)
     run, metric, value = choice.run, choice.metric, choice.value
     run_id = run.info.run_id

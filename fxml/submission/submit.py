@@ -46,7 +46,7 @@ from fxml.submission.credentials import (
 from fxml.submission.registry import LoadedModel, first_line, load_logged_model
 from fxml.submission.validation import check_raw_predictions, ranked_submission, validate_submission
 from fxml.tracking.mlflow_run import tracked_run, tracking_uri, use_experiment
-from fxml.tracking.stores import bound_retries
+from fxml.tracking.stores import bound_retries, store_client
 
 log = logging.getLogger(__name__)
 UPLOADED, DRY_RUN, NO_CREDENTIALS, INVALID, FAILED = (
@@ -91,7 +91,7 @@ def numerai_model_id(client: Any, name: str, credentials: Credentials | None) ->
 
 def previous_upload(experiment: str, numerai_model: str, round_number: int) -> Run | None:
     """The latest submission run that uploaded for this Numerai model and round, if any."""
-    client = mlflow.MlflowClient()
+    client = store_client()
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -203,7 +203,7 @@ def submit(cfg: DictConfig) -> Submission:
                             "valid, run again to retry") from None
         mlflow.set_tags({"upload_status": UPLOADED, "submission_id": str(submission_id)})
         if ref.name and ref.version:
-            mlflow.MlflowClient().set_model_version_tag(
+            store_client().set_model_version_tag(
                 ref.name, ref.version, "last_submission",
                 f"round {round_number} to {numerai_model} (run {run_id})")
     console.print(f"uploaded {path} to Numerai model {numerai_model} for round {round_number} "

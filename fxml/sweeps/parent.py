@@ -28,7 +28,7 @@ from fxml.console import JobRow, comparison_table, print_wide
 from fxml.secrets import redact
 from fxml.sweeps.stopping import watch_stop_signals
 from fxml.tracking.mlflow_run import JOB_TAG, OVERRIDES_TAG, TRIAL_TAG, tracking_uri, use_experiment
-from fxml.tracking.stores import first_line
+from fxml.tracking.stores import first_line, store_client
 
 log = logging.getLogger(__name__)
 PARENT_ENV = "FXML_PARENT_RUN_ID"
@@ -45,7 +45,7 @@ def open_parent_run(uri: str, experiment: str, key: str, name: str,
     """The parent run for ``key``: the existing one (set RUNNING again), or a new one. Workers that
     start together may each create one; all of them keep the oldest and delete their own."""
     experiment_id = use_experiment(uri, experiment)
-    client = mlflow.MlflowClient(uri)
+    client = store_client(uri)
 
     def oldest() -> str | None:
         found = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_KEY_TAG}` = '{key}'")
@@ -68,7 +68,7 @@ def open_parent_run(uri: str, experiment: str, key: str, name: str,
 
 
 def end_parent_run(uri: str, run_id: str, status: str, reason: str | None = None) -> None:
-    client = mlflow.MlflowClient(uri)
+    client = store_client(uri)
     if reason:
         client.set_tag(run_id, "error" if status == "FAILED" else "stopped", reason[:5000])
     client.set_terminated(run_id, status=status)
@@ -91,7 +91,7 @@ def record_best(uri: str, run_id: str, best: Best, objective: str, study_name: s
             "best_command": best.command[:5000], "objective": objective, STUDY_TAG: study_name,
             **{f"best.{key}": str(value)[:5000] for key, value in best.params.items()}}
     now = int(time.time() * 1000)
-    mlflow.MlflowClient(uri).log_batch(
+    store_client(uri).log_batch(
         run_id, metrics=[Metric("best_value", best.value, now, 0),
                          Metric("best_trial", float(best.number), now, 0)],
         tags=[RunTag(key, value) for key, value in tags.items()])
@@ -99,7 +99,7 @@ def record_best(uri: str, run_id: str, best: Best, objective: str, study_name: s
 
 def job_runs(uri: str, parent_id: str) -> list[Run]:
     """The runs of a sweep's jobs (its parent's children; cv folds are their children)."""
-    client = mlflow.MlflowClient(uri)
+    client = store_client(uri)
     experiment_id = client.get_run(parent_id).info.experiment_id
     return client.search_runs([experiment_id], max_results=50000,
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
@@ -218,5 +218,5 @@ class MlflowSweepParent(Callback):
             self._show_table()
             self.restore_signals()
             os.environ.pop(PARENT_ENV, None)
-            mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status="FINISHED")
+            store_client(self.uri).set_terminated(self.run_id, status="FINISHED")
             self.run_id = None

@@ -35,6 +35,7 @@ from fxml.tracking.stores import (
     is_already_exists,
     is_unreachable,
     retrying,
+    store_client,
 )
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def log_config(config: DictConfig) -> None:
 
 def log_metric_batch(metrics: list[Metric]) -> None:
     """Many metric values to the active run in few requests (MLflow takes 1000 per batch)."""
-    client, run_id = mlflow.tracking.MlflowClient(), mlflow.active_run().info.run_id
+    client, run_id = store_client(), mlflow.active_run().info.run_id
     for start in range(0, len(metrics), BATCH):
         batch = metrics[start : start + BATCH]
         retrying(lambda batch=batch: client.log_batch(run_id, metrics=batch))

@@ -19,12 +19,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from filelock import FileLock
 
 from fxml.errors import FxmlError, error_chain, output_closed
 from fxml.secrets import redact
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 POSTGRES_EXTRA = 'pip install "fxml[postgres]"'
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
@@ -160,6 +163,18 @@ def creation_lock(uri: str, create_folder: bool = True) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def store_client(uri: str | None = None) -> MlflowClient:
+    """MLflow's client for ``uri`` (the current tracking URI when None). Its constructor opens the
+    store, which creates or migrates a new database's tables: under the creation lock, since two
+    processes migrating one SQLite file at once fail ("Online migration expected to match one
+    row")."""
+    import mlflow
+
+    uri = uri or mlflow.get_tracking_uri()
+    with creation_lock(uri):
+        return mlflow.MlflowClient(uri)
 
 
 @contextmanager
