@@ -30,7 +30,7 @@ from fxml.scoring import summarize
 from fxml.scoring.scorer import NumeraiScorer, Scores
 from fxml.secrets import redact
 from fxml.sweeps.objective import Objective
-from fxml.sweeps.pruning import trial_reporter
+from fxml.sweeps.trial import trial_reporter
 from fxml.tracking.mlflow_run import StepMetrics, log_fitted_params, log_frame, log_series
 from fxml.tracking.plots import cumulative_scores_by_fold
 from fxml.tracking.stores import first_line

@@ -38,7 +38,7 @@ from fxml.scoring.importance import importance_figure
 from fxml.scoring.scorer import Scores
 from fxml.secrets import redact
 from fxml.submission.registry import load_ensemble_members
-from fxml.sweeps.pruning import trial_reporter
+from fxml.sweeps.trial import trial_reporter
 from fxml.tracking.mlflow_run import (
     JOB_TAG,
     OVERRIDES_TAG,
@@ -91,11 +91,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         mlflow.set_tags({"cv": splitter.method, "cv_embargo": embargo})
         plan = plan_memory(instantiate(cfg.memory), data, model, splitter)
         with console.status("loading data"):
-            # out-of-fold predictions of a neutralised model need its neutralisers in train too
+            # out-of-fold predictions of a neutralised model need its neutralisers in train too,
+            # and are logged by id; nothing else reads train's ids
             train_split = data.load("train", neutralizers if splitter.active else None,
                                     storage="disk" if model.train_rows_from_store else plan.storage,
                                     every_nth_train_era=plan.every,
-                                    memory_if_no_store=plan.storage == "memory")
+                                    memory_if_no_store=plan.storage == "memory",
+                                    with_ids=splitter.active)
         train_split.dataset_on_disk = plan.storage == "disk"
         # early stopping, pruning signals and fitted weights read only this inner holdout
         holdout_eras = cfg.trainer.inner_holdout_eras if model.uses_validation else 0

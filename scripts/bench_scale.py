@@ -161,7 +161,7 @@ def main() -> None:
         ratio = f"{stats['vs_plain']:.2f}x" if "vs_plain" in stats else ""
         failed = "" if stats["rc"] == 0 else f"  FAILED rc={stats['rc']}"
         print(f"{program:<13} {model:<8} {feature_set:<7} {memory:<10} {payload / 2**30:>11.2f} "
-              f"{stats['peak_gib']:>9.2f} {stats['peak_gib'] * 2**30 / payload:>11.2f}x "
+              f"{stats['peak_gib']:>9.3f} {stats['peak_gib'] * 2**30 / payload:>11.3f}x "
               f"{stats['cpu_s']:>8.0f} "
               f"{ratio:>12}  {stats.get('plan', '')}{failed}")
 

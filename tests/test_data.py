@@ -40,6 +40,18 @@ def test_features_int8_targets_float32_eras_int(synthetic_root: Path) -> None:
     np.testing.assert_array_equal(train.features, reference.loc[train.ids].to_numpy())
 
 
+def test_train_without_ids_holds_the_same_rows(synthetic_root: Path) -> None:
+    # a run without cross-validation never reports train's rows by id, so it does not read them
+    data = synthetic(synthetic_root)
+    with_ids, without = data.load("train"), data.load("train", with_ids=False)
+    assert without.ids is None and len(without) == len(with_ids) == len(with_ids.ids)
+    np.testing.assert_array_equal(without.features, with_ids.features)
+    np.testing.assert_array_equal(without.target, with_ids.target)
+    np.testing.assert_array_equal(without.file_rows, with_ids.file_rows)
+    cut = without.era_range(3, 5)  # era selections (folds, the inner holdout) keep working
+    assert cut.ids is None and len(cut) == int(np.isin(with_ids.eras, [3, 4, 5]).sum())
+
+
 def test_only_the_selected_feature_set_is_read(synthetic_root: Path) -> None:
     data = synthetic(synthetic_root, feature_set="medium")
     sets = json.loads((data.folder / "features.json").read_text())["feature_sets"]

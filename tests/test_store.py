@@ -501,7 +501,7 @@ def test_xgboost_reads_its_blocks_from_the_store_file_and_maps_none(tmp_path: Pa
     path = tmp_path / "train.int8"
     train = store_backed(toy_split(eras=40, rows=1000, features=64), path)
     block = 4 * mmap.PAGESIZE // 64  # blocks of four pages
-    monkeypatch.setattr("fxml.models.xgboost_model.predict_chunk_rows", lambda _: block)
+    monkeypatch.setattr("fxml.models.xgboost_model.IN_MEMORY_BLOCK_BYTES", 4 * mmap.PAGESIZE)
     seen = []
     handing = _Int8Blocks.next
 

@@ -218,8 +218,8 @@ def rows_of_eras(split: DataSplit, eras: np.ndarray) -> DataSplit:
 def detached(split: DataSplit) -> DataSplit:
     """A copy owning its arrays, so that the split it was cut from can be freed (the small inner
     holdout, while the model frees the big training block)."""
-    return dataclasses.replace(split, ids=split.ids.copy(), eras=split.eras.copy(),
-                               features=np.array(split.features),
+    return dataclasses.replace(split, ids=None if split.ids is None else split.ids.copy(),
+                               eras=split.eras.copy(), features=np.array(split.features),
                                target=None if split.target is None else split.target.copy(),
                                extra={k: v.copy() for k, v in split.extra.items()}, storage="memory",
                                releasable=False)

@@ -110,20 +110,21 @@ class NumeraiData:
 
     def load(self, split: str, extra_features: list[str] | None = None,
              storage: str = "memory", every_nth_train_era: int = 1,
-             memory_if_no_store: bool = False) -> DataSplit:
+             memory_if_no_store: bool = False, with_ids: bool = True) -> DataSplit:
         """Read one split into the era-indexed int8 store (``storage`` = memory or disk).
 
         Train honours the era spans, ``every_nth_era`` and ``every_nth_train_era`` (a memory
         plan's subsampling); ``extra_features`` are more int8 columns after the run's features
         (neutralisers outside the model's set). With ``memory_if_no_store``, a store file that
         cannot be written (no space, a read-only folder) is a warning and the rows go in memory.
+        Without ``with_ids`` the ids are not read (``DataSplit.ids`` is None).
         """
         path = self.path(SPLIT_FILES[split])
         frame = self._scan(path, split)
         labels = [self.target, *self.extra_targets] if split != "live" else []
         columns = [*self.feature_names, *[c for c in extra_features or [] if c not in self.feature_names]]
         self._check_columns(path, frame, [ID, ERA, *columns, *labels])
-        small = self._small_columns(path, frame, labels)
+        small = self._small_columns(path, frame, labels, with_ids)
         file_eras = era_numbers(small[ERA].to_numpy())
         keep = self._kept_rows(file_eras, split, every_nth_train_era)
         if not keep.any():
@@ -151,7 +152,7 @@ class NumeraiData:
             raise FxmlError(f"{path.name}: column {self.target} has NaN in training rows")
         result = DataSplit(
             name=split,
-            ids=small[ID].to_numpy(),
+            ids=small[ID].to_numpy() if with_ids else None,
             eras=file_eras[order],
             features=features,
             target=target,
@@ -259,10 +260,13 @@ class NumeraiData:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise FxmlError(f"{path.name} is missing column(s) {shown}")
 
-    def _small_columns(self, path: Path, frame: pl.LazyFrame, labels: list[str]) -> pl.DataFrame:
-        """Ids, eras and targets of every row in file order (the features go to the store)."""
+    def _small_columns(self, path: Path, frame: pl.LazyFrame, labels: list[str],
+                       with_ids: bool) -> pl.DataFrame:
+        """Ids (``with_ids``), eras and targets of every row in file order (the features go to
+        the store)."""
+        ids = [pl.col(ID).cast(pl.String)] if with_ids else []
         try:
-            return frame.select(pl.col(ID).cast(pl.String), pl.col(ERA).cast(pl.String),
+            return frame.select(*ids, pl.col(ERA).cast(pl.String),
                                 *(pl.col(name).cast(pl.Float32) for name in labels)).collect()
         except pl.exceptions.PolarsError as error:
             raise FxmlError(f"cannot read {path}: {str(error).splitlines()[0]}") from None

@@ -23,6 +23,10 @@ from fxml.models.gbdt import GBDTModel, _ValidCorr
 from fxml.models.params import XGBoostParams
 
 log = logging.getLogger("fxml.models.gbdt")
+# int8 bytes of a block fed to an in-memory QuantileDMatrix: its buffer is held beside the matrix
+# being built, at most of a run's memory (external memory keeps prediction-sized blocks, since
+# each block becomes one of its pages)
+IN_MEMORY_BLOCK_BYTES = 4 * 2**20
 
 
 class _StepReporter(xgb.callback.TrainingCallback):
@@ -42,9 +46,10 @@ class _Int8Blocks(xgb.DataIter):
     """Feeds XGBoost a disk-backed split in row blocks, each read from the store file (nothing of
     it stays mapped in the process; XGBoost reads every block in several passes)."""
 
-    def __init__(self, split: DataSplit, cache_prefix: str | None = None) -> None:
+    def __init__(self, split: DataSplit, cache_prefix: str | None = None, rows: int | None = None) -> None:
         super().__init__(cache_prefix=cache_prefix)
-        self.split, self.rows, self.position = split, predict_chunk_rows(split.features.shape[1]), 0
+        self.split, self.position = split, 0
+        self.rows = rows or predict_chunk_rows(split.features.shape[1])
         # one buffer for every block read from the store: XGBoost is done with a block when it
         # asks for the next one
         self.buffer = np.empty((min(self.rows, len(split)), split.features.shape[1]), dtype=np.int8) \
@@ -76,7 +81,8 @@ def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = No
     if split.storage != "disk":
         return xgb.QuantileDMatrix(split.features, label=split.target, max_bin=max_bin, ref=ref)
     if not split.dataset_on_disk:
-        return xgb.QuantileDMatrix(_Int8Blocks(split), max_bin=max_bin, ref=ref)
+        rows = max(1, IN_MEMORY_BLOCK_BYTES // max(split.features.shape[1], 1))
+        return xgb.QuantileDMatrix(_Int8Blocks(split, rows=rows), max_bin=max_bin, ref=ref)
     cache = Path(tempfile.mkdtemp(prefix="fxml-xgb-"))
     blocks = _Int8Blocks(split, str(cache / split.name))
     log.info("model: XGBoost reads the %s split from the int8 store into external memory", split.name)

@@ -53,11 +53,10 @@ def make_pruner(cfg: Any, direction: str) -> optuna.pruners.BasePruner:
     return pruners[cfg.name]()
 
 
-def trial_reporter(sweep: Any) -> StepCallback | None:
-    """A step listener reporting ``sweep.prune_on`` to the trial; None outside a search. The
-    trial learns its MLflow run id at once, so a worker that dies leaves a run that can be failed."""
-    if sweep is None or sweep.trial_number is None:
-        return None
+def report_to_trial(sweep: Any) -> StepCallback:
+    """A step listener reporting ``sweep.prune_on`` to the job's trial (``sweep.trial_number``).
+    The trial learns its MLflow run id at once, so a worker that dies leaves a run that can be
+    failed."""
     sweeper = HydraConfig.get().sweeper
     storage_url = sweep.storage or os.environ.get(STORAGE_ENV)
     if not storage_url:
