@@ -64,14 +64,15 @@ def use_experiment(uri: str, experiment: str) -> str:
     mlflow.set_tracking_uri(uri)
     for attempt in range(CREATE_ATTEMPTS):
         try:
+            client = store_client(uri)
             with creation_lock(uri):
-                existing = mlflow.get_experiment_by_name(experiment)
+                existing = client.get_experiment_by_name(experiment)
                 if existing is not None:
                     return existing.experiment_id
                 location = None
                 if uri == DEFAULT_URI:
                     location = (DEFAULT_STORE / "artifacts").resolve().as_uri()
-                return mlflow.create_experiment(experiment, artifact_location=location)
+                return client.create_experiment(experiment, artifact_location=location)
         except FxmlError:
             raise
         except Exception as error:

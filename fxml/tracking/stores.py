@@ -36,6 +36,7 @@ RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FAC
              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 _LOCK_NAME = "fxml-store-creation"
 log = logging.getLogger("fxml.tracking")
+_opened_stores: set[str] = set()  # the URIs this process has opened a store of (store_client)
 _connect_window: list[float] = [30.0]
 T = TypeVar("T")
 _UNREACHABLE = ("max retries exceeded", "connection refused", "failed to establish a new connection",
@@ -166,15 +167,21 @@ def creation_lock(uri: str, create_folder: bool = True) -> Iterator[None]:
 
 
 def store_client(uri: str | None = None) -> MlflowClient:
-    """MLflow's client for ``uri`` (the current tracking URI when None). Its constructor opens the
-    store, which creates or migrates a new database's tables: under the creation lock, since two
-    processes migrating one SQLite file at once fail ("Online migration expected to match one
-    row")."""
+    """MLflow's client for ``uri`` (the current tracking URI when None). The first one a process
+    constructs for a store opens it, which creates or migrates a new database's tables: under the
+    creation lock, since two processes migrating one SQLite file at once fail ("Online migration
+    expected to match one row"). MLflow keeps the opened store for the process, so later clients
+    take no lock (nor its connection, which a database that is restarting would refuse at once,
+    before the retries around the client's calls could wait for it)."""
     import mlflow
 
     uri = uri or mlflow.get_tracking_uri()
-    with creation_lock(uri):
+    if uri in _opened_stores:
         return mlflow.MlflowClient(uri)
+    with creation_lock(uri):
+        client = mlflow.MlflowClient(uri)
+    _opened_stores.add(uri)
+    return client
 
 
 @contextmanager
