@@ -146,3 +146,22 @@ def test_importing_fxml_registers_nothing_and_leaves_matplotlib_alone() -> None:
     schemas, matplotlib_state = result.stdout.strip().splitlines()[-2:]
     assert schemas == "[]"  # schemas enter Hydra's ConfigStore when a command runs
     assert matplotlib_state == "True False"  # no backend chosen, no pyplot
+
+
+PLAIN_RUN_IMPORTS = """
+import sys
+import fxml.run
+from hydra.core.plugins import Plugins
+Plugins.instance()  # Hydra imports every plugin module when any command starts
+import hydra_plugins.fxml_optuna_sweeper.optuna_sweeper as sweeper
+print(sweeper.FxmlOptunaSweeper.__name__, "optuna" in sys.modules)
+"""
+
+
+def test_a_plain_run_does_not_import_optuna() -> None:
+    # Optuna and the search load only in a sweep: a plain run would hold them for nothing
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", PLAIN_RUN_IMPORTS], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["FxmlOptunaSweeper", "False"]
