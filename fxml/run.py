@@ -54,7 +54,6 @@ from fxml.tracking.mlflow_run import (
     tracking_uri,
 )
 from fxml.tracking.plots import cumulative_scores
-from fxml.tracking.pyfunc import log_pyfunc_model
 from fxml.tracking.stores import bound_retries
 
 log = logging.getLogger("fxml.run")
@@ -149,6 +148,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             show_importance(importance, cfg.scorer.importance_repeats,
                             mlflow.get_artifact_uri(IMPORTANCE_CSV))
         if cfg.tracking.log_model:
+            # MLflow's pyfunc machinery is imported here, not with the run: ~2 MiB that training,
+            # the peak of a GBDT's run, would otherwise hold
+            from fxml.tracking.pyfunc import log_pyfunc_model
+
             with console.status("logging the model"):
                 log_pyfunc_model(model, data.feature_names, {
                     "data_version": data.version, "target": data.target,

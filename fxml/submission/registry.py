@@ -20,7 +20,6 @@ from fxml.errors import FxmlError
 from fxml.models.base import TabularModel
 from fxml.submission.choice import RunSelection, choose_run
 from fxml.tracking.mlflow_run import tracking_uri
-from fxml.tracking.pyfunc import MODEL_ARTIFACT, FxmlPyfunc
 from fxml.tracking.stores import store_client
 
 log = logging.getLogger(__name__)
@@ -89,6 +88,8 @@ def resolve_model_uri(uri: str, client: mlflow.MlflowClient | None = None) -> Mo
 
 def load_logged_model(uri: str) -> LoadedModel:
     """Load the fxml model behind an MLflow URI (the tracking URI must be set already)."""
+    from fxml.tracking.pyfunc import FxmlPyfunc  # MLflow's pyfunc machinery: see log_model
+
     ref = resolve_model_uri(uri)
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
@@ -147,6 +148,8 @@ def promote(selection: RunSelection, name: str | None, alias: str, uri: str | No
     """Register the model of the run ``selection`` picks (see fxml.submission.choice) and point
     ``alias`` at that version."""
     mlflow.set_tracking_uri(tracking_uri(uri))
+    from fxml.tracking.pyfunc import MODEL_ARTIFACT
+
     client = store_client()
     choice = choose_run(client, selection)
     run, metric, value = choice.run, choice.metric, choice.value
