@@ -24,6 +24,7 @@ import torch
 import xgboost as xgb
 
 from fxml.data import memory as memory_module
+from fxml.data import store as store_module
 from fxml.data.layout import FEATURES_JSON
 from fxml.data.loader import STORE_FOLDER, NumeraiData
 from fxml.data.memory import (
@@ -42,7 +43,7 @@ from fxml.data.memory import (
 )
 from fxml.data.sources import SyntheticSource
 from fxml.data.split import DataSplit
-from fxml.data.store import BLOCK_COLUMNS
+from fxml.data.store import BLOCK_COLUMNS, MissingFeatures, plan_rows
 from fxml.errors import FxmlError
 from fxml.models.base import labelled_rows, predict_in_era_blocks
 from fxml.models.deep import MLPModel
@@ -237,6 +238,30 @@ def test_missing_feature_values_error_or_fill(tmp_path: Path) -> None:
     assert data.filled == {"validation": in_era}, "only the rows read count"
     with pytest.raises(FxmlError, match="data.missing_features must be error or fill"):
         load(tmp_path, "validation", missing_features="zero")
+
+
+def test_a_large_store_is_written_by_a_child_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    validation = write_release(tmp_path / "release", missing=True)
+    monkeypatch.setattr(store_module, "CHILD_WRITER_BYTES", 0)
+
+    def written_here(*args: object) -> None:
+        raise AssertionError("the store was written in the run's own process")
+
+    monkeypatch.setattr(store_module, "write_store_file", written_here)
+    with pytest.raises(FxmlError, match="validation.parquet: feature column feature_0005 has missing "
+                                        r"values \(2 rows\); data.missing_features=fill"):
+        load(tmp_path / "release", "validation", "disk")
+    assert not list((tmp_path / "release" / STORE_FOLDER).glob("*.partial")), "a failed write leaves no file"
+    data, split = load(tmp_path / "release", "validation", "disk", missing_features="fill", missing_fill=3)
+    assert data.filled == {"validation": 2}
+    _, in_memory = load(tmp_path / "release", "validation", missing_features="fill", missing_fill=3)
+    np.testing.assert_array_equal(split.features, in_memory.features)
+    assert (split.features[np.isin(split.ids, validation["id"].iloc[[4, 77]]), 5] == 3).all()
+    # a child that fails outside fxml's own checks is one line too
+    plan = plan_rows(np.zeros(3, dtype=np.int64), np.ones(3, dtype=bool))
+    with pytest.raises(FxmlError, match=r"writing the int8 store .*missing\.int8 failed: FileNotFoundError"):
+        store_module._write_in_child((tmp_path / "release" / "validation.parquet", ["feature_0000"], plan,
+                                      MissingFeatures(), tmp_path / "missing.int8", (3, 1)))
 
 
 def test_auto_prefers_memory_then_disk_then_fewer_eras(monkeypatch: pytest.MonkeyPatch) -> None:
