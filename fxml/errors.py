@@ -19,6 +19,17 @@ def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
     require(value in allowed, key, f"must be one of {', '.join(allowed)}", value)
 
 
+def child_failure(stderr: str, returncode: int) -> str:
+    """Why a child process failed, in one line: the last line it printed to stderr, else the signal
+    that killed it (SIGKILL is most often the kernel's out-of-memory killer), else its exit code."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if lines:
+        return lines[-1].strip()
+    if returncode < 0:
+        return f"killed by signal {-returncode}" + (" (out of memory?)" if returncode == -9 else "")
+    return f"exit code {returncode}"
+
+
 class RunPruned(Exception):
     """A run stopped early on purpose (a sweep pruned its trial): the tracked run ends KILLED with
     a ``pruned`` tag. The sweep layer raises a subclass that Optuna recognises too, so tracking

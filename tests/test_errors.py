@@ -13,6 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from fxml.errors import child_failure
 from tests.conftest import Workspace, assert_one_line_error
 
 
@@ -141,3 +142,11 @@ def test_missing_feature_values(workspace: Workspace, broken_copy: Path) -> None
     frame.write_parquet(path)
     result = _run_on(workspace, broken_copy, "nan-feature")
     assert_one_line_error(result, column, "missing values")
+
+
+def test_a_failed_child_process_is_described_in_one_line() -> None:
+    traceback = "Traceback (most recent call last):\n  File x\nFileNotFoundError: no such file\n\n"
+    assert child_failure(traceback, 1) == "FileNotFoundError: no such file"
+    assert child_failure("", -9) == "killed by signal 9 (out of memory?)"
+    assert child_failure("", -15) == "killed by signal 15"
+    assert child_failure(" \n", 3) == "exit code 3"

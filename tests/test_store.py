@@ -260,8 +260,8 @@ def test_a_large_store_is_written_by_a_child_process(tmp_path: Path, monkeypatch
     # a child that fails outside fxml's own checks is one line too
     plan = plan_rows(np.zeros(3, dtype=np.int64), np.ones(3, dtype=bool))
     with pytest.raises(FxmlError, match=r"writing the int8 store .*missing\.int8 failed: FileNotFoundError"):
-        store_module._write_in_child((tmp_path / "release" / "validation.parquet", ["feature_0000"], plan,
-                                      MissingFeatures(), tmp_path / "missing.int8", (3, 1)))
+        store_module._write_in_child(tmp_path / "release" / "validation.parquet", ["feature_0000"], plan,
+                                     MissingFeatures(), tmp_path / "missing.int8", (3, 1))
 
 
 def test_auto_prefers_memory_then_disk_then_fewer_eras(monkeypatch: pytest.MonkeyPatch) -> None:

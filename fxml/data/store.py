@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fxml.data.memory import anonymous_matrix, release_rows
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, child_failure
 
 log = logging.getLogger(__name__)
 # bytes of one decoded block (row group rows x columns read at once)
@@ -185,9 +185,8 @@ def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingF
     partial = matrix_path.with_name(matrix_path.name + f".{os.getpid()}.partial")
     try:
         _allocate(partial, shape[0] * shape[1])
-        task = (path, columns, plan, missing, partial, shape)
-        filled = _write_in_child(task) if shape[0] * shape[1] >= CHILD_WRITER_BYTES \
-            else write_store_file(*task)
+        write = _write_in_child if shape[0] * shape[1] >= CHILD_WRITER_BYTES else write_store_file
+        filled = write(path, columns, plan, missing, partial, shape)
         os.replace(partial, matrix_path)
     finally:
         _remove(partial)
@@ -212,25 +211,23 @@ def write_store_file(path: Path, columns: list[str], plan: RowPlan, missing: Mis
     return filled
 
 
-def _write_in_child(task: tuple) -> int:
-    """``write_store_file(*task)`` in a new interpreter that imports only this module (a fork
-    would copy the run's threads and their locks mid-use; multiprocessing's spawn would import
-    the run's own entry point again). The task goes in on stdin and the result comes back on
-    stdout, both pickled; an interrupted run kills the child."""
+def _write_in_child(path: Path, columns: list[str], plan: RowPlan, missing: MissingFeatures,
+                    destination: Path, shape: tuple[int, int]) -> int:
+    """``write_store_file`` in a new interpreter that imports only this module (a fork would copy
+    the run's threads and their locks mid-use; multiprocessing's spawn would import the run's own
+    entry point again). The task goes in on stdin and the result comes back on stdout, both
+    pickled; an interrupted run kills the child."""
     package_root = str(Path(__file__).resolve().parents[2])
     search_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": search_path}
+    task = (path, columns, plan, missing, destination, shape)
     done = subprocess.run([sys.executable, "-m", "fxml.data.store"], input=pickle.dumps(task),
                           capture_output=True, env=env, check=False)
     try:
         outcome, value = pickle.loads(done.stdout)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError):
-        lines = done.stderr.decode(errors="replace").strip().splitlines()
-        why = lines[-1] if lines else f"exit status {done.returncode}"
-        if done.returncode < 0:
-            out_of_memory = " (out of memory?)" if done.returncode == -9 else ""
-            why = f"killed by signal {-done.returncode}{out_of_memory}"
-        raise FxmlError(f"writing the int8 store {task[4]} failed: {why}") from None
+        why = child_failure(done.stderr.decode(errors="replace"), done.returncode)
+        raise FxmlError(f"writing the int8 store {destination} failed: {why}") from None
     if outcome == "error":
         raise FxmlError(value)
     return value

@@ -26,7 +26,7 @@ import pandas as pd
 
 import fxml
 from fxml.data.layout import DATA_TYPE, ERA, ID
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, child_failure
 from fxml.models.base import TabularModel
 from fxml.submission.validation import ranked_submission, validate_submission
 
@@ -137,9 +137,8 @@ def check_in_fresh_process(output: Path, model: TabularModel, features: list[str
                                *map(str, paths[1:])], cwd=folder, capture_output=True, text=True,
                               timeout=600)
         if done.returncode != 0:
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
             raise FxmlError(f"{output} fails in a fresh Python process: "
-                            f"{lines[-1] if lines else f'exit code {done.returncode}'}")
+                            f"{child_failure(done.stderr, done.returncode)}")
         result = pd.read_parquet(paths[3])
     imports = json.loads(done.stdout.strip().splitlines()[-1])
     if list(result.columns) != ["prediction"]:
