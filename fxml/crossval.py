@@ -23,11 +23,11 @@ import pandas as pd
 
 from fxml.console import step_progress
 from fxml.data.folds import Fold, detached, distinct_eras, era_ranges, rows_of_eras, with_inner_holdout
-from fxml.data.loader import DataSplit, NumeraiData
+from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.scoring import summarize
-from fxml.scoring.scorer import NumeraiScorer, Scores
+from fxml.scoring.scorer import Scores
 from fxml.secrets import redact
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.trial import trial_reporter
@@ -38,6 +38,8 @@ from fxml.tracking.stores import first_line
 log = logging.getLogger(__name__)
 PREFIX = "cv_"
 SERIES = ("corr", "mmc", "bmc", "fnc")
+# scores the predictions of a split's rows (the runner's scorer with the release's references)
+ScoreSplit = Callable[[np.ndarray, DataSplit], Scores]
 
 
 @dataclass
@@ -76,11 +78,13 @@ def fold_run_name(job_run_name: str, fold: Fold) -> str:
 
 
 @contextmanager
-def fold_run(fold: Fold, name: str, tags: dict[str, str]) -> Iterator[Any]:
+def fold_run(fold: Fold) -> Iterator[Any]:
     """A child run of the job's run, ended FINISHED, FAILED (``error`` tag) or KILLED."""
     parent = mlflow.active_run()
+    assert parent is not None, "folds run inside the job's run"
     run = mlflow.start_run(experiment_id=parent.info.experiment_id, nested=True,
-                           run_name=name, tags=tags)
+                           run_name=fold_run_name(parent.info.run_name or "cv", fold),
+                           tags=fold_tags(fold))
     try:
         yield run
     except BaseException as error:
@@ -90,22 +94,24 @@ def fold_run(fold: Fold, name: str, tags: dict[str, str]) -> Iterator[Any]:
     mlflow.end_run(status="FINISHED")
 
 
-def fit_and_score_fold(model: TabularModel, train: DataSplit, fold: Fold, n_folds: int,
-                       data: NumeraiData, scorer: NumeraiScorer) -> tuple[Scores, pd.DataFrame]:
-    """Fit on the fold's training eras (inner holdout as validation), score its test eras."""
+def fit_fold(model: TabularModel, train: DataSplit, fold: Fold, n_folds: int) -> TabularModel:
+    """Fit on the fold's training eras, its inner holdout as the validation it may early-stop on."""
     fit = rows_of_eras(train, fold.train)
-    # era_kfold's two runs of eras are a copy: the model may free it once it has its dataset
-    fit.releasable = not np.may_share_memory(fit.features, train.features)
     holdout = rows_of_eras(train, fold.holdout) if len(fold.holdout) else None
     step_metrics = StepMetrics()
     with step_progress(f"fold {fold.index + 1}/{n_folds}: training", step_metrics) as on_step:
         model.fit(fit, holdout, on_step=on_step)
     step_metrics.flush()
     log_fitted_params(model)
-    del fit, holdout
+    return model
+
+
+def score_fold(model: TabularModel, train: DataSplit, fold: Fold,
+               score: ScoreSplit) -> tuple[Scores, pd.DataFrame]:
+    """Scores of the fold's test eras, and their predictions with ids, targets and references."""
     test = rows_of_eras(train, fold.test)
     predictions = predict_in_era_blocks(model, test)
-    scores = scorer.score(predictions, test, data)
+    scores = score(predictions, test)
     frame = pd.DataFrame({"id": test.ids, "era": test.eras, "fold": fold.index,
                           "prediction": predictions, "target": test.target})
     for name, values in scores.references.items():
@@ -115,8 +121,8 @@ def fit_and_score_fold(model: TabularModel, train: DataSplit, fold: Fold, n_fold
     return scores, frame
 
 
-def log_fold_scores(scores: Scores, fold: Fold, embargo: int) -> None:
-    mlflow.log_params({"fold": fold.index, "embargo": embargo, "n_train_eras": len(fold.train),
+def log_fold_scores(scores: Scores, fold: Fold) -> None:
+    mlflow.log_params({"fold": fold.index, "embargo": fold.embargo, "n_train_eras": len(fold.train),
                        "n_holdout_eras": len(fold.holdout), "n_test_eras": len(fold.test)})
     mlflow.log_metrics({k: float(v) for k, v in scores.summary.items() if pd.notna(v)})
     log_series(scores.per_era, SERIES)
@@ -151,23 +157,14 @@ def pruning_signal(running: dict[str, float], objective: str | None) -> float:
     return float(running.get(f"{PREFIX}corr_mean", float("nan")))
 
 
-def sweep_objective() -> str | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return str(HydraConfig.get().sweeper.get("objective"))
-    except (ValueError, AttributeError):
-        return None
-
-
-def cross_validate(build_model: Callable[[], TabularModel], train: DataSplit, folds: list[Fold],
-                   embargo: int, data: NumeraiData, scorer: NumeraiScorer,
-                   sweep: Any, run_name: str) -> CrossValidation:
-    """Run every fold as a child run (named after the job's ``run_name``), report the running cv
-    metric to a sweep's trial after each fold (a bad trial stops after its first fold), and log the
-    cv summaries on the job's run."""
+def cross_validate(new_model: Callable[[], TabularModel], train: DataSplit, folds: list[Fold],
+                   score: ScoreSplit, sweep: Any) -> CrossValidation:
+    """Run every fold as a child run of the active run: a new model from ``new_model`` fits on the
+    fold's training eras and ``score`` scores its test eras. A sweep's trial (``sweep``, the job's
+    ``sweep`` config) hears the running cv metric after each fold, so a bad trial stops after its
+    first fold. The cv summaries are logged on the job's run."""
     report = trial_reporter(sweep)
-    objective = sweep_objective() if report is not None else None
+    objective = getattr(sweep, "objective", None) if report is not None else None
     if report is not None:
         log.info("cv: after each fold (step = fold index) the trial hears the running objective %s "
                  "if it reads only cv_* metrics, else the running cv_corr_mean", objective)
@@ -179,9 +176,10 @@ def cross_validate(build_model: Callable[[], TabularModel], train: DataSplit, fo
         log.info("cv: fold %d/%d, train eras %s, inner holdout %s, test eras %s", fold.index + 1,
                  len(folds), era_ranges(fold.train), era_ranges(fold.holdout) or "none",
                  era_ranges(fold.test))
-        with fold_run(fold, fold_run_name(run_name, fold), fold_tags(fold)) as run:
-            scores, frame = fit_and_score_fold(build_model(), train, fold, len(folds), data, scorer)
-            log_fold_scores(scores, fold, embargo)
+        with fold_run(fold) as run:
+            model = fit_fold(new_model(), train, fold, len(folds))
+            scores, frame = score_fold(model, train, fold, score)
+            log_fold_scores(scores, fold)
         per_era.append(scores.per_era.assign(fold=fold.index))
         predictions.append(frame)
         rows.append(fold_row(fold, run.info.run_id, scores))

@@ -27,15 +27,16 @@ from fxml.console import (
     step_progress,
     summary_table,
 )
-from fxml.crossval import cross_validate, training_parts
+from fxml.crossval import CrossValidation, cross_validate, training_parts
 from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
-from fxml.data.loader import DataSplit, NumeraiData
+from fxml.data.loader import NumeraiData
 from fxml.data.memory import MemoryPlan, MemoryPolicy, return_freed_memory
+from fxml.data.split import DataSplit
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.models.devices import require_accelerator, taken_fallbacks
 from fxml.models.postprocess import postprocessed
 from fxml.scoring.importance import importance_figure
-from fxml.scoring.scorer import Scores
+from fxml.scoring.scorer import NumeraiScorer, Scores
 from fxml.secrets import redact
 from fxml.submission.registry import load_ensemble_members
 from fxml.sweeps.trial import trial_reporter
@@ -62,112 +63,142 @@ IMPORTANCE_CSV = "importance/permutation.csv"
 
 @exits_on_user_error
 def train(cfg: DictConfig) -> dict[str, Any]:
+    """One job: compose, load, fit, predict, score, log. Returns the run's summary metrics (what a
+    sweep reads its objective from)."""
     quiet_dependencies()
     validate(cfg)
     uri = tracking_uri(cfg.tracking.uri)
     bound_retries(cfg.tracking.retry_seconds)
     require_accelerator(cfg.trainer.accelerator)  # every family, before any data is loaded
-    tags = {"fxml_version": __version__, "git_commit": git_commit(),
-            "model_family": cfg.model._target_.rsplit(".", 1)[-1], **multirun_job_tags(cfg),
-            **cfg.tracking.tags}
     name = run_name(cfg)
-    with tracked_run(uri, cfg.tracking.experiment, name, tags) as run:
+    with tracked_run(uri, cfg.tracking.experiment, name, run_tags(cfg)) as run:
         payout = (cfg.scorer.payout_corr_weight, cfg.scorer.payout_mmc_weight, cfg.scorer.payout_clip)
         shown = Shown(name.of(run.info.run_id), run.info.run_id, uri, cfg.tracking.experiment, payout)
         log_config(cfg)
-        data = NumeraiData.from_config(cfg.data, source=instantiate(cfg.data.source, _recursive_=False))
-        mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
-                         "feature_set": data.feature_set, "target": data.target})
-        # post-processing wraps the model; neutralisers outside the run's features load with validation
-        def build_model() -> tuple[TabularModel, list[str]]:
-            model = instantiate(cfg.model, _convert_="all")
-            load_ensemble_members(model)  # members named by MLflow URI: loaded here, not in models
-            return postprocessed(model, cfg.get("postprocess"), data)
-
-        model, neutralizers = build_model()
+        data = open_release(cfg)
+        model, neutralizers = build_model(cfg, data)
         splitter = instantiate(cfg.cv)
-        embargo = resolve_embargo(splitter.embargo, data.target)
-        mlflow.set_tags({"cv": splitter.method, "cv_embargo": embargo})
         plan = plan_memory(instantiate(cfg.memory), data, model, splitter)
-        with console.status("loading data"):
-            # out-of-fold predictions of a neutralised model need its neutralisers in train too,
-            # and are logged by id; nothing else reads train's ids
-            train_split = data.load("train", neutralizers if splitter.active else None,
-                                    storage="disk" if model.train_rows_from_store else plan.storage,
-                                    every_nth_train_era=plan.every,
-                                    memory_if_no_store=plan.storage == "memory",
-                                    with_ids=splitter.active)
-        train_split.dataset_on_disk = plan.storage == "disk"
-        # early stopping, pruning signals and fitted weights read only this inner holdout
-        holdout_eras = cfg.trainer.inner_holdout_eras if model.uses_validation else 0
         scorer = instantiate(cfg.scorer)
-        cv = None
-        if splitter.active:
-            folds = splitter.folds(train_split.eras, embargo, holdout_eras)
-            cv = cross_validate(lambda: build_model()[0], train_split, folds, embargo, data, scorer,
-                                cfg.sweep, shown.run_name)
-            if not splitter.refit:
-                show_summary(None, cv.summary, shown)
-                return {**cv.summary, "mlflow_run_id": run.info.run_id}
-        fit_split, inner_holdout = training_parts(train_split, holdout_eras, embargo)
-        del train_split
-        mlflow.set_tags({"fit_eras": era_ranges(fit_split.eras),
-                         "inner_holdout_eras": era_ranges(inner_holdout.eras) if inner_holdout else ""})
-        # the model may free the train matrix once it has its own dataset
-        fit_split.releasable = True
-
-        started = time.perf_counter()
-        step_metrics = StepMetrics()
-        # with folds, the trial hears the running cv metric after each fold instead
-        reporter = None if splitter.active else trial_reporter(cfg.sweep)
-        listeners = [step_metrics, *filter(None, [reporter])]
-        with step_progress(f"training {tags['model_family']}", *listeners) as on_step:
-            model.fit(fit_split, inner_holdout, on_step=on_step)
-        step_metrics.flush()
-        log_fitted_params(model)
-        mlflow.set_tags(taken_fallbacks())
-        mlflow.log_metric("train_seconds", time.perf_counter() - started)
-        del fit_split, inner_holdout
-        return_freed_memory()  # the model's training dataset, before validation is loaded
+        fitted, cv = fit_model(cfg, data, model, neutralizers, splitter, plan, scorer)
+        return_freed_memory()  # the training rows and the model's dataset, before validation
+        if fitted is None:
+            assert cv is not None
+            show_summary(None, cv.summary, shown)
+            return {**cv.summary, "mlflow_run_id": run.info.run_id}
         with console.status("loading validation"):
-            # predicted a block of eras and scored an era at a time: read from the store file
-            validation = data.load("validation", neutralizers, storage="disk",
-                                   memory_if_no_store=plan.storage == "memory")
-        mlflow.log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
-
-        with console.status("scoring validation"):
-            predictions = predict_in_era_blocks(model, validation)
-            return_freed_memory()  # the prediction blocks, before scoring's own buffers
-            scores = scorer.score(predictions, validation, data)
-        log_scores(scores, validation, predictions)
-        with console.status("permutation importance"):
-            importance = scorer.importance(model, validation, data)
-        if importance is not None:
-            log_frame(importance, IMPORTANCE_CSV)
-            mlflow.log_figure(importance_figure(importance), "importance/permutation.png")
-            show_importance(importance, cfg.scorer.importance_repeats,
-                            mlflow.get_artifact_uri(IMPORTANCE_CSV))
+            validation = data.load("validation", neutralizers, storage="store")
+        scores = score_validation(fitted, validation, data, scorer)
+        log_importance(fitted, validation, data, scorer, cfg.scorer.importance_repeats)
         if cfg.tracking.log_model:
-            # MLflow's pyfunc machinery is imported here, not with the run: ~2 MiB that training,
-            # the peak of a GBDT's run, would otherwise hold
-            from fxml.tracking.pyfunc import log_pyfunc_model
-
-            with console.status("logging the model"):
-                log_pyfunc_model(model, data.feature_names, {
-                    "data_version": data.version, "target": data.target,
-                    "feature_set": data.feature_set})
+            log_model(fitted, data)
     cv_metrics = cv.summary if cv is not None else {}
     show_summary(scores, cv_metrics, shown)
-    # a sweep reads its objective from here, and keeps only this small dict per job
     return {**cv_metrics, **scores.summary, "mlflow_run_id": run.info.run_id}
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    return {"fxml_version": __version__, "git_commit": git_commit(),
+            "model_family": model_family(cfg), **multirun_job_tags(cfg), **cfg.tracking.tags}
+
+
+def model_family(cfg: DictConfig) -> str:
+    return str(cfg.model._target_).rsplit(".", 1)[-1]
+
+
+def open_release(cfg: DictConfig) -> NumeraiData:
+    """The release the config names (downloaded or written first where needed), tagged on the run."""
+    data = NumeraiData.from_config(cfg.data, source=instantiate(cfg.data.source, _recursive_=False))
+    mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
+                     "feature_set": data.feature_set, "target": data.target})
+    return data
+
+
+def build_model(cfg: DictConfig, data: NumeraiData) -> tuple[TabularModel, list[str]]:
+    """A new, unfitted model as configured (post-processing wraps it), and the neutraliser columns
+    its ``predict`` reads beyond the run's features."""
+    model = instantiate(cfg.model, _convert_="all")
+    load_ensemble_members(model)  # members named by MLflow URI: loaded here, not in models
+    return postprocessed(model, cfg.get("postprocess"), data)
+
+
+def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutralizers: list[str],
+              splitter: EraSplitter, plan: MemoryPlan,
+              scorer: NumeraiScorer) -> tuple[TabularModel | None, CrossValidation | None]:
+    """Load the training eras, run the folds when cv asks for them, then fit on every training era
+    but the inner holdout that early stopping, pruning signals and fitted weights read. The model
+    is None when cv does not refit."""
+    embargo = resolve_embargo(splitter.embargo, data.target)
+    mlflow.set_tags({"cv": splitter.method, "cv_embargo": embargo})
+    holdout_eras = cfg.trainer.inner_holdout_eras if model.uses_validation else 0
+    storage = plan.train_storage(model.memory_profile())
+    with console.status("loading data"):
+        # out-of-fold predictions of a neutralised model need its neutralisers in train too, and
+        # are logged by id; nothing else reads train's ids
+        train_split = data.load("train", neutralizers if splitter.active else None, storage=storage,
+                                every_nth_train_era=plan.every, with_ids=splitter.active)
+    mlflow.set_tag("train_storage", train_split.storage)
+    cv = None
+    if splitter.active:
+        folds = splitter.folds(train_split.eras, embargo, holdout_eras)
+        cv = cross_validate(lambda: build_model(cfg, data)[0], train_split, folds,
+                            lambda predictions, split: scorer.score(predictions, split, data), cfg.sweep)
+        if not splitter.refit:
+            return None, cv
+    fit_split, inner_holdout = training_parts(train_split, holdout_eras, embargo)
+    mlflow.set_tags({"fit_eras": era_ranges(fit_split.eras),
+                     "inner_holdout_eras": era_ranges(inner_holdout.eras) if inner_holdout else ""})
+    started = time.perf_counter()
+    step_metrics = StepMetrics()
+    # with folds, the trial hears the running cv metric after each fold instead
+    reporter = None if splitter.active else trial_reporter(cfg.sweep)
+    with step_progress(f"training {model_family(cfg)}", step_metrics, *filter(None, [reporter])) as on_step:
+        model.fit(fit_split, inner_holdout, on_step=on_step)
+    step_metrics.flush()
+    log_fitted_params(model)
+    mlflow.set_tags(taken_fallbacks())
+    mlflow.log_metric("train_seconds", time.perf_counter() - started)
+    return model, cv
+
+
+def score_validation(model: TabularModel, validation: DataSplit, data: NumeraiData,
+                     scorer: NumeraiScorer) -> Scores:
+    """Predict validation a block of eras at a time from its int8 store file, score it an era at
+    a time, and log the scores and the predictions."""
+    mlflow.log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
+    with console.status("scoring validation"):
+        predictions = predict_in_era_blocks(model, validation)
+        scores = scorer.score(predictions, validation, data)
+    log_scores(scores, validation, predictions)
+    return scores
+
+
+def log_importance(model: TabularModel, validation: DataSplit, data: NumeraiData,
+                   scorer: NumeraiScorer, repeats: int) -> None:
+    """Permutation importance, when the scorer asks for it."""
+    with console.status("permutation importance"):
+        importance = scorer.importance(model, validation, data)
+    if importance is None:
+        return
+    log_frame(importance, IMPORTANCE_CSV)
+    mlflow.log_figure(importance_figure(importance), "importance/permutation.png")
+    show_importance(importance, repeats, mlflow.get_artifact_uri(IMPORTANCE_CSV))
+
+
+def log_model(model: TabularModel, data: NumeraiData) -> None:
+    # MLflow's pyfunc machinery is imported here, not with the run: ~2 MiB that training, the
+    # peak of a GBDT's run, would otherwise hold
+    from fxml.tracking.pyfunc import log_pyfunc_model
+
+    with console.status("logging the model"):
+        log_pyfunc_model(model, data.feature_names, {
+            "data_version": data.version, "target": data.target, "feature_set": data.feature_set})
 
 
 def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
                 splitter: EraSplitter | None = None) -> MemoryPlan:
     """The memory policy's choice for this run, logged as tags and one console line."""
-    need = data.memory_need(model.dataset_bytes_per_value, model.streamed_dataset_bytes_per_value,
-                            model.train_rows_from_store, model.training_bytes_per_train_row,
-                            model.library_bytes)
+    need = data.memory_need(model.memory_profile())
     if splitter is not None and splitter.copied_share:
         # era_kfold copies a fold's training eras (in memory, whatever the storage)
         need = need.with_beside_dataset(int(need.train_features * splitter.copied_share))
@@ -175,11 +206,6 @@ def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
     mlflow.set_tags({"memory_plan": f"{plan.storage}, every {plan.every} training era(s)",
                      "memory_reason": plan.reason})
     log.info("memory: %s", plan.describe())
-    if model.train_rows_from_store and plan.storage == "memory":
-        log.info("memory: the model reads its training rows from the int8 store file a piece at a "
-                 "time, so they are not held in memory whole")
-    log.info("memory: validation is read from its int8 store file a block of eras at a time to "
-             "predict and an era at a time to score, so it is not held in memory whole")
     return plan
 
 

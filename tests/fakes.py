@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fxml.models.base import TabularModel
+from fxml.models.params import ModelParams
 
 VERSIONS = ("v5.0", "v5.1", "v5.2")
 ROUND_ENV, LOG_ENV = "FXML_FAKE_NUMERAI_ROUND", "FXML_FAKE_NUMERAI_LOG"
@@ -164,6 +165,8 @@ class OfflineNumerAPI:
 
 class ConstantModel(TabularModel):
     """Predicts the same value for every row: a submission without spread."""
+
+    params_class = ModelParams
 
     def fit(self, train, validation=None, on_step=None) -> ConstantModel:
         return self

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -29,6 +30,7 @@ from fxml.data.folds import (
 from fxml.data.loader import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel
+from fxml.models.params import RidgeParams
 from tests.conftest import Workspace, assert_one_line_error
 
 FAST = ("model.n_estimators=15", "tracking.log_model=false")
@@ -160,7 +162,7 @@ def test_training_parts_view_the_fit_rows_and_copy_the_small_holdout() -> None:
 def test_memory_plans_count_the_era_kfold_copy(workspace: Workspace) -> None:
     from types import SimpleNamespace
 
-    from fxml.data.memory import MemoryNeed, MemoryPlan
+    from fxml.data.memory import MemoryNeed, MemoryPlan, MemoryProfile
     from fxml.run import plan_memory
 
     seen = []
@@ -171,8 +173,7 @@ def test_memory_plans_count_the_era_kfold_copy(workspace: Workspace) -> None:
             return MemoryPlan("memory", 1, "recorded")
 
     data = SimpleNamespace(memory_need=lambda *_: MemoryNeed(1000, 500, 200, 10, 40))
-    model = SimpleNamespace(dataset_bytes_per_value=0.0, streamed_dataset_bytes_per_value=None,
-                            train_rows_from_store=False, training_bytes_per_train_row=0, library_bytes=0)
+    model = SimpleNamespace(memory_profile=MemoryProfile)
     with mlflow.start_run(experiment_id=mlflow.set_experiment("plans").experiment_id):
         for splitter in (None, EraSplitter(), WalkForward(), EraKFold(folds=5)):
             plan_memory(Recording(), data, model, splitter)  # type: ignore[arg-type]
@@ -207,14 +208,16 @@ class RowMemorizer(TabularModel):
     of the synthetic data), and a hash-based value for any other row: perfect in sample, nothing
     out of sample. It tags the eras it fitted on and the eras of the validation set it was given."""
 
-    def __init__(self, **options) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(**options)
-        self.memory: dict[bytes, float] = {}
+    params_class = RidgeParams  # composed from model=ridge with another _target_
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.seen: dict[bytes, float] = {}
 
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> RowMemorizer:
         assert train.target is not None
-        self.memory = {row_key(row): float(t) for row, t in zip(train.features, train.target, strict=True)}
+        self.seen = {row_key(row): float(t) for row, t in zip(train.features, train.target, strict=True)}
         mlflow.set_tags({"seen.fit_eras": era_ranges(train.eras),
                          "seen.validation_eras": era_ranges(validation.eras) if validation is not None
                          else ""})
@@ -225,16 +228,16 @@ class RowMemorizer(TabularModel):
         for i, row in enumerate(np.asarray(features, dtype=np.int8)):
             key = row_key(row)
             unseen = int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little") / 2**32
-            out[i] = self.memory.get(key, unseen)
+            out[i] = self.seen.get(key, unseen)
         return out
 
     def save_state(self, directory: Path) -> None:
-        keys = np.array(list(self.memory), dtype=object)
-        np.savez(directory / "memory.npz", keys=keys, values=np.array(list(self.memory.values())))
+        keys = np.array(list(self.seen), dtype=object)
+        np.savez(directory / "memory.npz", keys=keys, values=np.array(list(self.seen.values())))
 
     def load_state(self, directory: Path) -> None:
         saved = np.load(directory / "memory.npz", allow_pickle=True)
-        self.memory = dict(zip(saved["keys"].tolist(), saved["values"].tolist(), strict=True))
+        self.seen = dict(zip(saved["keys"].tolist(), saved["values"].tolist(), strict=True))
 
 
 def job_run(workspace: Workspace, experiment: str):  # type: ignore[no-untyped-def]

@@ -137,16 +137,12 @@ def test_a_model_built_in_python_trains_as_the_command_line(family: str) -> None
     model_class = get_class(node["_target_"])
     assert model_class.params_class is params
     command_line = {key: value for key, value in node.items() if key not in HYDRA_KEYS}
-    signature = inspect.signature(model_class)
-    assert set(signature.parameters) == set(command_line)
-    if family == "ensemble":  # its members are the preset's own: built from the same members
-        members = command_line["members"]
-        python = model_class(members=members).options
-        assert python == instantiate(node, _convert_="all").options
-    else:
-        python = model_class().options
-        assert python == instantiate(node, _convert_="all").options
-        assert {name: p.default for name, p in signature.parameters.items()} == python
+    assert {f.name for f in dataclasses.fields(params)} == set(command_line)
+    # an ensemble's members are the preset's own
+    built = model_class(members=command_line["members"]) if family == "ensemble" else model_class()
+    assert isinstance(built.params, params)
+    python = dataclasses.asdict(built.params)
+    assert python == dataclasses.asdict(instantiate(node, _convert_="all").params)
     assert python == {**field_defaults(params), **({"members": python["members"]}
                                                     if family == "ensemble" else {})}
     assert python == command_line

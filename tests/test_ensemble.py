@@ -56,7 +56,7 @@ def test_fitted_weights_favour_the_informative_member() -> None:
 def test_ensemble_state_round_trips(tmp_path) -> None:
     rng = np.random.default_rng(2)
     train, validation = _split(rng), _split(rng)
-    ensemble = EnsembleModel({"a": RIDGE, "b": {**RIDGE, "alpha": 1000.0}}, weights={"a": 3, "b": 1})
+    ensemble = EnsembleModel(members={"a": RIDGE, "b": {**RIDGE, "alpha": 1000.0}}, weights={"a": 3, "b": 1})
     ensemble.fit(train, validation)
     np.testing.assert_allclose(ensemble.weights, [0.75, 0.25])
     predictions = ensemble.predict(validation.features, validation.eras)
@@ -157,8 +157,11 @@ def test_memory_plans_count_the_largest_member_dataset() -> None:
         "lgbm": {"_target_": "fxml.models.lightgbm_model.LightGBMModel"},
         "xgb": {"_target_": "fxml.models.xgboost_model.XGBoostModel"},
         "logged": "runs:/0123/model"})
-    assert gbdts.dataset_bytes_per_value == XGBoostModel.dataset_bytes_per_value
+    profile = gbdts.memory_profile()
+    assert profile.dataset_bytes_per_value == XGBoostModel.memory.dataset_bytes_per_value
     # streamed from the store, XGBoost keeps its pages on disk and LightGBM's bins are the most
-    assert gbdts.streamed_dataset_bytes_per_value == LightGBMModel.dataset_bytes_per_value
+    assert profile.streamed_bytes_per_value == LightGBMModel.memory.dataset_bytes_per_value
+    assert profile.reads_rows_from_store  # both build their dataset from the store a block at a time
     ridge = EnsembleModel(members={"ridge": {"_target_": "fxml.models.linear.RidgeModel"}})
-    assert ridge.dataset_bytes_per_value == 0.0
+    assert ridge.memory_profile().dataset_bytes_per_value == 0.0
+    assert not ridge.memory_profile().reads_rows_from_store

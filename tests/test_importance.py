@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,22 @@ import pytest
 
 from fxml.data.loader import DataSplit
 from fxml.models.base import StepCallback, TabularModel
+from fxml.models.params import ModelParams
 from fxml.scoring.importance import feature_groups, permutation_importance, within_era_permutation
 from tests.conftest import Workspace
 from tests.helpers import toy_split
 
 
+@dataclass
+class OneFeatureParams(ModelParams):
+    column: int = 0
+
+
 class OneFeature(TabularModel):
     """Predicts feature ``column`` itself: uses no other feature."""
+
+    params_class = OneFeatureParams
+    params: OneFeatureParams
 
     def __init__(self, column: int) -> None:
         super().__init__(column=column)
@@ -26,7 +36,7 @@ class OneFeature(TabularModel):
         return self
 
     def predict_float32(self, features: np.ndarray) -> np.ndarray:
-        return features[:, self.options["column"]].astype(np.float64)
+        return features[:, self.params.column].astype(np.float64)
 
     def save_state(self, directory: Path) -> None: ...
 

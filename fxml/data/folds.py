@@ -33,6 +33,7 @@ class Fold:
     train: np.ndarray  # eras the model fits on
     holdout: np.ndarray  # inner holdout: early stopping, pruning signals, fitted weights
     test: np.ndarray  # eras scored out of fold (empty for a fit on all training eras)
+    embargo: int = 0  # eras purged between the blocks
 
 
 def resolve_embargo(setting: int | str, target: str) -> int:
@@ -117,7 +118,7 @@ class EraSplitter:
                 raise FxmlError(f"cv: fold {index} has no training era left after an embargo of "
                                 f"{embargo} eras: use fewer folds or a smaller cv.embargo")
             fit, holdout = with_inner_holdout(train, holdout_eras, embargo, f"cv fold {index}")
-            result.append(Fold(index, fit, holdout, test))
+            result.append(Fold(index, fit, holdout, test, embargo))
         return result
 
 
@@ -221,5 +222,4 @@ def detached(split: DataSplit) -> DataSplit:
     return dataclasses.replace(split, ids=None if split.ids is None else split.ids.copy(),
                                eras=split.eras.copy(), features=np.array(split.features),
                                target=None if split.target is None else split.target.copy(),
-                               extra={k: v.copy() for k, v in split.extra.items()}, storage="memory",
-                               releasable=False)
+                               extra={k: v.copy() for k, v in split.extra.items()}, storage="memory")

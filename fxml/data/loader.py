@@ -29,9 +29,9 @@ from fxml.data.layout import (
     era_numbers,
     read_feature_metadata,
 )
-from fxml.data.memory import MemoryNeed, return_freed_memory
+from fxml.data.memory import MemoryNeed, MemoryProfile, return_freed_memory
 from fxml.data.sources import DataSource
-from fxml.data.split import DataSplit
+from fxml.data.split import DataSplit, Storage
 from fxml.data.store import (
     MissingFeatures,
     RowPlan,
@@ -109,14 +109,16 @@ class NumeraiData:
         return list(sets[feature_set])
 
     def load(self, split: str, extra_features: list[str] | None = None,
-             storage: str = "memory", every_nth_train_era: int = 1,
-             memory_if_no_store: bool = False, with_ids: bool = True) -> DataSplit:
-        """Read one split into the era-indexed int8 store (``storage`` = memory or disk).
+             storage: Storage = "memory", every_nth_train_era: int = 1,
+             with_ids: bool = True) -> DataSplit:
+        """Read one split's int8 features into memory or into its int8 store file (``storage``,
+        see ``fxml.data.split.Storage``; a memory plan's ``train_storage`` for train).
 
         Train honours the era spans, ``every_nth_era`` and ``every_nth_train_era`` (a memory
         plan's subsampling); ``extra_features`` are more int8 columns after the run's features
-        (neutralisers outside the model's set). With ``memory_if_no_store``, a store file that
-        cannot be written (no space, a read-only folder) is a warning and the rows go in memory.
+        (neutralisers outside the model's set). Where a store file cannot be written (no space,
+        a read-only folder), ``store`` reads the rows into memory with a warning, while ``disk``
+        (a plan made because memory does not suffice) fails with one line.
         Without ``with_ids`` the ids are not read (``DataSplit.ids`` is None).
         """
         path = self.path(SPLIT_FILES[split])
@@ -130,15 +132,15 @@ class NumeraiData:
         if not keep.any():
             raise FxmlError(f"no rows left in {path.name} after the era selection")
         plan = plan_rows(file_eras, keep)
-        if storage == "disk":
+        if storage != "memory":
             try:
                 features, filled = disk_matrix(path, columns, plan, self.missing, self.folder / STORE_FOLDER)
             except StoreUnavailable as error:
-                if not memory_if_no_store:
+                if storage == "disk":
                     raise
                 log.warning("data: %s; reading %s into memory instead", error, split)
                 storage = "memory"
-        if storage != "disk":
+        if storage == "memory":
             features, filled = memory_matrix(path, columns, plan, self.missing)
         return_freed_memory()  # the decoded parquet blocks, before the next stage's peak
         if filled:
@@ -175,24 +177,19 @@ class NumeraiData:
         plan = RowPlan(source=split.file_rows[positions], destination=positions)
         return memory_matrix(path, names, plan, self.missing)[0]
 
-    def memory_need(self, dataset_bytes_per_value: float,
-                    streamed_bytes_per_value: float | None = None,
-                    train_rows_from_store: bool = False, training_bytes_per_train_row: int = 0,
-                    library_bytes: int = 0) -> MemoryNeed:
-        """What loading train and validation would hold, for a memory policy to plan with; the
-        model's dataset takes ``streamed_bytes_per_value`` (if given) when it trains from the
-        store on disk; ``train_rows_from_store``: the model reads its training rows from the
-        store file; the last two are the model family's own (TabularModel)."""
+    def memory_need(self, profile: MemoryProfile) -> MemoryNeed:
+        """What loading train and validation would hold for a model of this memory profile, for
+        a memory policy to plan with."""
         train, validation = self.era_rows("train"), self.era_rows("validation")
         n_train, n_validation, k = sum(train.values()), sum(validation.values()), len(self.feature_names)
-        streamed = None if streamed_bytes_per_value is None else int(n_train * k * streamed_bytes_per_value)
         return MemoryNeed(train_features=n_train * k, validation_features=n_validation * k,
-                          model_dataset=int(n_train * k * dataset_bytes_per_value),
+                          model_dataset=int(n_train * k * profile.dataset_bytes_per_value),
                           rows=n_train + n_validation, train_eras=len(train),
-                          streamed_model_dataset=streamed, train_rows_from_store=train_rows_from_store,
+                          streamed_model_dataset=int(n_train * k * profile.streamed_bytes_per_value),
+                          train_rows_from_store=profile.reads_rows_from_store,
                           validation_rows=n_validation,
-                          training_bytes_per_train_row=training_bytes_per_train_row,
-                          library_bytes=library_bytes)
+                          training_bytes_per_train_row=profile.bytes_per_train_row,
+                          library_bytes=profile.library_bytes)
 
     def era_rows(self, split: str) -> dict[int, int]:
         """Rows per era of the eras a split would load (before any memory plan)."""

@@ -12,6 +12,7 @@ time (to score): it is read once per pass and never held whole.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import mmap
@@ -42,46 +43,40 @@ SCORING_BLOCK_BYTES = 64 * 2**20
 SCORER_BYTES_PER_VALIDATION_ROW = 300
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL(None).malloc_trim
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back this way
         return None
-
-
-_TRIM = _malloc_trim()
 
 
 def return_freed_memory() -> None:
     """Hand the whole free pages of the C heap back to the operating system.
 
     glibc keeps freed blocks below its mmap threshold (which grows to 32 MiB as large arrays are
-    freed) for reuse. After a model has built its dataset from the int8 rows, or validation has
-    been predicted in blocks, that is hundreds of MiB (0.55 GiB at 1/16 of v5.2, ``all``) which
-    nothing uses but which still counts in the process's RSS and would add to the next stage's
-    peak. Called between a run's stages; a no-op where the C library is not glibc.
-    Arrow's own allocator keeps the parquet blocks it decoded (~60 MiB after a split is read),
-    so it is asked to give back its unused pages too.
+    freed) for reuse: after a model has built its dataset from the int8 rows, or validation has
+    been predicted in blocks, that is memory nothing uses which would add to the next stage's
+    peak. The runner calls this between its stages; a no-op where the C library is not glibc.
+    Arrow's own allocator keeps the parquet blocks it decoded, so it gives back its unused pages too.
     """
     arrow = sys.modules.get("pyarrow")  # imported by the loader, not by a logged model
     if arrow is not None:
         arrow.default_memory_pool().release_unused()
-    if _TRIM is not None:
-        _TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-# private anonymous pages, and a way to hand some back, where the platform has both
-_RELEASABLE_PAGES = hasattr(mmap, "MAP_ANONYMOUS") and hasattr(mmap.mmap, "madvise")
-
-
-def anonymous_matrix(shape: tuple[int, int]) -> np.ndarray:
-    """An int8 matrix in private anonymous memory of its own, as ``np.empty`` gives a large
-    array, but whose rows ``release_rows`` can hand back to the system while the matrix lives."""
-    size = shape[0] * shape[1]
-    if not _RELEASABLE_PAGES or size < mmap.PAGESIZE:
-        return np.empty(shape, dtype=np.int8)
-    pages = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return np.frombuffer(pages, dtype=np.int8, count=size).reshape(shape)
+def release_file_pages(matrix: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped store file (``np.memmap``) from this process's resident
+    memory: they stay in the kernel's page cache and are read again from the file if needed. A
+    no-op for any other array."""
+    if not isinstance(matrix, np.memmap) or not isinstance(matrix.base, mmap.mmap):
+        return
+    size = matrix.nbytes // mmap.PAGESIZE * mmap.PAGESIZE
+    if size and matrix.offset % mmap.PAGESIZE == 0:
+        matrix.base.madvise(mmap.MADV_DONTNEED, 0, size)
 
 
 def _owner(matrix: np.ndarray) -> tuple[np.ndarray, int]:
@@ -91,30 +86,6 @@ def _owner(matrix: np.ndarray) -> tuple[np.ndarray, int]:
     while isinstance(root.base, np.ndarray):
         root = root.base
     return root, matrix.__array_interface__["data"][0] - root.__array_interface__["data"][0]
-
-
-def release_rows(matrix: np.ndarray, start: int, stop: int, file_pages_only: bool = False) -> None:
-    """Hand the memory of rows ``[start, stop)`` of ``matrix`` back to the system: the whole
-    pages inside those rows, for a reader that is done with them.
-
-    For a matrix from ``anonymous_matrix`` (or a row range of one) the rows read as zeros after:
-    only for a model that has taken them into its own dataset and will not read them again, so
-    the int8 rows and the model's copy are never both whole. For the int8 store on disk
-    (``np.memmap``) the pages leave this process's resident memory and are read again from the
-    file if needed. Other rows, and any other array, are left as they are; so are anonymous
-    pages with ``file_pages_only``, for a reader that reads the rows again.
-    """
-    root, offset = _owner(matrix)
-    anonymous = isinstance(root.base, memoryview)
-    pages = root.base.obj if anonymous else root.base
-    # an np.memmap of the whole file (offset 0) starts where its mapping starts
-    if not isinstance(pages, mmap.mmap) or not matrix.flags.c_contiguous or (anonymous and file_pages_only):
-        return
-    row_bytes = matrix.strides[0]
-    first = -(-(offset + max(start, 0) * row_bytes) // mmap.PAGESIZE) * mmap.PAGESIZE
-    last = (offset + min(stop, len(matrix)) * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
-    if last > first:
-        pages.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 @dataclass(frozen=True)
@@ -193,6 +164,45 @@ def take_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class MemoryProfile:
+    """What a model family holds while it trains, for memory plans: each family declares one.
+
+    ``dataset_bytes_per_value``: bytes of the family's own training dataset (bins, quantiles) per
+    int8 feature value, 0 for a family that trains from the int8 matrix itself;
+    ``streamed_dataset_bytes_per_value``: the same when the plan puts the dataset on disk (None:
+    as in memory; XGBoost's external-memory pages stay on disk);
+    ``reads_rows_from_store``: the family reads its training rows a bounded piece at a time, so
+    they come from the int8 store file even under an in-memory plan, never held whole;
+    ``bytes_per_train_row`` and ``library_bytes``: what it holds per training row while it trains
+    and the libraries imported for it.
+    """
+
+    dataset_bytes_per_value: float = 0.0
+    streamed_dataset_bytes_per_value: float | None = None
+    reads_rows_from_store: bool = False
+    bytes_per_train_row: int = 0
+    library_bytes: int = 0
+
+    @property
+    def streamed_bytes_per_value(self) -> float:
+        if self.streamed_dataset_bytes_per_value is None:
+            return self.dataset_bytes_per_value
+        return self.streamed_dataset_bytes_per_value
+
+    @classmethod
+    def one_after_another(cls, profiles: list[MemoryProfile]) -> MemoryProfile:
+        """The profile of models trained one after the other on the same rows (an ensemble's
+        members): the largest of each need; rows from the store only if every one reads them so."""
+        if not profiles:
+            return cls()
+        return cls(max(p.dataset_bytes_per_value for p in profiles),
+                   max(p.streamed_bytes_per_value for p in profiles),
+                   all(p.reads_rows_from_store for p in profiles),
+                   max(p.bytes_per_train_row for p in profiles),
+                   max(p.library_bytes for p in profiles))
+
+
+@dataclass(frozen=True)
 class MemoryNeed:
     """What a run would hold, in bytes, with every selected training era.
 
@@ -249,9 +259,17 @@ class MemoryNeed:
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    storage: str  # "memory" or "disk"
+    storage: str  # "memory" or "disk": where the training rows and the model's dataset live
     every: int  # keep every nth training era
     reason: str
+
+    def train_storage(self, profile: MemoryProfile) -> str:
+        """Where the loader puts the training rows for a family (DataSplit.storage): ``disk`` under
+        a disk plan, ``store`` for a family that reads them from the store file a piece at a time
+        while its own dataset stays in memory, else ``memory``."""
+        if self.storage == "disk":
+            return "disk"
+        return "store" if profile.reads_rows_from_store else "memory"
 
     def describe(self) -> str:
         eras = "all training eras" if self.every == 1 else f"1 training era in {self.every}"

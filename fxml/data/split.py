@@ -7,16 +7,24 @@ without Polars or PyArrow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from fxml.data.memory import return_freed_memory
+# where a split's feature rows live, set by the loader from the run's memory plan:
+# - memory: an int8 matrix the split holds;
+# - store: the int8 store file (np.memmap), read a bounded piece at a time; a model builds its own
+#   dataset in memory;
+# - disk: the same, and the plan is on disk: a model keeps its own dataset on disk too where it can
+#   (XGBoost's external memory).
+Storage = Literal["memory", "store", "disk"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataSplit:
     """Rows of one split, aligned arrays, sorted by era; ``features`` is int8 (rows, features),
-    C order, in memory or memory-mapped from the int8 store (``storage``: where the rows are).
+    C order (``storage``: where the rows live). Nothing changes a split once it is made: a model
+    reads its rows and never frees or alters them; its caller's references decide their lifetime.
     ``ids`` is None where the split was read without them (train, when nothing reports its rows
     by id: ~90 bytes a row as Python strings, 0.23 GiB of v5.2's full train)."""
 
@@ -27,15 +35,14 @@ class DataSplit:
     target: np.ndarray | None
     feature_names: list[str]
     extra: dict[str, np.ndarray] = field(default_factory=dict)
-    storage: str = "memory"
+    storage: Storage = "memory"
     # each row's row number in its parquet file, for reading more columns of the same rows
     file_rows: np.ndarray | None = None
-    # the runner hands over a split it will not read again: a model may then drop its features
-    # once it has built its own training data (see ``release_features``)
-    releasable: bool = False
-    # the memory plan is on disk: a model that can keep its own dataset on disk too does so
-    # (XGBoost's external memory); rows read from the store under an in-memory plan leave it False
-    dataset_on_disk: bool = False
+
+    @property
+    def in_store(self) -> bool:
+        """Whether the rows are read from the int8 store file (``store`` or ``disk``)."""
+        return self.storage != "memory"
 
     def __len__(self) -> int:
         return len(self.eras)
@@ -55,11 +62,13 @@ class DataSplit:
         else:
             index = where
         ids = None if self.ids is None else self.ids[index]
-        return DataSplit(self.name, ids, self.eras[index], self.features[index],
+        features = self.features[index]
+        # rows picked out of a store file are copied into memory
+        storage = self.storage if isinstance(index, slice) else "memory"
+        return DataSplit(self.name, ids, self.eras[index], features,
                          None if self.target is None else self.target[index], self.feature_names,
-                         {name: values[index] for name, values in self.extra.items()}, self.storage,
-                         None if self.file_rows is None else self.file_rows[index],
-                         dataset_on_disk=self.dataset_on_disk)
+                         {name: values[index] for name, values in self.extra.items()}, storage,
+                         None if self.file_rows is None else self.file_rows[index])
 
     def era_range(self, first: int, last: int) -> DataSplit:
         """Eras ``first`` to ``last`` (inclusive): a view of the era-sorted rows."""
@@ -67,13 +76,6 @@ class DataSplit:
         keep = np.zeros(len(self), dtype=bool)
         keep[lo:hi] = True
         return self.rows(keep)
-
-    def release_features(self) -> None:
-        """Drop the feature matrix if the runner said it will not need it again (the model has
-        its own binned copy): the int8 train matrix is then freed during training."""
-        if self.releasable:
-            self.features = np.empty((0, len(self.feature_names)), dtype=np.int8)
-            return_freed_memory()
 
 
 def labelled_rows(split: DataSplit) -> DataSplit:

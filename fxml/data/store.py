@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fxml.data.memory import anonymous_matrix, release_rows
+from fxml.data.memory import release_file_pages
 from fxml.errors import FxmlError, child_failure
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def write_store_file(path: Path, columns: list[str], plan: RowPlan, missing: Mis
     writable.flush()
     # the written pages stay in the page cache; out of this process's resident set before the
     # model reads them again through the read-only map
-    release_rows(writable, 0, len(writable), file_pages_only=True)
+    release_file_pages(writable)
     return filled
 
 
@@ -276,7 +276,7 @@ def _remove(path: Path) -> None:
 
 def memory_matrix(path: Path, columns: list[str], plan: RowPlan,
                   missing: MissingFeatures) -> tuple[np.ndarray, int]:
-    out = anonymous_matrix((plan.n_rows, len(columns)))
+    out = np.empty((plan.n_rows, len(columns)), dtype=np.int8)
     return out, fill_matrix(path, columns, plan, out, missing)
 
 

@@ -1,10 +1,19 @@
 """The one contract every model family honours, so the runner never special-cases a family.
 
-``fit(train, validation, on_step)`` learns from int8 features, ``predict(features, eras)`` returns
-one float per row (``eras`` matters only to per-era steps such as rank-averaging ensembles or
-neutralisation; ``None`` means all rows are one era, as in a live round), and ``save(dir)`` /
-``load(dir)`` round-trip exactly: a model reloaded from MLflow
-predicts bit for bit what the run logged.
+A family is one class and one parameters dataclass (``fxml.models.params``):
+
+- ``Model(**params)`` builds the family's typed parameters (``self.params``), which run their
+  checks; ``memory`` declares what the family holds while it trains (a :class:`MemoryProfile`,
+  read by the memory planner);
+- ``fit(train, validation, on_step)`` learns from int8 features (``validation``: the inner holdout
+  it may early-stop on) and never changes or frees what it is given;
+- ``predict(features, eras)`` returns one float per row (``eras`` matters only to per-era steps
+  such as rank-averaging ensembles or neutralisation; ``None``: all rows are one era, as live);
+- ``save(dir)`` / ``load_model(dir)`` round-trip exactly: a reloaded model predicts bit for bit
+  what the run logged. A family neither logs to MLflow nor touches files beyond ``save``/``load``.
+
+``docs/adding-a-model.md`` walks through a new family; ``tests/test_model_contract.py`` is the
+conformance check every family passes.
 """
 
 from __future__ import annotations
@@ -19,10 +28,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fxml.data.memory import SCORING_BLOCK_BYTES, read_rows
+from fxml.data.memory import SCORING_BLOCK_BYTES, MemoryProfile, read_rows
 from fxml.data.split import DataSplit
 from fxml.data.split import labelled_rows as labelled_rows  # re-exported for the families
-from fxml.models.params import ModelParams, params_signature
+from fxml.models.params import ModelParams
 from fxml.steps import StepCallback
 
 MANIFEST = "fxml_model.json"
@@ -36,42 +45,19 @@ def predict_chunk_rows(n_features: int) -> int:
 
 
 class TabularModel(ABC):
-    """Base class: subclasses implement ``fit``, ``predict_float32`` and the state round-trip."""
+    """Base class: subclasses set ``params_class`` (and ``memory`` where they hold more than the
+    int8 rows), and implement ``fit``, ``predict_float32`` and the state round-trip."""
 
-    # bytes per int8 feature value that the family's own training dataset takes (bins,
-    # quantiles), for memory plans; 0 for families that train from the int8 matrix itself
-    dataset_bytes_per_value: ClassVar[float] = 0.0
-    # the same when training from the int8 store on disk (None: as in memory); XGBoost's
-    # external-memory pages stay on disk
-    streamed_dataset_bytes_per_value: ClassVar[float | None] = None
-    # the family reads the training rows a bounded piece at a time (to build that dataset, or
-    # batch by batch each epoch): even when a run's plan is in memory, the rows then come from
-    # the int8 store file (the kernel's page cache, handed back as they are read) instead of a
-    # whole copy held in the process beside the model
-    train_rows_from_store: ClassVar[bool] = False
-    # what the family holds per training row while it trains, and the libraries imported for it
-    # beyond the interpreter's (memory plans count both)
-    training_bytes_per_train_row: ClassVar[int] = 0
-    library_bytes: ClassVar[int] = 0
-    # the family's parameters (fxml.models.params): the constructor takes exactly these and runs
-    # their checks; None (wrappers such as NeutralizedModel) keeps the options as given
-    params_class: ClassVar[type[ModelParams] | None] = None
+    params_class: ClassVar[type[ModelParams]]
+    memory: ClassVar[MemoryProfile] = MemoryProfile()
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "params_class" in vars(cls) and cls.params_class is not None:
-            cls.__signature__ = params_signature(cls.params_class)  # type: ignore[attr-defined]
+    def __init__(self, **params: Any) -> None:
+        self.params = self.params_class(**params)
 
-    def __init__(self, *args: Any, **options: Any) -> None:
-        if self.params_class is None:
-            assert not args, f"{type(self).__name__} takes keyword options only"
-            self.options = options
-            return
-        given = params_signature(self.params_class).bind(*args, **options).arguments
-        self.params = self.params_class(**given)
-        # a plain dict, as logged, saved in the manifest and read by the family's fit/predict
-        self.options: dict[str, Any] = {f.name: getattr(self.params, f.name)
-                                         for f in dataclasses.fields(self.params)}
+    def memory_profile(self) -> MemoryProfile:
+        """What training this model holds, for the memory planner: the family's ``memory``
+        (models made of others, such as ensembles, combine their parts')."""
+        return self.memory
 
     @property
     def uses_validation(self) -> bool:
@@ -112,7 +98,7 @@ class TabularModel(ABC):
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         manifest = {"class": f"{type(self).__module__}.{type(self).__qualname__}",
-                    "options": self.options}
+                    "options": dataclasses.asdict(self.params)}
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
         self.save_state(directory)
 
@@ -135,7 +121,7 @@ def predict_in_era_blocks(model: TabularModel, split: DataSplit,
     """Predictions for an era-sorted split, whole eras at a time when it lives on disk, so that no
     more than ``block_bytes`` of its features are read at once (every family predicts a row from
     its row and its era alone, so blocks of whole eras give the same values as one call)."""
-    if split.storage != "disk":
+    if not split.in_store:
         return model.predict(split.features, split.eras)
     row_bytes = max(split.features.shape[1], 1)
     boundaries = np.flatnonzero(np.diff(split.eras)) + 1

@@ -19,7 +19,6 @@ and predicts without the runs it was built from. Hydra and SciPy are imported wh
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from fxml.data.memory import MemoryProfile
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, load_model
@@ -55,10 +55,11 @@ class LoadedMember:
 class EnsembleModel(TabularModel):
     per_era = True
     params_class = EnsembleParams
+    params: EnsembleParams
 
-    def __init__(self, *args: Any, **options: Any) -> None:
-        super().__init__(*map(_plain, args), **{key: _plain(value) for key, value in options.items()})
-        self.names: list[str] = list(self.options["members"])
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**{key: _plain(value) for key, value in params.items()})
+        self.names: list[str] = list(self.params.members)
         self.models: list[TabularModel] = []
         self.columns: list[list[int] | None] = []
         self.sources: list[str] = []
@@ -68,44 +69,22 @@ class EnsembleModel(TabularModel):
 
     def logged_member_uris(self) -> dict[str, str]:
         """The members named by an MLflow URI, which the runner loads and :meth:`attach` es."""
-        return {name: spec for name, spec in self.options["members"].items() if isinstance(spec, str)}
+        return {name: spec for name, spec in self.params.members.items() if isinstance(spec, str)}
 
     def attach(self, name: str, member: LoadedMember) -> None:
         self.loaded[name] = member
 
-    # members train one after another on the shared train matrix, each freeing its own dataset
-    # before the next: a memory plan counts the largest
-    @property
-    def dataset_bytes_per_value(self) -> float:  # type: ignore[override]
-        return max((family.dataset_bytes_per_value for family in self._member_families()), default=0.0)
-
-    @property
-    def streamed_dataset_bytes_per_value(self) -> float | None:  # type: ignore[override]
-        return max((family.dataset_bytes_per_value if family.streamed_dataset_bytes_per_value is None
-                    else family.streamed_dataset_bytes_per_value for family in self._member_families()),
-                   default=0.0)
-
-    @property
-    def train_rows_from_store(self) -> bool:  # type: ignore[override]
-        families = self._member_families()
-        return bool(families) and all(family.train_rows_from_store for family in families)
-
-    @property
-    def training_bytes_per_train_row(self) -> int:  # type: ignore[override]
-        # members train one after the other
-        return max((family.training_bytes_per_train_row for family in self._member_families()), default=0)
-
-    @property
-    def library_bytes(self) -> int:  # type: ignore[override]
-        # the deep families share theirs (PyTorch, Lightning); the others import none of note
-        return max((family.library_bytes for family in self._member_families()), default=0)
+    def memory_profile(self) -> MemoryProfile:
+        """Members train one after another on the shared train matrix, each freeing its own
+        dataset before the next: a memory plan counts the largest."""
+        return MemoryProfile.one_after_another([family.memory for family in self._member_families()])
 
     def _member_families(self) -> list[type[TabularModel]]:
         """The classes of the members trained in the run (read from their configs' targets)."""
         from hydra.utils import get_class
 
         families = []
-        for spec in self.options["members"].values():
+        for spec in self.params.members.values():
             try:
                 family = get_class(spec["_target_"]) if isinstance(spec, dict) else None
             except Exception:  # a wrong target is reported by fit, with the member's name
@@ -120,22 +99,18 @@ class EnsembleModel(TabularModel):
             on_step: StepCallback | None = None) -> EnsembleModel:
         self.input_features = list(train.feature_names)
         self.models, self.columns, self.sources = [], [], []
-        # every member reads the same train matrix: none may release it before the last
-        shared_train = dataclasses.replace(train, releasable=False)
-        for name, spec in self.options["members"].items():
+        for name, spec in self.params.members.items():
             if isinstance(spec, str):
                 model, columns = self._logged_member(name, spec, train.feature_names)
                 source = spec
             else:
                 model, columns = self._build_member(name, spec), None
                 log.info("ensemble: training member %s (%s)", name, type(model).__name__)
-                model.fit(shared_train, validation, on_step=_prefixed(on_step, name))
+                model.fit(train, validation, on_step=_prefixed(on_step, name))
                 source = "trained in this run"
             self.models.append(model)
             self.columns.append(columns)
             self.sources.append(source)
-        del shared_train
-        train.release_features()
         self.weights = self._weights(validation)
         shown = ", ".join(f"{n}={w:.3f}" for n, w in zip(self.names, self.weights, strict=True))
         log.info("ensemble weights (%s): %s", self._weight_kind, shown)
@@ -147,7 +122,7 @@ class EnsembleModel(TabularModel):
 
     @property
     def _weight_kind(self) -> str:
-        weights = self.options["weights"]
+        weights = self.params.weights
         return weights if isinstance(weights, str) else "fixed"
 
     @staticmethod
@@ -175,7 +150,7 @@ class EnsembleModel(TabularModel):
         return loaded.model, member_columns(name, loaded, run_features)
 
     def _weights(self, validation: DataSplit | None) -> np.ndarray:
-        weights = self.options["weights"]
+        weights = self.params.weights
         if weights == "fit":
             if validation is None or validation.target is None:
                 raise FxmlError("model.weights=fit needs an inner holdout: "

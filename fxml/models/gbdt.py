@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from fxml.data.memory import MemoryProfile
 from fxml.data.split import DataSplit
 from fxml.models.base import TabularModel, labelled_rows
+from fxml.models.params import GBDTParams
 from fxml.scoring import score_eras
 
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -28,21 +30,22 @@ FAMILY_MODULES = {"LightGBMModel": "fxml.models.lightgbm_model",
 
 
 class GBDTModel(TabularModel):
-    # LightGBM's bins of 5-valued features: measured 1.0 byte per value at full size (2.75M x 2,748)
-    dataset_bytes_per_value = 1.0
-    train_rows_from_store = True
+    params: GBDTParams
+    # LightGBM's bins of 5-valued features: measured 1.0 byte per value at full size (2.75M x 2,748);
+    # both families build their dataset reading the int8 rows a block at a time
+    memory = MemoryProfile(dataset_bytes_per_value=1.0, reads_rows_from_store=True)
 
-    def __init__(self, *args: Any, **options: Any) -> None:
-        super().__init__(*args, **options)
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.booster: Any = None
 
     @property
     def wants_gpu(self) -> bool:
-        return self.options["device"] in GPU_ACCELERATORS
+        return self.params.device in GPU_ACCELERATORS
 
     @property
     def uses_validation(self) -> bool:
-        return bool(self.options["early_stopping_rounds"] or self.options["valid_corr_every"])
+        return bool(self.params.early_stopping_rounds or self.params.valid_corr_every)
 
     def _validation_set(self, validation: DataSplit | None) -> DataSplit | None:
         if not self.uses_validation or validation is None or validation.target is None:

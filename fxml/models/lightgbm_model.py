@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import lightgbm as lgb
 import numpy as np
 
-from fxml.data.memory import read_rows, release_rows
+from fxml.data.memory import read_rows
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, predict_chunk_rows
@@ -38,16 +38,12 @@ class _Int8Rows(lgb.Sequence):
     LightGBM takes single rows for its bin sample first, then every row once, in order, in
     batches. From the store on disk, rows and batches are read from the file (``read_rows``):
     nothing of it is mapped, so nothing stays in the process (an ensemble's members read the
-    split again). With ``release_read_rows`` an in-memory matrix's rows are handed back once read:
-    LightGBM allocates all its bins (1 byte per value) before the first batch, so this does not
-    lower the peak, but the rest of the construction (minutes at full size) holds one copy
-    instead of two.
+    split again).
     """
 
-    def __init__(self, features: np.ndarray, release_read_rows: bool = False) -> None:
+    def __init__(self, features: np.ndarray) -> None:
         self.features = features
         self.batch_size = predict_chunk_rows(features.shape[1])
-        self.release_read_rows = release_read_rows
 
     def __len__(self) -> int:
         return len(self.features)
@@ -58,10 +54,7 @@ class _Int8Rows(lgb.Sequence):
             row = range(len(self.features))[index]
             return np.asarray(read_rows(self.features, row, row + 1)[0], dtype=np.float64)
         start, stop, _ = index.indices(len(self.features))
-        batch = np.asarray(read_rows(self.features, start, stop), dtype=np.float32)
-        if self.release_read_rows:
-            release_rows(self.features, start, stop)
-        return batch
+        return np.asarray(read_rows(self.features, start, stop), dtype=np.float32)
 
 
 def bin_sample_rows(n_features: int) -> int | None:
@@ -77,31 +70,32 @@ def bin_sample_rows(n_features: int) -> int | None:
 
 class LightGBMModel(GBDTModel):
     params_class = LightGBMParams
+    params: LightGBMParams
 
     def _params(self, device_type: str) -> dict[str, Any]:
-        o = self.options
+        o = self.params
         params = {
             "objective": "regression",
-            "learning_rate": o["learning_rate"],
-            "max_depth": o["max_depth"],
-            "num_leaves": o["num_leaves"],
-            "feature_fraction": o["colsample_bytree"],
-            "bagging_fraction": o["subsample"],
-            "bagging_freq": 1 if o["subsample"] < 1 else 0,
-            "min_data_in_leaf": o["min_child_samples"],
-            "lambda_l2": o["reg_lambda"],
-            "num_threads": max(o["n_jobs"], 0),
-            "seed": o["seed"],
+            "learning_rate": o.learning_rate,
+            "max_depth": o.max_depth,
+            "num_leaves": o.num_leaves,
+            "feature_fraction": o.colsample_bytree,
+            "bagging_fraction": o.subsample,
+            "bagging_freq": 1 if o.subsample < 1 else 0,
+            "min_data_in_leaf": o.min_child_samples,
+            "lambda_l2": o.reg_lambda,
+            "num_threads": max(o.n_jobs, 0),
+            "seed": o.seed,
             "deterministic": True,
             "verbosity": -1,
             "device_type": device_type,
         }
-        if device_type == "cpu" and not {"force_col_wise", "force_row_wise"} & set(o["params"]):
+        if device_type == "cpu" and not {"force_col_wise", "force_row_wise"} & set(o.params):
             # LightGBM's own choice is row-wise at Numerai's widths: a second, row-major copy of
             # the binned dataset, and histograms over every feature of each row when
             # colsample_bytree samples a few (at 1/16 of v5.2, all features: 2.4x the CPU time)
             params["force_col_wise"] = True
-        return {**params, **o["params"]}
+        return {**params, **o.params}
 
     def _dataset_params(self, params: dict[str, Any], n_features: int) -> dict[str, Any]:
         sample = bin_sample_rows(n_features)
@@ -114,26 +108,25 @@ class LightGBMModel(GBDTModel):
         device_types = (*GPU_DEVICE_TYPES, "cpu") if self.wants_gpu else ("cpu",)
         attempts = [self._dataset_params(self._params(device_type), train.features.shape[1])
                     for device_type in device_types]
-        total = self.options["n_estimators"]
+        total = self.params.n_estimators
 
         def construct(params: dict[str, Any]) -> lgb.Dataset:
             # a GPU attempt may fail and be retried on CPU, which reads the rows again
-            rows = _Int8Rows(train.features, train.releasable and params["device_type"] == "cpu")
-            return lgb.Dataset([rows], label=train.target, params=params, free_raw_data=True).construct()
+            return lgb.Dataset([_Int8Rows(train.features)], label=train.target, params=params,
+                               free_raw_data=True).construct()
 
         train_set, params = self._on_device(construct, attempts)
-        train.release_features()
         valid = self._validation_set(validation)
         valid_sets, callbacks, feval = [], [], None
-        corr = _ValidCorr(valid, self.options["valid_corr_every"]) \
-            if valid is not None and self.options["valid_corr_every"] else None
+        corr = _ValidCorr(valid, self.params.valid_corr_every) \
+            if valid is not None and self.params.valid_corr_every else None
         if valid is not None:
             valid_sets = [lgb.Dataset([_Int8Rows(valid.features)], label=valid.target,
                                       reference=train_set)]
             if corr is not None:
                 feval = lambda preds, _: (corr.name, corr(preds), True)  # noqa: E731
-            if self.options["early_stopping_rounds"]:
-                callbacks.append(lgb.early_stopping(self.options["early_stopping_rounds"],
+            if self.params.early_stopping_rounds:
+                callbacks.append(lgb.early_stopping(self.params.early_stopping_rounds,
                                                     first_metric_only=True, verbose=False))
         if on_step is not None:
             def report(env: Any) -> None:

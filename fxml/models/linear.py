@@ -24,9 +24,10 @@ CHUNK_BYTES = 64 * 2**20
 
 class RidgeModel(TabularModel):
     params_class = RidgeParams
+    params: RidgeParams
 
-    def __init__(self, *args: Any, **options: Any) -> None:
-        super().__init__(*args, **options)
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.coef: np.ndarray | None = None
         self.intercept = 0.0
 
@@ -40,7 +41,7 @@ class RidgeModel(TabularModel):
         assert train.target is not None
         n, k = train.features.shape
         y = train.target.astype(np.float64)
-        fit_intercept = self.options["fit_intercept"]
+        fit_intercept = self.params.fit_intercept
         x_mean = self._column_means(train.features) if fit_intercept else np.zeros(k)
         y_mean = y.mean() if fit_intercept else 0.0
         gram, moment = np.zeros((k, k)), np.zeros(k)
@@ -52,10 +53,10 @@ class RidgeModel(TabularModel):
             moment += block.T @ (y[start : start + rows] - y_mean)
             if on_step is not None:
                 on_step(step, len(chunks), {})
-        gram[np.diag_indices(k)] += self.options["alpha"]
+        gram[np.diag_indices(k)] += self.params.alpha
         self.coef = np.linalg.lstsq(gram, moment, rcond=None)[0]
         self.intercept = float(y_mean - x_mean @ self.coef)
-        log.info("model: ridge (alpha=%g) on %d rows x %d features", self.options["alpha"], n, k)
+        log.info("model: ridge (alpha=%g) on %d rows x %d features", self.params.alpha, n, k)
         return self
 
     @staticmethod

@@ -1,9 +1,9 @@
 """Every model family's parameters, defaults and range checks, written once.
 
-One dataclass per family. The model class takes exactly these parameters: its signature is
-derived from the dataclass (:func:`params_signature`) and constructing it builds the dataclass,
-which runs the checks. The ``model`` config group's Hydra schemas are derived from the same
-dataclasses (:mod:`fxml.config.schema`), and ``conf/model/<family>.yaml`` only selects one.
+One dataclass per family. The model class takes exactly these parameters as keyword arguments:
+constructing it builds the dataclass (``model.params``), which runs the checks. The ``model``
+config group's Hydra schemas are derived from the same dataclasses (:mod:`fxml.config.schema`),
+and ``conf/model/<family>.yaml`` only selects one.
 
 This module (like ``fxml.models.deep.params``) imports no training library, so config schemas
 register without LightGBM, XGBoost or PyTorch installed.
@@ -15,8 +15,6 @@ Adding a family: a :class:`ModelParams` subclass here (or in a module imported b
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -40,25 +38,12 @@ class ModelParams:
     # the preset name (conf/model/<family>.yaml) and the model class Hydra builds
     family: ClassVar[str]
     target: ClassVar[str]
-    # parameters set by the trainer group; listed last in the model's signature
+    # parameters the trainer group sets for every family
     runtime: ClassVar[tuple[str, ...]] = ("device", "n_jobs", "seed")
 
     device: str = "cpu"  # cpu | gpu | cuda | mps | auto
     n_jobs: int = -1  # threads; -1: all cores
     seed: int = 42
-
-
-def params_signature(params: type[ModelParams]) -> inspect.Signature:
-    """The model constructor's signature: the family's own parameters, then the runtime ones."""
-    fields = dataclasses.fields(params)
-    ordered = [f for f in fields if f.name not in params.runtime] + \
-              [f for f in fields if f.name in params.runtime]
-    return inspect.Signature([
-        inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=f.type,
-                          default=f.default_factory() if f.default is dataclasses.MISSING
-                          else f.default)
-        for f in ordered
-    ])
 
 
 def model_families() -> dict[str, type[ModelParams]]:

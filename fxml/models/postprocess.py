@@ -17,14 +17,17 @@ columns first, then the extra ones), and the pyfunc manifest lists them all.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fxml.data.memory import MemoryProfile
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError, describe_config_error
 from fxml.models.base import StepCallback, TabularModel, load_model
+from fxml.models.params import ModelParams
 from fxml.scoring.eras import era_count, era_order, era_starts
 from fxml.scoring.ranks import era_codes, rank_by_era
 
@@ -76,6 +79,20 @@ def neutralize_by_era(predictions: np.ndarray, neutralizers: np.ndarray, eras: n
     return out
 
 
+@dataclass
+class NeutralizeParams(ModelParams):
+    """What a neutralised model saves: built by ``wrap`` from the postprocess group (whose schema
+    holds the defaults) or from a saved manifest, so no defaults here."""
+
+    proportion: float = 1.0
+    feature_set: str = ""
+    neutralizers: list[str] = field(default_factory=list)
+    # the columns ``predict`` takes: the wrapped model's ``n_model_features`` first, then the
+    # neutralisers it does not read
+    input_features: list[str] = field(default_factory=list)
+    n_model_features: int = 0
+
+
 class NeutralizedModel(TabularModel):
     """Any :class:`TabularModel` followed by per-era feature neutralisation.
 
@@ -84,16 +101,11 @@ class NeutralizedModel(TabularModel):
     """
 
     per_era = True
+    params_class = NeutralizeParams
+    params: NeutralizeParams
 
-    # built by wrap() from the postprocess group (whose schema holds the defaults) or from a
-    # saved manifest: no defaults here
-    def __init__(self, proportion: float, feature_set: str,
-                 neutralizers: list[str] | None = None, input_features: list[str] | None = None,
-                 n_model_features: int | None = None, **options: Any) -> None:
-        super().__init__(proportion=proportion, feature_set=feature_set,
-                         neutralizers=list(neutralizers or []),
-                         input_features=list(input_features or []),
-                         n_model_features=n_model_features, **options)
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.inner: TabularModel | None = None
 
     @classmethod
@@ -106,44 +118,29 @@ class NeutralizedModel(TabularModel):
         return wrapped
 
     @property
-    def uses_validation(self) -> bool:  # type: ignore[override]
+    def uses_validation(self) -> bool:
+        assert self.inner is not None, "wrap a model first (NeutralizedModel.wrap)"
         return self.inner.uses_validation
 
-    @property
-    def dataset_bytes_per_value(self) -> float:  # type: ignore[override]
-        return self.inner.dataset_bytes_per_value
-
-    @property
-    def streamed_dataset_bytes_per_value(self) -> float | None:  # type: ignore[override]
-        return self.inner.streamed_dataset_bytes_per_value
-
-    @property
-    def train_rows_from_store(self) -> bool:  # type: ignore[override]
-        return self.inner.train_rows_from_store
-
-    @property
-    def training_bytes_per_train_row(self) -> int:  # type: ignore[override]
-        return self.inner.training_bytes_per_train_row
-
-    @property
-    def library_bytes(self) -> int:  # type: ignore[override]
-        return self.inner.library_bytes
+    def memory_profile(self) -> MemoryProfile:
+        assert self.inner is not None, "wrap a model first (NeutralizedModel.wrap)"
+        return self.inner.memory_profile()
 
     @property
     def input_features(self) -> list[str]:
-        return self.options["input_features"]
+        return self.params.input_features
 
     @property
     def neutralizer_columns(self) -> np.ndarray:
         position = {name: i for i, name in enumerate(self.input_features)}
-        return np.array([position[name] for name in self.options["neutralizers"]], dtype=np.intp)
+        return np.array([position[name] for name in self.params.neutralizers], dtype=np.intp)
 
     def describe(self) -> dict[str, Any]:
         """What the pyfunc manifest records about this step."""
         return {**getattr(self.inner, "describe", dict)(), "postprocess": {
-            "method": "neutralize", "proportion": self.options["proportion"],
-            "feature_set": self.options["feature_set"],
-            "neutralizers": len(self.options["neutralizers"]),
+            "method": "neutralize", "proportion": self.params.proportion,
+            "feature_set": self.params.feature_set,
+            "neutralizers": len(self.params.neutralizers),
             "steps": "per era: rank into (0, 1), subtract proportion x least-squares fit on "
                      "[features, 1], standardise to mean 0 / std 1",
         }}
@@ -152,13 +149,13 @@ class NeutralizedModel(TabularModel):
         return self.inner.fitted_params() if self.inner is not None else {}
 
     def _model_columns(self, features: np.ndarray) -> np.ndarray:
-        n = self.options["n_model_features"]
+        n = self.params.n_model_features
         return features if features.shape[1] == n else features[:, :n]
 
     def _model_split(self, split: DataSplit | None) -> DataSplit | None:
-        if split is None or split.features.shape[1] == self.options["n_model_features"]:
+        if split is None or split.features.shape[1] == self.params.n_model_features:
             return split
-        n = self.options["n_model_features"]
+        n = self.params.n_model_features
         return DataSplit(split.name, split.ids, split.eras, np.ascontiguousarray(split.features[:, :n]),
                          split.target, split.feature_names[:n], split.extra)
 
@@ -176,7 +173,7 @@ class NeutralizedModel(TabularModel):
                              f", ...), got shape {features.shape}")
         raw = self.inner.predict(self._model_columns(features), eras)
         return neutralize_by_era(raw, features[:, self.neutralizer_columns], eras,
-                                 self.options["proportion"])
+                                 self.params.proportion)
 
     def predict_float32(self, features: np.ndarray) -> np.ndarray:
         return self.predict(np.asarray(features, dtype=np.int8))

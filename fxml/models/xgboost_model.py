@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from fxml.data.memory import StoreRows, read_rows
+from fxml.data.memory import MemoryProfile, StoreRows, read_rows
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, predict_chunk_rows
@@ -78,9 +78,9 @@ def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = No
     """A ``QuantileDMatrix`` reading an in-memory int8 matrix in place, or fed block by block from
     the int8 store; an ``ExtMemQuantileDMatrix`` (pages in a temporary folder) when the memory plan
     puts the model's dataset on disk too."""
-    if split.storage != "disk":
+    if split.storage == "memory":
         return xgb.QuantileDMatrix(split.features, label=split.target, max_bin=max_bin, ref=ref)
-    if not split.dataset_on_disk:
+    if split.storage == "store":
         rows = max(1, IN_MEMORY_BLOCK_BYTES // max(split.features.shape[1], 1))
         return xgb.QuantileDMatrix(_Int8Blocks(split, rows=rows), max_bin=max_bin, ref=ref)
     cache = Path(tempfile.mkdtemp(prefix="fxml-xgb-"))
@@ -93,44 +93,44 @@ def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = No
 
 class XGBoostModel(GBDTModel):
     params_class = XGBoostParams
+    params: XGBoostParams
     # a QuantileDMatrix in memory keeps ~2.15 bytes per value (its gradient index and a
     # column-major copy for hist) and peaks at ~2.35 while it is built (max_bin=8; ~3.3 at 64);
-    # from the store, ExtMemQuantileDMatrix keeps its pages on disk
-    dataset_bytes_per_value = 2.4
-    streamed_dataset_bytes_per_value = 0.0
+    # under a disk plan, ExtMemQuantileDMatrix keeps its pages on disk
+    memory = MemoryProfile(dataset_bytes_per_value=2.4, streamed_dataset_bytes_per_value=0.0,
+                           reads_rows_from_store=True)
 
     def _params(self) -> dict[str, Any]:
-        o = self.options
+        o = self.params
         params = {
             "objective": "reg:squarederror",
             "tree_method": "hist",
             "device": xgboost_device(self.wants_gpu),
-            "eta": o["learning_rate"],
-            "max_depth": max(o["max_depth"], 0),
-            "max_leaves": o["num_leaves"],
-            "colsample_bytree": o["colsample_bytree"],
-            "subsample": o["subsample"],
+            "eta": o.learning_rate,
+            "max_depth": max(o.max_depth, 0),
+            "max_leaves": o.num_leaves,
+            "colsample_bytree": o.colsample_bytree,
+            "subsample": o.subsample,
             # squared error has unit hessians, so this is a minimum row count per leaf
-            "min_child_weight": o["min_child_samples"],
-            "lambda": o["reg_lambda"],
-            "max_bin": o["max_bin"],
-            "seed": o["seed"],
+            "min_child_weight": o.min_child_samples,
+            "lambda": o.reg_lambda,
+            "max_bin": o.max_bin,
+            "seed": o.seed,
             "verbosity": 0,
         }
-        if o["n_jobs"] > 0:
-            params["nthread"] = o["n_jobs"]
-        return {**params, **o["params"]}
+        if o.n_jobs > 0:
+            params["nthread"] = o.n_jobs
+        return {**params, **o.params}
 
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> XGBoostModel:
         params = self._params()
-        total = self.options["n_estimators"]
+        total = self.params.n_estimators
         dtrain = quantile_matrix(train, params["max_bin"])
-        train.release_features()
         evals, callbacks, metric = [], [], None
         valid = self._validation_set(validation)
-        corr = _ValidCorr(valid, self.options["valid_corr_every"]) \
-            if valid is not None and self.options["valid_corr_every"] else None
+        corr = _ValidCorr(valid, self.params.valid_corr_every) \
+            if valid is not None and self.params.valid_corr_every else None
         if valid is not None:
             evals = [(quantile_matrix(valid, params["max_bin"], ref=dtrain), "valid")]
         if corr is not None:
@@ -143,12 +143,12 @@ class XGBoostModel(GBDTModel):
         try:
             self.booster = xgb.train(
                 params, dtrain, num_boost_round=total, evals=evals, verbose_eval=False,
-                early_stopping_rounds=self.options["early_stopping_rounds"] if evals else None,
+                early_stopping_rounds=self.params.early_stopping_rounds if evals else None,
                 callbacks=callbacks, custom_metric=metric,
             )
         except xgb.core.XGBoostError as error:
             raise FxmlError(f"XGBoost failed: {str(error).splitlines()[0]}") from None
-        if evals and self.options["early_stopping_rounds"]:
+        if evals and self.params.early_stopping_rounds:
             self.booster = self.booster[: self.booster.best_iteration + 1]
         # a fresh booster from the model's bytes holds no DMatrix: the quantised training data
         # is freed before validation is predicted

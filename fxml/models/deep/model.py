@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fxml.data.memory import read_rows
+from fxml.data.memory import MemoryProfile, read_rows
 from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, predict_chunk_rows
 from fxml.models.deep.device import DeviceChoice, check_precision, choose_device
 from fxml.models.deep.networks import MLP, ResNet, run_network, scale_features
-from fxml.models.deep.params import MLPParams, ResNetParams, TabNetParams
+from fxml.models.deep.params import DeepParams, MLPParams, ResNetParams, TabNetParams
 from fxml.models.deep.tabnet import TabNet
 from fxml.scoring import score_eras
 
@@ -45,16 +45,15 @@ class DeepTabularModel(TabularModel):
 
     network_class: ClassVar[type[nn.Module]]
     network_keys: ClassVar[tuple[str, ...]] = ()
-    # batches are read from the int8 store each epoch (fxml.models.deep.feeding)
-    train_rows_from_store = True
-    # traced at full size (2.75M training rows): the batch feeder's per-row arrays (targets,
-    # eras, the epoch's order) took 0.57 GiB by the start of training, and importing PyTorch
-    # and Lightning 0.33 GiB
-    training_bytes_per_train_row = 208
-    library_bytes = 340 * 2**20
+    params: DeepParams
+    # batches are read from the int8 store each epoch (fxml.models.deep.feeding); traced at full
+    # size (2.75M training rows): the batch feeder's per-row arrays (targets, eras, the epoch's
+    # order) took 0.57 GiB by the start of training, and importing PyTorch and Lightning 0.33 GiB
+    memory = MemoryProfile(reads_rows_from_store=True, bytes_per_train_row=208,
+                           library_bytes=340 * 2**20)
 
-    def __init__(self, *args: Any, **options: Any) -> None:
-        super().__init__(*args, **options)
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
         self.network: nn.Module | None = None
         self.shape: dict[str, int] = {}
         self.history: list[dict[str, float]] = []
@@ -65,15 +64,15 @@ class DeepTabularModel(TabularModel):
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.float64 if self.options["precision"] == "64" else torch.float32
+        return torch.float64 if self.params.precision == "64" else torch.float32
 
     def build_network(self, n_inputs: int, n_outputs: int) -> nn.Module:
-        options = {key: self.options[key] for key in self.network_keys}
+        options = {key: getattr(self.params, key) for key in self.network_keys}
         self.shape = {"n_inputs": n_inputs, "n_outputs": n_outputs}
         return self.network_class(n_inputs, n_outputs, **options).to(self.dtype)
 
     def network_summary(self) -> str:
-        shown = ", ".join(f"{key}={self.options[key]}" for key in self.network_keys)
+        shown = ", ".join(f"{key}={getattr(self.params, key)}" for key in self.network_keys)
         return f"{self.network_class.__name__}({shown})"
 
     # -- training ------------------------------------------------------------------------------
@@ -81,7 +80,7 @@ class DeepTabularModel(TabularModel):
     def _targets(self, split: DataSplit) -> np.ndarray:
         assert split.target is not None
         columns = [split.target]
-        for name in self.options["aux_targets"]:
+        for name in self.params.aux_targets:
             if name not in split.extra:
                 carried = ", ".join(sorted(split.extra)) or "none"
                 raise FxmlError(f"model.aux_targets: {name} is not loaded with the {split.name} "
@@ -97,19 +96,19 @@ class DeepTabularModel(TabularModel):
         from fxml.models.deep.losses import Objective
         from fxml.models.deep.module import BestState, EpochReport, TabularModule
 
-        o = self.options
-        choice = choose_device(o["device"])
-        precision = check_precision(choice, o["precision"], o["devices"])
-        if o["n_jobs"] > 0:
-            torch.set_num_threads(o["n_jobs"])
-        log.info("device: %s, precision %s", choice.description, o["precision"])
+        o = self.params
+        choice = choose_device(o.device)
+        precision = check_precision(choice, o.precision, o.devices)
+        if o.n_jobs > 0:
+            torch.set_num_threads(o.n_jobs)
+        log.info("device: %s, precision %s", choice.description, o.precision)
         self._device = choice.torch_device
-        torch.manual_seed(o["seed"])
+        torch.manual_seed(o.seed)
         targets = self._targets(train)
         self.network = self.build_network(train.features.shape[1], targets.shape[1])
-        feeder = BatchFeeder(train.features, targets, train.eras, o["batch_size"], self._device,
-                             era_batches=o["era_batching"], eras_per_batch=o["eras_per_batch"],
-                             seed=o["seed"], dtype=self.dtype)
+        feeder = BatchFeeder(train.features, targets, train.eras, o.batch_size, self._device,
+                             era_batches=o.era_batching, eras_per_batch=o.eras_per_batch,
+                             seed=o.seed, dtype=self.dtype)
         valid = None
         if validation is not None and validation.target is not None:
             valid = labelled_rows(validation)
@@ -120,21 +119,21 @@ class DeepTabularModel(TabularModel):
         def evaluate() -> float:
             return validation_corr(self._predict(valid.features), valid)
 
-        best = BestState(o["patience"])
-        report = EpochReport(o["max_epochs"], evaluate if valid is not None else None, best, on_step)
-        module = TabularModule(self.network, Objective(o["loss"], o["aux_weight"], feeder.n_eras),
-                               o["learning_rate"], o["weight_decay"], o.get("lambda_sparse", 0.0))
-        plan = (f"era batches of {o['eras_per_batch']} era(s)" if o["era_batching"]
-                else f"batches of {o['batch_size']}")
+        best = BestState(o.patience)
+        report = EpochReport(o.max_epochs, evaluate if valid is not None else None, best, on_step)
+        module = TabularModule(self.network, Objective(o.loss, o.aux_weight, feeder.n_eras),
+                               o.learning_rate, o.weight_decay, getattr(o, "lambda_sparse", 0.0))
+        plan = (f"era batches of {o.eras_per_batch} era(s)" if o.era_batching
+                else f"batches of {o.batch_size}")
         log.info("model: %s, %d outputs, loss %s, %s, up to %d epochs on %s rows", self.network_summary(),
-                 targets.shape[1], o["loss"], plan, o["max_epochs"], f"{len(train):,}")
+                 targets.shape[1], o.loss, plan, o.max_epochs, f"{len(train):,}")
         for name in ("lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
         trainer = pl.Trainer(
-            accelerator=choice.kind, devices=1, precision=precision, max_epochs=o["max_epochs"],
+            accelerator=choice.kind, devices=1, precision=precision, max_epochs=o.max_epochs,
             logger=False, enable_progress_bar=False, enable_checkpointing=False,
             enable_model_summary=False, num_sanity_val_steps=0,
-            gradient_clip_val=o["gradient_clip"] or None, callbacks=[report],
+            gradient_clip_val=o.gradient_clip or None, callbacks=[report],
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"lightning")
@@ -155,10 +154,10 @@ class DeepTabularModel(TabularModel):
     def _inference_device(self) -> torch.device:
         if self._device is None:
             try:
-                choice = choose_device(self.options["device"])
+                choice = choose_device(self.params.device)
             except FxmlError:
                 choice = DeviceChoice("cpu", "cpu")
-                log.warning("model trained on %s, predicting on the CPU", self.options["device"])
+                log.warning("model trained on %s, predicting on the CPU", self.params.device)
             self._device = choice.torch_device
         return self._device
 
