@@ -24,6 +24,7 @@ import pandas as pd
 from fxml.console import step_progress
 from fxml.data.folds import Fold, detached, distinct_eras, era_ranges, rows_of_eras, with_inner_holdout
 from fxml.data.loader import DataSplit, NumeraiData
+from fxml.data.references import scoring_inputs
 from fxml.errors import FxmlError
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.scoring import summarize
@@ -105,7 +106,7 @@ def fit_and_score_fold(model: TabularModel, train: DataSplit, fold: Fold, n_fold
     del fit, holdout
     test = rows_of_eras(train, fold.test)
     predictions = predict_in_era_blocks(model, test)
-    scores = scorer.score(predictions, test, data)
+    scores = scorer.score(predictions, scoring_inputs(data, test, scorer.settings))
     frame = pd.DataFrame({"id": test.ids, "era": test.eras, "fold": fold.index,
                           "prediction": predictions, "target": test.target})
     for name, values in scores.references.items():

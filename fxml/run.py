@@ -31,6 +31,7 @@ from fxml.crossval import cross_validate, training_parts
 from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
 from fxml.data.loader import DataSplit, NumeraiData
 from fxml.data.memory import MemoryPlan, MemoryPolicy, return_freed_memory
+from fxml.data.references import scoring_inputs
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.models.devices import require_accelerator, taken_fallbacks
 from fxml.models.postprocess import postprocessed
@@ -138,10 +139,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with console.status("scoring validation"):
             predictions = predict_in_era_blocks(model, validation)
             return_freed_memory()  # the prediction blocks, before scoring's own buffers
-            scores = scorer.score(predictions, validation, data)
+            scores = scorer.score(predictions, scoring_inputs(data, validation, scorer.settings))
         log_scores(scores, validation, predictions)
         with console.status("permutation importance"):
-            importance = scorer.importance(model, validation, data)
+            importance = scorer.importance(model, validation, data.metadata["feature_sets"])
         if importance is not None:
             log_frame(importance, IMPORTANCE_CSV)
             mlflow.log_figure(importance_figure(importance), "importance/permutation.png")
