@@ -91,7 +91,7 @@ class PreparedParts:
         partial = path.with_name(f".{path.stem}.{os.getpid()}.npz")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(partial, **arrays)
+            np.savez(partial, allow_pickle=False, **arrays)
             os.replace(partial, path)
         except OSError as error:
             log.warning("scoring: cannot keep %s (%s)", path, error)

@@ -49,8 +49,8 @@ def from_arrays(kind: type[T], arrays: dict[str, np.ndarray]) -> T:
     values: dict[str, Any] = {}
     for item in dataclasses.fields(kind):  # type: ignore[arg-type]
         if f"{item.name}.rows" in arrays:
-            values[item.name] = EraGrid(*(arrays[f"{item.name}.{n}"] for n in _GRID_FIELDS),
-                                        int(arrays[f"{item.name}.width"]))
+            rows, slots, counts = (arrays[f"{item.name}.{n}"] for n in _GRID_FIELDS)
+            values[item.name] = EraGrid(rows, slots, counts, int(arrays[f"{item.name}.width"]))
         elif item.name in arrays:
             array = arrays[item.name]
             values[item.name] = float(array) if array.ndim == 0 else array
