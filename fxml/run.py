@@ -31,6 +31,7 @@ from fxml.crossval import CrossValidation, cross_validate, training_parts
 from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
 from fxml.data.loader import NumeraiData
 from fxml.data.memory import MemoryPlan, MemoryPolicy, return_freed_memory
+from fxml.data.references import scoring_inputs
 from fxml.data.split import DataSplit
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.models.devices import require_accelerator, taken_fallbacks
@@ -142,7 +143,8 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
     if splitter.active:
         folds = splitter.folds(train_split.eras, embargo, holdout_eras)
         cv = cross_validate(lambda: build_model(cfg, data)[0], train_split, folds,
-                            lambda predictions, split: scorer.score(predictions, split, data), cfg.sweep)
+                            lambda predictions, split: scorer.score(
+                                predictions, scoring_inputs(data, split, scorer.settings)), cfg.sweep)
         if not splitter.refit:
             return None, cv
     fit_split, inner_holdout = training_parts(train_split, holdout_eras, embargo)
@@ -168,7 +170,7 @@ def score_validation(model: TabularModel, validation: DataSplit, data: NumeraiDa
     mlflow.log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
     with console.status("scoring validation"):
         predictions = predict_in_era_blocks(model, validation)
-        scores = scorer.score(predictions, validation, data)
+        scores = scorer.score(predictions, scoring_inputs(data, validation, scorer.settings))
     log_scores(scores, validation, predictions)
     return scores
 
@@ -177,7 +179,7 @@ def log_importance(model: TabularModel, validation: DataSplit, data: NumeraiData
                    scorer: NumeraiScorer, repeats: int) -> None:
     """Permutation importance, when the scorer asks for it."""
     with console.status("permutation importance"):
-        importance = scorer.importance(model, validation, data)
+        importance = scorer.importance(model, validation, data.metadata["feature_sets"])
     if importance is None:
         return
     log_frame(importance, IMPORTANCE_CSV)

@@ -6,7 +6,7 @@ Usage: python scripts/bench_scoring.py [--rows 1000000 --eras 200 --features 42]
 Default mode: both sides score the same synthetic data (corr, mmc, bmc, fnc, feature
 exposure); the table gives the seconds each took, the speed ratio and the largest
 absolute difference per metric. ``--comparison`` also times MPC (in a portfolio of the model
-and 5 benchmark models) and the comparison diagnostics as the scorer runs them (beside the core
+and 5 benchmark models) and the comparison diagnostics as the scorer runs them (after the core
 metrics), as what they add to the core scoring time (wall and CPU), and against numerai-tools
 (pandas for exposure dissimilarity, which numerai-tools lacks) era by era.
 
@@ -275,7 +275,7 @@ def comparison_report(data: dict, per_era: list[dict], repeats: int) -> None:
     """--comparison: what MPC and the diagnostics add to the core scoring time, and their
     agreement with numerai-tools.
 
-    Timed as fxml's scorer runs them: beside the core metrics (``fxml.scoring.scorer.beside``),
+    Timed as fxml's scorer runs them: after the core metrics, on the same thread,
     for the first model on a split (the model-independent parts prepared), the first model of a
     later run (those parts loaded from ``.fxml-cache``) and each further model in a process.
     Each repeat measures the core metrics alone right before, so both see the same load; wall
@@ -283,24 +283,24 @@ def comparison_report(data: dict, per_era: list[dict], repeats: int) -> None:
     import tempfile
     from pathlib import Path
 
+    from fxml.data.references import PreparedParts
     from fxml.scoring.comparison import scored_grid
     from fxml.scoring.diagnostics import MetaReference
     from fxml.scoring.eras import encode_eras
     from fxml.scoring.portfolio import BenchmarkPortfolio
-    from fxml.scoring.prepared import load_prepared, save_prepared
-    from fxml.scoring.scorer import beside
+    from fxml.scoring.prepared import as_arrays, from_arrays
 
     benchmarks = comparison_inputs(data)
     ours, prepared = run_comparison(data, benchmarks)
-    folder = Path(tempfile.mkdtemp())
-    save_prepared(folder / "portfolio.npz", prepared[2])
-    save_prepared(folder / "meta.npz", prepared[3])
+    parts = PreparedParts(Path(tempfile.mkdtemp()), "bench")
+    parts.save("portfolio", as_arrays(prepared[2]))
+    parts.save("meta", as_arrays(prepared[3]))
 
     def later_run() -> None:  # a new process: encode eras and the grid, load the prepared parts
         codes = encode_eras(data["eras"])
         run_comparison(data, benchmarks, (codes, scored_grid(codes, data["targets"]),
-                                          load_prepared(folder / "portfolio.npz", BenchmarkPortfolio),
-                                          load_prepared(folder / "meta.npz", MetaReference)))
+                                          from_arrays(BenchmarkPortfolio, parts.load("portfolio") or {}),
+                                          from_arrays(MetaReference, parts.load("meta") or {})))
 
     cases = {
         "first model on a split (prepares the benchmark portfolio and the meta model's side)":
@@ -314,7 +314,7 @@ def comparison_report(data: dict, per_era: list[dict], repeats: int) -> None:
     for _ in range(repeats):
         for name, side in cases.items():
             core.append(_clocked(lambda: core_scores(data)))
-            together[name].append(_clocked(lambda side=side: beside(lambda: core_scores(data), side)))
+            together[name].append(_clocked(lambda side=side: (core_scores(data), side())))
             alone[name].append(_clocked(side))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

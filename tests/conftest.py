@@ -60,9 +60,6 @@ def forget_process_state() -> None:
     prepared (kept in memory for in-process sweeps) and the figures it logged."""
     import matplotlib.pyplot as plt
 
-    from fxml.scoring import prepared
-
-    prepared._MEMORY.clear()
     plt.close("all")
 
 

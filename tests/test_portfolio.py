@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -12,7 +10,6 @@ import pytest
 from numerai_tools.scoring import meta_portfolio_contribution, numerai_corr, spearman_correlation
 
 from fxml.data.benchmarks import benchmark_predictions
-from fxml.errors import FxmlError
 from fxml.scoring import diagnostics
 from fxml.scoring.diagnostics import (
     calmar_ratio,
@@ -24,7 +21,6 @@ from fxml.scoring.diagnostics import (
 )
 from fxml.scoring.eras import encode_eras
 from fxml.scoring.portfolio import meta_portfolio_contribution_by_era, neutralizer_basis
-from fxml.scoring.scorer import beside
 from tests.conftest import Workspace, assert_one_line_error
 
 MODELS = ["model", "bench_a", "bench_b", "bench_c"]
@@ -121,30 +117,6 @@ def test_diagnostics_equal_numerai_tools_per_era(portfolio_data: dict, columns_a
         expected_dissimilarity = 1 - (model_exposure[usable] @ meta_exposure[usable]) / (
             meta_exposure[usable] @ meta_exposure[usable])
         assert dissimilarity[position] == pytest.approx(expected_dissimilarity, abs=1e-10)
-
-
-def test_beside_returns_both_results_and_hands_on_either_error() -> None:
-    thread_names: list[str] = []
-
-    def side() -> str:
-        thread_names.append(threading.current_thread().name)
-        return "side"
-
-    assert beside(lambda: "main", side) == ("main", "side")
-    assert thread_names and thread_names[0] != threading.current_thread().name
-
-    def failing_side() -> None:
-        raise FxmlError("the benchmark file is corrupt")
-
-    with pytest.raises(FxmlError, match="corrupt"):
-        beside(lambda: "main", failing_side)
-    # an error of the main work is raised at once, without waiting for the side work
-    release = threading.Event()
-    started = time.perf_counter()
-    with pytest.raises(ValueError, match="NaN"):
-        beside(lambda: (_ for _ in ()).throw(ValueError("NaN targets")), lambda: release.wait(30))
-    assert time.perf_counter() - started < 10
-    release.set()
 
 
 def test_churn_apy_and_calmar_by_hand() -> None:

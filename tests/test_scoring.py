@@ -421,12 +421,12 @@ def test_threads_row_blocks_and_float_features_give_the_same_scores(
 @pytest.mark.parametrize("int8_product", [True, False])
 def test_integer_gram_is_exact_in_passes(int8_product, monkeypatch):
     if int8_product:
-        if transforms.int8_matmul() is None:
+        if transforms.int8_gram_product() is None:
             pytest.skip("torch's int8 matrix product does not run here")
         monkeypatch.setattr(transforms, "INT8_MATMUL_MIN_FEATURES", 0)
         monkeypatch.setattr(transforms, "INT8_MATMUL_MIN_ROWS", 0)
     else:
-        monkeypatch.setattr(transforms, "int8_matmul", lambda: None)
+        monkeypatch.setattr(transforms, "int8_gram_product", lambda: None)
     rng = np.random.default_rng(3)
     features = rng.integers(-128, 128, size=(2500, 7)).astype(np.int8)
     # float32: |x| up to 128 allows 2**24 / 128**2 = 1024 rows per exact pass, so three

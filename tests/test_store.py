@@ -24,6 +24,7 @@ import torch
 import xgboost as xgb
 
 from fxml.data import memory as memory_module
+from fxml.data import references as references_module
 from fxml.data import store as store_module
 from fxml.data.layout import FEATURES_JSON
 from fxml.data.loader import STORE_FOLDER, NumeraiData
@@ -40,6 +41,7 @@ from fxml.data.memory import (
     read_rows,
     release_file_pages,
 )
+from fxml.data.references import feature_rows, neutralizer_columns
 from fxml.data.sources import SyntheticSource
 from fxml.data.split import DataSplit
 from fxml.data.store import BLOCK_COLUMNS, MissingFeatures, plan_rows
@@ -51,11 +53,9 @@ from fxml.models.lightgbm_model import LightGBMModel, _Int8Rows
 from fxml.models.linear import RidgeModel
 from fxml.models.xgboost_model import XGBoostModel, _Int8Blocks, quantile_matrix
 from fxml.scoring import score_eras
-from fxml.scoring import scorer as scorer_module
 from fxml.scoring.diagnostics import prepare_meta_reference
 from fxml.scoring.grid import era_grid
 from fxml.scoring.portfolio import neutral_weights
-from fxml.scoring.scorer import neutralizer_columns
 from tests.conftest import SMALL_DATA, Workspace
 from tests.helpers import toy_split
 
@@ -669,13 +669,13 @@ def test_scoring_reads_each_era_from_the_store_and_keeps_none_mapped(tmp_path: P
     rng = np.random.default_rng(1)
     predictions, meta = rng.random(len(validation)), rng.random(len(validation))
     expected = score_eras(predictions, validation.target, validation.eras, features=validation.features)
-    got = score_eras(predictions, stored.target, stored.eras, features=stored.features)
+    got = score_eras(predictions, stored.target, stored.eras, features=feature_rows(stored.features))
     pd.testing.assert_frame_equal(got, expected, rtol=0, atol=0)
     assert {"fnc", "feature_exposure"} <= set(got.columns) and resident_bytes(path) == 0
     codes, n_eras = era_codes(validation.eras)
     grid = era_grid(codes, n_eras, np.ones(len(validation), dtype=bool))
     in_memory = prepare_meta_reference(grid, meta, validation.features)
-    from_store = prepare_meta_reference(grid, meta, stored.features)
+    from_store = prepare_meta_reference(grid, meta, feature_rows(stored.features))
     np.testing.assert_array_equal(from_store.exposure_direction, in_memory.exposure_direction)
     np.testing.assert_array_equal(from_store.exposure_scale, in_memory.exposure_scale)
     assert resident_bytes(path) == 0
@@ -683,9 +683,10 @@ def test_scoring_reads_each_era_from_the_store_and_keeps_none_mapped(tmp_path: P
     signals = grid.place(predictions)
     weights = grid.place(np.ones(len(validation)))
     expected_weights = neutral_weights(signals, weights, validation.features, grid)
-    np.testing.assert_array_equal(neutral_weights(signals, weights, stored.features, grid), expected_weights)
+    np.testing.assert_array_equal(neutral_weights(signals, weights, feature_rows(stored.features), grid),
+                                  expected_weights)
     data = SimpleNamespace(metadata={"feature_sets": {"some": validation.feature_names[::3]}})
-    monkeypatch.setattr(scorer_module, "SCORING_BLOCK_BYTES", 7 * validation.features.shape[1])
+    monkeypatch.setattr(references_module, "SCORING_BLOCK_BYTES", 7 * validation.features.shape[1])
     some = neutralizer_columns(stored, data, "some")  # type: ignore[arg-type]
     np.testing.assert_array_equal(some, validation.features[:, ::3])
     assert resident_bytes(path) == 0

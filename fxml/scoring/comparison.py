@@ -20,6 +20,7 @@ from fxml.scoring.diagnostics import (
 from fxml.scoring.eras import EraCodes
 from fxml.scoring.grid import EraGrid, era_grid, gaussian_power_ranks, grid_ranks
 from fxml.scoring.portfolio import BenchmarkPortfolio, model_contribution
+from fxml.scoring.rows import Features
 
 
 def scored_grid(codes: EraCodes, targets: np.ndarray) -> EraGrid:
@@ -29,7 +30,7 @@ def scored_grid(codes: EraCodes, targets: np.ndarray) -> EraGrid:
 
 
 def meta_reference(codes: EraCodes, grid: EraGrid, meta_model: np.ndarray,
-                   features: np.ndarray | None) -> MetaReference:
+                   features: Features | None) -> MetaReference:
     """The meta model's side of the diagnostics, over the scored rows it covers."""
     covered = ~np.isnan(meta_model[grid.rows])
     if not covered.all():

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fxml.data.memory import take_rows
 from fxml.scoring.eras import era_starts
 from fxml.scoring.grid import (
     EraGrid,
@@ -30,6 +29,7 @@ from fxml.scoring.grid import (
     grid_ranks,
     percentile_ranks,
 )
+from fxml.scoring.rows import Features, rows_of
 from fxml.scoring.transforms import signed_power
 
 ERAS_PER_YEAR = 52  # validation eras are weekly
@@ -68,7 +68,7 @@ class MetaReference:
 
 
 def prepare_meta_reference(grid: EraGrid, reference: np.ndarray,
-                           features: np.ndarray | None) -> MetaReference:
+                           features: Features | None) -> MetaReference:
     """``reference`` (full-length) must be present on every row of ``grid``."""
     ranks = grid.centred(percentile_ranks(grid, grid_ranks(grid, reference)))
     direction = scale = None
@@ -83,7 +83,7 @@ EXPOSURE_COLUMNS = 512
 
 
 def exposure_direction(grid: EraGrid, centred: np.ndarray,
-                       features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                       features: Features) -> tuple[np.ndarray, np.ndarray]:
     """``z = X_c D^-1 X_c' m`` per era (grid) and ``|m| E.E`` per era, skipping features constant
     in the era. Each era's features are converted to float ``EXPOSURE_COLUMNS`` at a time; integer
     features make the column sums and squares exact."""
@@ -93,7 +93,7 @@ def exposure_direction(grid: EraGrid, centred: np.ndarray,
     for era in np.flatnonzero(grid.counts > 1):
         size = int(grid.counts[era])
         rows = grid.rows[starts[era]: starts[era] + size]
-        era_rows = take_rows(features, rows)
+        era_rows = rows_of(features, rows)
         values = centred[era, :size]
         explained = 0.0
         for first in range(0, era_rows.shape[1], EXPOSURE_COLUMNS):
@@ -182,7 +182,7 @@ def top_bottom_corr_by_era(predictions: np.ndarray, targets: np.ndarray, codes: 
 
 
 def exposure_dissimilarity_by_era(predictions: np.ndarray, reference: np.ndarray,
-                                  features: np.ndarray, codes: np.ndarray,
+                                  features: Features, codes: np.ndarray,
                                   n_eras: int) -> np.ndarray:
     """``1 - U.E / E.E`` per era, U and E the feature correlations of the predictions and of the
     reference over rows where the reference is present; features without a correlation (constant

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import pandas as pd
 
-from fxml.data.split import DataSplit, labelled_rows
 from fxml.scoring import score_eras
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from fxml.data.split import DataSplit  # a plain shape; importing it would import its store reader
 
 
 class Predictor(Protocol):
@@ -82,7 +83,8 @@ def permutation_importance(
     (feature/group), ``n_features``, ``corr_drop`` (mean over repeats), ``corr_drop_std``,
     ``corr_shuffled`` and ``corr_baseline``.
     """
-    split = labelled_rows(split)
+    assert split.target is not None
+    split = split.rows(~np.isnan(split.target))
     baseline = _mean_corr(model, split.features, split)
     if groups is None:
         units = {name: [i] for i, name in enumerate(split.feature_names)}

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-from fxml.data.memory import take_rows
 from fxml.scoring.eras import (
     encode_eras,
     era_count,
@@ -26,6 +25,7 @@ from fxml.scoring.eras import (
     era_sum,
     order_within_eras,
 )
+from fxml.scoring.rows import FeatureRows, Features, rows_of
 from fxml.scoring.transforms import (
     center_by_era,
     centre_gram_upper,
@@ -167,14 +167,14 @@ class _EraThreads:
 def feature_neutral_residuals_and_exposure(
     predictions: np.ndarray,
     gaussian_predictions: np.ndarray,
-    features: np.ndarray,
+    features: Features,
     codes: np.ndarray,
     n_eras: int,
     era_ids: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feature-neutral gaussianized predictions (per row) and feature exposure (per era),
     one era at a time; only that era's rows are ever converted to float. Rows and eras
-    not in ``era_ids`` stay NaN."""
+    not in ``era_ids`` stay NaN. ``features``: a matrix, or rows read an era at a time."""
     residuals = np.full(predictions.shape, np.nan)
     exposure = np.full(n_eras, np.nan)
     counts = era_count(codes, n_eras)
@@ -185,7 +185,7 @@ def feature_neutral_residuals_and_exposure(
         rows = contiguous[starts[era] : starts[era] + counts[era]]
         with threads.era(rows.size):
             residuals[rows], exposure[era] = _era_feature_scores(
-                take_rows(features, rows), gaussian_predictions[rows], predictions[rows]
+                rows_of(features, rows), gaussian_predictions[rows], predictions[rows]
             )
     return residuals, exposure
 
@@ -319,7 +319,7 @@ def score_eras(
     *,
     meta_model: np.ndarray | None = None,
     benchmark: np.ndarray | None = None,
-    features: np.ndarray | None = None,
+    features: Features | None = None,
 ) -> pd.DataFrame:
     """Score predictions era by era as Numerai does.
 
@@ -327,7 +327,8 @@ def score_eras(
     "corr", plus "mmc"/"bmc" when a meta model/benchmark is given and "fnc" and
     "feature_exposure" when features are given. Rows with a NaN target are left out of
     every target-based metric; rows with a NaN meta model/benchmark only out of MMC/BMC.
-    FNC neutralizes and exposure correlates over all rows of an era, as numerai-tools does.
+    FNC neutralizes and exposure correlates over all rows of an era, as numerai-tools does;
+    ``features`` may be a matrix or rows read an era at a time (``fxml.scoring.rows``).
     A metric that cannot be computed in an era (constant inputs, no rows) is NaN.
     """
     eras = np.asarray(eras)
@@ -351,8 +352,9 @@ def score_eras(
         if reference is not None
     }
     if features is not None:
-        features = np.asarray(features)
-        if features.ndim != 2 or features.shape[0] != n_rows or features.shape[1] == 0:
+        if not isinstance(features, FeatureRows):
+            features = np.asarray(features)
+        if len(features.shape) != 2 or features.shape[0] != n_rows or features.shape[1] == 0:
             raise ValueError(
                 f"features must have shape ({n_rows}, k) with k >= 1, got {features.shape}"
             )

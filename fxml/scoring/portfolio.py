@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fxml.data.memory import take_rows
 from fxml.scoring.eras import era_starts
 from fxml.scoring.grid import (
     EraGrid,
@@ -35,6 +34,7 @@ from fxml.scoring.grid import (
     grid_ranks,
     sorted_signals,
 )
+from fxml.scoring.rows import Features, rows_of
 
 # numerai-tools divides the stake gradient by 50, a scale that brings it near CORR's range.
 MPC_SCALE = 50.0
@@ -67,16 +67,17 @@ def neutralizer_basis(columns: np.ndarray) -> np.ndarray:
 
 
 def neutral_weights(signals: np.ndarray, sample_weights: np.ndarray,
-                    neutralizers: np.ndarray | None, grid: EraGrid) -> np.ndarray:
+                    neutralizers: Features | None, grid: EraGrid) -> np.ndarray:
     """Centred portfolio weights (a grid) of signals (a grid): the neutralisers' span removed,
     times the sample weights (a grid). ``neutralizers`` (rows, m) are raw columns (features),
-    turned into an orthonormal basis per era; None neutralises nothing."""
+    turned into an orthonormal basis per era (a matrix or rows read an era at a time); None
+    neutralises nothing."""
     weights = signals * sample_weights
     if neutralizers is not None:
         starts = era_starts(grid.counts)
         for era in np.flatnonzero(grid.counts):
             size = int(grid.counts[era])
-            basis = neutralizer_basis(take_rows(neutralizers, grid.rows[starts[era]: starts[era] + size]))
+            basis = neutralizer_basis(rows_of(neutralizers, grid.rows[starts[era]: starts[era] + size]))
             fitted = basis @ (basis.T @ weights[era, :size])
             weights[era, :size] = (signals[era, :size] - fitted) * sample_weights[era, :size]
     return grid.centred(weights)
@@ -90,7 +91,7 @@ class BenchmarkPortfolio:
 
     grid: EraGrid
     sample_weights: np.ndarray  # grid
-    neutralizers: np.ndarray | None  # (rows, m) raw columns, or None
+    neutralizers: Features | None  # (rows, m) raw columns, or None
     targets: np.ndarray  # centred target grid
     position: np.ndarray  # sum over benchmarks of stake x centred weights (grid)
     stake_total: float  # sum of |stakes| without the model's
@@ -114,7 +115,7 @@ def prepare_portfolio(
     n_eras: int,
     *,
     sample_weights: np.ndarray | None = None,
-    neutralizers: np.ndarray | None = None,
+    neutralizers: Features | None = None,
     grid: EraGrid | None = None,
 ) -> BenchmarkPortfolio:
     """Rank, neutralise and stake-weight the benchmark models (rows, benchmarks) once. ``grid``:
@@ -178,7 +179,7 @@ def meta_portfolio_contribution_by_era(
     n_eras: int,
     *,
     sample_weights: np.ndarray | None = None,
-    neutralizers: np.ndarray | None = None,
+    neutralizers: Features | None = None,
 ) -> np.ndarray:
     """Per-era MPC of the model in column 0 of ``predictions`` (rows, models), the other columns
     being the rest of the portfolio; ``stakes`` has one stake per column. Rows with a NaN target,

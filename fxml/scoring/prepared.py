@@ -1,21 +1,18 @@
 """The model-independent parts of the comparison scores (a split's benchmark portfolio, the meta
-model's ranks and exposure direction), kept between runs.
+model's ranks and exposure direction) as plain arrays, for a caller that keeps them between runs.
 
 Preparing them costs more than scoring a model against them (one ranking per benchmark model), and
-they depend only on the release files, the split's rows and targets, and the settings. They are
-kept in memory for the process (an in-process sweep) and as ``.npz`` files beside the release, so a
-later ``fxml.run`` on the same split loads them instead of preparing them again.
+they depend only on the split's rows, targets and references and on the settings. Scoring opens no
+file: it is handed a :class:`PartsCache` (the data layer's ``PreparedParts`` keeps ``.npz`` files
+beside the release) and converts its parts to and from dicts of arrays here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -23,17 +20,19 @@ from fxml.scoring.grid import EraGrid
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_MEMORY: dict[tuple, Any] = {}
-_MEMORY_ENTRIES = 6
 _GRID_FIELDS = ("rows", "slots", "counts")
 
 
-def cache_file(folder: Path, key: tuple) -> Path:
-    return folder / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:32]}.npz"
+class PartsCache(Protocol):
+    """Dicts of arrays kept under a name, between runs."""
+
+    def load(self, name: str) -> dict[str, np.ndarray] | None: ...
+
+    def save(self, name: str, arrays: dict[str, np.ndarray]) -> None: ...
 
 
-def save_prepared(path: Path, prepared: Any) -> None:
-    """A dataclass of arrays, floats, None and EraGrids as one ``.npz`` (written atomically)."""
+def as_arrays(prepared: Any) -> dict[str, np.ndarray]:
+    """A dataclass of arrays, floats, None and EraGrids as named arrays (None fields left out)."""
     arrays: dict[str, np.ndarray] = {}
     for item in dataclasses.fields(prepared):
         value = getattr(prepared, item.name)
@@ -42,48 +41,34 @@ def save_prepared(path: Path, prepared: Any) -> None:
             arrays[f"{item.name}.width"] = np.asarray(value.width)
         elif value is not None:
             arrays[item.name] = np.asarray(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-    np.savez(partial, **arrays)
-    os.replace(partial, path)
+    return arrays
 
 
-def load_prepared(path: Path, kind: type[T]) -> T:
-    with np.load(path) as stored:
-        values: dict[str, Any] = {}
-        for item in dataclasses.fields(kind):  # type: ignore[arg-type]
-            if f"{item.name}.rows" in stored:
-                values[item.name] = EraGrid(*(stored[f"{item.name}.{n}"] for n in _GRID_FIELDS),
-                                            int(stored[f"{item.name}.width"]))
-            elif item.name in stored:
-                array = stored[item.name]
-                values[item.name] = float(array) if array.ndim == 0 else array
-            else:
-                values[item.name] = None
+def from_arrays(kind: type[T], arrays: dict[str, np.ndarray]) -> T:
+    """``as_arrays``' inverse for the dataclass ``kind``."""
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(kind):  # type: ignore[arg-type]
+        if f"{item.name}.rows" in arrays:
+            rows, slots, counts = (arrays[f"{item.name}.{n}"] for n in _GRID_FIELDS)
+            values[item.name] = EraGrid(rows, slots, counts, int(arrays[f"{item.name}.width"]))
+        elif item.name in arrays:
+            array = arrays[item.name]
+            values[item.name] = float(array) if array.ndim == 0 else array
+        else:
+            values[item.name] = None
     return kind(**values)
 
 
-def prepared(key: tuple, kind: type[T], build: Callable[[], T | None],
-             folder: Path | None = None) -> T | None:
-    """``build()``'s result for ``key``: from memory, else from ``folder``, else built (and kept in
-    both). A file that cannot be read is rebuilt."""
-    if key in _MEMORY:
-        return _MEMORY[key]
-    path = cache_file(folder, key) if folder is not None else None
-    value: T | None = None
-    if path is not None and path.is_file():
+def prepared(cache: PartsCache | None, name: str, kind: type[T], build: Callable[[], T]) -> T:
+    """``build()``'s result, or the one ``cache`` kept under ``name`` (kept there once built)."""
+    if cache is None:
+        return build()
+    arrays = cache.load(name)
+    if arrays is not None:
         try:
-            value = load_prepared(path, kind)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            log.warning("scoring: rebuilding %s (%s)", path.name, error)
-    if value is None:
-        value = build()
-        if value is not None and path is not None:
-            try:
-                save_prepared(path, value)
-            except OSError as error:  # a read-only data folder: keep it in memory only
-                log.warning("scoring: cannot keep %s (%s)", path, error)
-    if len(_MEMORY) >= _MEMORY_ENTRIES:
-        _MEMORY.clear()
-    _MEMORY[key] = value
+            return from_arrays(kind, arrays)
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning("scoring: preparing %s again (%s)", name.split()[0], error)
+    value = build()
+    cache.save(name, as_arrays(value))
     return value

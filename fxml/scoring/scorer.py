@@ -1,21 +1,20 @@
-"""The ``scorer=numerai`` group: gathers the reference columns a split needs and scores per era."""
+"""The ``scorer=numerai`` group: scores a split's predictions per era against the references the
+data layer gathered (``fxml.data.references.ScoringInputs``), and sums them up.
+
+Arrays in, numbers out: the scorer opens no file and keeps nothing between calls. The parts it
+prepares once per split (the benchmark portfolio, the meta model's side) go to the cache the inputs
+carry, if any.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from fxml.data.benchmarks import benchmark_predictions
-from fxml.data.layout import BENCHMARK_FILES
-from fxml.data.loader import DataSplit, NumeraiData
-from fxml.data.memory import SCORING_BLOCK_BYTES, read_rows
 from fxml.errors import FxmlError
 from fxml.scoring import score_eras, summarize
 from fxml.scoring.comparison import comparison_scores, meta_reference, scored_grid
@@ -27,51 +26,11 @@ from fxml.scoring.portfolio import BenchmarkPortfolio, prepare_portfolio
 from fxml.scoring.prepared import prepared
 from fxml.scoring.settings import SCORER_SIGNATURE, ScorerSettings
 
+if TYPE_CHECKING:  # the data layer's plain shapes; importing them would import its file readers
+    from fxml.data.references import PortfolioInputs, ScoringInputs
+    from fxml.data.split import DataSplit
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-U = TypeVar("U")
-# the prepared parts of the comparison scores are kept beside the release's files
-CACHE_FOLDER = ".fxml-cache"
-
-
-def split_key(split: DataSplit) -> tuple:
-    """Cheap identity of a split's rows and targets: enough to tell two era selections, feature
-    sets or targets of a release apart (the prepared parts hold centred targets)."""
-    target = np.nan_to_num(np.asarray(split.target, dtype=np.float64))
-    return (split.name, len(split.ids), str(split.ids[0]), str(split.ids[-1]),
-            tuple(split.feature_names), int(split.eras.astype(np.int64).sum()),
-            float(target.sum()), float(target @ np.arange(target.size, dtype=np.float64)))
-
-
-def scored_rows(split: DataSplit) -> tuple[EraCodes, EraGrid]:
-    assert split.target is not None
-    codes = encode_eras(split.eras)
-    return codes, scored_grid(codes, split.target)
-
-
-def beside(main: Callable[[], T], side: Callable[[], U]) -> tuple[T, U]:
-    """``main()`` on this thread while ``side()`` runs on another; both results, or the first
-    error. The other thread is a daemon, so an error or interrupt in ``main`` is not held up."""
-    outcome: dict[str, Any] = {}
-
-    def run_side() -> None:
-        try:
-            outcome["value"] = side()
-        except BaseException as error:  # handed to the caller's thread below
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run_side, name="fxml-scoring-beside", daemon=True)
-    thread.start()
-    value = main()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return value, outcome["value"]
-
-
-def _cached(key: tuple, build: Callable[[], Any]) -> Any:
-    """In-memory only: cheap to rebuild (the scored grid)."""
-    return prepared(key, object, build)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -106,116 +65,74 @@ class NumeraiScorer:
                                            s.mpc_neutralizers, s.mpc_sample_weights)
         self.diagnostics, self.top_bottom = s.diagnostics, s.top_bottom
 
-    def importance(self, model: Predictor, split: DataSplit, data: NumeraiData) -> pd.DataFrame | None:
-        """Permutation importance of features or feature groups; None when not asked for."""
+    def importance(self, model: Predictor, split: DataSplit,
+                   feature_sets: dict[str, list[str]]) -> pd.DataFrame | None:
+        """Permutation importance of features or of the release's feature groups (``feature_sets``
+        of features.json); None when not asked for."""
         if self.importance_of == "none":
             return None
         groups = None
         if self.importance_of == "groups":
-            groups = feature_groups(data.metadata["feature_sets"], split.feature_names)
+            groups = feature_groups(feature_sets, split.feature_names)
         return permutation_importance(model, split, groups, self.importance_repeats, self.importance_seed)
 
-    def score(self, predictions: np.ndarray, split: DataSplit, data: NumeraiData) -> Scores:
-        if split.target is None:
-            raise FxmlError(f"the {split.name} split has no targets to score against")
+    def score(self, predictions: np.ndarray, inputs: ScoringInputs) -> Scores:
+        if inputs.target is None:
+            raise FxmlError(f"the {inputs.name} split has no targets to score against")
         if np.isnan(predictions).any():
             raise FxmlError(f"the model predicted NaN for {np.isnan(predictions).sum()} row(s)")
-        references: dict[str, np.ndarray] = {}
-        benchmark_name = None
-        if self.use_meta_model:
-            references["meta_model"] = self._optional(lambda: data.meta_model(split), "MMC")
-        if self.use_benchmark:
-            found = self._optional(lambda: data.benchmark(split, self.benchmark_column), "BMC")
-            if found is not None:
-                benchmark_name, references["benchmark"] = found
-        references = {k: v for k, v in references.items() if v is not None}
-        # The comparison scores share nothing with the core metrics but their inputs, and the
-        # core metrics leave a core idle below THREADED_MIN_FEATURES: numpy's sorts, gathers and
-        # ufuncs release the GIL, so preparing the benchmark portfolio and the meta model's side
-        # beside them takes little of the scoring's wall-clock time.
-        per_era, extra = beside(
-            lambda: score_eras(predictions, split.target, split.eras,
-                               meta_model=references.get("meta_model"),
-                               benchmark=references.get("benchmark"),
-                               features=split.features if self.use_features else None),
-            lambda: self._comparison_scores(predictions, split, data, references.get("meta_model")))
+        references = {name: values for name, values, wanted in
+                      (("meta_model", inputs.meta_model, self.use_meta_model),
+                       ("benchmark", inputs.benchmark, self.use_benchmark))
+                      if wanted and values is not None}
+        per_era = score_eras(predictions, inputs.target, inputs.eras,
+                             meta_model=references.get("meta_model"),
+                             benchmark=references.get("benchmark"),
+                             features=inputs.features if self.use_features else None)
         per_era = per_era.drop(columns=[c for c, keep in self.keep.items() if not keep and c in per_era])
         if "mmc" in per_era:
             per_era["payout"] = payout_score(per_era, *self.payout)
+        extra = self._comparison_scores(predictions, inputs, inputs.target, references.get("meta_model"))
         per_era = per_era.join(extra.reindex(per_era.index))
         return Scores(per_era, with_payout_summaries(summarize(per_era), per_era), references,
-                      benchmark_name)
+                      inputs.benchmark_name if "benchmark" in references else None)
 
-    def _comparison_scores(self, predictions: np.ndarray, split: DataSplit, data: NumeraiData,
+    def _comparison_scores(self, predictions: np.ndarray, inputs: ScoringInputs, target: np.ndarray,
                            meta_model: np.ndarray | None) -> pd.DataFrame:
         """MPC and the diagnostics, per era (see ``comparison_scores``)."""
-        codes, grid = _cached(("grid", split_key(split)), lambda: scored_rows(split))
-        portfolio = self._portfolio(split, data, codes, grid) if self.portfolio.enabled else None
+        codes = encode_eras(inputs.eras)
+        grid = scored_grid(codes, target)
+        portfolio = None
+        if self.portfolio.enabled and inputs.portfolio is not None:
+            portfolio = self._portfolio(inputs, inputs.portfolio, target, codes, grid)
         meta = None
         if self.diagnostics and meta_model is not None:
-            filled = np.nan_to_num(meta_model)
-            key = ("meta", split_key(split), int(np.isnan(meta_model).sum()), float(filled.sum()),
-                   float(filled @ np.arange(filled.size, dtype=np.float64)))
-            meta = prepared(key, MetaReference,
-                            lambda: meta_reference(codes, grid, meta_model, split.features),
-                            self._cache_folder(data))
+            meta = prepared(inputs.prepared, "meta model reference", MetaReference,
+                            lambda: meta_reference(codes, grid, meta_model, inputs.features))
         return comparison_scores(
-            predictions, split.target, codes, grid, portfolio=portfolio,
+            predictions, target, codes, grid, portfolio=portfolio,
             own_stake=self.portfolio.own_stake, meta=meta,
             top_bottom=self.top_bottom if self.diagnostics else None)
 
-    def _portfolio(self, split: DataSplit, data: NumeraiData, codes: EraCodes,
-                   grid: EraGrid) -> BenchmarkPortfolio | None:
-        """The benchmark models' side of the meta portfolio (None without a benchmark file).
-        It does not depend on the model, so a process scoring several models on the same split
-        (a sweep) prepares it once."""
+    def _portfolio(self, inputs: ScoringInputs, references: PortfolioInputs, target: np.ndarray,
+                   codes: EraCodes, grid: EraGrid) -> BenchmarkPortfolio:
+        """The benchmark models' side of the meta portfolio. It does not depend on the model, so
+        runs scoring several models on the same split (a sweep) prepare it once."""
         settings = self.portfolio
-        path = self._optional(lambda: data.path(BENCHMARK_FILES[split.name]), "MPC")
-        if path is None:
-            return None
-        stat = path.stat()
-        key = ("portfolio", str(path.resolve()), stat.st_mtime_ns, stat.st_size, split_key(split),
-               repr(replace(settings, own_stake=0.0)))  # the model's stake is applied later
-        folder = self._cache_folder(data) if settings.neutralizers is None else None
-        return prepared(key, BenchmarkPortfolio,
-                        lambda: self._prepare_portfolio(path, split, data, codes, grid), folder)
-
-    @staticmethod
-    def _cache_folder(data: NumeraiData) -> Path | None:
-        folder = getattr(data, "folder", None)
-        return Path(folder).parent / CACHE_FOLDER if folder is not None else None
-
-    def _prepare_portfolio(self, path: Path, split: DataSplit, data: NumeraiData, codes: EraCodes,
-                           grid: EraGrid) -> BenchmarkPortfolio | None:
-        settings = self.portfolio
-        found = self._optional(lambda: benchmark_predictions(path, split.ids, settings.benchmark_columns),
-                               "MPC")
-        if found is None:
-            return None
-        names, benchmarks = found
-        unknown = sorted(set(settings.stakes) - set(names))
+        unknown = sorted(set(settings.stakes) - set(references.names))
         if unknown:
             raise FxmlError(f"scorer.mpc_stakes names {unknown[0]}, not a column of the benchmark file "
-                            f"(columns: {', '.join(names)})")
-        stakes = np.array([settings.stakes.get(n, settings.benchmark_stake) for n in names])
-        sample_weights = (None if settings.sample_weights is None
-                          else sample_weight_column(settings.sample_weights, split.ids))
-        neutralizers = (None if settings.neutralizers is None
-                        else neutralizer_columns(split, data, settings.neutralizers))
-        portfolio = prepare_portfolio(benchmarks, stakes, split.target, codes.codes, codes.n_eras,
-                                      sample_weights=sample_weights, neutralizers=neutralizers,
-                                      grid=grid)
+                            f"(columns: {', '.join(references.names)})")
+        stakes = np.array([settings.stakes.get(n, settings.benchmark_stake) for n in references.names])
         log.info("scoring: MPC in a portfolio of the model (stake %g) and %d benchmark models",
-                 settings.own_stake, len(names))
-        return portfolio
-
-    @staticmethod
-    def _optional(load, metric: str):  # type: ignore[no-untyped-def]
-        try:
-            return load()
-        except FxmlError as error:
-            log.warning("scoring: no %s (%s)", metric, error)
-            return None
+                 settings.own_stake, len(references.names))
+        # the model's stake is applied later; neutralisers are not kept (rows, not arrays)
+        name = f"benchmark portfolio {replace(settings, own_stake=0.0)!r}"
+        return prepared(inputs.prepared if references.neutralizers is None else None, name,
+                        BenchmarkPortfolio,
+                        lambda: prepare_portfolio(references.predictions, stakes, target, codes.codes,
+                                                  codes.n_eras, sample_weights=references.sample_weights,
+                                                  neutralizers=references.neutralizers, grid=grid))
 
 
 @dataclass(frozen=True)
@@ -238,37 +155,3 @@ def with_payout_summaries(summary: dict[str, float], per_era: pd.DataFrame) -> d
         summary = {**summary, "payout_apy": compounded_annual_return(payout),
                    "payout_calmar": calmar_ratio(payout)}
     return summary
-
-
-def sample_weight_column(path: str, ids: np.ndarray) -> np.ndarray:
-    """Per-row sample weights from a parquet file with ``id`` and one numeric column."""
-    names, matrix = benchmark_predictions(Path(path), ids)
-    if len(names) != 1:
-        raise FxmlError(f"scorer.mpc_sample_weights: {path} must hold id and one weight column "
-                        f"(found {', '.join(names)})")
-    missing = int(np.isnan(matrix[:, 0]).sum())
-    if missing:
-        raise FxmlError(f"scorer.mpc_sample_weights: {path} has no weight for {missing} row(s)")
-    return matrix[:, 0]
-
-
-def neutralizer_columns(split: DataSplit, data: NumeraiData, feature_set: str) -> np.ndarray:
-    """The columns of a features.json set (or ``features``: the run's own) as MPC's neutralisers."""
-    if feature_set == "features":
-        return split.features
-    sets = data.metadata["feature_sets"]
-    if feature_set not in sets:
-        raise FxmlError(f"scorer.mpc_neutralizers={feature_set} is not a feature set of the release "
-                        f"(available: features, {', '.join(sorted(sets))})")
-    position = {name: i for i, name in enumerate(split.feature_names)}
-    wanted = list(sets[feature_set])
-    if all(name in position for name in wanted):
-        # a block of rows at a time: validation is read from its store file, not held
-        columns = [position[name] for name in wanted]
-        chosen = np.empty((len(split), len(columns)), dtype=split.features.dtype)
-        step = max(SCORING_BLOCK_BYTES // max(split.features.shape[1], 1), 1)
-        for start in range(0, len(split), step):
-            chosen[start : start + step] = read_rows(split.features, start, start + step)[:, columns]
-        return chosen
-    # neutralisers the run did not load come from the split's file, for the same rows
-    return data.read_features(split, wanted)

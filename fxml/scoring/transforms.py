@@ -7,7 +7,7 @@ algebra of feature neutralization (Gram matrix, centring, the solve) works on on
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 from scipy.linalg import blas, lapack
@@ -85,29 +85,44 @@ FLOAT32_EXACT_LIMIT = 2**24
 INT32_LIMIT = 2**31 - 1
 
 
-# whether torch's int8 product runs here, probed once per process. A plain dict rather than
-# functools.cache: a model pickled by value for Numerai's hosted compute carries this module's
-# functions, and a cache wrapper would be pickled by reference to fxml, which is not there.
-_INT8_MATMUL_RUNS: dict[str, bool] = {}
+# The module's one piece of state: whether torch's int8 product runs in this process, probed on
+# first use ("runs" -> bool). A plain dict rather than functools.cache: a model pickled by value for
+# Numerai's hosted compute carries this module's functions, and a cache wrapper would be pickled by
+# reference to fxml, which is not there.
+_INT8_PRODUCT_RUNS: dict[str, bool] = {}
 
 
-def int8_matmul() -> Any:
-    """torch, where its int8 x int8 -> int32 matrix product runs on this machine, else None.
-    On CPUs with VNNI/AMX it forms an int8 Gram matrix 4-5x faster than float32 ``syrk``
-    (6,000 x 2,748: 0.10 s against 0.48 s on one thread)."""
-    if _INT8_MATMUL_RUNS.get("runs") is False:
+def int8_gram_product() -> Callable[[np.ndarray], np.ndarray] | None:
+    """A function giving ``X'X`` (int32) of a C-order int8 block ``X``, where torch's int8 x int8 ->
+    int32 matrix product runs on this machine; else None.
+
+    The product is ``torch._int_mm``, a private torch API: no public function of torch, NumPy or
+    SciPy multiplies int8 matrices into int32 on a fast kernel. On CPUs with VNNI/AMX it forms an
+    int8 Gram matrix 4-5x faster than float32 ``syrk`` (6,000 x 2,748: 0.10 s against 0.48 s on one
+    thread). Every use of it is here, behind this probe: where torch is not installed, lacks
+    ``_int_mm`` or cannot run it, callers take the public fallback, SciPy's float32 ``syrk``, which
+    is exact for the same integer features (``FLOAT32_EXACT_LIMIT``), so scores do not change.
+    """
+    if _INT8_PRODUCT_RUNS.get("runs") is False:
         return None
     try:
         import torch
 
-        if "runs" not in _INT8_MATMUL_RUNS:
+        if "runs" not in _INT8_PRODUCT_RUNS:
             probe = torch.ones((2, 2), dtype=torch.int8)
             torch._int_mm(probe, probe)
     except (ImportError, AttributeError, RuntimeError, NotImplementedError):
-        _INT8_MATMUL_RUNS["runs"] = False
+        _INT8_PRODUCT_RUNS["runs"] = False
         return None
-    _INT8_MATMUL_RUNS["runs"] = True
-    return torch
+    _INT8_PRODUCT_RUNS["runs"] = True
+
+    def gram(block: np.ndarray) -> np.ndarray:
+        rows = torch.from_numpy(np.require(block, requirements=["C", "W"]))
+        # the product is symmetric: its transpose is the same matrix in Fortran order, which the
+        # caller's addition then reads in memory order
+        return torch._int_mm(rows.T, rows).numpy().T
+
+    return gram
 
 
 # Importing torch takes 2-3 s and keeps ~0.35 GiB resident. The int8 product saves ~0.06 ms
@@ -140,12 +155,13 @@ def raw_gram_upper(features: np.ndarray, rows_per_pass: int) -> np.ndarray:
     """``X'X`` (float64, Fortran order; only the upper triangle is meant to be read) for
     one era's feature rows, in passes over at most ``rows_per_pass`` rows.
 
-    int8 features go through torch's int8 matrix product when it runs here, other integer
-    features through float32 ``syrk``; both are exact within ``exact_rows_per_pass``.
+    int8 features go through torch's int8 matrix product when it runs here
+    (``int8_gram_product``), other integer features through float32 ``syrk``; both are exact
+    within ``exact_rows_per_pass``.
     Float features use float64 ``syrk``.
     """
-    torch = int8_matmul() if _worth_int8_matmul(features) else None
-    if torch is not None:
+    int8_gram = int8_gram_product() if _worth_int8_matmul(features) else None
+    if int8_gram is not None:
         exact_rows = exact_rows_per_pass(features, INT32_LIMIT)
     else:
         exact_rows = exact_rows_per_pass(features, FLOAT32_EXACT_LIMIT)
@@ -154,11 +170,8 @@ def raw_gram_upper(features: np.ndarray, rows_per_pass: int) -> np.ndarray:
     gram = np.zeros((k, k), order="F")
     for start in range(0, features.shape[0], step):
         block = features[start : start + step]
-        if torch is not None:
-            rows = torch.from_numpy(np.require(block, requirements=["C", "W"]))
-            # the product is symmetric: its transpose is the same matrix in Fortran order,
-            # which the addition then reads in memory order
-            gram += torch._int_mm(rows.T, rows).numpy().T
+        if int8_gram is not None:
+            gram += int8_gram(block)
         elif exact_rows:
             # block.T is a Fortran-order view: syrk reads it in place, no transposed copy
             gram += blas.ssyrk(1.0, np.asarray(block, dtype=np.float32).T, trans=0, lower=0)
