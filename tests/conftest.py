@@ -56,8 +56,7 @@ def compose_fxml_config(overrides: list[str], config_name: str = "config") -> An
 
 
 def forget_process_state() -> None:
-    """What a command's process would take with it when it exits: the comparison scores it
-    prepared (kept in memory for in-process sweeps) and the figures it logged."""
+    """What a command's process would take with it when it exits: the figures it logged."""
     import matplotlib.pyplot as plt
 
     plt.close("all")

@@ -163,7 +163,7 @@ def test_memory_plans_count_the_era_kfold_copy(workspace: Workspace) -> None:
     from types import SimpleNamespace
 
     from fxml.data.memory import MemoryNeed, MemoryPlan, MemoryProfile
-    from fxml.run import plan_memory
+    from fxml.job import plan_memory
 
     seen = []
 

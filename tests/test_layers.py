@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("fxml.config",)),
     ("tracking", ("fxml.tracking",)),
     ("sweeps, submission", ("fxml.sweeps", "fxml.submission")),
-    ("entry points", ("fxml.cli", "fxml.crossval", "fxml.run", "fxml.submit", "fxml.promote",
+    ("entry points", ("fxml.cli", "fxml.crossval", "fxml.job", "fxml.run", "fxml.submit", "fxml.promote",
                       "fxml.report", "fxml.live_scores", "fxml.export_model", "hydra_plugins")),
 ]
 # packages that share a layer but not a concern stay independent of each other
@@ -126,26 +126,33 @@ def test_the_check_sees_an_upward_import(tmp_path: Path, monkeypatch: pytest.Mon
 # --- import has no side effects ----------------------------------------------------------------
 
 IMPORT_EVERYTHING = """
-import sys, matplotlib
+import os, sys, matplotlib
 backend = dict.__getitem__(matplotlib.rcParams, "backend")  # as set, before any resolution
-import fxml.run, fxml.submit, fxml.promote, fxml.report, fxml.live_scores, fxml.export_model
-import fxml.data.loader, fxml.scoring.scorer, fxml.scoring.importance, fxml.tracking.plots
-import fxml.tracking.report, fxml.models.gbdt, fxml.models.linear, fxml.models.ensemble
+environment = dict(os.environ)
+import fxml.run, fxml.job, fxml.submit, fxml.promote, fxml.report, fxml.live_scores, fxml.export_model
+import fxml.data.loader, fxml.data.memory, fxml.scoring.scorer, fxml.scoring.importance
+import fxml.tracking.plots, fxml.tracking.report, fxml.tracking.stores
+import fxml.models.gbdt, fxml.models.linear, fxml.models.ensemble
 from hydra.core.config_store import ConfigStore
 print(sorted(name for name in ConfigStore.instance().repo if name.startswith("fxml_schema")))
 print(dict.__getitem__(matplotlib.rcParams, "backend") == backend, "matplotlib.pyplot" in sys.modules)
+trim_opened = fxml.data.memory._malloc_trim.cache_info().currsize  # the C library, opened on first use
+from fxml.cli import PROCESS_ENVIRONMENT  # what a command sets when it starts, not an import
+print(sorted(name for name, value in PROCESS_ENVIRONMENT.items() if value in os.environ.get(name, "")),
+      trim_opened)
 """
 
 
-def test_importing_fxml_registers_nothing_and_leaves_matplotlib_alone() -> None:
+def test_importing_fxml_registers_nothing_and_leaves_the_process_alone() -> None:
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     env["PYTHONPATH"] = str(REPO)
     result = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    schemas, matplotlib_state = result.stdout.strip().splitlines()[-2:]
+    schemas, matplotlib_state, process_state = result.stdout.strip().splitlines()[-3:]
     assert schemas == "[]"  # schemas enter Hydra's ConfigStore when a command runs
     assert matplotlib_state == "True False"  # no backend chosen, no pyplot
+    assert process_state == "[] 0"  # no environment variable set, no C library opened
 
 
 PLAIN_RUN_IMPORTS = """

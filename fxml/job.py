@@ -1,0 +1,284 @@
+"""The job ``python -m fxml.run`` runs, as named steps: open the release, build the model, plan
+memory, fit (with cross-validation when asked), score validation, log. ``fxml.run.train`` calls
+them in order; this module loads MLflow, Polars and the scoring layer, so the entry point imports
+it only once the config is checked."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from rich.markup import escape
+
+from fxml import __version__
+from fxml.cli import in_multirun
+from fxml.console import (
+    console,
+    importance_table,
+    job_line,
+    print_wide,
+    quiet_dependencies,
+    step_progress,
+    summary_table,
+)
+from fxml.crossval import CrossValidation, cross_validate, training_parts
+from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
+from fxml.data.loader import NumeraiData
+from fxml.data.memory import MemoryPlan, MemoryPolicy
+from fxml.data.references import scoring_inputs
+from fxml.data.split import DataSplit
+from fxml.models.base import TabularModel, predict_in_era_blocks
+from fxml.models.devices import require_accelerator, taken_fallbacks
+from fxml.models.postprocess import postprocessed
+from fxml.scoring.importance import importance_figure
+from fxml.scoring.scorer import NumeraiScorer, Scores
+from fxml.secrets import redact
+from fxml.submission.registry import load_ensemble_members
+from fxml.sweeps.trial import trial_reporter
+from fxml.tracking.mlflow_run import (
+    JOB_TAG,
+    OVERRIDES_TAG,
+    TRIAL_TAG,
+    RunName,
+    StepMetrics,
+    git_commit,
+    log_fitted_params,
+    log_frame,
+    log_series,
+    tracking_uri,
+)
+from fxml.tracking.plots import cumulative_scores
+from fxml.tracking.stores import bound_retries
+
+log = logging.getLogger("fxml.run")
+IMPORTANCE_CSV = "importance/permutation.csv"
+
+
+def start(cfg: DictConfig) -> str:
+    """The checks that need no data, before a run is opened; the tracking URI."""
+    quiet_dependencies()
+    uri = tracking_uri(cfg.tracking.uri)
+    bound_retries(cfg.tracking.retry_seconds)
+    require_accelerator(cfg.trainer.accelerator)  # every family, before any data is loaded
+    return uri
+
+
+def shown_run(cfg: DictConfig, name: RunName, run: Any, uri: str) -> Shown:
+    payout = (cfg.scorer.payout_corr_weight, cfg.scorer.payout_mmc_weight, cfg.scorer.payout_clip)
+    return Shown(name.of(run.info.run_id), run.info.run_id, uri, cfg.tracking.experiment, payout)
+
+
+def load_validation(data: NumeraiData, neutralizers: list[str]) -> DataSplit:
+    with console.status("loading validation"):
+        # predicted a block of eras and scored an era at a time, from its store file
+        return data.load("validation", neutralizers, storage="store")
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    return {"fxml_version": __version__, "git_commit": git_commit(),
+            "model_family": model_family(cfg), **multirun_job_tags(cfg), **cfg.tracking.tags}
+
+
+def model_family(cfg: DictConfig) -> str:
+    return str(cfg.model._target_).rsplit(".", 1)[-1]
+
+
+def open_release(cfg: DictConfig) -> NumeraiData:
+    """The release the config names (downloaded or written first where needed), tagged on the run."""
+    data = NumeraiData.from_config(cfg.data, source=instantiate(cfg.data.source, _recursive_=False))
+    mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
+                     "feature_set": data.feature_set, "target": data.target})
+    return data
+
+
+def build_model(cfg: DictConfig, data: NumeraiData) -> tuple[TabularModel, list[str]]:
+    """A new, unfitted model as configured (post-processing wraps it), and the neutraliser columns
+    its ``predict`` reads beyond the run's features."""
+    model = instantiate(cfg.model, _convert_="all")
+    load_ensemble_members(model)  # members named by MLflow URI: loaded here, not in models
+    return postprocessed(model, cfg.get("postprocess"), data)
+
+
+def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutralizers: list[str],
+              splitter: EraSplitter, plan: MemoryPlan,
+              scorer: NumeraiScorer) -> tuple[TabularModel | None, CrossValidation | None]:
+    """Load the training eras, run the folds when cv asks for them, then fit on every training era
+    but the inner holdout that early stopping, pruning signals and fitted weights read. The model
+    is None when cv does not refit."""
+    embargo = resolve_embargo(splitter.embargo, data.target)
+    mlflow.set_tags({"cv": splitter.method, "cv_embargo": embargo})
+    holdout_eras = cfg.trainer.inner_holdout_eras if model.uses_validation else 0
+    storage = plan.train_storage(model.memory_profile())
+    with console.status("loading data"):
+        # out-of-fold predictions of a neutralised model need its neutralisers in train too, and
+        # are logged by id; nothing else reads train's ids
+        train_split = data.load("train", neutralizers if splitter.active else None, storage=storage,
+                                every_nth_train_era=plan.every, with_ids=splitter.active)
+    mlflow.set_tag("train_storage", train_split.storage)
+    cv = None
+    if splitter.active:
+        folds = splitter.folds(train_split.eras, embargo, holdout_eras)
+        cv = cross_validate(lambda: build_model(cfg, data)[0], train_split, folds,
+                            lambda predictions, split: scorer.score(
+                                predictions, scoring_inputs(data, split, scorer.settings)), cfg.sweep)
+        if not splitter.refit:
+            return None, cv
+    fit_split, inner_holdout = training_parts(train_split, holdout_eras, embargo)
+    mlflow.set_tags({"fit_eras": era_ranges(fit_split.eras),
+                     "inner_holdout_eras": era_ranges(inner_holdout.eras) if inner_holdout else ""})
+    started = time.perf_counter()
+    step_metrics = StepMetrics()
+    # with folds, the trial hears the running cv metric after each fold instead
+    reporter = None if splitter.active else trial_reporter(cfg.sweep)
+    with step_progress(f"training {model_family(cfg)}", step_metrics, *filter(None, [reporter])) as on_step:
+        model.fit(fit_split, inner_holdout, on_step=on_step)
+    step_metrics.flush()
+    log_fitted_params(model)
+    mlflow.set_tags(taken_fallbacks())
+    mlflow.log_metric("train_seconds", time.perf_counter() - started)
+    return model, cv
+
+
+def score_validation(model: TabularModel, validation: DataSplit, data: NumeraiData,
+                     scorer: NumeraiScorer) -> Scores:
+    """Predict validation a block of eras at a time from its int8 store file, score it an era at
+    a time, and log the scores and the predictions."""
+    mlflow.log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
+    with console.status("scoring validation"):
+        predictions = predict_in_era_blocks(model, validation)
+        scores = scorer.score(predictions, scoring_inputs(data, validation, scorer.settings))
+    log_scores(scores, validation, predictions)
+    return scores
+
+
+def log_importance(model: TabularModel, validation: DataSplit, data: NumeraiData,
+                   scorer: NumeraiScorer, repeats: int) -> None:
+    """Permutation importance, when the scorer asks for it."""
+    with console.status("permutation importance"):
+        importance = scorer.importance(model, validation, data.metadata["feature_sets"])
+    if importance is None:
+        return
+    log_frame(importance, IMPORTANCE_CSV)
+    mlflow.log_figure(importance_figure(importance), "importance/permutation.png")
+    show_importance(importance, repeats, mlflow.get_artifact_uri(IMPORTANCE_CSV))
+
+
+def log_model(model: TabularModel, data: NumeraiData) -> None:
+    # MLflow's pyfunc machinery is imported here, not with the run: ~2 MiB that training, the
+    # peak of a GBDT's run, would otherwise hold
+    from fxml.tracking.pyfunc import log_pyfunc_model
+
+    with console.status("logging the model"):
+        log_pyfunc_model(model, data.feature_names, {
+            "data_version": data.version, "target": data.target, "feature_set": data.feature_set})
+
+
+def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
+                splitter: EraSplitter | None = None) -> MemoryPlan:
+    """The memory policy's choice for this run, logged as tags and one console line."""
+    need = data.memory_need(model.memory_profile())
+    if splitter is not None and splitter.copied_share:
+        # era_kfold copies a fold's training eras (in memory, whatever the storage)
+        need = need.with_beside_dataset(int(need.train_features * splitter.copied_share))
+    plan = policy.plan(need)
+    mlflow.set_tags({"memory_plan": f"{plan.storage}, every {plan.every} training era(s)",
+                     "memory_reason": plan.reason})
+    log.info("memory: %s", plan.describe())
+    return plan
+
+
+def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # type: ignore[no-untyped-def]
+    mlflow.log_metrics({k: float(v) for k, v in scores.summary.items() if pd.notna(v)})
+    if scores.benchmark_column:
+        mlflow.set_tag("bmc_benchmark", scores.benchmark_column)
+    log_series(scores.per_era, ("corr", "mmc", "bmc", "fnc", "mpc"))
+    log_frame(scores.per_era, "metrics/per_era.csv")
+    mlflow.log_figure(cumulative_scores(scores.per_era), "plots/cumulative_scores.png")
+    frame = pd.DataFrame({"id": validation.ids, "era": validation.eras,
+                          "prediction": predictions, "target": validation.target})
+    if "meta_model" in scores.references:
+        frame["meta_model"] = scores.references["meta_model"]
+    log_frame(frame, "predictions/validation.parquet")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What the summary names: the run (as MLflow shows it), where it is, the payout weights."""
+
+    run_name: str
+    run_id: str
+    uri: str
+    experiment: str
+    payout: tuple[float, float, float]
+
+
+def run_name(cfg: DictConfig) -> RunName:
+    """``tracking.run_name``, else the model, feature set and target (``lgbm-small-target``) and
+    the run id's start; a search's trial adds ``-trial<n>``."""
+    trial = cfg.sweep.get("trial_number") if cfg.get("sweep") else None
+    suffix = f"-trial{trial}" if trial is not None else ""
+    if cfg.tracking.run_name:
+        return RunName(str(cfg.tracking.run_name), short_id=False, suffix=suffix)
+    feature_set = "custom" if cfg.data.get("features") else str(cfg.data.get("feature_set") or "custom")
+    return RunName(f"{model_choice(cfg)}-{feature_set}-{cfg.data.target}", suffix=suffix)
+
+
+def model_choice(cfg: DictConfig) -> str:
+    """The ``model=`` the user chose (``lgbm``), or the model class's name outside Hydra."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("model")
+        if choice:
+            return str(choice)
+    return cfg.model._target_.rsplit(".", 1)[-1].removesuffix("Model").lower()
+
+
+def multirun_job_tags(cfg: DictConfig) -> dict[str, str]:
+    """A multirun job's number, overrides and search trial, for the comparison table at the
+    multirun's end."""
+    tags = {}
+    if in_multirun():
+        hydra_config = HydraConfig.get()
+        tags = {JOB_TAG: str(hydra_config.job.num), OVERRIDES_TAG: " ".join(hydra_config.overrides.task)}
+    if cfg.get("sweep") and cfg.sweep.get("trial_number") is not None:
+        tags[TRIAL_TAG] = str(cfg.sweep.trial_number)
+    return tags
+
+
+def show_importance(importance: pd.DataFrame, repeats: int, artifact: str) -> None:
+    if in_multirun():
+        console.print(f"permutation importance: {redact(artifact)}", soft_wrap=True)
+        return
+    print_wide(importance_table(importance, repeats))
+    console.print(f"All {len(importance)} rows: {redact(artifact)}", soft_wrap=True)
+
+
+def show_summary(scores: Scores | None, cv_metrics: dict[str, float], shown: Shown) -> None:
+    """The run's tables; in a multirun one line per job, and one table at the multirun's end."""
+    uri = redact(shown.uri)
+    # no MMC (nor payout) out of fold where the meta model has no training rows
+    plain = {key.removeprefix("cv_"): value for key, value in cv_metrics.items() if pd.notna(value)}
+    if in_multirun():
+        metrics = {**cv_metrics, **(scores.summary if scores is not None else {})}
+        console.print(f"job {HydraConfig.get().job.num}: {job_line(shown.run_name, metrics)}",
+                      soft_wrap=True)
+        return
+    if plain:
+        print_wide(summary_table(plain, f"Cross-validation, out of fold over {int(plain['n_eras'])} "
+                                           "training eras", shown.payout))
+    if scores is not None:
+        eras = int(scores.summary.get("n_eras", len(scores.per_era)))
+        print_wide(summary_table(scores.summary, f"Validation (holdout) over {eras} eras",
+                                    shown.payout))
+    # whole lines, never folded: a user copies names, paths and commands from them
+    console.print(f"MLflow run [bold]{escape(shown.run_name)}[/bold] ({shown.run_id}) in experiment "
+                  f"'{shown.experiment}' at {uri}", soft_wrap=True)
+    console.print(f"Browse: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+
+
