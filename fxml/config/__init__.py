@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import import_module
 from typing import Any
 
@@ -32,12 +33,21 @@ def validate(cfg: DictConfig) -> None:
 
 
 def resolve_model_classes(model: Any) -> None:
-    """Resolve the class of the model (and of each ensemble member) before any work: a family
-    whose optional extra is missing fails here with one line naming the extra."""
+    """Resolve the class of the model (and of each ensemble member) and check its parameters
+    before any work: a family whose optional extra is missing fails here with one line naming the
+    extra, and a family without a registered schema (one of the user's own) has its parameters
+    checked by its ``params_class``."""
     target = model.get("_target_") if hasattr(model, "get") else None
     if isinstance(target, str) and "." in target:
         module, _, name = target.rpartition(".")
-        getattr(import_module(module), name, None)
+        family = getattr(import_module(module), name, None)
+        params_class = getattr(family, "params_class", None)
+        # a registered schema ran the same checks when the config was built (validate)
+        unchecked = not OmegaConf.is_config(model) or OmegaConf.get_type(model) is dict
+        if params_class is not None and unchecked:
+            options = OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else model
+            names = {field.name for field in dataclasses.fields(params_class)}
+            params_class(**{key: value for key, value in options.items() if key in names})
     members = model.get("members") if hasattr(model, "get") else None
     for member in (members or {}).values():
         resolve_model_classes(member)
