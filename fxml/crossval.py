@@ -33,7 +33,7 @@ from fxml.sweeps.objective import Objective
 from fxml.sweeps.trial import trial_reporter
 from fxml.tracking.mlflow_run import StepMetrics, log_fitted_params, log_frame, log_series
 from fxml.tracking.plots import cumulative_scores_by_fold
-from fxml.tracking.stores import first_line
+from fxml.tracking.stores import first_line, store_client
 
 log = logging.getLogger(__name__)
 PREFIX = "cv_"
@@ -78,13 +78,11 @@ def fold_run_name(job_run_name: str, fold: Fold) -> str:
 
 
 @contextmanager
-def fold_run(fold: Fold) -> Iterator[Any]:
-    """A child run of the job's run, ended FINISHED, FAILED (``error`` tag) or KILLED."""
-    parent = mlflow.active_run()
-    assert parent is not None, "folds run inside the job's run"
-    run = mlflow.start_run(experiment_id=parent.info.experiment_id, nested=True,
-                           run_name=fold_run_name(parent.info.run_name or "cv", fold),
-                           tags=fold_tags(fold))
+def fold_run(fold: Fold, job: Any) -> Iterator[Any]:
+    """A child run of the job's run (``job``, as MLflow has it now), ended FINISHED, FAILED
+    (``error`` tag) or KILLED."""
+    run = mlflow.start_run(experiment_id=job.info.experiment_id, nested=True,
+                           run_name=fold_run_name(job.info.run_name, fold), tags=fold_tags(fold))
     try:
         yield run
     except BaseException as error:
@@ -168,6 +166,9 @@ def cross_validate(new_model: Callable[[], TabularModel], train: DataSplit, fold
     if report is not None:
         log.info("cv: after each fold (step = fold index) the trial hears the running objective %s "
                  "if it reads only cv_* metrics, else the running cv_corr_mean", objective)
+    active = mlflow.active_run()
+    assert active is not None, "folds run inside the job's run"
+    job = store_client().get_run(active.info.run_id)  # its name as the runner last set it
     started = time.perf_counter()
     per_era: list[pd.DataFrame] = []
     predictions: list[pd.DataFrame] = []
@@ -176,7 +177,7 @@ def cross_validate(new_model: Callable[[], TabularModel], train: DataSplit, fold
         log.info("cv: fold %d/%d, train eras %s, inner holdout %s, test eras %s", fold.index + 1,
                  len(folds), era_ranges(fold.train), era_ranges(fold.holdout) or "none",
                  era_ranges(fold.test))
-        with fold_run(fold) as run:
+        with fold_run(fold, job) as run:
             model = fit_fold(new_model(), train, fold, len(folds))
             scores, frame = score_fold(model, train, fold, score)
             log_fold_scores(scores, fold)

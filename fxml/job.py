@@ -124,10 +124,10 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
     mlflow.set_tag("train_storage", train_split.storage)
     cv = None
     if splitter.active:
-        folds = splitter.folds(train_split.eras, embargo, holdout_eras)
+        folds = splitter.make_folds(train_split.eras, embargo, holdout_eras)
         cv = cross_validate(lambda: build_model(cfg, data)[0], train_split, folds,
                             lambda predictions, split: scorer.score(
-                                predictions, scoring_inputs(data, split, scorer.settings)), cfg.sweep)
+                                predictions, scoring_inputs(data, split, scorer)), cfg.sweep)
         if not splitter.refit:
             return None, cv
     fit_split, inner_holdout = training_parts(train_split, holdout_eras, embargo)
@@ -153,7 +153,7 @@ def score_validation(model: TabularModel, validation: DataSplit, data: NumeraiDa
     mlflow.log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
     with console.status("scoring validation"):
         predictions = predict_in_era_blocks(model, validation)
-        scores = scorer.score(predictions, scoring_inputs(data, validation, scorer.settings))
+        scores = scorer.score(predictions, scoring_inputs(data, validation, scorer))
     log_scores(scores, validation, predictions)
     return scores
 
@@ -162,7 +162,7 @@ def log_importance(model: TabularModel, validation: DataSplit, data: NumeraiData
                    scorer: NumeraiScorer, repeats: int) -> None:
     """Permutation importance, when the scorer asks for it."""
     with console.status("permutation importance"):
-        importance = scorer.importance(model, validation, data.metadata["feature_sets"])
+        importance = scorer.importance_of(model, validation, data.metadata["feature_sets"])
     if importance is None:
         return
     log_frame(importance, IMPORTANCE_CSV)

@@ -67,7 +67,7 @@ CASES = list(itertools.product(ERA_SETS, (2, 3, 5), (0, 1, 4, 8), (0, 3)))
 def test_era_kfold_tests_every_era_once_with_embargo_on_both_sides(eras_name, n_folds, embargo,
                                                                     holdout) -> None:
     eras = ERA_SETS[eras_name]
-    folds = EraKFold(folds=n_folds).folds(eras, embargo, holdout)
+    folds = EraKFold(folds=n_folds).make_folds(eras, embargo, holdout)
     assert len(folds) == n_folds and [f.index for f in folds] == list(range(n_folds))
     tested = np.concatenate([fold.test for fold in folds])
     assert np.array_equal(np.sort(tested), eras) and len(np.unique(tested)) == len(eras)
@@ -86,7 +86,7 @@ def test_era_kfold_tests_every_era_once_with_embargo_on_both_sides(eras_name, n_
 def test_walk_forward_never_trains_on_a_later_era_than_it_tests(eras_name, n_folds, embargo,
                                                                 holdout) -> None:
     eras = ERA_SETS[eras_name]
-    folds = WalkForward(folds=n_folds, min_train_eras=20).folds(eras, embargo, holdout)
+    folds = WalkForward(folds=n_folds, min_train_eras=20).make_folds(eras, embargo, holdout)
     assert len(folds) == n_folds
     tested = np.concatenate([fold.test for fold in folds])
     assert np.all(np.diff(tested) > 0), "test blocks follow each other without overlap"
@@ -106,7 +106,7 @@ def test_walk_forward_never_trains_on_a_later_era_than_it_tests(eras_name, n_fol
 
 def test_no_cv_has_no_folds_and_the_inner_holdout_ends_training() -> None:
     eras = np.arange(1, 41)
-    assert EraSplitter().folds(eras, 4, 5) == [] and not EraSplitter().active
+    assert EraSplitter().make_folds(eras, 4, 5) == [] and not EraSplitter().active
     fit, holdout = with_inner_holdout(eras, 5, 4)
     assert holdout.tolist() == [36, 37, 38, 39, 40] and fit.tolist() == list(range(1, 32))
     fit, holdout = with_inner_holdout(eras, 0, 4)
@@ -120,7 +120,7 @@ def test_no_cv_has_no_folds_and_the_inner_holdout_ends_training() -> None:
 ])
 def test_impossible_layouts_are_one_clear_error(splitter, fragment) -> None:
     with pytest.raises(FxmlError, match=fragment):
-        splitter.folds(np.arange(1, 41), 4, 20 if fragment == "no era left to fit on" else 0)
+        splitter.make_folds(np.arange(1, 41), 4, 20 if fragment == "no era left to fit on" else 0)
 
 
 def test_auto_embargo_follows_the_target_horizon() -> None:

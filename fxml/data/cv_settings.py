@@ -1,7 +1,7 @@
 """The ``cv`` group's settings, defaults and checks, written once.
 
-Each splitter in :mod:`fxml.data.folds` takes exactly its settings dataclass (its signature is
-derived from it), and so do the cv config schemas (fxml.config.schema). No import beyond the
+Each splitter in :mod:`fxml.data.folds` is a dataclass subclassing its settings here, and the cv
+config schemas (fxml.config.schema) are derived from the same classes. No import beyond the
 standard library, so schemas register cheaply.
 """
 

@@ -13,14 +13,13 @@ One interface: a splitter turns the sorted era numbers of the loaded training sp
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from fxml.data.cv_settings import EraKFoldSettings, SplitSettings, WalkForwardSettings
-from fxml.data.loader import DataSplit
+from fxml.data.split import DataSplit
 from fxml.errors import FxmlError
 
 # eras of overlap to purge: Numerai's notebooks use 4 for 20-day targets, 16 for 60-day ones
@@ -75,23 +74,15 @@ def distinct_eras(eras: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(eras, dtype=np.int64))
 
 
-def settings_signature(settings: type) -> inspect.Signature:
-    return inspect.signature(settings).replace(return_annotation=inspect.Signature.empty)
+# Each splitter is a dataclass of its cv group's settings (fxml.data.cv_settings, which the config
+# schemas load without NumPy), with the behaviour added here.
 
 
-class EraSplitter:
+@dataclass
+class EraSplitter(SplitSettings):
     """``cv=none``: no folds; the one fit uses every training era (less the inner holdout)."""
 
-    method = "none"
-    settings_class: ClassVar[type[SplitSettings]] = SplitSettings
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.__signature__ = settings_signature(cls.settings_class)  # type: ignore[attr-defined]
-
-    def __init__(self, *args: Any, **settings: Any) -> None:
-        self.settings = self.settings_class(*args, **settings)
-        self.embargo, self.refit = self.settings.embargo, self.settings.refit
+    method: ClassVar[str] = "none"
 
     @property
     def active(self) -> bool:
@@ -109,7 +100,7 @@ class EraSplitter:
     def training_eras(self, eras: np.ndarray, test: np.ndarray, embargo: int) -> np.ndarray:
         return purged(eras, test, embargo)
 
-    def folds(self, eras: np.ndarray, embargo: int, holdout_eras: int) -> list[Fold]:
+    def make_folds(self, eras: np.ndarray, embargo: int, holdout_eras: int) -> list[Fold]:
         eras = distinct_eras(eras)
         result = []
         for index, test in enumerate(self.test_blocks(eras, embargo, holdout_eras)):
@@ -122,18 +113,11 @@ class EraSplitter:
         return result
 
 
-EraSplitter.__signature__ = settings_signature(SplitSettings)  # type: ignore[attr-defined]
-
-
-class WalkForward(EraSplitter):
+@dataclass
+class WalkForward(EraSplitter, WalkForwardSettings):
     """Expanding window: each test block follows all earlier eras but the embargo."""
 
-    method = "walk_forward"
-    settings_class = WalkForwardSettings
-
-    def __init__(self, *args: Any, **settings: Any) -> None:
-        super().__init__(*args, **settings)
-        self.n_folds, self.min_train_eras = self.settings.folds, self.settings.min_train_eras
+    method: ClassVar[str] = "walk_forward"
 
     @property
     def active(self) -> bool:
@@ -145,11 +129,11 @@ class WalkForward(EraSplitter):
         first = next((i for i, era in enumerate(eras)
                       if self._fitted_before(eras, era, embargo, holdout_eras) >= self.min_train_eras),
                      len(eras))
-        if len(eras) - first < self.n_folds:
-            raise FxmlError(f"cv=walk_forward: {len(eras)} training eras cannot hold {self.n_folds} "
+        if len(eras) - first < self.folds:
+            raise FxmlError(f"cv=walk_forward: {len(eras)} training eras cannot hold {self.folds} "
                             f"test blocks after cv.min_train_eras={self.min_train_eras}, an inner holdout "
                             f"of {holdout_eras} and an embargo of {embargo}: lower them or load more eras")
-        return np.array_split(eras[first:], self.n_folds)
+        return np.array_split(eras[first:], self.folds)
 
     @staticmethod
     def _fitted_before(eras: np.ndarray, era: int, embargo: int, holdout_eras: int) -> int:
@@ -165,15 +149,11 @@ class WalkForward(EraSplitter):
         return eras[eras < test[0] - embargo]
 
 
-class EraKFold(EraSplitter):
+@dataclass
+class EraKFold(EraSplitter, EraKFoldSettings):
     """Contiguous era blocks; each is tested once with all other eras (purged) training."""
 
-    method = "era_kfold"
-    settings_class = EraKFoldSettings
-
-    def __init__(self, *args: Any, **settings: Any) -> None:
-        super().__init__(*args, **settings)
-        self.n_folds = self.settings.folds
+    method: ClassVar[str] = "era_kfold"
 
     @property
     def active(self) -> bool:
@@ -181,12 +161,12 @@ class EraKFold(EraSplitter):
 
     @property
     def copied_share(self) -> float:
-        return (self.n_folds - 1) / self.n_folds
+        return (self.folds - 1) / self.folds
 
     def test_blocks(self, eras: np.ndarray, embargo: int, holdout_eras: int) -> list[np.ndarray]:
-        if len(eras) < self.n_folds:
-            raise FxmlError(f"cv=era_kfold: {len(eras)} training eras cannot make {self.n_folds} folds")
-        return np.array_split(eras, self.n_folds)
+        if len(eras) < self.folds:
+            raise FxmlError(f"cv=era_kfold: {len(eras)} training eras cannot make {self.folds} folds")
+        return np.array_split(eras, self.folds)
 
 
 def era_ranges(eras: np.ndarray) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from fxml.scoring.grid import EraGrid
 from fxml.scoring.importance import Predictor, feature_groups, permutation_importance
 from fxml.scoring.portfolio import BenchmarkPortfolio, prepare_portfolio
 from fxml.scoring.prepared import prepared
-from fxml.scoring.settings import SCORER_SIGNATURE, ScorerSettings
+from fxml.scoring.settings import ScorerSettings
 
 if TYPE_CHECKING:  # the data layer's plain shapes; importing them would import its file readers
     from fxml.data.references import PortfolioInputs, ScoringInputs
@@ -46,33 +46,25 @@ def payout_score(per_era: pd.DataFrame, corr_weight: float, mmc_weight: float, c
     return (corr_weight * per_era["corr"] + mmc_weight * per_era["mmc"]).clip(-clip, clip)
 
 
-class NumeraiScorer:
-    # the settings, defaults and checks: ScorerSettings (fxml.scoring.settings)
-    __signature__ = SCORER_SIGNATURE
+@dataclass
+class NumeraiScorer(ScorerSettings):
+    """The ``scorer`` group's settings (``ScorerSettings``: defaults and checks) and the scoring
+    they choose."""
 
-    def __init__(self, *args: Any, **settings: Any) -> None:
-        s = ScorerSettings(*args, **settings)
-        self.settings = s
-        self.use_meta_model, self.use_benchmark = s.meta_model, s.benchmark
-        self.benchmark_column = s.benchmark_column
-        self.use_features = s.fnc or s.feature_exposure
-        self.keep = {"fnc": s.fnc, "feature_exposure": s.feature_exposure}
-        self.payout = (s.payout_corr_weight, s.payout_mmc_weight, s.payout_clip)
-        self.importance_of = s.importance
-        self.importance_repeats, self.importance_seed = s.importance_repeats, s.importance_seed
-        self.portfolio = PortfolioSettings(s.mpc, s.mpc_own_stake, s.mpc_benchmark_stake,
-                                           dict(s.mpc_stakes), s.mpc_benchmark_columns,
-                                           s.mpc_neutralizers, s.mpc_sample_weights)
-        self.diagnostics, self.top_bottom = s.diagnostics, s.top_bottom
+    @property
+    def portfolio(self) -> PortfolioSettings:
+        return PortfolioSettings(self.mpc, self.mpc_own_stake, self.mpc_benchmark_stake,
+                                 dict(self.mpc_stakes), self.mpc_benchmark_columns,
+                                 self.mpc_neutralizers, self.mpc_sample_weights)
 
-    def importance(self, model: Predictor, split: DataSplit,
-                   feature_sets: dict[str, list[str]]) -> pd.DataFrame | None:
+    def importance_of(self, model: Predictor, split: DataSplit,
+                      feature_sets: dict[str, list[str]]) -> pd.DataFrame | None:
         """Permutation importance of features or of the release's feature groups (``feature_sets``
-        of features.json); None when not asked for."""
-        if self.importance_of == "none":
+        of features.json), as ``importance`` says; None when not asked for."""
+        if self.importance == "none":
             return None
         groups = None
-        if self.importance_of == "groups":
+        if self.importance == "groups":
             groups = feature_groups(feature_sets, split.feature_names)
         return permutation_importance(model, split, groups, self.importance_repeats, self.importance_seed)
 
@@ -82,16 +74,19 @@ class NumeraiScorer:
         if np.isnan(predictions).any():
             raise FxmlError(f"the model predicted NaN for {np.isnan(predictions).sum()} row(s)")
         references = {name: values for name, values, wanted in
-                      (("meta_model", inputs.meta_model, self.use_meta_model),
-                       ("benchmark", inputs.benchmark, self.use_benchmark))
+                      (("meta_model", inputs.meta_model, self.meta_model),
+                       ("benchmark", inputs.benchmark, self.benchmark))
                       if wanted and values is not None}
         per_era = score_eras(predictions, inputs.target, inputs.eras,
                              meta_model=references.get("meta_model"),
                              benchmark=references.get("benchmark"),
-                             features=inputs.features if self.use_features else None)
-        per_era = per_era.drop(columns=[c for c, keep in self.keep.items() if not keep and c in per_era])
+                             features=inputs.features if self.fnc or self.feature_exposure else None)
+        dropped = [name for name, kept in (("fnc", self.fnc), ("feature_exposure", self.feature_exposure))
+                   if not kept and name in per_era]
+        per_era = per_era.drop(columns=dropped)
         if "mmc" in per_era:
-            per_era["payout"] = payout_score(per_era, *self.payout)
+            per_era["payout"] = payout_score(per_era, self.payout_corr_weight, self.payout_mmc_weight,
+                                             self.payout_clip)
         extra = self._comparison_scores(predictions, inputs, inputs.target, references.get("meta_model"))
         per_era = per_era.join(extra.reindex(per_era.index))
         return Scores(per_era, with_payout_summaries(summarize(per_era), per_era), references,

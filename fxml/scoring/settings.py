@@ -1,13 +1,12 @@
 """The ``scorer`` group's settings, defaults and checks, written once.
 
-:class:`~fxml.scoring.scorer.NumeraiScorer` takes exactly these (its signature is derived from
-:class:`ScorerSettings`, and constructing it runs the checks); the config schema is derived from
-the same dataclass (fxml.config.schema).
+:class:`~fxml.scoring.scorer.NumeraiScorer` is a dataclass subclassing :class:`ScorerSettings`
+(constructing it runs the checks); the config schema is derived from the same dataclass
+(fxml.config.schema). This module imports nothing heavy, so schemas register cheaply.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 from fxml.errors import one_of, require
@@ -58,5 +57,3 @@ class ScorerSettings:
         require(self.importance_repeats >= 1, "scorer.importance_repeats", "must be >= 1",
                 self.importance_repeats)
 
-
-SCORER_SIGNATURE = inspect.signature(ScorerSettings).replace(return_annotation=inspect.Signature.empty)
