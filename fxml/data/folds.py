@@ -129,6 +129,7 @@ class WalkForward(EraSplitter):
 
     method = "walk_forward"
     settings_class = WalkForwardSettings
+    settings: WalkForwardSettings
 
     def __init__(self, *args: Any, **settings: Any) -> None:
         super().__init__(*args, **settings)
@@ -169,6 +170,7 @@ class EraKFold(EraSplitter):
 
     method = "era_kfold"
     settings_class = EraKFoldSettings
+    settings: EraKFoldSettings
 
     def __init__(self, *args: Any, **settings: Any) -> None:
         super().__init__(*args, **settings)
