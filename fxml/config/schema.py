@@ -149,7 +149,7 @@ def model_schema(params: type[ModelParams]) -> type:
     included, by inheritance) plus ``_target_`` and the trainer wiring."""
     hints = typing.get_type_hints(params)
     runtime = {name: hints[name] for name in params.runtime}
-    extra = [("_target_", str, params.target)]
+    extra: list[tuple[str, Any, Any]] = [("_target_", str, params.target)]
     extra += [(key, Any, value) for key, value in HYDRA_OPTIONS.get(params.family, {}).items()]
     extra += [(name, annotation, TRAINER_WIRING[name]) for name, annotation in runtime.items()]
     # named as the dataclass users read: "Key 'n_estimator' not in 'LightGBMParams'"

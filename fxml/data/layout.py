@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def check_parquet(path: Path) -> None:
         )
 
 
-def read_feature_metadata(path: Path) -> dict:
+def read_feature_metadata(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FxmlError(f"missing data file {path}")
     try:

@@ -236,6 +236,7 @@ def _write_in_child(path: Path, columns: list[str], plan: RowPlan, missing: Miss
 def _child_writes_a_store() -> None:
     from fxml.data.store import write_store_file  # the importable module: the task's classes live there
 
+    result: tuple[str, int | str]
     try:
         result = ("filled", write_store_file(*pickle.loads(sys.stdin.buffer.read())))
     except FxmlError as error:

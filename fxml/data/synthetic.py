@@ -36,6 +36,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -212,12 +213,12 @@ def validate_spec(spec: SyntheticSpec, key_prefix: str = "synthetic data: ") -> 
         raise FxmlError(f"{key_prefix}version must look like 'v5.2', got {spec.version!r}")
 
 
-def _marker_payload(spec: SyntheticSpec) -> dict:
+def _marker_payload(spec: SyntheticSpec) -> dict[str, Any]:
     spec_dict = {k: (float(v) if isinstance(v, float) else v) for k, v in asdict(spec).items()}
     return {"generator": GENERATOR_VERSION, "spec": spec_dict, "files": list(SYNTHETIC_FILES)}
 
 
-def _is_complete(directory: Path, expected: dict) -> bool:
+def _is_complete(directory: Path, expected: dict[str, Any]) -> bool:
     marker = directory / MARKER_NAME
     try:
         found = json.loads(marker.read_text())
@@ -326,7 +327,7 @@ def _float_column(values: np.ndarray, nan_mask: np.ndarray | None = None) -> pa.
 def _pandas_metadata(schema: pa.Schema) -> bytes:
     """pandas metadata marking ``id`` as the index, as ``DataFrame.to_parquet`` writes it."""
 
-    def describe(field: pa.Field) -> dict:
+    def describe(field: pa.Field) -> dict[str, Any]:
         if pa.types.is_string(field.type):
             kind = ("unicode", "object")
         else:
@@ -506,7 +507,7 @@ class _Generator:
 
     # -- feature sets ------------------------------------------------------------------------
 
-    def features_json(self) -> dict:
+    def features_json(self) -> dict[str, Any]:
         names = self.feature_names
         sets: dict[str, list[str]] = {
             "small": names[: self.small],

@@ -67,7 +67,7 @@ def choose_run(client: mlflow.MlflowClient, selection: RunSelection) -> Choice:
     for key in ("since", "until"):  # a mistyped moment is reported before anything is looked up
         _moment(getattr(selection, key), key)
     if selection.run_id is not None:
-        return _named_run(client, selection)
+        return _named_run(client, selection.run_id, selection.metric)
     if selection.sweep is not None:
         parent = sweep_parent(client, selection.sweep)
         if selection.metric is None:
@@ -83,14 +83,14 @@ def choose_run(client: mlflow.MlflowClient, selection: RunSelection) -> Choice:
     return _ranked(client, selection, [found.experiment_id], f"in experiment '{selection.experiment}'")
 
 
-def _named_run(client: mlflow.MlflowClient, selection: RunSelection) -> Choice:
-    run_id = selection.run_id.strip()
+def _named_run(client: mlflow.MlflowClient, run_id: str, metric: str | None) -> Choice:
+    run_id = run_id.strip()
     try:
         run = client.get_run(run_id)
     except MlflowException:
         raise FxmlError(f"run_id={run_id}: no such run in {mlflow.get_tracking_uri()}") from None
     promotable(run, "run")
-    metric = selection.metric or DEFAULT_METRIC
+    metric = metric or DEFAULT_METRIC
     return Choice(run, metric, run.data.metrics.get(metric), "named by run_id")
 
 

@@ -191,7 +191,7 @@ def submit(cfg: DictConfig) -> Submission:
             console.print(f"dry run: wrote and validated {path}; nothing uploaded to Numerai{note}",
                           highlight=False, soft_wrap=True)
             return Submission(path, round_number, DRY_RUN, run_id)
-        if credentials is None or model_id is None:
+        if credentials is None or model_id is None or client is None:
             mlflow.set_tag("upload_status", NO_CREDENTIALS)
             raise FxmlError(f"{missing_credentials_hint()}; wrote and validated {path} but did not "
                             "upload it")

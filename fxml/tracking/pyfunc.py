@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, DataType, Schema
 
 from fxml.data.layout import era_numbers
@@ -30,7 +31,7 @@ MODEL_ARTIFACT = "model"
 MANIFEST = "fxml_pyfunc.json"
 
 
-class FxmlPyfunc(mlflow.pyfunc.PythonModel):
+class FxmlPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         directory = Path(context.artifacts["fxml_model"])
         self.manifest = json.loads((directory / MANIFEST).read_text())
@@ -41,7 +42,7 @@ class FxmlPyfunc(mlflow.pyfunc.PythonModel):
         return self.manifest["features"]
 
     def predict(self, context: Any, model_input: pd.DataFrame,
-                params: dict | None = None) -> np.ndarray:
+                params: dict[str, Any] | None = None) -> np.ndarray:
         missing = [name for name in self.feature_names if name not in model_input.columns]
         if missing:
             raise ValueError(f"input lacks {len(missing)} feature column(s), e.g. {missing[0]}")

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from fxml.errors import FxmlError
 
 log = logging.getLogger(__name__)
+LightningPrecision = Literal["32-true", "64-true", "16-mixed", "bf16-mixed"]
 # trainer.precision -> Lightning's precision names
-LIGHTNING_PRECISION = {"32": "32-true", "64": "64-true", "16-mixed": "16-mixed",
-                       "bf16-mixed": "bf16-mixed"}
+LIGHTNING_PRECISION: dict[str, LightningPrecision] = {
+    "32": "32-true", "64": "64-true", "16-mixed": "16-mixed", "bf16-mixed": "bf16-mixed"}
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def choose_device(accelerator: str) -> DeviceChoice:
                     f"({found_accelerators()}); use trainer=cpu or trainer.accelerator=auto")
 
 
-def check_precision(choice: DeviceChoice, precision: str, devices: int) -> str:
+def check_precision(choice: DeviceChoice, precision: str, devices: int) -> LightningPrecision:
     """Lightning's name for ``precision`` on ``choice``; one-line errors for what cannot run."""
     if devices != 1:
         raise FxmlError(f"trainer.devices={devices}: deep models train on one device per run "

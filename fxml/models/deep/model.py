@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -116,11 +117,12 @@ class DeepTabularModel(TabularModel):
         if valid is None:
             log.warning("no labelled validation rows: no early stopping, the last epoch is kept")
 
-        def evaluate() -> float:
-            return validation_corr(self._predict(valid.features), valid)
+        def evaluate(rows: DataSplit) -> float:
+            return validation_corr(self._predict(rows.features), rows)
 
         best = BestState(o.patience)
-        report = EpochReport(o.max_epochs, evaluate if valid is not None else None, best, on_step)
+        report = EpochReport(o.max_epochs, partial(evaluate, valid) if valid is not None else None, best,
+                             on_step)
         module = TabularModule(self.network, Objective(o.loss, o.aux_weight, feeder.n_eras),
                                o.learning_rate, o.weight_decay, getattr(o, "lambda_sparse", 0.0))
         plan = (f"era batches of {o.eras_per_batch} era(s)" if o.era_batching

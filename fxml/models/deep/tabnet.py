@@ -66,7 +66,7 @@ class FeatureTransformer(nn.Module):
     """The shared GLU blocks (FC weights shared across steps, batch norms not) followed by the
     step's own blocks; every block after the first is residual, scaled by sqrt(0.5)."""
 
-    def __init__(self, n_inputs: int, width: int, shared: nn.ModuleList, n_independent: int,
+    def __init__(self, n_inputs: int, width: int, shared: list[nn.Linear], n_independent: int,
                  norm: NormFactory) -> None:
         super().__init__()
         blocks = [GLUBlock(fc, norm) for fc in shared]
@@ -128,13 +128,12 @@ class TabNet(nn.Module):
 
         width = n_d + n_a
         self.input_norm = nn.BatchNorm1d(n_inputs, momentum=0.01)
-        self.shared = nn.ModuleList(
-            nn.Linear(n_inputs if i == 0 else width, 2 * width, bias=False) for i in range(n_shared)
-        )
+        shared = [nn.Linear(n_inputs if i == 0 else width, 2 * width, bias=False) for i in range(n_shared)]
+        self.shared = nn.ModuleList(shared)
         # the first transformer only produces the attention features of step 1
-        self.initial = FeatureTransformer(n_inputs, width, self.shared, n_independent, norm)
+        self.initial = FeatureTransformer(n_inputs, width, shared, n_independent, norm)
         self.steps = nn.ModuleList(
-            FeatureTransformer(n_inputs, width, self.shared, n_independent, norm)
+            FeatureTransformer(n_inputs, width, shared, n_independent, norm)
             for _ in range(n_steps)
         )
         self.attention = nn.ModuleList(
