@@ -693,7 +693,11 @@ def test_scoring_reads_each_era_from_the_store_and_keeps_none_mapped(tmp_path: P
 
 
 POLARS_FREES = """
-import fxml  # first, as `python -m fxml.run` does
+import sys
+import fxml.run  # the entry point, as `python -m fxml.run` loads it before configuring the process
+assert "polars" not in sys.modules, "Polars loads with the job, after the process is configured"
+from fxml.cli import configure_process
+configure_process()
 import polars as pl
 
 def anonymous_mib():

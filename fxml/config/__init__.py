@@ -46,6 +46,7 @@ def resolve_model_classes(model: Any) -> None:
         unchecked = not OmegaConf.is_config(model) or OmegaConf.get_type(model) is dict
         if params_class is not None and unchecked:
             options = OmegaConf.to_container(model, resolve=True) if OmegaConf.is_config(model) else model
+            assert isinstance(options, dict)
             names = {field.name for field in dataclasses.fields(params_class)}
             params_class(**{key: value for key, value in options.items() if key in names})
     members = model.get("members") if hasattr(model, "get") else None

@@ -150,7 +150,7 @@ class NumeraiData:
         order = plan.source[np.argsort(plan.destination)]
         small = small[order]
         target = small[self.target].to_numpy() if split != "live" else None
-        if split == "train" and np.isnan(target).any():
+        if split == "train" and target is not None and np.isnan(target).any():
             raise FxmlError(f"{path.name}: column {self.target} has NaN in training rows")
         result = DataSplit(
             name=split,

@@ -22,11 +22,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from fxml.errors import FxmlError, require
+
+if TYPE_CHECKING:
+    from fxml.data.split import Storage
 
 log = logging.getLogger(__name__)
 GIB = 1024**3
@@ -46,7 +49,8 @@ SCORER_BYTES_PER_VALIDATION_ROW = 300
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        return trim
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back this way
         return None
 
@@ -72,11 +76,14 @@ def release_file_pages(matrix: np.ndarray) -> None:
     """Drop the pages of a memory-mapped store file (``np.memmap``) from this process's resident
     memory: they stay in the kernel's page cache and are read again from the file if needed. A
     no-op for any other array."""
-    if not isinstance(matrix, np.memmap) or not isinstance(matrix.base, mmap.mmap):
+    if not isinstance(matrix, np.memmap):
+        return
+    pages: object = matrix.base
+    if not isinstance(pages, mmap.mmap):
         return
     size = matrix.nbytes // mmap.PAGESIZE * mmap.PAGESIZE
     if size and matrix.offset % mmap.PAGESIZE == 0:
-        matrix.base.madvise(mmap.MADV_DONTNEED, 0, size)
+        pages.madvise(mmap.MADV_DONTNEED, 0, size)
 
 
 def _owner(matrix: np.ndarray) -> tuple[np.ndarray, int]:
@@ -115,14 +122,14 @@ class StoreRows:
         or the first ``len(rows)`` rows of ``into`` (C order, as wide as the store), reused."""
         rows = np.asarray(rows, dtype=np.int64)
         width = self.shape[1]
-        out = np.empty((len(rows), width), dtype=np.int8) if into is None else into[: len(rows)]
+        out: np.ndarray = np.empty((len(rows), width), dtype=np.int8) if into is None else into[: len(rows)]
         if out.shape != (len(rows), width) or out.dtype != np.int8 or not out.flags.c_contiguous:
-            raise ValueError(f"cannot read {len(rows)} rows of {width} int8 values into {into.shape}")
+            raise ValueError(f"cannot read {len(rows)} rows of {width} int8 values into {out.shape}")
         if not len(rows) or not width:
             return out
         if rows.min() < 0 or rows.max() >= self.shape[0]:
             raise IndexError(f"row numbers outside 0..{self.shape[0] - 1}")
-        buffer = memoryview(out).cast("B")
+        buffer = memoryview(out.data).cast("B")
         starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)
         stops = np.append(starts[1:], len(rows))
         with open(self.path, "rb", buffering=0) as file:
@@ -263,7 +270,7 @@ class MemoryPlan:
     every: int  # keep every nth training era
     reason: str
 
-    def train_storage(self, profile: MemoryProfile) -> str:
+    def train_storage(self, profile: MemoryProfile) -> Storage:
         """Where the loader puts the training rows for a family (DataSplit.storage): ``disk`` under
         a disk plan, ``store`` for a family that reads them from the store file a piece at a time
         while its own dataset stays in memory, else ``memory``."""

@@ -156,6 +156,7 @@ class EnsembleModel(TabularModel):
                 raise FxmlError("model.weights=fit needs an inner holdout: "
                                 "set trainer.inner_holdout_eras >= 1")
             labelled = labelled_rows(validation)
+            assert labelled.target is not None
             return fit_weights(self._member_ranks(labelled), labelled.target, labelled.eras)
         if weights in (None, "equal"):
             return np.full(len(self.names), 1.0 / len(self.names))

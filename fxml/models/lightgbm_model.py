@@ -48,7 +48,9 @@ class _Int8Rows(lgb.Sequence):
     def __len__(self) -> int:
         return len(self.features)
 
-    def __getitem__(self, index: int | slice) -> np.ndarray:
+    def __getitem__(self, index: int | slice | list[int]) -> np.ndarray:
+        if isinstance(index, list):  # LightGBM asks for single rows and slices only
+            return np.asarray(np.concatenate([self[row][None] for row in index]), dtype=np.float64)
         if not isinstance(index, slice):
             # single rows are LightGBM's bin sample, which it wants as float64
             row = range(len(self.features))[index]
@@ -117,7 +119,9 @@ class LightGBMModel(GBDTModel):
 
         train_set, params = self._on_device(construct, attempts)
         valid = self._validation_set(validation)
-        valid_sets, callbacks, feval = [], [], None
+        valid_sets: list[lgb.Dataset] = []
+        callbacks: list[Callable[..., Any]] = []
+        feval = None
         corr = _ValidCorr(valid, self.params.valid_corr_every) \
             if valid is not None and self.params.valid_corr_every else None
         if valid is not None:

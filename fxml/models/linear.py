@@ -67,9 +67,11 @@ class RidgeModel(TabularModel):
         return total / len(features)
 
     def predict_float32(self, features: np.ndarray) -> np.ndarray:
+        assert self.coef is not None, "fit or load the model first"
         return features.astype(np.float64) @ self.coef + self.intercept
 
     def save_state(self, directory: Path) -> None:
+        assert self.coef is not None, "fit the model first"
         np.savez(directory / "ridge.npz", coef=self.coef, intercept=self.intercept)
 
     def load_state(self, directory: Path) -> None:

@@ -152,8 +152,8 @@ class NeutralizedModel(TabularModel):
         n = self.params.n_model_features
         return features if features.shape[1] == n else features[:, :n]
 
-    def _model_split(self, split: DataSplit | None) -> DataSplit | None:
-        if split is None or split.features.shape[1] == self.params.n_model_features:
+    def _model_split(self, split: DataSplit) -> DataSplit:
+        if split.features.shape[1] == self.params.n_model_features:
             return split
         n = self.params.n_model_features
         return DataSplit(split.name, split.ids, split.eras, np.ascontiguousarray(split.features[:, :n]),
@@ -162,7 +162,8 @@ class NeutralizedModel(TabularModel):
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> NeutralizedModel:
         assert self.inner is not None, "wrap a model first (NeutralizedModel.wrap)"
-        self.inner.fit(self._model_split(train), self._model_split(validation), on_step=on_step)
+        inner_validation = None if validation is None else self._model_split(validation)
+        self.inner.fit(self._model_split(train), inner_validation, on_step=on_step)
         return self
 
     def predict(self, features: np.ndarray, eras: np.ndarray | None = None) -> np.ndarray:

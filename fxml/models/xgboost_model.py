@@ -34,7 +34,7 @@ class _StepReporter(xgb.callback.TrainingCallback):
         super().__init__()
         self.on_step, self.total, self.corr = on_step, total, corr
 
-    def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
+    def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
         metrics = {f"{data}_{name}": values[-1]
                    for data, by_metric in evals_log.items() for name, values in by_metric.items()
                    if name != _ValidCorr.name or (self.corr is not None and self.corr.fresh)}
@@ -65,6 +65,7 @@ class _Int8Blocks(xgb.DataIter):
         # ``input_data`` only points XGBoost at the rows: it reads them after this returns, so
         # the block is kept until XGBoost asks for the next one
         self.block = read_rows(self.split.features, start, stop, self.buffer)
+        assert self.split.target is not None
         input_data(data=self.block, label=self.split.target[start:stop])
         self.position = stop
         return True

@@ -42,7 +42,7 @@ from fxml.scoring.transforms import (
 try:
     from threadpoolctl import ThreadpoolController
 except ImportError:  # optional: without it BLAS keeps its default thread count
-    ThreadpoolController = None  # type: ignore[assignment,misc]
+    ThreadpoolController = None
 
 SCORE_COLUMNS: tuple[str, ...] = ("corr", "mmc", "bmc", "fnc", "feature_exposure")
 
@@ -123,7 +123,7 @@ class _EraThreads:
         # one thread first: it is never far from the best, while threads on busy cores
         # can be 2-3x slower
         self._choices: tuple[int | None, ...] = (1, None) if tunable else (1,)
-        self._chosen = self._choices[0]
+        self._chosen: int | None = self._choices[0]
         self._seconds_per_row: dict[int | None, float] = {}
         self._eras_done = 0
         self._controller = ThreadpoolController() if ThreadpoolController else None
