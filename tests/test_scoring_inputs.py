@@ -7,23 +7,34 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import re
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from fxml.data import references as references_module
 from fxml.data.memory import StoreRows
-from fxml.data.references import PortfolioInputs, PreparedParts, ScoringInputs, feature_rows
+from fxml.data.references import (
+    PortfolioInputs,
+    PreparedParts,
+    ScoringInputs,
+    feature_rows,
+    neutralizer_columns,
+)
+from fxml.models.deep.feeding import era_codes
 from fxml.scoring import score_eras
+from fxml.scoring.diagnostics import prepare_meta_reference
 from fxml.scoring.eras import encode_eras
-from fxml.scoring.portfolio import meta_portfolio_contribution_by_era
+from fxml.scoring.grid import era_grid
+from fxml.scoring.portfolio import meta_portfolio_contribution_by_era, neutral_weights
 from fxml.scoring.scorer import NumeraiScorer
 from tests.helpers import toy_split
+from tests.releases import resident_bytes, store_backed
 
 REPO = Path(__file__).resolve().parents[1]
 SCORING_MODULES = sorted(f"fxml.scoring.{path.stem}" for path in (REPO / "fxml" / "scoring").glob("*.py")
@@ -115,15 +126,6 @@ def test_prepared_parts_are_kept_and_loaded_as_they_were(tmp_path: Path) -> None
     assert kept[0].stat().st_size > 40
 
 
-def resident_bytes(path: Path) -> int:
-    """This process's resident bytes of its memory maps of ``path`` (from /proc/self/smaps)."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
-            inside = line.endswith(str(path))
-        elif inside and line.startswith("Rss:"):
-            total += int(line.split()[1]) * 1024
-    return total
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="reads /proc")
@@ -149,4 +151,35 @@ def test_store_backed_features_are_read_an_era_at_a_time_and_none_stays_mapped(t
     pd.testing.assert_frame_equal(score_eras(predictions, split.target, split.eras, features=rows),
                                   score_eras(predictions, split.target, split.eras,
                                              features=split.features), rtol=0, atol=0)
+    assert resident_bytes(path) == 0
+
+
+def test_scoring_reads_each_era_from_the_store_and_keeps_none_mapped(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    validation = toy_split("validation", eras=20, rows=150, features=40, seed=3)
+    path = tmp_path / "validation.int8"
+    stored = store_backed(validation, path)
+    rng = np.random.default_rng(1)
+    predictions, meta = rng.random(len(validation)), rng.random(len(validation))
+    expected = score_eras(predictions, validation.target, validation.eras, features=validation.features)
+    got = score_eras(predictions, stored.target, stored.eras, features=feature_rows(stored.features))
+    pd.testing.assert_frame_equal(got, expected, rtol=0, atol=0)
+    assert {"fnc", "feature_exposure"} <= set(got.columns) and resident_bytes(path) == 0
+    codes, n_eras = era_codes(validation.eras)
+    grid = era_grid(codes, n_eras, np.ones(len(validation), dtype=bool))
+    in_memory = prepare_meta_reference(grid, meta, validation.features)
+    from_store = prepare_meta_reference(grid, meta, feature_rows(stored.features))
+    np.testing.assert_array_equal(from_store.exposure_direction, in_memory.exposure_direction)
+    np.testing.assert_array_equal(from_store.exposure_scale, in_memory.exposure_scale)
+    assert resident_bytes(path) == 0
+    # MPC's neutralisers: the run's features, or some of them, read an era or a block at a time
+    signals = grid.place(predictions)
+    weights = grid.place(np.ones(len(validation)))
+    expected_weights = neutral_weights(signals, weights, validation.features, grid)
+    np.testing.assert_array_equal(neutral_weights(signals, weights, feature_rows(stored.features), grid),
+                                  expected_weights)
+    data = SimpleNamespace(metadata={"feature_sets": {"some": validation.feature_names[::3]}})
+    monkeypatch.setattr(references_module, "SCORING_BLOCK_BYTES", 7 * validation.features.shape[1])
+    some = neutralizer_columns(stored, data, "some")  # type: ignore[arg-type]
+    np.testing.assert_array_equal(some, validation.features[:, ::3])
     assert resident_bytes(path) == 0
