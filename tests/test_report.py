@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +26,12 @@ def report(ws: Workspace, *args: str) -> subprocess.CompletedProcess:
 
 def screenshot(page: Path, image: Path) -> np.ndarray:
     browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
-    assert browser, "a headless Chromium is needed (.ci/run installs the Debian package chromium)"
+    if browser is None:
+        # CI (.ci/run) installs Debian's chromium; elsewhere the screenshots are skipped, not failed
+        missing = "a headless Chromium is needed (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
     result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
                              "--hide-scrollbars", f"--screenshot={image}", "--window-size=1280,1600",
                              page.as_uri()], capture_output=True, text=True, timeout=120)
