@@ -231,9 +231,10 @@ def retrying(call: Callable[[], T], seconds: float, what: str = "a store") -> T:
     pauses for at most ``seconds``; any other error, or the last one, is raised as it is."""
 
     def warn(state: tenacity.RetryCallState) -> None:
-        if state.attempt_number == 1 and state.outcome is not None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if state.attempt_number == 1 and error is not None:
             log.warning("%s does not answer (%s); trying again for up to %.0f s", redact(what),
-                        describe(state.outcome.exception()), seconds)
+                        describe(error), seconds)
 
     policy = tenacity.Retrying(
         retry=tenacity.retry_if_exception(connection_lost),

@@ -110,7 +110,7 @@ def test_a_search_hands_its_jobs_passwords_masked_in_every_file(postgres, tmp_pa
     assert result.returncode == 0, redact(result.stderr)
     job_overrides = (tmp_path / "multirun" / "secret" / "0" / ".hydra" / "overrides.yaml").read_text()
     assert "sweep.storage='postgresql://fxml:***@" in job_overrides
-    assert "tracking.uri='postgresql://fxml:***@" in job_overrides
+    assert "tracking.uri=postgresql://fxml:***@" in job_overrides
     assert PASSWORD not in result.stdout + result.stderr
     assert files_containing(tmp_path, PASSWORD) == []
     assert PASSWORD not in dump(postgres, "secret_search")

@@ -249,10 +249,11 @@ ISOLATED = "hydra.launcher._target_=hydra_plugins.fxml_isolated_launcher.Isolate
 
 def run_isolated(workspace: Workspace, *args: str):  # type: ignore[no-untyped-def]
     """A multirun whose jobs each run in a new process in another folder, given only their config
-    (tests/plugins: no FXML_ or MLFLOW_ variable reaches them), as on Ray or another machine."""
+    (tests/plugins: no FXML_ or MLFLOW_ variable reaches them), as on Ray or another machine. The
+    sweep finds its store in $MLFLOW_TRACKING_URI; the jobs never see it."""
     elsewhere = workspace.root / "elsewhere"
     elsewhere.mkdir(exist_ok=True)
-    return workspace.run("-m", ISOLATED, f"tracking.uri={workspace.uri}", *args, *FAST,
+    return workspace.run("-m", ISOLATED, *args, *FAST, MLFLOW_TRACKING_URI=workspace.uri,
                          PYTHONPATH=f"{REPO}:{REPO / 'tests' / 'plugins'}",
                          FXML_TEST_ELSEWHERE=str(elsewhere))
 

@@ -1,13 +1,12 @@
 """One parent MLflow run per sweep; every job of the sweep is its child.
 
-The parent is opened in the launching process and reaches each job in the job's own config:
-the sweep adds ``sweep.parent_run_id=<id>`` and ``tracking.uri=<store>`` to every job's overrides
-(:func:`job_overrides`), so a launcher that runs the job elsewhere (another process, machine or a
-Ray worker) and hands it only its config loses nothing. A grid multirun gets its parent from the
-Hydra callback below; an Optuna search opens its own (the sweeper knows its study, ends the parent
-KILLED or FAILED when the search stops, and records the best trial on it). Workers of one study,
-and a resumed study, share the parent.
-"""
+The parent is opened in the launching process and reaches each job in the job's own config: the
+sweep adds ``sweep.parent_run_id=<id>`` (and ``tracking.uri=<store>`` where the config does not
+name the store) to every job's overrides (:func:`job_overrides`), so a launcher that runs the job
+elsewhere (another process, machine or a Ray worker) and hands it only its config loses nothing.
+A grid multirun gets its parent from the Hydra callback below; an Optuna search opens its own (the
+sweeper knows its study, ends the parent KILLED or FAILED when the search stops, and records the
+best trial on it). Workers of one study, and a resumed study, share the parent."""
 
 from __future__ import annotations
 
@@ -56,6 +55,13 @@ def job_overrides(settings: dict[str, str | int | float | None]) -> list[str]:
     ...), each value quoted; None values are left out."""
     return [f"{key}={quoted(value) if isinstance(value, str) else value}"
             for key, value in settings.items() if value is not None]
+
+
+def configured_store(config: DictConfig, uri: str) -> str | None:
+    """``uri`` where a job would not find it in its config (``$MLFLOW_TRACKING_URI`` or the
+    default store); None where the config names the store (as the user wrote it, a password
+    read from the environment by ``${oc.env:...}`` stays there)."""
+    return None if config.tracking.uri else uri
 
 
 def without_keys(overrides: list[str], keys: set[str]) -> list[str]:
@@ -210,9 +216,9 @@ class MlflowSweepParent(Callback):
         self.run_id = open_parent_run(self.uri, config.tracking.experiment, key, f"sweep {directory}")
         # the sweeper reads the jobs' overrides from here after this callback
         with read_write(config.hydra), open_dict(config.hydra):
-            task = without_keys(list(config.hydra.overrides.task), {"sweep.parent_run_id", "tracking.uri"})
+            task = without_keys(list(config.hydra.overrides.task), {"sweep.parent_run_id"})
             config.hydra.overrides.task = task + job_overrides(
-                {"sweep.parent_run_id": self.run_id, "tracking.uri": self.uri})
+                {"sweep.parent_run_id": self.run_id, "tracking.uri": configured_store(config, self.uri)})
         self.stops: list[int] = []
         self.failed_early: dict[str, JobRow] = {}
         self.restore_signals = watch_stop_signals(self.stops)
@@ -240,10 +246,12 @@ class MlflowSweepParent(Callback):
                 " ".join(config.hydra.overrides.task))
 
     def _show_table(self) -> None:
+        if self.run_id is None:
+            return
         try:
             show_grid_table(self.uri, self.run_id, self.directory, self.failed_early)
         except mlflow.exceptions.MlflowException as error:
-            log.warning("sweep: no comparison table (%s)", str(error).splitlines()[0])
+            log.warning("sweep: no comparison table (%s)", describe(error))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id:

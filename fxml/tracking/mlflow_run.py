@@ -9,6 +9,7 @@ that refuses the credentials fails at once. Either is one line naming the store.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -220,10 +221,13 @@ def log_config(config: DictConfig) -> None:
 
 def log_metric_batch(metrics: list[Metric]) -> None:
     """Many metric values to the active run in few requests (MLflow takes 1000 per batch)."""
-    client, run_id = store_client(), mlflow.active_run().info.run_id
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("log_metric_batch() outside an MLflow run")
+    client, run_id = store_client(), active.info.run_id
     for start in range(0, len(metrics), BATCH):
         batch = metrics[start : start + BATCH]
-        retrying(lambda batch=batch: client.log_batch(run_id, metrics=batch))
+        retrying(functools.partial(client.log_batch, run_id, metrics=batch))
 
 
 def log_fitted_params(model: Any) -> None:

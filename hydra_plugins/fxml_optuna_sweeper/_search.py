@@ -45,6 +45,7 @@ from fxml.sweeps.objective import Objective
 from fxml.sweeps.parent import (
     STUDY_TAG,
     Best,
+    configured_store,
     end_parent_run,
     job_error,
     job_overrides,
@@ -77,7 +78,7 @@ TERMINATED = 143
 OPEN_ATTEMPTS = 5
 # what the sweep sets on each job itself (a user's value would point the job elsewhere)
 JOB_KEYS = {"sweep.parent_run_id", "sweep.study_name", "sweep.storage", "sweep.trial_number",
-            "sweep.objective", "sweep.storage_retry_seconds", "tracking.uri"}
+            "sweep.objective", "sweep.storage_retry_seconds"}
 STORAGE_ERRORS = (optuna.exceptions.OptunaError, ValueError, ImportError, OSError,
                   sqlalchemy.exc.SQLAlchemyError)
 
@@ -276,7 +277,7 @@ class OptunaSearch(Sweeper):
             "sweep.parent_run_id": self.parent_id, "sweep.storage": self.storage_url,
             "sweep.study_name": self.study_name, "sweep.trial_number": trial.number,
             "sweep.objective": self.objective_text, "sweep.storage_retry_seconds": self.retry_seconds,
-            "tracking.uri": self.uri})]
+            "tracking.uri": configured_store(self.config, self.uri)})]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> None:
         value, state, note = None, TrialState.FAIL, None
