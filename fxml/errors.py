@@ -30,6 +30,7 @@ _MYSQL_LOST, _MYSQL_DENIED = (2002, 2003, 2006, 2013), (1044, 1045, 1142)
 _MLFLOW_DENIED = ("UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED")
 _MLFLOW_EXISTS = ("RESOURCE_ALREADY_EXISTS",)
 _HTTP_DENIED = (401, 403)
+_DRIVERS = ("psycopg", "psycopg2", "pymysql", "MySQLdb")
 
 
 class FxmlError(Exception):
@@ -136,9 +137,9 @@ def _sqlstate(error: BaseException) -> str | None:
 
 
 def _is_driver_error(error: BaseException, name: str) -> bool:
-    """Whether ``error`` is a DB-API driver's exception class ``name`` (or a subclass of it)."""
-    return any(cls.__name__ == name and cls.__module__.split(".")[0] in ("psycopg", "psycopg2", "pymysql",
-                                                                       "MySQLdb")
+    """Whether ``error`` is a DB-API driver's exception class ``name`` (or a subclass of it): the
+    drivers are optional, so their classes are recognised without importing them."""
+    return any(cls.__name__ == name and cls.__module__.split(".")[0] in _DRIVERS
                for cls in type(error).__mro__)
 
 
@@ -183,7 +184,7 @@ def connection_lost(error: BaseException) -> bool:
     connection). A closed stdout is a ``BrokenPipeError`` too but says nothing of a store."""
     if output_closed(error) or access_denied(error):
         return False
-    import requests.exceptions
+    import requests.exceptions  # here: most commands never ask
     import urllib3.exceptions
 
     network = (ConnectionError, TimeoutError, requests.exceptions.ConnectionError,

@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+import optuna
+import sqlalchemy.exc
+
 from fxml.errors import FxmlError, retrying, store_error
 from fxml.secrets import redact
 
@@ -32,7 +35,4 @@ def with_retries(url: str, what: str, call: Callable[[], T], seconds: float) -> 
 
 
 def _is_storage_error(error: BaseException) -> bool:
-    import optuna
-    import sqlalchemy.exc
-
     return isinstance(error, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError))

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -36,7 +35,6 @@ SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 _LOCK_NAME = "fxml-store-creation"
-log = logging.getLogger("fxml.tracking")
 _opened_stores: set[str] = set()  # the URIs this process has opened a store of (store_client)
 _retry_window: list[float] = [30.0]  # tracking.retry_seconds of the running command
 T = TypeVar("T")
