@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from fxml.errors import child_failure
+from fxml.errors import FxmlError, access_denied, child_failure, connection_lost, describe, retrying
 from tests.conftest import Workspace, assert_one_line_error
 
 
@@ -150,3 +154,93 @@ def test_a_failed_child_process_is_described_in_one_line() -> None:
     assert child_failure("", -9) == "killed by signal 9 (out of memory?)"
     assert child_failure("", -15) == "killed by signal 15"
     assert child_failure(" \n", 3) == "exit code 3"
+
+
+# --- the error toolkit: one line, classified by type, one retry policy --------------------------
+
+
+def raised(call: Callable[[], object]) -> BaseException:
+    try:
+        call()
+    except BaseException as error:  # what the library really raises
+        return error
+    raise AssertionError("it did not fail")
+
+
+def test_describe_names_the_drivers_error_in_one_line_without_a_password(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path}/no/such/folder/x.db"
+    error = raised(lambda: sa.create_engine(url).connect())
+    assert describe(error) == "OperationalError: unable to open database file"  # .orig, one line
+    secret = raised(lambda: open("/no/such/postgresql://fxml:hunter2@db/x"))  # noqa: SIM115
+    assert "hunter2" not in describe(secret) and "postgresql://fxml:***@db/x" in describe(secret)
+    assert describe(KeyError()) == "KeyError"
+
+
+def test_connection_loss_is_told_by_type_and_a_user_error_is_not_one() -> None:
+    import requests
+
+    refused = raised(lambda: requests.get("http://127.0.0.1:1/", timeout=5))
+    assert connection_lost(refused) and not access_denied(refused)
+    assert not connection_lost(raised(lambda: int("x")))
+
+    def reported() -> None:  # a one-line error raised while handling a lost connection
+        try:
+            raise ConnectionResetError("reset")
+        except ConnectionResetError:
+            raise FxmlError("the job's own line") from None
+
+    assert not connection_lost(raised(reported))
+
+
+def test_retrying_waits_out_a_lost_connection_and_not_anything_else() -> None:
+    attempts: list[int] = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ConnectionRefusedError("not yet")
+        return "answered"
+
+    assert retrying(flaky, seconds=10) == "answered" and len(attempts) == 3
+    attempts.clear()
+
+    def broken() -> None:
+        attempts.append(1)
+        raise ValueError("a bug, not an outage")
+
+    with pytest.raises(ValueError):
+        retrying(broken, seconds=10)
+    assert len(attempts) == 1
+
+
+class _RefusingServer(BaseHTTPRequestHandler):
+    """An HTTP tracking server behind an authenticating proxy that refuses the credentials."""
+
+    def do_GET(self) -> None:
+        self.send_response(401)
+        self.send_header("Content-Length", "12")
+        self.end_headers()
+        self.wfile.write(b"unauthorized")
+
+    do_POST = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_tracking_server_that_refuses_the_credentials_fails_at_once(workspace: Workspace) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        result = workspace.train(f"tracking.uri=http://fxml:hunter2@127.0.0.1:{server.server_port}",
+                                 "tracking.retry_seconds=120")
+        seconds = time.monotonic() - started
+    finally:
+        server.shutdown()
+    assert_one_line_error(result, "MLflow tracking at http://fxml:***@127.0.0.1:", "refused access", "401")
+    assert seconds < 20, f"took {seconds:.0f} s: the refusal was retried"
+    assert "hunter2" not in result.stdout + result.stderr + result.logs

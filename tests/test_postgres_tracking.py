@@ -88,5 +88,59 @@ def test_a_database_gone_for_longer_than_the_retries_is_one_line(postgres, tmp_p
         result = finish(process, timeout=120)
     finally:
         postgres.start()
-    assert_one_line_error(result, "MLflow tracking at postgresql://fxml:***@", "stopped answering", run_id)
+    assert_one_line_error(result, "MLflow tracking at postgresql://fxml:***@", "did not answer", run_id)
     assert PASSWORD not in result.stdout + result.stderr
+
+
+# --- refused credentials: one line at once, never retried --------------------------------------
+
+WRONG = "wrong-Password-5150"
+PATIENT = ("tracking.retry_seconds=120", "sweep.storage_retry_seconds=120")  # a retry would show
+
+
+def refused(server, database: str) -> str:  # type: ignore[no-untyped-def]
+    """A new database, and its URL with a password the server refuses."""
+    server.create_database(database)
+    return server.url(database).replace(PASSWORD, WRONG)
+
+
+def assert_refused_at_once(result: subprocess.CompletedProcess, seconds: float, *fragments: str) -> None:
+    assert_one_line_error(result, "refused access", "password authentication failed", *fragments)
+    assert seconds < 30, f"took {seconds:.0f} s: the refusal was retried"
+    for secret in (PASSWORD, WRONG):
+        assert secret not in result.stdout + result.stderr
+
+
+def timed_run(workspace: Workspace, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = workspace.run(*args, *PATIENT)
+    return result, time.monotonic() - started
+
+
+def test_a_refused_password_for_the_tracking_store_fails_at_once(postgres, tmp_path: Path) -> None:  # noqa: F811
+    uri = refused(postgres, "refusing_tracking")
+    result, seconds = timed_run(Workspace(tmp_path), f"tracking.uri={uri}")
+    assert_refused_at_once(result, seconds, "MLflow tracking at postgresql://fxml:***@127.0.0.1:")
+    client = store_client(postgres.url("refusing_tracking"))
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_a_refused_password_for_the_optuna_storage_fails_at_once(postgres, tmp_path: Path) -> None:  # noqa: F811
+    """In a search (the sweeper opens the study), and in a job whose config names a storage that
+    refuses it: the job's MLflow run ends FAILED, not RUNNING."""
+    storage = refused(postgres, "refusing_study")
+    workspace = Workspace(tmp_path)
+    search, seconds = timed_run(workspace, "-m", "hparams_search=lgbm", f"hydra.sweeper.storage={storage}",
+                                "hydra.sweeper.n_trials=1", "tracking.experiment=refused-search")
+    assert_one_line_error(search, "cannot open Optuna study lgbm-", "postgresql://fxml:***@127.0.0.1:",
+                          "password authentication failed")
+    assert seconds < 30 and WRONG not in search.stdout + search.stderr
+
+    job, seconds = timed_run(workspace, f"sweep.storage={storage}", "sweep.study_name=lgbm-refused",
+                             "sweep.trial_number=0", "tracking.experiment=refused-job",
+                             "model.n_estimators=5", "tracking.log_model=false")
+    assert_refused_at_once(job, seconds, "the Optuna storage at postgresql://fxml:***@127.0.0.1:",
+                           "reach the trial")
+    [run] = workspace.runs("refused-job")
+    assert run.info.status == "FAILED" and "password authentication failed" in run.data.tags["error"]
+    assert WRONG not in run.data.tags["error"] + str(run.data.params)

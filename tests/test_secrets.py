@@ -94,3 +94,23 @@ def workspace_runs(uri: str) -> list:
 ])
 def test_redact(text: str, masked: str) -> None:
     assert redact(text) == masked
+
+
+def test_a_search_hands_its_jobs_passwords_masked_in_every_file(postgres, tmp_path: Path) -> None:  # noqa: F811
+    """The study's storage and the tracking URI reach each job in its config (sweep.storage,
+    tracking.uri), with the password: masked in .hydra/*.yaml, multirun.yaml, logs and output."""
+    postgres.create_database("secret_search")
+    postgres.create_database("secret_study")
+    workspace = Workspace(tmp_path)
+    result = workspace.run("-m", "hparams_search=lgbm", f"tracking.uri={postgres.url('secret_search')}",
+                           f"hydra.sweeper.storage={postgres.url('secret_study')}",
+                           "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner.name=none",
+                           "model.n_estimators=5", "tracking.log_model=false",
+                           "hydra.sweep.dir=multirun/secret")
+    assert result.returncode == 0, redact(result.stderr)
+    job_overrides = (tmp_path / "multirun" / "secret" / "0" / ".hydra" / "overrides.yaml").read_text()
+    assert "sweep.storage='postgresql://fxml:***@" in job_overrides
+    assert "tracking.uri=postgresql://fxml:***@" in job_overrides
+    assert PASSWORD not in result.stdout + result.stderr
+    assert files_containing(tmp_path, PASSWORD) == []
+    assert PASSWORD not in dump(postgres, "secret_search")

@@ -14,7 +14,7 @@ import pytest
 from fxml.errors import FxmlError
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.space import distribution, grid, parse_overrides
-from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
+from tests.conftest import REPO, SMALL_DATA, Workspace, assert_one_line_error
 from tests.helpers import assert_parent_names_the_best
 
 FAST = ("model.n_estimators=30", "model.valid_corr_every=5", "tracking.log_model=false",
@@ -240,3 +240,55 @@ def test_mlp_search_reports_every_epoch(workspace: Workspace) -> None:
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in trials)
     assert all(isinstance(t.params["model.learning_rate"], float) for t in trials)
+
+
+# --- a job handed only its config ---------------------------------------------------------------
+
+ISOLATED = "hydra.launcher._target_=hydra_plugins.fxml_isolated_launcher.IsolatedLauncher"
+
+
+def run_isolated(workspace: Workspace, *args: str):  # type: ignore[no-untyped-def]
+    """A multirun whose jobs each run in a new process in another folder, given only their config
+    (tests/plugins: no FXML_ or MLFLOW_ variable reaches them), as on Ray or another machine. The
+    sweep finds its store in $MLFLOW_TRACKING_URI; the jobs never see it."""
+    elsewhere = workspace.root / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    return workspace.run("-m", ISOLATED, *args, *FAST, MLFLOW_TRACKING_URI=workspace.uri,
+                         PYTHONPATH=f"{REPO}:{REPO / 'tests' / 'plugins'}",
+                         FXML_TEST_ELSEWHERE=str(elsewhere))
+
+
+def test_a_search_job_handed_only_its_config_lands_under_its_parent_trial_and_study(
+        workspace: Workspace) -> None:
+    (workspace.root / "mlruns").mkdir(exist_ok=True)
+    storage = f"sqlite:///{workspace.root}/mlruns/isolated.db"
+    result = run_isolated(workspace, "hparams_search=lgbm", f"hydra.sweeper.storage={storage}",
+                          "hydra.sweeper.study_name=isolated", "hydra.sweeper.n_trials=2",
+                          "hydra.sweeper.objective=corr_mean", "tracking.experiment=isolated",
+                          "hydra.sweep.dir=multirun/isolated")
+    assert result.returncode == 0, result.stderr
+    found = optuna.load_study(study_name="isolated", storage=storage)
+    assert [t.state for t in found.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    parent = parent_of(workspace, "optuna:isolated@", "isolated")
+    runs = {r.info.run_id: r for r in children(workspace, parent.info.run_id, "isolated")}
+    for trial in found.trials:
+        # the job reattached to its own trial in the study: it wrote its run id there
+        run = runs[trial.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["fxml.trial"] == str(trial.number)
+        assert run.info.run_name.endswith(f"-trial{trial.number}")
+        assert run.data.metrics["corr_mean"] == pytest.approx(trial.value)
+        assert run.data.params["sweep.objective"] == "corr_mean"
+        assert run.data.params["sweep.study_name"] == "isolated"
+    # the jobs ran elsewhere (their Hydra folders are there), not in the sweep's folder
+    assert sorted(p.parent.name for p in (workspace.root / "elsewhere" / "multirun" / "isolated")
+                  .glob("*/.hydra")) == ["0", "1"]
+
+
+def test_a_grid_job_handed_only_its_config_lands_under_its_parent(workspace: Workspace) -> None:
+    result = run_isolated(workspace, "model.learning_rate=0.02,0.05", "tracking.experiment=isolated-grid",
+                          "hydra.sweep.dir=multirun/isolated-grid")
+    assert result.returncode == 0, result.stderr
+    parent = parent_of(workspace, "multirun/isolated-grid", "isolated-grid")
+    jobs = children(workspace, parent.info.run_id, "isolated-grid")
+    assert sorted(r.data.params["model.learning_rate"] for r in jobs) == ["0.02", "0.05"]
+    assert {r.data.params["sweep.objective"] for r in jobs} == {"None"}, "a grid has no objective"

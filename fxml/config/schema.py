@@ -206,11 +206,16 @@ class TrackingConfig:
 
 @dataclass
 class SweepJobConfig:
-    """Set by the Optuna sweeper on each trial's job, so the job can reach its trial."""
+    """Where a multirun's job belongs, set by the sweep on each job's command line, so that a job
+    handed only its config (another process, machine or Ray worker) finds its sweep. Null in a
+    plain run; a grid sets only ``parent_run_id``."""
 
-    study_name: str | None = None
-    storage: str | None = None  # null: $FXML_OPTUNA_STORAGE, set by the sweeper
+    parent_run_id: str | None = None  # the sweep's parent MLflow run: the job's run is its child
+    study_name: str | None = None  # an Optuna search: the study and the trial this job runs
+    storage: str | None = None  # the study's storage URL (a password in it is masked where written)
     trial_number: int | None = None
+    objective: str | None = None  # the search's objective (hydra.sweeper.objective)
+    storage_retry_seconds: float = 120.0  # the storage not answering: give up after this long
     prune_on: str = "valid_corr"
 
 

@@ -16,7 +16,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from fxml import __version__
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, describe
 from fxml.models.base import TabularModel
 from fxml.submission.choice import RunSelection, choose_run
 from fxml.tracking.mlflow_run import tracking_uri
@@ -29,9 +29,9 @@ _RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 
 
 def first_line(error: BaseException) -> str:
-    message = getattr(error, "message", None) or str(error)
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    """TEMPORARY for fxml.export_model, fxml.submission.live and fxml.submission.submit, which
+    move to :func:`fxml.errors.describe`: its line without the type's name."""
+    return describe(error).split(": ", 1)[-1]
 
 
 @dataclass
@@ -80,7 +80,7 @@ def resolve_model_uri(uri: str, client: mlflow.MlflowClient | None = None) -> Mo
             raise FxmlError(f"{uri} is not models:/<name>@<alias>, models:/<name>/<version> "
                             "or runs:/<run id>/model")
     except MlflowException as error:
-        raise FxmlError(f"no registered model version at {uri} ({first_line(error)}) in "
+        raise FxmlError(f"no registered model version at {uri} ({describe(error)}) in "
                         f"{mlflow.get_tracking_uri()}") from None
     return ModelRef(uri, name=version.name, version=str(version.version), alias=alias,
                     run_id=version.run_id)
@@ -94,7 +94,7 @@ def load_logged_model(uri: str) -> LoadedModel:
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
     except MlflowException as error:
-        raise FxmlError(f"cannot load {uri}: {first_line(error)}") from None
+        raise FxmlError(f"cannot load {uri}: {describe(error)}") from None
     except OSError as error:
         raise FxmlError(f"cannot load {uri}: {error}") from None
     python_model = pyfunc.unwrap_python_model()
@@ -167,7 +167,7 @@ def promote(selection: RunSelection, name: str | None, alias: str, uri: str | No
                 client.set_model_version_tag(name, version.version, key, tag)
         client.set_registered_model_alias(name, alias, version.version)
     except MlflowException as error:
-        raise FxmlError(f"could not register run {run_id} as '{name}': {first_line(error)}") from None
+        raise FxmlError(f"could not register run {run_id} as '{name}': {describe(error)}") from None
     return Promotion(name, str(version.version), alias, run_id, metric, value, previous,
                      existing is not None, choice.reason)
 

@@ -1,18 +1,22 @@
 """One parent MLflow run per sweep; every job of the sweep is its child.
 
-The parent is opened in the launching process and its id reaches the jobs through
-``FXML_PARENT_RUN_ID``, which launchers pass on to their worker processes. A grid multirun gets
-its parent from the Hydra callback below; an Optuna search opens its own (the sweeper knows its
-study, ends the parent KILLED or FAILED when the search stops, and records the best trial on it).
-Workers of one study, and a resumed study, share the parent.
-"""
+The parent is opened in the launching process and reaches each job in the job's own config: the
+sweep adds ``sweep.parent_run_id=<id>`` (and ``tracking.uri=<store>`` where the config does not
+name the store) to every job's overrides (:func:`job_overrides`), so a launcher that runs the job
+elsewhere (another process, machine or a Ray worker) and hands it only its config loses nothing.
+A grid multirun gets its parent from the Hydra callback below; an Optuna search opens its own (the
+sweeper knows its study, ends the parent KILLED or FAILED when the search stops, and records the
+best trial on it). Workers of one study, and a resumed study, share the parent."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
+import io
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -22,22 +26,47 @@ import mlflow
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Run, RunTag
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 from fxml.console import JobRow, comparison_table, print_wide
-from fxml.secrets import redact
+from fxml.errors import describe
 from fxml.sweeps.stopping import watch_stop_signals
 from fxml.tracking.mlflow_run import JOB_TAG, OVERRIDES_TAG, TRIAL_TAG, tracking_uri, use_experiment
-from fxml.tracking.stores import first_line, store_client
+from fxml.tracking.stores import store_client
 
 log = logging.getLogger(__name__)
-PARENT_ENV = "FXML_PARENT_RUN_ID"
 SWEEP_KEY_TAG = "fxml.sweep_key"
 STUDY_TAG = "fxml.study"
 ROLE_TAG = "fxml.role"
 OPTUNA_SWEEPER = "FxmlOptunaSweeper"
 # what a grid's table puts first (the sweeper's default objective); out of fold without a refit
 GRID_OBJECTIVES = ("corr_sharpe", "cv_corr_sharpe")
+
+
+def quoted(value: str) -> str:
+    """``value`` as a quoted Hydra override value that composes back to exactly ``value``: quotes
+    and the backslashes before them escaped, ``${`` kept literal."""
+    value = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return "'" + value.replace("${", "\\${") + "'"
+
+
+def job_overrides(settings: dict[str, str | int | float | None]) -> list[str]:
+    """The overrides that tell a job where it belongs (``sweep.parent_run_id``, ``tracking.uri``,
+    ...), each value quoted; None values are left out."""
+    return [f"{key}={quoted(value) if isinstance(value, str) else value}"
+            for key, value in settings.items() if value is not None]
+
+
+def configured_store(config: DictConfig, uri: str) -> str | None:
+    """``uri`` where a job would not find it in its config (``$MLFLOW_TRACKING_URI`` or the
+    default store); None where the config names the store (as the user wrote it, a password
+    read from the environment by ``${oc.env:...}`` stays there)."""
+    return None if config.tracking.uri else uri
+
+
+def without_keys(overrides: list[str], keys: set[str]) -> list[str]:
+    """``overrides`` less those setting one of ``keys`` (the sweep sets them itself)."""
+    return [line for line in overrides if line.split("=", 1)[0].lstrip("+~") not in keys]
 
 
 def open_parent_run(uri: str, experiment: str, key: str, name: str,
@@ -157,9 +186,14 @@ def trial_rows(runs: list[Run], trials: list[Any]) -> list[JobRow]:
 
 
 def job_error(job_return: JobReturn) -> BaseException:
-    """A failed job's exception: Hydra's public ``return_value`` would re-raise it and print a
-    line of its own to stderr."""
-    return job_return._return_value
+    """A failed job's exception, read through Hydra's public ``return_value``, which re-raises it
+    after writing the job's overrides to stderr (unmasked: silenced here)."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            _ = job_return.return_value
+        except BaseException as error:  # the job's own exception, whatever it was
+            return error
+    raise ValueError("job_error() of a job that did not fail")
 
 
 def is_optuna_search(config: DictConfig) -> bool:
@@ -180,7 +214,11 @@ class MlflowSweepParent(Callback):
         directory = self.directory = config.hydra.sweep.dir
         key = f"grid:{os.path.abspath(directory)}"
         self.run_id = open_parent_run(self.uri, config.tracking.experiment, key, f"sweep {directory}")
-        os.environ[PARENT_ENV] = self.run_id
+        # the sweeper reads the jobs' overrides from here after this callback
+        with read_write(config.hydra), open_dict(config.hydra):
+            task = without_keys(list(config.hydra.overrides.task), {"sweep.parent_run_id"})
+            config.hydra.overrides.task = task + job_overrides(
+                {"sweep.parent_run_id": self.run_id, "tracking.uri": configured_store(config, self.uri)})
         self.stops: list[int] = []
         self.failed_early: dict[str, JobRow] = {}
         self.restore_signals = watch_stop_signals(self.stops)
@@ -204,19 +242,20 @@ class MlflowSweepParent(Callback):
         # here when the launcher runs jobs in this process (basic), not in workers (joblib)
         if self.run_id and job_return.status == JobStatus.FAILED:
             self.failed_early[str(config.hydra.job.num)] = JobRow(
-                str(config.hydra.job.num), "FAILED", f"(no run: {redact(first_line(job_error(job_return)))})",
+                str(config.hydra.job.num), "FAILED", f"(no run: {describe(job_error(job_return))})",
                 " ".join(config.hydra.overrides.task))
 
     def _show_table(self) -> None:
+        if self.run_id is None:
+            return
         try:
             show_grid_table(self.uri, self.run_id, self.directory, self.failed_early)
         except mlflow.exceptions.MlflowException as error:
-            log.warning("sweep: no comparison table (%s)", str(error).splitlines()[0])
+            log.warning("sweep: no comparison table (%s)", describe(error))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id:
             self._show_table()
             self.restore_signals()
-            os.environ.pop(PARENT_ENV, None)
             store_client(self.uri).set_terminated(self.run_id, status="FINISHED")
             self.run_id = None

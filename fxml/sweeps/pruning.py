@@ -1,22 +1,22 @@
 """The running Optuna trial, reached from inside a training job.
 
-A sweeper launches each trial as an ordinary ``fxml.run`` job and passes the study name and the
-trial number in ``sweep.*`` and the storage URL in ``$FXML_OPTUNA_STORAGE`` (kept out of the job's
-config, which is logged). The job reattaches to that trial through the shared storage, so the
-per-round or per-epoch validation score can be reported and the trial pruned, whichever process
-or machine (joblib, SLURM, Ray) the job runs on.
+A sweeper launches each trial as an ordinary ``fxml.run`` job and passes the storage URL, the
+study name and the trial number in the job's config (``sweep.*``; a password in the URL is masked
+wherever the config is written or logged). The job reattaches to that trial through the shared
+storage, so the per-round or per-epoch validation score can be reported and the trial pruned,
+whichever process or machine (joblib, SLURM, Ray) the job runs on. The pruner's settings are
+stored on the study by the sweeper, since a study loaded from storage does not remember its pruner.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any
 
 import mlflow
 import optuna
-from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
 from fxml.errors import FxmlError, RunPruned
 from fxml.steps import StepCallback
@@ -24,7 +24,7 @@ from fxml.sweeps.retry import with_retries
 
 log = logging.getLogger(__name__)
 WORST_CORR = -1.0
-STORAGE_ENV = "FXML_OPTUNA_STORAGE"
+PRUNER_ATTR = "fxml.pruner"  # the study's pruner settings (hydra.sweeper.pruner), for its jobs
 
 
 class TrialPruned(optuna.TrialPruned, RunPruned):
@@ -54,18 +54,17 @@ def make_pruner(cfg: Any, direction: str) -> optuna.pruners.BasePruner:
 
 
 def report_to_trial(sweep: Any) -> StepCallback:
-    """A step listener reporting ``sweep.prune_on`` to the job's trial (``sweep.trial_number``).
-    The trial learns its MLflow run id at once, so a worker that dies leaves a run that can be
-    failed."""
-    sweeper = HydraConfig.get().sweeper
-    storage_url = sweep.storage or os.environ.get(STORAGE_ENV)
-    if not storage_url:
-        raise FxmlError(f"sweep.trial_number is set but neither sweep.storage nor ${STORAGE_ENV}")
-    seconds = float(sweeper.get("storage_retry_seconds", 120))
-    trial = with_retries("reach the trial", lambda: _attach(storage_url, sweep, sweeper), seconds)
+    """A step listener reporting ``sweep.prune_on`` to the job's trial (``sweep.trial_number`` of
+    study ``sweep.study_name`` in ``sweep.storage``). The trial learns its MLflow run id at once,
+    so a worker that dies leaves a run that can be failed."""
+    url = sweep.storage
+    if not url or not sweep.study_name:
+        raise FxmlError("sweep.trial_number is set but sweep.storage or sweep.study_name is not")
+    seconds = float(sweep.storage_retry_seconds)
+    trial = with_retries(url, "reach the trial", lambda: _attach(url, sweep), seconds)
     run = mlflow.active_run()
     if run is not None:
-        with_retries("record the trial's MLflow run",
+        with_retries(url, "record the trial's MLflow run",
                      lambda: trial.set_user_attr("mlflow_run_id", run.info.run_id), seconds)
     metric = sweep.prune_on
 
@@ -75,8 +74,8 @@ def report_to_trial(sweep: Any) -> StepCallback:
         value = float(metrics[metric])
         # constant predictions have no CORR: count them as the worst possible, so pruners see them
         value = WORST_CORR if math.isnan(value) else value
-        with_retries(f"report step {step}", lambda: trial.report(value, step), seconds)
-        if with_retries("ask the pruner", trial.should_prune, seconds):
+        with_retries(url, f"report step {step}", lambda: trial.report(value, step), seconds)
+        if with_retries(url, "ask the pruner", trial.should_prune, seconds):
             raise TrialPruned(f"pruned at step {step}: {metric}={value:.5f}")
 
     log.info("sweep: trial %d of study %s reports %s for pruning", trial.number, sweep.study_name,
@@ -84,11 +83,13 @@ def report_to_trial(sweep: Any) -> StepCallback:
     return report
 
 
-def _attach(storage_url: str, sweep: Any, sweeper: Any) -> optuna.Trial:
-    engine = {} if storage_url.startswith("sqlite") else {"pool_pre_ping": True}
-    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=engine)
-    study = optuna.load_study(study_name=sweep.study_name, storage=storage,
-                              pruner=make_pruner(sweeper.pruner, sweeper.direction))
+def _attach(url: str, sweep: Any) -> optuna.Trial:
+    engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    study = optuna.load_study(study_name=sweep.study_name, storage=storage)
+    pruner = study.user_attrs.get(PRUNER_ATTR)
+    direction = study.direction.name.lower()
+    study.pruner = make_pruner(OmegaConf.create(pruner), direction) if pruner else optuna.pruners.NopPruner()
     trial_id = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(sweep.study_name), int(sweep.trial_number))
     return optuna.trial.Trial(study, trial_id)

@@ -1,45 +1,38 @@
-"""Bounded retries around the Optuna storage, so a database restart of some seconds is survived."""
+"""Bounded retries around the Optuna storage, so a database restart of some seconds is survived
+(fxml's one retry policy, :func:`fxml.errors.retrying`); refused credentials fail at once."""
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import optuna
 import sqlalchemy.exc
 
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, retrying, store_error
+from fxml.secrets import redact
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
-# a connection lost or refused; RDBStorage wraps SQLAlchemy's errors in StorageInternalError
-TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-             optuna.exceptions.StorageInternalError)
-FIRST_PAUSE, LONGEST_PAUSE = 0.5, 5.0
 
 
-def with_retries(what: str, call: Callable[[], T], seconds: float) -> T:
-    """``call()``, tried again while the storage is unreachable, for at most ``seconds``; then one
-    line naming what could not be done."""
-    deadline = time.monotonic() + seconds
-    pause = FIRST_PAUSE
-    while True:
-        try:
-            return call()
-        except TRANSIENT as error:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise FxmlError(f"the Optuna storage did not answer for {seconds:g} s while trying "
-                                f"to {what}: {first_line(error)}") from None
-            log.warning("sweep: the Optuna storage is unreachable (%s); trying again to %s",
-                        first_line(error), what)
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, LONGEST_PAUSE)
+def storage_name(url: str) -> str:
+    """How a one-line error names the Optuna storage at ``url`` (password masked)."""
+    return f"the Optuna storage at {redact(url)}"
 
 
-def first_line(error: BaseException) -> str:
-    cause = error.__cause__ or error
-    text = str(getattr(cause, "orig", None) or cause).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def with_retries(url: str, what: str, call: Callable[[], T], seconds: float) -> T:
+    """``call()`` on the storage at ``url``, tried again while it does not answer, for at most
+    ``seconds``; then, or at once for any other storage error, one line naming the storage and
+    what could not be done."""
+    try:
+        return retrying(call, seconds, storage_name(url))
+    except FxmlError:
+        raise
+    except Exception as error:
+        if _is_storage_error(error):
+            raise store_error(storage_name(url), error, what) from None
+        raise
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    return isinstance(error, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError))

@@ -2,11 +2,14 @@
 
 A run that fails is ended with status FAILED and an ``error`` tag; whatever it logged before the
 failure stays. An interrupted one (SIGINT, SIGTERM) ends KILLED. A tracking server or database that
-stops answering mid-run gives up after the bounded retries (see :mod:`fxml.tracking.stores`).
+stops answering mid-run gives up after the bounded retries (see :mod:`fxml.tracking.stores`); one
+that refuses the credentials fails at once. Either is one line naming the store.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import random
@@ -23,20 +26,24 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from fxml.errors import OUTPUT_CLOSED, FxmlError, RunPruned, output_closed
+from fxml.errors import (
+    OUTPUT_CLOSED,
+    FxmlError,
+    RunPruned,
+    access_denied,
+    already_exists,
+    connection_lost,
+    describe,
+    error_chain,
+    output_closed,
+    store_error,
+)
 from fxml.interrupts import interrupting_signal
 from fxml.secrets import redact  # noqa: F401  (also imported from here by the sweeper)
-from fxml.tracking.stores import (
-    check_driver,
-    creation_lock,
-    first_line,
-    is_already_exists,
-    is_unreachable,
-    retrying,
-    store_client,
-)
+from fxml.tracking.stores import check_driver, creation_lock, retrying, store_client, tracking_store
 
 log = logging.getLogger(__name__)
 DEFAULT_STORE = Path("mlruns")
@@ -60,8 +67,19 @@ def tracking_uri(configured: str | None, setting: str = "tracking.uri") -> str:
 
 def use_experiment(uri: str, experiment: str) -> str:
     """Point MLflow at ``uri`` and ``experiment``, creating either if needed; a local SQLite store
-    keeps artifacts beside it. Safe when several processes do it at once on any backend."""
+    keeps artifacts beside it. Safe when several processes do it at once on any backend. A store
+    that does not answer is waited for (``tracking.retry_seconds``); one that refuses the
+    credentials, or fails otherwise, is one line at once."""
     mlflow.set_tracking_uri(uri)
+    try:
+        return retrying(lambda: _experiment_id(uri, experiment))
+    except FxmlError:
+        raise
+    except Exception as error:
+        raise store_error(tracking_store(uri), error) from None
+
+
+def _experiment_id(uri: str, experiment: str) -> str:
     for attempt in range(CREATE_ATTEMPTS):
         try:
             client = store_client(uri)
@@ -73,15 +91,12 @@ def use_experiment(uri: str, experiment: str) -> str:
                 if uri == DEFAULT_URI:
                     location = (DEFAULT_STORE / "artifacts").resolve().as_uri()
                 return client.create_experiment(experiment, artifact_location=location)
-        except FxmlError:
-            raise
         except Exception as error:
             # another process created the tables or the experiment between our look and our write
-            if is_already_exists(error) and attempt + 1 < CREATE_ATTEMPTS:
+            if already_exists(error) and attempt + 1 < CREATE_ATTEMPTS:
                 time.sleep(0.2 + random.random() * 0.5)
                 continue
-            raise FxmlError(f"MLflow tracking at {redact(uri)} failed: "
-                            f"{redact(first_line(error))}") from None
+            raise
     raise AssertionError("unreachable")
 
 
@@ -100,16 +115,17 @@ class RunName:
 
 
 @contextmanager
-def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, str]) -> Iterator[Any]:
+def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, str],
+                parent_run_id: str | None = None) -> Iterator[Any]:
     """A run that ends FINISHED, FAILED (with an ``error`` tag) or KILLED (interrupted or
-    pruned); inside a sweep it is a child of the sweep's parent run. A plain string names it
-    exactly."""
+    pruned); inside a sweep it is a child of the sweep's parent run ``parent_run_id``
+    (``sweep.parent_run_id`` of the job's config). A plain string names it exactly."""
     if isinstance(name, str):
         name = RunName(name, short_id=False)
     experiment_id = use_experiment(uri, experiment)
-    parent = os.environ.get("FXML_PARENT_RUN_ID")
-    if parent:
-        tags = {**tags, "mlflow.parentRunId": parent}
+    parent_run_id = parent_run_id or _parent_from_job_overrides()
+    if parent_run_id:
+        tags = {**tags, "mlflow.parentRunId": parent_run_id}
     tags = {key: redact(str(value)) for key, value in tags.items()}
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name.base + name.suffix, tags=tags)
     try:
@@ -118,37 +134,68 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
             mlflow.set_tag("mlflow.runName", name.of(run.info.run_id))
         yield run
     except BaseException as error:
-        if is_unreachable(error):
-            _forget_active_run()
-            raise FxmlError(f"MLflow tracking at {redact(uri)} stopped answering "
-                            f"({redact(first_line(error))}); run {run.info.run_id} could not be "
-                            "closed there and may show RUNNING") from None
+        if connection_lost(error) or _store_refused(error):
+            _drop_active_runs()
+            raise FxmlError(f"{store_error(tracking_store(uri), error)}; run {run.info.run_id} could not "
+                            "be closed there and may show RUNNING") from None
         signum = interrupting_signal()
         stopped = isinstance(error, (KeyboardInterrupt, RunPruned)) or signum is not None
         # a library may have turned the signal into its own exit (Lightning: SystemExit(1))
         what = f"Interrupted: {signal.Signals(signum).name}" if signum is not None \
-            else OUTPUT_CLOSED if output_closed(error) else first_line(error)
+            else OUTPUT_CLOSED if output_closed(error) else describe(error)
+        tag = "pruned" if isinstance(error, RunPruned) else "error"
         try:
-            mlflow.set_tag("pruned" if isinstance(error, RunPruned) else "error",
-                           redact(what)[:5000])
+            retrying(lambda: mlflow.set_tag(tag, redact(what)[:5000]))
             mlflow.end_run(status="KILLED" if stopped else "FAILED")
         except Exception as closing:
-            if not is_unreachable(closing):
-                raise
-            _forget_active_run()
-            raise FxmlError(f"MLflow tracking at {redact(uri)} stopped answering while run "
-                            f"{run.info.run_id} was being closed after {redact(first_line(error))}") from None
+            _drop_active_runs()
+            raise FxmlError(f"{store_error(tracking_store(uri), closing)} while run {run.info.run_id} "
+                            f"was being closed after {what}") from None
         raise
     mlflow.end_run(status="FINISHED")
 
 
-def _forget_active_run() -> None:
-    """Drop the active run without asking the server (which is gone): MLflow would otherwise
-    retry ending it at exit, once more for the full retry time."""
-    from mlflow.tracking import fluent
+def _parent_from_job_overrides() -> str | None:
+    """TEMPORARY, until fxml/run.py passes ``cfg.sweep.parent_run_id`` to :func:`tracked_run`:
+    the same value, read from the job's command-line overrides."""
+    from hydra.core.hydra_config import HydraConfig
 
-    fluent._active_run_stack.get().clear()
-    os.environ.pop("MLFLOW_RUN_ID", None)
+    if not HydraConfig.initialized():
+        return None
+    for line in HydraConfig.get().overrides.task:
+        key, _, value = line.partition("=")
+        if key == "sweep.parent_run_id":
+            return value.strip("'")
+    return None
+
+
+def _store_refused(error: BaseException) -> bool:
+    """Whether the tracking store itself refused a call (credentials, permission): an error of
+    MLflow's, not of the job. A refused Optuna storage is the job's error and fails the run."""
+    return access_denied(error) and any(isinstance(link, MlflowException) for link in error_chain(error))
+
+
+def _drop_active_runs() -> None:
+    """End this process's active runs (a job's, and a fold's nested in it) without waiting on a
+    store that is gone: one attempt each, no HTTP retries, its failure ignored. MLflow would
+    otherwise retry ending them at exit, once more for the full retry time."""
+    with _no_http_retries():
+        while mlflow.active_run() is not None:
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status="FAILED")  # MLflow forgets the run before asking the store
+
+
+@contextmanager
+def _no_http_retries() -> Iterator[None]:
+    previous = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = previous
 
 
 def flatten(config: DictConfig) -> dict[str, str]:
@@ -174,10 +221,13 @@ def log_config(config: DictConfig) -> None:
 
 def log_metric_batch(metrics: list[Metric]) -> None:
     """Many metric values to the active run in few requests (MLflow takes 1000 per batch)."""
-    client, run_id = store_client(), mlflow.active_run().info.run_id
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("log_metric_batch() outside an MLflow run")
+    client, run_id = store_client(), active.info.run_id
     for start in range(0, len(metrics), BATCH):
         batch = metrics[start : start + BATCH]
-        retrying(lambda batch=batch: client.log_batch(run_id, metrics=batch))
+        retrying(functools.partial(client.log_batch, run_id, metrics=batch))
 
 
 def log_fitted_params(model: Any) -> None:

@@ -6,16 +6,14 @@
   lock beside a SQLite file, an advisory lock on PostgreSQL or MySQL), and "already exists" from a
   racing process means "use it".
 - A tracking server or database that stops answering is retried for a bounded time
-  (``tracking.retry_seconds``), then reported as one line.
+  (``tracking.retry_seconds``), then reported as one line; refused credentials fail at once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import os
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +21,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from filelock import FileLock
 
-from fxml.errors import FxmlError, error_chain, output_closed
+from fxml.errors import FxmlError, store_error
+from fxml.errors import describe as first_line  # noqa: F401  TEMPORARY for fxml.crossval
+from fxml.errors import retrying as retry_policy
 from fxml.secrets import redact
 
 if TYPE_CHECKING:
@@ -35,16 +35,14 @@ SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 RETRY_ENV = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 _LOCK_NAME = "fxml-store-creation"
-log = logging.getLogger("fxml.tracking")
 _opened_stores: set[str] = set()  # the URIs this process has opened a store of (store_client)
-_connect_window: list[float] = [30.0]
+_retry_window: list[float] = [30.0]  # tracking.retry_seconds of the running command
 T = TypeVar("T")
-_UNREACHABLE = ("max retries exceeded", "connection refused", "failed to establish a new connection",
-                "connection reset", "read timed out", "server closed the connection",
-                "could not connect to server", "connection to server at", "terminating connection",
-                "connection is closed", "remote end closed connection")
-_ALREADY_EXISTS = ("already exists", "resource_already_exists", "uniqueviolation",
-                   "unique constraint", "duplicate key", "duplicate entry", "integrityerror")
+
+
+def tracking_store(uri: str) -> str:
+    """How a one-line error names the MLflow store at ``uri`` (password masked)."""
+    return f"MLflow tracking at {redact(uri)}"
 
 
 def is_database(uri: str) -> bool:
@@ -70,17 +68,12 @@ def check_driver(uri: str, setting: str) -> None:
 
 
 def bound_retries(seconds: float) -> None:
-    """A tracking server or database that stops answering is retried for about ``seconds``:
-    MLflow's HTTP client gives up then (its defaults retry each request for minutes; settings the
-    user exported win), and new database connections are retried that long (a short restart of
-    PostgreSQL is survived: pooled connections are pinged before use and reopened)."""
+    """A tracking server or database that stops answering is retried for about ``seconds``
+    (a command calls this when it starts): fxml's calls to the store retry a lost connection that
+    long (:func:`retrying`), and MLflow's HTTP client gives up then (its defaults retry each
+    request for minutes; settings the user exported win). Nothing is changed in SQLAlchemy."""
     seconds = max(float(seconds), 1.0)
-    _connect_window[0] = seconds
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    if not event.contains(Engine, "do_connect", _connect_with_retries):
-        event.listen(Engine, "do_connect", _connect_with_retries)
+    _retry_window[0] = seconds
     # urllib3 sleeps 0, 2b, 4b, ... between attempts: r retries with factor 1 wait ~2**r - 2 s
     retries = max(1, int(math.log2(seconds + 2)))
     defaults = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
@@ -91,57 +84,10 @@ def bound_retries(seconds: float) -> None:
         os.environ.setdefault(name, defaults[name])
 
 
-def _connect_with_retries(dialect, connection_record, cargs, cparams):  # type: ignore[no-untyped-def]
-    """SQLAlchemy's ``do_connect`` hook: open a database connection, retrying a refused one."""
-    if dialect.name == "sqlite":
-        return None  # a file: nothing to wait for; SQLAlchemy connects as usual
-    deadline, delay, warned = time.monotonic() + _connect_window[0], 0.5, False
-    while True:
-        try:
-            return dialect.connect(*cargs, **cparams)
-        except dialect.loaded_dbapi.OperationalError as error:
-            if time.monotonic() + delay > deadline:
-                raise
-            if not warned:
-                log.warning("tracking: the %s database does not answer (%s); retrying for up to %.0f s",
-                            dialect.name, redact(str(error).strip().splitlines()[0]), _connect_window[0])
-                warned = True
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
 def retrying(call: Callable[[], T]) -> T:
-    """``call()``, repeated while the store does not answer, for the bounded retry window: a
-    database connection dropped by a restart fails the statement it was running (a new
-    connection is what ``_connect_with_retries`` waits for)."""
-    deadline, delay = time.monotonic() + _connect_window[0], 0.5
-    while True:
-        try:
-            return call()
-        except Exception as error:
-            if not is_unreachable(error) or time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-def is_unreachable(error: BaseException) -> bool:
-    """Whether ``error`` says the tracking server or database stopped answering (a closed
-    stdout is a ``BrokenPipeError`` too, a ``ConnectionError``, but says nothing of the server)."""
-    if output_closed(error):
-        return False
-    for link in error_chain(error):
-        if isinstance(link, (ConnectionError, TimeoutError)):
-            return True
-        text = f"{type(link).__name__}: {link}".lower()
-        if any(marker in text for marker in _UNREACHABLE):
-            return True
-    return False
-
-
-def is_already_exists(error: BaseException) -> bool:
-    return any(marker in f"{type(link).__name__}: {link}".lower()
-               for link in error_chain(error) for marker in _ALREADY_EXISTS)
+    """``call()`` on the tracking store, tried again while the store does not answer, for the
+    window :func:`bound_retries` set (fxml's one retry policy, :func:`fxml.errors.retrying`)."""
+    return retry_policy(call, _retry_window[0], "the MLflow tracking store")
 
 
 @contextmanager
@@ -178,8 +124,13 @@ def store_client(uri: str | None = None) -> MlflowClient:
     uri = uri or mlflow.get_tracking_uri()
     if uri in _opened_stores:
         return mlflow.MlflowClient(uri)
-    with creation_lock(uri):
-        client = mlflow.MlflowClient(uri)
+    try:
+        with creation_lock(uri):
+            client = mlflow.MlflowClient(uri)
+    except FxmlError:
+        raise
+    except Exception as error:
+        raise store_error(tracking_store(uri), error) from None
     _opened_stores.add(uri)
     return client
 
@@ -194,10 +145,7 @@ def _database_lock(uri: str, scheme: str) -> Iterator[None]:
     else:
         take, release = f"SELECT GET_LOCK('{_LOCK_NAME}', 120)", f"SELECT RELEASE_LOCK('{_LOCK_NAME}')"
     engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)
-    try:
-        connection = engine.connect()
-    except Exception as error:
-        raise FxmlError(f"cannot connect to {redact(uri)}: {redact(first_line(error))}") from None
+    connection = retry_policy(engine.connect, _retry_window[0], f"the database at {redact(uri)}")
     try:
         connection.execute(sa.text(take))
         connection.commit()
@@ -209,8 +157,3 @@ def _database_lock(uri: str, scheme: str) -> Iterator[None]:
         finally:
             connection.close()
             engine.dispose()
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

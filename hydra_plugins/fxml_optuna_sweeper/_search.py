@@ -2,10 +2,12 @@
 on Optuna's ask-and-tell API.
 
 Each trial is an ordinary ``fxml.run`` job launched through whatever Hydra launcher is configured
-(basic, joblib, submitit, ray). The job gets ``sweep.study_name`` and ``sweep.trial_number``
-overrides (the storage URL travels in the environment, so no password lands in a job's config),
-and reattaches to its trial to report intermediate scores and be pruned. Studies live in a
-database, so re-running a command resumes its study and several workers can share one.
+(basic, joblib, submitit, ray). Everything the job needs to find its sweep travels in its own
+config, as overrides: the parent MLflow run, the tracking URI, the study's storage and name, the
+trial number and the objective (``sweep.*``, ``tracking.uri``; a password in a URL is masked in
+every file Hydra writes and every line logged). The job reattaches to its trial to report
+intermediate scores and be pruned. Studies live in a database, so re-running a command resumes its
+study and several workers can share one.
 """
 
 from __future__ import annotations
@@ -38,21 +40,23 @@ from optuna.trial import TrialState
 
 from fxml.cli import fail
 from fxml.console import comparison_table, print_wide, quiet_dependencies
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, already_exists, describe
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.parent import (
-    PARENT_ENV,
     STUDY_TAG,
     Best,
+    configured_store,
     end_parent_run,
     job_error,
+    job_overrides,
     job_runs,
     open_parent_run,
     record_best,
     trial_rows,
+    without_keys,
 )
-from fxml.sweeps.pruning import STORAGE_ENV, make_pruner
-from fxml.sweeps.retry import first_line, with_retries
+from fxml.sweeps.pruning import PRUNER_ATTR, make_pruner
+from fxml.sweeps.retry import with_retries
 from fxml.sweeps.space import distribution, grid, parse_overrides
 from fxml.sweeps.stopping import Terminated, how_stopped, watch_stop_signals
 from fxml.sweeps.study import (
@@ -65,7 +69,6 @@ from fxml.sweeps.study import (
 )
 from fxml.tracking.mlflow_run import redact, tracking_uri
 from fxml.tracking.stores import creation_lock
-from fxml.tracking.stores import first_line as error_line  # "Type: first line"
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
@@ -73,9 +76,9 @@ GROUPS = ("data", "model", "trainer", "memory", "scorer")
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 TERMINATED = 143
 OPEN_ATTEMPTS = 5
-RACES = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
-         optuna.exceptions.StorageInternalError, optuna.exceptions.DuplicatedStudyError)
-RACE_MESSAGES = ("already exists", "duplicate key", "UNIQUE constraint", "IntegrityError")
+# what the sweep sets on each job itself (a user's value would point the job elsewhere)
+JOB_KEYS = {"sweep.parent_run_id", "sweep.study_name", "sweep.storage", "sweep.trial_number",
+            "sweep.objective", "sweep.storage_retry_seconds"}
 STORAGE_ERRORS = (optuna.exceptions.OptunaError, ValueError, ImportError, OSError,
                   sqlalchemy.exc.SQLAlchemyError)
 
@@ -104,6 +107,7 @@ class OptunaSearch(Sweeper):
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
         self.objective = Objective.parse(objective)
+        self.objective_text = objective
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.heartbeat = (heartbeat_interval, grace_period)
         self.retry_seconds = float(storage_retry_seconds)
@@ -134,8 +138,6 @@ class OptunaSearch(Sweeper):
         self.parent_id = open_parent_run(
             self.uri, self.config.tracking.experiment, f"optuna:{self.study_name}@{redact(self.storage_url)}",
             f"study {self.study_name}", {STUDY_TAG: self.study_name, "objective": self.objective.label})
-        os.environ[PARENT_ENV] = self.parent_id
-        os.environ[STORAGE_ENV] = self.storage_url
         log.info("sweep: study %s in %s, %s %s, %d trials, %d at a time; parent MLflow run %s",
                  self.study_name, redact(self.storage_url), self.direction, self.objective.label,
                  self.n_trials, self.n_jobs, self.parent_id)
@@ -161,15 +163,13 @@ class OptunaSearch(Sweeper):
             if not isinstance(error, KeyboardInterrupt):  # e.g. Lightning's SystemExit(1)
                 raise (Terminated() if how == "terminated" else KeyboardInterrupt()) from None
             raise
-        finally:
-            os.environ.pop(PARENT_ENV, None)
         end_parent_run(self.uri, self.parent_id, "FINISHED")
         return study
 
     def _search(self, study: optuna.Study, space: dict[str, Any], fixed: list[str]) -> None:
         while (remaining := self.n_trials - self._taken(study)) > 0:
             trials = [self._ask(study, space) for _ in range(min(self.n_jobs, remaining))]
-            batch = [[*fixed, *self._trial_overrides(t)] for t in trials]
+            batch = [[*without_keys(fixed, JOB_KEYS), *self._trial_overrides(t)] for t in trials]
             try:
                 with _Heartbeat(self.storage, self.study_id, trials, self.heartbeat[0]):
                     results = self.launcher.launch(batch, initial_job_idx=self.job_index)
@@ -226,7 +226,7 @@ class OptunaSearch(Sweeper):
                 if attempt + 1 < OPEN_ATTEMPTS and _is_a_race(error):
                     time.sleep(random.uniform(0.1, 0.5))
                     continue
-                raise FxmlError(f"cannot open {where}: {redact(first_line(error))}") from None
+                raise FxmlError(f"cannot open {where}: {describe(error)}") from None
         if study.direction.name.lower() != self.direction:
             raise FxmlError(f"study {self.study_name} exists with direction "
                             f"{study.direction.name.lower()}, not {self.direction}")
@@ -243,6 +243,8 @@ class OptunaSearch(Sweeper):
                                     pruner=make_pruner(self.pruner_cfg, self.direction),
                                     direction=self.direction, load_if_exists=True)
         self.study_id = self.storage.get_study_id_from_name(self.study_name)
+        # each job builds the pruner from here: a study loaded from storage has none
+        study.set_user_attr(PRUNER_ATTR, OmegaConf.to_container(self.pruner_cfg, resolve=True))
         stored = study.user_attrs.get(SETTINGS_ATTR)
         if stored is None:
             study.set_user_attr(SETTINGS_ATTR, settings)
@@ -254,23 +256,28 @@ class OptunaSearch(Sweeper):
             optuna.storages.fail_stale_trials(study)
             return len(study.get_trials(deepcopy=False, states=TAKEN))
 
-        return with_retries("count the study's trials", count, self.retry_seconds)
+        return with_retries(self.storage_url, "count the study's trials", count, self.retry_seconds)
 
     def _ask(self, study: optuna.Study, space: dict[str, dist.BaseDistribution]) -> optuna.Trial:
         """A new trial, its parameters drawn by a sampler seeded from the study and the trial's
         number when a seed is set, so workers and resumed studies never replay one sequence."""
-        trial = with_retries("start a trial", study.ask, self.retry_seconds)
+        trial = with_retries(self.storage_url, "start a trial", study.ask, self.retry_seconds)
         if self.sampler_cfg.seed is not None and self.sampler_cfg.name != "grid":
             study.sampler = self._sampler(space, trial.number)
         for name, distribution_ in space.items():
-            with_retries(f"sample {name}", lambda n=name, d=distribution_: _suggest(trial, n, d),
-                         self.retry_seconds)
+            with_retries(self.storage_url, f"sample {name}",
+                         lambda n=name, d=distribution_: _suggest(trial, n, d), self.retry_seconds)
         return trial
 
     def _trial_overrides(self, trial: optuna.Trial) -> list[str]:
+        """The trial's parameters, and where its job belongs: all a job handed only its config
+        needs (it names its run after the trial: ``lgbm-small-target-3f9a-trial4``)."""
         values = [f"{key}={_override_value(value)}" for key, value in trial.params.items()]
-        # the job names its run after the trial (``lgbm-small-target-3f9a-trial4``)
-        return [*values, f"sweep.study_name={self.study_name}", f"sweep.trial_number={trial.number}"]
+        return [*values, *job_overrides({
+            "sweep.parent_run_id": self.parent_id, "sweep.storage": self.storage_url,
+            "sweep.study_name": self.study_name, "sweep.trial_number": trial.number,
+            "sweep.objective": self.objective_text, "sweep.storage_retry_seconds": self.retry_seconds,
+            "tracking.uri": configured_store(self.config, self.uri)})]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> None:
         value, state, note = None, TrialState.FAIL, None
@@ -284,10 +291,10 @@ class OptunaSearch(Sweeper):
         elif isinstance(error := job_error(result), optuna.TrialPruned):
             state, note = TrialState.PRUNED, str(error)
         else:
-            note = error_line(error)
+            note = describe(error)
         if state == TrialState.FAIL:
             self._set_attr(trial, "error", redact(note or "")[:2000])
-        with_retries(f"record trial {trial.number}",
+        with_retries(self.storage_url, f"record trial {trial.number}",
                      lambda: study.tell(trial, value, state=state, skip_if_finished=True),
                      self.retry_seconds)
         if state == TrialState.COMPLETE:
@@ -298,8 +305,8 @@ class OptunaSearch(Sweeper):
             log.warning("sweep: trial %d failed: %s", trial.number, note)
 
     def _set_attr(self, trial: optuna.Trial, key: str, value: Any) -> None:
-        with_retries(f"record {key} of trial {trial.number}", lambda: trial.set_user_attr(key, value),
-                     self.retry_seconds)
+        with_retries(self.storage_url, f"record {key} of trial {trial.number}",
+                     lambda: trial.set_user_attr(key, value), self.retry_seconds)
 
     def _stop_trials(self, study: optuna.Study, trials: list[optuna.Trial], how: str,
                      status: str) -> None:
@@ -369,13 +376,14 @@ class OptunaSearch(Sweeper):
 
     def _record_best(self, study: optuna.Study, fixed: Sequence[str]) -> Best | None:
         """Write the study's best (whichever worker found it) on the parent run."""
-        best = with_retries("read the best trial", lambda: self._best(study, fixed), self.retry_seconds)
+        best = with_retries(self.storage_url, "read the best trial", lambda: self._best(study, fixed),
+                            self.retry_seconds)
         if best is not None and self.parent_id:
             try:
                 record_best(self.uri, self.parent_id, best, self.objective.label, self.study_name)
             except mlflow.exceptions.MlflowException as error:
                 log.warning("sweep: could not record the best trial on the parent run: %s",
-                            first_line(error))
+                            describe(error))
         return best
 
     def _show_table(self, study: optuna.Study) -> None:
@@ -383,7 +391,7 @@ class OptunaSearch(Sweeper):
         try:
             rows = trial_rows(job_runs(self.uri, self.parent_id), study.get_trials(deepcopy=False))
         except mlflow.exceptions.MlflowException as error:
-            log.warning("sweep: no comparison table (%s)", first_line(error))
+            log.warning("sweep: no comparison table (%s)", describe(error))
             return
         print_wide(comparison_table(rows, f"Study {self.study_name}: {len(rows)} trial(s), "
                                              f"{self.direction} {self.objective.label}",
@@ -423,8 +431,8 @@ def _open_storage(url: str, interval: int, grace: int, on_stale: Any) -> optuna.
 
 
 def _is_a_race(error: BaseException) -> bool:
-    text = f"{error} {error.__cause__ or ''}"
-    return isinstance(error, RACES) and any(s in text for s in RACE_MESSAGES)
+    """Another worker created the study (or its tables) between our look and our write."""
+    return isinstance(error, optuna.exceptions.DuplicatedStudyError) or already_exists(error)
 
 
 def _suggest(trial: optuna.Trial, name: str, d: dist.BaseDistribution) -> Any:
@@ -478,7 +486,7 @@ class _Heartbeat:
                     self.storage.record_heartbeat(trial_id)
                 except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
                     # the database is away for a moment: beat again at the next interval
-                    log.warning("sweep: heartbeat not recorded (%s)", first_line(error))
+                    log.warning("sweep: heartbeat not recorded (%s)", describe(error))
             if self.stop.wait(self.interval):
                 return
 
