@@ -24,16 +24,15 @@ import pandas as pd
 from fxml.console import step_progress
 from fxml.data.folds import Fold, detached, distinct_eras, era_ranges, rows_of_eras, with_inner_holdout
 from fxml.data.split import DataSplit
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, describe
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.scoring import summarize
 from fxml.scoring.scorer import Scores
-from fxml.secrets import redact
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.trial import trial_reporter
 from fxml.tracking.mlflow_run import StepMetrics, log_fitted_params, log_frame, log_series
 from fxml.tracking.plots import cumulative_scores_by_fold
-from fxml.tracking.stores import first_line, store_client
+from fxml.tracking.stores import store_client
 
 log = logging.getLogger(__name__)
 PREFIX = "cv_"
@@ -86,7 +85,7 @@ def fold_run(fold: Fold, job: Any) -> Iterator[Any]:
     try:
         yield run
     except BaseException as error:
-        mlflow.set_tag("error", redact(first_line(error))[:5000])
+        mlflow.set_tag("error", describe(error)[:5000])
         mlflow.end_run(status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run(status="FINISHED")
@@ -162,7 +161,7 @@ def cross_validate(new_model: Callable[[], TabularModel], train: DataSplit, fold
     ``sweep`` config) hears the running cv metric after each fold, so a bad trial stops after its
     first fold. The cv summaries are logged on the job's run."""
     report = trial_reporter(sweep)
-    objective = getattr(sweep, "objective", None) if report is not None else None
+    objective = sweep.objective if report is not None else None
     if report is not None:
         log.info("cv: after each fold (step = fold index) the trial hears the running objective %s "
                  "if it reads only cv_* metrics, else the running cv_corr_mean", objective)

@@ -18,11 +18,11 @@ from omegaconf import DictConfig
 from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, describe
 from fxml.submission import checked
 from fxml.submission.credentials import build_client, find_credentials, missing_credentials_hint
 from fxml.submission.export import check_in_fresh_process, live_shaped, write_pickle
-from fxml.submission.registry import first_line, load_logged_model
+from fxml.submission.registry import load_logged_model
 from fxml.submission.submit import numerai_model_id
 from fxml.tracking.mlflow_run import tracking_uri
 
@@ -77,7 +77,7 @@ def _upload(settings: DictConfig, output: Path) -> None:
         upload_id = client.model_upload(str(output), model_id=model_id,
                                         data_version=settings.upload_data_version)
     except Exception as error:
-        raise FxmlError(f"model_upload failed ({credentials.redact(first_line(error))})") from None
+        raise FxmlError(f"model_upload failed ({credentials.redact(describe(error))})") from None
     console.print(f"uploaded {output} to Numerai model {settings.numerai_model} (upload {upload_id})",
                   highlight=False, soft_wrap=True)
 

@@ -28,7 +28,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     uri = job.start(cfg)
     name = job.run_name(cfg)
-    with tracked_run(uri, cfg.tracking.experiment, name, job.run_tags(cfg)) as run:
+    with tracked_run(uri, cfg.tracking.experiment, name, job.run_tags(cfg),
+                     parent_run_id=cfg.sweep.parent_run_id) as run:
         shown = job.shown_run(cfg, name, run, uri)
         log_config(cfg)
         data = job.open_release(cfg)

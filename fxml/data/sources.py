@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 
 from fxml.data.layout import version_key
 from fxml.data.synthetic import SyntheticSpec, write_synthetic
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, describe
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class NumeraiSource:
             self.client.download_dataset(remote, dest_path=str(path))
         except Exception as error:  # network and API errors arrive as many types
             raise FxmlError(
-                f"could not download {remote} into {folder} ({_first_line(error)}); "
+                f"could not download {remote} into {folder} ({describe(error)}); "
                 "check the network, or put the file there yourself"
             ) from None
         if not path.is_file():
@@ -106,7 +106,7 @@ class NumeraiSource:
             names = self.client.list_datasets()
         except Exception as error:
             raise FxmlError(
-                f"could not list Numerai datasets ({_first_line(error)}); check the network"
+                f"could not list Numerai datasets ({describe(error)}); check the network"
             ) from None
         versions = {name.split("/", 1)[0] for name in names if name.startswith("v5.")}
         if not versions:
@@ -121,6 +121,3 @@ class NumeraiSource:
             )
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

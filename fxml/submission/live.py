@@ -23,10 +23,9 @@ import pandas as pd
 from mlflow.entities import Metric, Run
 
 from fxml.data.layout import ID, PREDICTION
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, describe
 from fxml.scoring.diagnostics import churn
 from fxml.submission.credentials import Credentials
-from fxml.submission.registry import first_line
 
 log = logging.getLogger(__name__)
 UPLOADED = "uploaded"
@@ -91,7 +90,7 @@ def fetch_round_scores(client: Any, model_id: str,
         payouts = (round_payouts(client.round_model_performances_v2(model_id))
                    if hasattr(client, "round_model_performances_v2") else {})
     except Exception as error:  # network and API errors arrive as many types
-        text = f"{type(error).__name__}: {first_line(error)}"
+        text = describe(error)
         raise FxmlError("could not fetch the model's round scores from Numerai ("
                         f"{credentials.redact(text) if credentials else text})") from None
     for number, values in payouts.items():

@@ -28,12 +28,6 @@ _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 _RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)/(?P<path>.+)$")
 
 
-def first_line(error: BaseException) -> str:
-    """TEMPORARY for fxml.export_model, fxml.submission.live and fxml.submission.submit, which
-    move to :func:`fxml.errors.describe`: its line without the type's name."""
-    return describe(error).split(": ", 1)[-1]
-
-
 @dataclass
 class ModelRef:
     """Where a model URI points: a registered version (name, version, alias) and its source run."""

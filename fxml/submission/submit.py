@@ -36,14 +36,14 @@ from omegaconf import DictConfig
 from fxml import __version__
 from fxml.console import console
 from fxml.data.layout import ERA, ID, LIVE, check_parquet
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, describe
 from fxml.submission.credentials import (
     Credentials,
     build_client,
     find_credentials,
     missing_credentials_hint,
 )
-from fxml.submission.registry import LoadedModel, first_line, load_logged_model
+from fxml.submission.registry import LoadedModel, load_logged_model
 from fxml.submission.validation import check_raw_predictions, ranked_submission, validate_submission
 from fxml.tracking.mlflow_run import tracked_run, tracking_uri, use_experiment
 from fxml.tracking.stores import bound_retries, store_client
@@ -142,7 +142,7 @@ def predict_live(loaded: LoadedModel, live: pd.DataFrame) -> np.ndarray:
     try:
         predictions = loaded.pyfunc.predict(live[columns])
     except Exception as error:
-        raise FxmlError(f"the model failed on the live data: {first_line(error)}") from None
+        raise FxmlError(f"the model failed on the live data: {describe(error)}") from None
     return np.asarray(predictions, dtype=np.float64).reshape(-1)
 
 
@@ -249,5 +249,5 @@ def _log_csv(frame: pd.DataFrame, name: str, folder: str) -> None:
 
 
 def _safe(error: BaseException, credentials: Credentials | None) -> str:
-    text = f"{type(error).__name__}: {first_line(error)}"
+    text = describe(error)
     return credentials.redact(text) if credentials else text

@@ -123,7 +123,6 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
     if isinstance(name, str):
         name = RunName(name, short_id=False)
     experiment_id = use_experiment(uri, experiment)
-    parent_run_id = parent_run_id or _parent_from_job_overrides()
     if parent_run_id:
         tags = {**tags, "mlflow.parentRunId": parent_run_id}
     tags = {key: redact(str(value)) for key, value in tags.items()}
@@ -153,20 +152,6 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
                             f"was being closed after {what}") from None
         raise
     mlflow.end_run(status="FINISHED")
-
-
-def _parent_from_job_overrides() -> str | None:
-    """TEMPORARY, until fxml/run.py passes ``cfg.sweep.parent_run_id`` to :func:`tracked_run`:
-    the same value, read from the job's command-line overrides."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    for line in HydraConfig.get().overrides.task:
-        key, _, value = line.partition("=")
-        if key == "sweep.parent_run_id":
-            return value.strip("'")
-    return None
 
 
 def _store_refused(error: BaseException) -> bool:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, TypeVar
 from filelock import FileLock
 
 from fxml.errors import FxmlError, store_error
-from fxml.errors import describe as first_line  # noqa: F401  TEMPORARY for fxml.crossval
 from fxml.errors import retrying as retry_policy
 from fxml.secrets import redact
 
