@@ -222,7 +222,7 @@ def store_error(store: str, error: BaseException, doing: str = "") -> FxmlError:
     """The one line for a store (``MLflow tracking at <url>``, ``the Optuna storage at <url>``)
     that failed: refused access, stopped answering, or failed otherwise; passwords masked."""
     how = "refused access" if access_denied(error) else \
-        "did not answer" if connection_lost(error) else "failed"
+        "stopped answering" if connection_lost(error) else "failed"
     doing = f" while trying to {doing}" if doing else ""
     return FxmlError(redact(f"{store} {how}{doing} ({describe(error)})"))
 

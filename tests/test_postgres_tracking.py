@@ -88,7 +88,7 @@ def test_a_database_gone_for_longer_than_the_retries_is_one_line(postgres, tmp_p
         result = finish(process, timeout=120)
     finally:
         postgres.start()
-    assert_one_line_error(result, "MLflow tracking at postgresql://fxml:***@", "did not answer", run_id)
+    assert_one_line_error(result, "MLflow tracking at postgresql://fxml:***@", "stopped answering", run_id)
     assert PASSWORD not in result.stdout + result.stderr
 
 

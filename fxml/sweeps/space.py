@@ -26,22 +26,27 @@ def distribution(override: Override) -> dist.BaseDistribution:
     if isinstance(value, ChoiceSweep):
         return dist.CategoricalDistribution([_plain(v) for v in value.list])
     if isinstance(value, RangeSweep):
-        if value.step <= 0 or value.stop <= value.start:
+        # Hydra's range() always sets both (range(n) is range(0, n)); its type allows None
+        assert value.start is not None and value.stop is not None, "Hydra's range() sets start and stop"
+        start, stop, step = value.start, value.stop, value.step
+        if step <= 0 or stop <= start:
             raise FxmlError(f"search space {key}: range needs start < stop and a positive step")
-        is_int = all(float(x).is_integer() for x in (value.start, value.stop, value.step))
+        is_int = all(float(x).is_integer() for x in (start, stop, step))
         # Hydra's range excludes stop, like Python's; Optuna's high is the last value taken
-        steps = math.ceil((value.stop - value.start) / value.step) - 1
+        steps = math.ceil((stop - start) / step) - 1
         if is_int:
-            start, step = int(value.start), int(value.step)
-            return dist.IntDistribution(start, start + steps * step, step=step)
-        return dist.FloatDistribution(value.start, value.start + steps * value.step, step=value.step)
+            first, int_step = int(start), int(step)
+            return dist.IntDistribution(first, first + steps * int_step, step=int_step)
+        return dist.FloatDistribution(start, start + steps * step, step=step)
     if isinstance(value, IntervalSweep):
-        if value.end <= value.start:
+        low, high = value.start, value.end
+        assert low is not None and high is not None, "Hydra's interval() sets both ends"
+        if high <= low:
             raise FxmlError(f"search space {key}: interval needs low < high")
         log = "log" in value.tags
         if "int" in value.tags:
-            return dist.IntDistribution(int(value.start), int(value.end), log=log)
-        return dist.FloatDistribution(value.start, value.end, log=log)
+            return dist.IntDistribution(int(low), int(high), log=log)
+        return dist.FloatDistribution(low, high, log=log)
     raise FxmlError(f"search space {key}: {override.input_line} is not a choice, range or interval")
 
 

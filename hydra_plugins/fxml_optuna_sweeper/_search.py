@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,12 @@ import optuna.distributions as dist
 import sqlalchemy.exc
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import ExperimentalWarning
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from fxml.cli import fail
@@ -102,7 +105,8 @@ class OptunaSearch(Sweeper):
             raise FxmlError(f"hydra.sweeper.direction must be maximize or minimize (got {direction!r})")
         if n_trials < 1 or n_jobs < 1:
             raise FxmlError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be >= 1")
-        self.study_name, self.direction = study_name, direction
+        # the study in use (self.study_name) is named when it is opened (_study)
+        self.requested_study_name, self.direction = study_name, direction
         self.storage_url = storage or DEFAULT_STORAGE
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.sampler_cfg, self.pruner_cfg = sampler, pruner
@@ -121,6 +125,16 @@ class OptunaSearch(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
+    @property
+    def _config(self) -> DictConfig:
+        assert self.config is not None, "Hydra calls the sweeper's setup() before sweep()"
+        return self.config
+
+    @property
+    def _launcher(self) -> Launcher:
+        assert self.launcher is not None, "Hydra calls the sweeper's setup() before sweep()"
+        return self.launcher
+
     # --- the search ---------------------------------------------------------------------------
 
     def sweep(self, arguments: list[str]) -> Any:
@@ -132,12 +146,13 @@ class OptunaSearch(Sweeper):
                 log.info("sweep: the grid has %d points; running %d trials, not %d", points, points,
                          self.n_trials)
                 self.n_trials = points
-        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir = Path(self._config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / "multirun.yaml").write_text(redact(OmegaConf.to_yaml(self.config)))
+        (sweep_dir / "multirun.yaml").write_text(redact(OmegaConf.to_yaml(self._config)))
         self.parent_id = open_parent_run(
-            self.uri, self.config.tracking.experiment, f"optuna:{self.study_name}@{redact(self.storage_url)}",
-            f"study {self.study_name}", {STUDY_TAG: self.study_name, "objective": self.objective.label})
+            self.uri, self._config.tracking.experiment,
+            f"optuna:{self.study_name}@{redact(self.storage_url)}", f"study {self.study_name}",
+            {STUDY_TAG: self.study_name, "objective": self.objective.label})
         log.info("sweep: study %s in %s, %s %s, %d trials, %d at a time; parent MLflow run %s",
                  self.study_name, redact(self.storage_url), self.direction, self.objective.label,
                  self.n_trials, self.n_jobs, self.parent_id)
@@ -172,7 +187,7 @@ class OptunaSearch(Sweeper):
             batch = [[*without_keys(fixed, JOB_KEYS), *self._trial_overrides(t)] for t in trials]
             try:
                 with _Heartbeat(self.storage, self.study_id, trials, self.heartbeat[0]):
-                    results = self.launcher.launch(batch, initial_job_idx=self.job_index)
+                    results = self._launcher.launch(batch, initial_job_idx=self.job_index)
             except BaseException as error:
                 how = self._how(error)
                 self._stop_trials(study, trials, how or f"the sweep failed: {type(error).__name__}",
@@ -196,11 +211,13 @@ class OptunaSearch(Sweeper):
         """Sweep overrides (config ``params`` and the command line) form the space; the rest
         is passed to every trial unchanged."""
         lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
-        fixed, space = [], {}
+        fixed: list[str] = []
+        space: dict[str, dist.BaseDistribution] = {}
         for override in parse_overrides(lines):
             if override.is_sweep_override():
                 space[override.get_key_element()] = distribution(override)
             else:
+                assert override.input_line is not None, "a parsed override keeps its line"
                 fixed.append(override.input_line)
         if not space:
             raise FxmlError("the search space is empty: set hydra.sweeper.params or give key=interval(a,b)")
@@ -211,9 +228,11 @@ class OptunaSearch(Sweeper):
     def _study(self, space: dict[str, Any]) -> optuna.Study:
         """Open (or create) the study of this experiment; a named study made for other settings
         is refused, a bad storage is one line."""
-        settings = experiment_settings(self.config, space, self.objective.label, self.direction)
-        if not self.study_name:
-            choices = self.config.hydra.runtime.choices
+        settings = experiment_settings(self._config, space, self.objective.label, self.direction)
+        if self.requested_study_name:
+            self.study_name = self.requested_study_name
+        else:
+            choices = self._config.hydra.runtime.choices
             preset = choices.get("hparams_search") or choices.get("model") or "search"
             self.study_name = default_study_name(preset, settings)
         where = f"Optuna study {self.study_name} at {redact(self.storage_url)}"
@@ -241,7 +260,7 @@ class OptunaSearch(Sweeper):
         study = optuna.create_study(study_name=self.study_name, storage=self.storage,
                                     sampler=self._sampler(space),
                                     pruner=make_pruner(self.pruner_cfg, self.direction),
-                                    direction=self.direction, load_if_exists=True)
+                                    direction=StudyDirection[self.direction.upper()], load_if_exists=True)
         self.study_id = self.storage.get_study_id_from_name(self.study_name)
         # each job builds the pruner from here: a study loaded from storage has none
         study.set_user_attr(PRUNER_ATTR, OmegaConf.to_container(self.pruner_cfg, resolve=True))
@@ -266,7 +285,7 @@ class OptunaSearch(Sweeper):
             study.sampler = self._sampler(space, trial.number)
         for name, distribution_ in space.items():
             with_retries(self.storage_url, f"sample {name}",
-                         lambda n=name, d=distribution_: _suggest(trial, n, d), self.retry_seconds)
+                         partial(_suggest, trial, name, distribution_), self.retry_seconds)
         return trial
 
     def _trial_overrides(self, trial: optuna.Trial) -> list[str]:
@@ -277,7 +296,7 @@ class OptunaSearch(Sweeper):
             "sweep.parent_run_id": self.parent_id, "sweep.storage": self.storage_url,
             "sweep.study_name": self.study_name, "sweep.trial_number": trial.number,
             "sweep.objective": self.objective_text, "sweep.storage_retry_seconds": self.retry_seconds,
-            "tracking.uri": configured_store(self.config, self.uri)})]
+            "tracking.uri": configured_store(self._config, self.uri)})]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, result: JobReturn) -> None:
         value, state, note = None, TrialState.FAIL, None
@@ -364,7 +383,8 @@ class OptunaSearch(Sweeper):
         if not completed:
             return None
         best = study.best_trial
-        choices = self.config.hydra.runtime.choices
+        assert best.value is not None, "a completed trial has a value"
+        choices = self._config.hydra.runtime.choices
         groups = [f"{g}={choices[g]}" for g in GROUPS if g in choices]
         # the search's own settings would start another search: leave them out
         fixed = [f for f in fixed if not f.lstrip("+~").startswith(("hparams_search", "hydra.", "sweep."))]
@@ -388,6 +408,7 @@ class OptunaSearch(Sweeper):
 
     def _show_table(self, study: optuna.Study) -> None:
         """The study's one comparison table: a row per trial, the objective first."""
+        assert self.parent_id is not None, "the parent run is opened before the search"
         try:
             rows = trial_rows(job_runs(self.uri, self.parent_id), study.get_trials(deepcopy=False))
         except mlflow.exceptions.MlflowException as error:
@@ -501,6 +522,7 @@ def _log_study_plots(client: mlflow.MlflowClient, run_id: str | None, study: opt
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.figure import Figure
     from optuna.visualization import matplotlib as plots
 
     for name, draw in (("optimization_history", plots.plot_optimization_history),
@@ -510,6 +532,8 @@ def _log_study_plots(client: mlflow.MlflowClient, run_id: str | None, study: opt
         except (ValueError, RuntimeError) as error:
             log.info("sweep: no %s plot (%s)", name, str(error).splitlines()[0])
             continue
+        # matplotlib types an Axes' figure as Figure | SubFigure; Optuna draws on a new Figure
+        assert isinstance(figure, Figure), "Optuna draws each plot on a figure of its own"
         figure.set_size_inches(9, 5)
         figure.tight_layout()
         client.log_figure(run_id, figure, f"optuna/{name}.png")
