@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fxml.data.memory import SCORING_BLOCK_BYTES, MemoryProfile, read_rows
+from fxml.data.memory import SCORING_BLOCK_BYTES, MemoryProfile, read_rows, return_freed_memory
 from fxml.data.split import DataSplit
 from fxml.data.split import labelled_rows as labelled_rows  # re-exported for the families
 from fxml.models.params import ModelParams
@@ -136,4 +136,5 @@ def predict_in_era_blocks(model: TabularModel, split: DataSplit,
         # read from the store file, so that the blocks already predicted do not stay mapped
         out[lo:hi] = model.predict(read_rows(split.features, lo, hi), split.eras[lo:hi])
         lo = hi
+    return_freed_memory()  # the blocks read and their float copies, before the caller's next stage
     return out
