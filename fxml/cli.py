@@ -9,18 +9,21 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from rich.markup import escape
 
 from fxml.config import describe_config_error, register_schemas
 from fxml.console import error_console
 from fxml.interrupts import exit_code, interrupting_signal, stop_on_signals
-from fxml.secrets import redact, redact_records
+from fxml.secrets import redact, redact_file, redact_records
 
 USER_ERROR, CONFIG_ERROR = 1, 2
 # Process-wide settings every fxml command makes when it starts (``configure_process``), for the
@@ -105,3 +108,21 @@ def run_cli(hydra_entry: Callable[[], Any]) -> None:
         if output_closed(stop):
             fail("error:", f"{OUTPUT_CLOSED}; the MLflow run, if any, is marked FAILED", USER_ERROR)
         raise
+
+
+class RedactHydraFiles(Callback):
+    """Hydra callback: mask passwords in the YAML files Hydra saves for a job and a multirun.
+
+    Hydra writes ``.hydra/{config,hydra,overrides}.yaml`` just before ``on_job_start`` and a
+    sweeper writes ``multirun.yaml`` when the sweep starts, so both are rewritten from here."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        hydra = config.hydra
+        if hydra.output_subdir is not None:
+            for path in (Path(hydra.runtime.output_dir) / hydra.output_subdir).glob("*.yaml"):
+                redact_file(path)
+        if hydra.mode is not None and str(hydra.mode).endswith("MULTIRUN"):
+            redact_file(Path(hydra.sweep.dir) / "multirun.yaml")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        redact_file(Path(config.hydra.sweep.dir) / "multirun.yaml")

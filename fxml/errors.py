@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import TypeVar
-
-import tenacity
+from typing import TYPE_CHECKING, TypeVar
 
 from fxml.secrets import redact
+
+if TYPE_CHECKING:  # imported where it is used: a logged model loads fxml.errors without it
+    import tenacity
 
 T = TypeVar("T")
 log = logging.getLogger("fxml.retry")
@@ -230,6 +231,7 @@ def store_error(store: str, error: BaseException, doing: str = "") -> FxmlError:
 def retrying(call: Callable[[], T], seconds: float, what: str = "a store") -> T:
     """``call()``, tried again while :func:`connection_lost` says the store is away, with growing
     pauses for at most ``seconds``; any other error, or the last one, is raised as it is."""
+    import tenacity
 
     def warn(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None

@@ -14,9 +14,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
-
 MASK = "***"
 # scheme://user:password@host: up to the last '@' before the host, since users write an unescaped
 # '@' in passwords (erring towards masking too much, never too little)
@@ -59,21 +56,3 @@ def redact_file(path: Path) -> None:
         masked = redact(text)
         if masked != text:
             path.write_text(masked)
-
-
-class RedactHydraFiles(Callback):
-    """Hydra callback: mask passwords in the YAML files Hydra saves for a job and a multirun.
-
-    Hydra writes ``.hydra/{config,hydra,overrides}.yaml`` just before ``on_job_start`` and a
-    sweeper writes ``multirun.yaml`` when the sweep starts, so both are rewritten from here."""
-
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        hydra = config.hydra
-        if hydra.output_subdir is not None:
-            for path in (Path(hydra.runtime.output_dir) / hydra.output_subdir).glob("*.yaml"):
-                redact_file(path)
-        if hydra.mode is not None and str(hydra.mode).endswith("MULTIRUN"):
-            redact_file(Path(hydra.sweep.dir) / "multirun.yaml")
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        redact_file(Path(config.hydra.sweep.dir) / "multirun.yaml")
