@@ -61,6 +61,7 @@ def test_wrong_data_selection_marks_the_run_failed(workspace: Workspace, overrid
 @pytest.mark.parametrize(("override", "line"), [
     ("model.n_estimator=3", "fxml: config error: Key 'n_estimator' not in 'LightGBMParams'"),
     ("data.feature_set=huge", "fxml: error: data.feature_set=huge"),
+    ("tracking.retry_seconds=-1", "fxml: error: tracking.retry_seconds must be >= 0 (got -1.0)"),
 ])
 def test_the_command_prints_the_same_one_line(workspace: Workspace, override: str, line: str) -> None:
     """What a user types: the subprocess shows the line and exit code the in-process checks see."""

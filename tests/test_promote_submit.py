@@ -196,6 +196,20 @@ def test_offline_dry_run_with_the_real_client(project: Project, promoted) -> Non
     assert_valid_submission(project, project.ws.root / "submissions" / "my_model_round77.csv")
 
 
+@pytest.mark.parametrize("blank", [None, "", "  "])
+def test_a_live_file_with_a_blank_id_is_refused_before_a_file_is_written(project: Project, promoted,
+                                                                          tmp_path: Path, blank) -> None:
+    live = pd.read_parquet(project.served / "live.parquet").reset_index()  # Numerai's: id as the index
+    live["id"] = live["id"].astype(object)
+    live.loc[3, "id"] = blank
+    path = tmp_path / "live.parquet"
+    live.to_parquet(path, index=False)
+    result = project.command("fxml.submit", f"model_uri=models:/{REGISTERED}@champion",
+                             "numerai_model=my_model", "dry_run=true", "round=79", f"live={path}")
+    assert_one_line_error(result, "live.parquet has 1 row(s) with an empty or missing id")
+    assert not (project.ws.root / "submissions" / "my_model_round79.csv").exists()
+
+
 @pytest.mark.parametrize("api", ["tests.fakes.NoNetworkNumerAPI", "numerapi.NumerAPI"])
 def test_offline_dry_run_with_keys_never_creates_a_client(project: Project, promoted, api) -> None:
     """Keys set, round and live given, dry run: no client, so no network and no model lookup."""

@@ -203,6 +203,9 @@ class TrackingConfig:
     tags: dict[str, str] = field(default_factory=dict)
     retry_seconds: float = 30.0  # a tracking server or database that stops answering: give up after ~this
 
+    def __post_init__(self) -> None:
+        require(self.retry_seconds >= 0, "tracking.retry_seconds", "must be >= 0", self.retry_seconds)
+
 
 @dataclass
 class SweepJobConfig:
@@ -217,6 +220,10 @@ class SweepJobConfig:
     objective: str | None = None  # the search's objective (hydra.sweeper.objective)
     storage_retry_seconds: float = 120.0  # the storage not answering: give up after this long
     prune_on: str = "valid_corr"
+
+    def __post_init__(self) -> None:
+        require(self.storage_retry_seconds >= 0, "sweep.storage_retry_seconds", "must be >= 0",
+                self.storage_retry_seconds)
 
 
 @dataclass
@@ -312,6 +319,8 @@ class SubmitConfig:
 
     def __post_init__(self) -> None:
         check_given_model_uri(self.model_uri)
+        require(self.tracking_retry_seconds >= 0, "tracking_retry_seconds", "must be >= 0",
+                self.tracking_retry_seconds)
         if self.round is not None:
             require(self.round >= 1, "round", "must be a round number >= 1 or null", self.round)
         check_numerai_model(self.numerai_model)

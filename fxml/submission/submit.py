@@ -134,6 +134,11 @@ def read_live(path: Path, features: list[str]) -> pd.DataFrame:
     frame = pl.read_parquet(path, columns=columns)
     frame = frame.with_columns(pl.col(ID).cast(pl.String), *([pl.col(ERA).cast(pl.String)]
                                                              if ERA in present else []))
+    # a row without an id would reach the file as "nan" or "", and no check downstream sees it
+    blank = frame.select((pl.col(ID).is_null() | (pl.col(ID).str.strip_chars() == "")).sum()).item()
+    if blank:
+        raise FxmlError(f"{path.name} has {blank} row(s) with an empty or missing id: "
+                        "refused before any submission file is written")
     return frame.to_pandas()
 
 
