@@ -337,8 +337,21 @@ def test_submit_config_checks() -> None:
         compose_command("submit", "model_uri=my_model.pkl", "numerai_model=fxml_test")
     with pytest.raises(FxmlError, match="numerai_model must be a Numerai model name"):
         compose_command("submit", "model_uri=models:/a@champion", "numerai_model=a b")
-    with pytest.raises(FxmlError, match="do not put keys in the config"):
+    with pytest.raises(FxmlError, match="do not put Numerai keys in the config"):
         build_client({"_target_": "tests.fakes.FakeNumerAPI", "secret_key": "abc"}, None)
+    with pytest.raises(FxmlError, match=r"^api.secret_key: do not put Numerai keys") as refused:
+        compose_command("submit", "model_uri=models:/a@champion", "numerai_model=fxml_test",
+                        "+api.secret_key=KEYSENTINEL42")
+    assert "KEYSENTINEL42" not in str(refused.value)
+
+
+def test_a_key_in_the_config_is_refused_even_on_an_offline_dry_run(project: Project, promoted) -> None:
+    result = project.command("fxml.submit", f"model_uri=models:/{REGISTERED}@champion",
+                             "numerai_model=my_model", "dry_run=true", "round=80",
+                             f"live={project.served / 'live.parquet'}", "+api.secret_key=KEYSENTINEL42")
+    assert_one_line_error(result, "api.secret_key: do not put Numerai keys in the config")
+    assert "KEYSENTINEL42" not in result.stdout + result.stderr
+    assert not (project.ws.root / "submissions" / "my_model_round80.csv").exists()
 
 
 def compose_command(name: str, *overrides: str):  # type: ignore[no-untyped-def]

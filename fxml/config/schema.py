@@ -51,11 +51,29 @@ class SyntheticSourceConfig:
         validate_spec(SyntheticSpec(**spec), key_prefix="data.source.")
 
 
+# Numerai's keys come from the environment (or a .env file), never from a config, which Hydra
+# writes to disk and fxml logs
+NUMERAI_KEY_SETTINGS = ("public_id", "secret_key")
+NUMERAI_KEY_VARIABLES = ("NUMERAI_PUBLIC_ID", "NUMERAI_SECRET_KEY")
+
+
+def check_no_keys(api: Any, key: str = "api") -> None:
+    """One line when a Numerai key is written into a client's config (``+api.secret_key=...``)."""
+    given = [name for name in NUMERAI_KEY_SETTINGS if name in (api or {})]
+    if given:
+        raise FxmlError(f"{key}.{given[0]}: do not put Numerai keys in the config (it is written to "
+                        f"disk and logged); set {' and '.join(NUMERAI_KEY_VARIABLES)} in the "
+                        "environment or a .env file")
+
+
 @dataclass
 class NumeraiSourceConfig:
     _target_: str = "fxml.data.sources.NumeraiSource"
     # The client is built with hydra.utils.instantiate, so tests (and offline mirrors) can swap it.
     api: dict[str, Any] = field(default_factory=lambda: {"_target_": "numerapi.NumerAPI"})
+
+    def __post_init__(self) -> None:
+        check_no_keys(self.api, "data.source.api")
 
 
 @dataclass
@@ -319,6 +337,7 @@ class SubmitConfig:
 
     def __post_init__(self) -> None:
         check_given_model_uri(self.model_uri)
+        check_no_keys(self.api)
         require(self.tracking_retry_seconds >= 0, "tracking_retry_seconds", "must be >= 0",
                 self.tracking_retry_seconds)
         if self.round is not None:
@@ -336,6 +355,7 @@ class LiveScoresConfig:
 
     def __post_init__(self) -> None:
         check_numerai_model(self.numerai_model)
+        check_no_keys(self.api)
 
 
 @dataclass
@@ -368,6 +388,7 @@ class ExportModelConfig:
 
     def __post_init__(self) -> None:
         check_given_model_uri(self.model_uri)
+        check_no_keys(self.api)
         require(self.output.endswith(".pkl"), "output", "must end with .pkl (Numerai's rule)",
                 self.output)
         require(self.check_rows >= 2, "check_rows", "must be >= 2", self.check_rows)

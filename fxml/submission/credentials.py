@@ -16,6 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fxml.config.schema import check_no_keys
 from fxml.errors import FxmlError
 
 PUBLIC_ID, SECRET_KEY = "NUMERAI_PUBLIC_ID", "NUMERAI_SECRET_KEY"
@@ -76,9 +77,7 @@ def build_client(api: DictConfig | dict[str, Any], credentials: Credentials | No
     """The numerapi client the config names (``api._target_``), given the keys if there are any."""
     settings = OmegaConf.to_container(api, resolve=True) if isinstance(api, DictConfig) else dict(api)
     assert isinstance(settings, dict)
-    if any(key in settings for key in ("public_id", "secret_key")):
-        raise FxmlError(f"api: do not put keys in the config (it may be printed or logged); set "
-                        f"{PUBLIC_ID} and {SECRET_KEY} in the environment or {DOTENV}")
+    check_no_keys(settings)
     keys = {} if credentials is None else {"public_id": credentials.public_id,
                                            "secret_key": credentials.secret_key}
     try:
