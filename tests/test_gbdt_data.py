@@ -68,7 +68,7 @@ def test_xgboost_learns_the_same_from_the_store_on_disk(
 def test_xgboost_reads_its_blocks_from_the_store_file_and_maps_none(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "train.int8"
-    train = store_backed(toy_split(eras=40, rows=1000, features=64), path)
+    train = store_backed(toy_split(eras=10, rows=1000, features=64), path)
     block = 4 * mmap.PAGESIZE // 64  # blocks of four pages
     monkeypatch.setattr("fxml.models.xgboost_model.IN_MEMORY_BLOCK_BYTES", 4 * mmap.PAGESIZE)
     seen = []
@@ -85,6 +85,7 @@ def test_xgboost_reads_its_blocks_from_the_store_file_and_maps_none(tmp_path: Pa
     # mapped, while XGBoost reads (up to 204 KiB stayed when blocks were views of the mapping)
     assert max(seen) == 0 and resident_bytes(path) == 0
     np.testing.assert_array_equal(matrix.get_label(), train.target)
+
 
 def test_lightgbm_reads_its_sample_and_batches_from_the_store_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
