@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 from fxml.secrets import redact
@@ -226,6 +227,21 @@ def store_error(store: str, error: BaseException, doing: str = "") -> FxmlError:
         "stopped answering" if connection_lost(error) else "failed"
     doing = f" while trying to {doing}" if doing else ""
     return FxmlError(redact(f"{store} {how}{doing} ({describe(error)})"))
+
+
+@contextmanager
+def reported_as_store_error(store: str, doing: str = "",
+                            only: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+                            ) -> Iterator[None]:
+    """Inside, a failure of ``store`` (an exception of the types ``only``) is raised as
+    :func:`store_error`'s one line; fxml's own one-line errors, and anything else, pass as they
+    are."""
+    try:
+        yield
+    except FxmlError:
+        raise
+    except only as error:
+        raise store_error(store, error, doing) from None
 
 
 def retrying(call: Callable[[], T], seconds: float, what: str = "a store") -> T:

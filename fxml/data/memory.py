@@ -159,17 +159,6 @@ def read_rows(matrix: np.ndarray, start: int, stop: int, into: np.ndarray | None
     return store.read_range(start, min(stop, len(matrix)), into)
 
 
-def take_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` of ``matrix`` (one era's, say): read from the store file when ``matrix`` is
-    memory-mapped (nothing stays mapped), else a view when they are one ascending run, else a copy."""
-    store = StoreRows.of(matrix)
-    if store is not None:
-        return store.read(rows)
-    if len(rows) and (np.diff(rows) == 1).all():
-        return matrix[int(rows[0]) : int(rows[-1]) + 1]
-    return matrix[rows]
-
-
 @dataclass(frozen=True)
 class MemoryProfile:
     """What a model family holds while it trains, for memory plans: each family declares one.

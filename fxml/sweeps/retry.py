@@ -9,10 +9,13 @@ from typing import TypeVar
 import optuna
 import sqlalchemy.exc
 
-from fxml.errors import FxmlError, retrying, store_error
+from fxml.errors import reported_as_store_error, retrying
 from fxml.secrets import redact
 
 T = TypeVar("T")
+# what the storage raises (RDBStorage wraps SQLAlchemy's errors in StorageInternalError); other
+# errors of a call are the caller's
+STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
 def storage_name(url: str) -> str:
@@ -24,15 +27,5 @@ def with_retries(url: str, what: str, call: Callable[[], T], seconds: float) -> 
     """``call()`` on the storage at ``url``, tried again while it does not answer, for at most
     ``seconds``; then, or at once for any other storage error, one line naming the storage and
     what could not be done."""
-    try:
+    with reported_as_store_error(storage_name(url), what, only=STORAGE_ERRORS):
         return retrying(call, seconds, storage_name(url))
-    except FxmlError:
-        raise
-    except Exception as error:
-        if _is_storage_error(error):
-            raise store_error(storage_name(url), error, what) from None
-        raise
-
-
-def _is_storage_error(error: BaseException) -> bool:
-    return isinstance(error, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError))

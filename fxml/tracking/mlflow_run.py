@@ -39,6 +39,7 @@ from fxml.errors import (
     describe,
     error_chain,
     output_closed,
+    reported_as_store_error,
     store_error,
 )
 from fxml.interrupts import interrupting_signal
@@ -71,12 +72,8 @@ def use_experiment(uri: str, experiment: str) -> str:
     that does not answer is waited for (``tracking.retry_seconds``); one that refuses the
     credentials, or fails otherwise, is one line at once."""
     mlflow.set_tracking_uri(uri)
-    try:
+    with reported_as_store_error(tracking_store(uri)):
         return retrying(lambda: _experiment_id(uri, experiment))
-    except FxmlError:
-        raise
-    except Exception as error:
-        raise store_error(tracking_store(uri), error) from None
 
 
 def _experiment_id(uri: str, experiment: str) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from filelock import FileLock
 
-from fxml.errors import FxmlError, store_error
+from fxml.errors import FxmlError, reported_as_store_error
 from fxml.errors import retrying as retry_policy
 from fxml.secrets import redact
 
@@ -123,13 +123,8 @@ def store_client(uri: str | None = None) -> MlflowClient:
     uri = uri or mlflow.get_tracking_uri()
     if uri in _opened_stores:
         return mlflow.MlflowClient(uri)
-    try:
-        with creation_lock(uri):
-            client = mlflow.MlflowClient(uri)
-    except FxmlError:
-        raise
-    except Exception as error:
-        raise store_error(tracking_store(uri), error) from None
+    with reported_as_store_error(tracking_store(uri)), creation_lock(uri):
+        client = mlflow.MlflowClient(uri)
     _opened_stores.add(uri)
     return client
 
