@@ -194,3 +194,13 @@ def assert_one_line_error(result: subprocess.CompletedProcess | InProcessResult,
     assert len(lines) == 1 and lines[0].startswith("fxml:"), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A release written by another program than fxml's synthetic writer (tests/releases.py)."""
+    from tests.releases import write_release
+
+    folder = tmp_path_factory.mktemp("release")
+    write_release(folder)
+    return folder

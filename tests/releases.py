@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fxml.data.layout import FEATURES_JSON
+from fxml.data.loader import NumeraiData
 from fxml.data.split import DataSplit
 from fxml.data.store import BLOCK_COLUMNS
 
@@ -86,3 +87,9 @@ def store_backed(source: DataSplit, path: Path) -> DataSplit:
     del written  # unmapped: only the reader's pages are counted
     stored = np.memmap(path, dtype=np.int8, mode="r", shape=source.features.shape)
     return dataclasses.replace(source, features=stored, storage="store")
+
+
+def load_split(folder: Path, split: str, storage: str = "memory", **options):  # type: ignore[no-untyped-def]
+    """The release in ``folder`` (feature set ``all`` unless given) and one split of it."""
+    data = NumeraiData(FolderSource(), folder, feature_set=options.pop("feature_set", "all"), **options)
+    return data, data.load(split, storage=storage, every_nth_train_era=options.pop("every", 1))

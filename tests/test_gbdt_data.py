@@ -10,22 +10,11 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from fxml.data.loader import NumeraiData
 from fxml.models.lightgbm_model import LightGBMModel, _Int8Rows
 from fxml.models.xgboost_model import XGBoostModel, _Int8Blocks, quantile_matrix
 from tests.helpers import toy_split
-from tests.releases import FolderSource, resident_bytes, store_backed, write_release
+from tests.releases import load_split, resident_bytes, store_backed
 
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("release")
-    write_release(folder)
-    return folder
-
-def load(folder: Path, split: str, storage: str = "memory", **options):  # type: ignore[no-untyped-def]
-    data = NumeraiData(FolderSource(), folder, feature_set=options.pop("feature_set", "all"), **options)
-    return data, data.load(split, storage=storage, every_nth_train_era=options.pop("every", 1))
 
 def test_lightgbm_trains_column_wise_unless_its_params_choose() -> None:
     # row-wise (LightGBM's own choice at Numerai's widths) keeps a second copy of the bins
@@ -57,10 +46,10 @@ def test_xgboost_learns_the_same_from_the_store_on_disk(
     # from the store XGBoost reads the blocks in several passes, each into the same buffer: many
     # blocks, the last one short
     monkeypatch.setattr("fxml.models.xgboost_model.predict_chunk_rows", lambda _: 97)
-    _, expected_train = load(release, "train")
-    _, validation = load(release, "validation")
+    _, expected_train = load_split(release, "train")
+    _, validation = load_split(release, "validation")
     expected = XGBoostModel(n_estimators=10, colsample_bytree=0.5).fit(expected_train)
-    _, train = load(release, "train", storage)
+    _, train = load_split(release, "train", storage)
     assert type(quantile_matrix(train, 8)) is matrix
     model = XGBoostModel(n_estimators=10, colsample_bytree=0.5).fit(train)
     np.testing.assert_array_equal(model.predict(validation.features), expected.predict(validation.features))

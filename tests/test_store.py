@@ -27,22 +27,20 @@ from fxml.errors import FxmlError
 from fxml.models.base import labelled_rows, predict_in_era_blocks
 from fxml.models.linear import RidgeModel
 from tests.helpers import toy_split
-from tests.releases import N_FEATURES, FolderSource, reference, resident_bytes, store_backed, write_release
+from tests.releases import (
+    N_FEATURES,
+    FolderSource,
+    load_split,
+    reference,
+    resident_bytes,
+    store_backed,
+    write_release,
+)
 
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("release")
-    write_release(folder)
-    return folder
-
-def load(folder: Path, split: str, storage: str = "memory", **options):  # type: ignore[no-untyped-def]
-    data = NumeraiData(FolderSource(), folder, feature_set=options.pop("feature_set", "all"), **options)
-    return data, data.load(split, storage=storage, every_nth_train_era=options.pop("every", 1))
 
 @pytest.mark.parametrize("storage", ["memory", "disk"])
 def test_rows_sorted_by_era_and_equal_to_the_file(release: Path, storage: str) -> None:
-    data, split = load(release, "train", storage)
+    data, split = load_split(release, "train", storage)
     expected = reference(release, "train", data.feature_names)
     assert split.features.dtype == np.int8 and split.features.flags.c_contiguous
     assert isinstance(split.features, np.memmap) == (storage == "disk")
@@ -58,7 +56,7 @@ def test_a_damaged_store_is_written_again(release: Path, tmp_path: Path,
     folder.mkdir()
     for name in ("validation.parquet", FEATURES_JSON):
         (folder / name).symlink_to(release / name)
-    data, split = load(folder, "validation", "disk")
+    data, split = load_split(folder, "validation", "disk")
     expected = np.array(split.features)
     (matrix,) = (folder / STORE_FOLDER).glob("validation-*.int8")
     del split
@@ -68,7 +66,7 @@ def test_a_damaged_store_is_written_again(release: Path, tmp_path: Path,
         else:
             matrix.with_suffix(".json").write_text("{not json")
         caplog.clear()
-        _, again = load(folder, "validation", "disk")
+        _, again = load_split(folder, "validation", "disk")
         assert "is incomplete or damaged; writing it again" in caplog.text, damage
         np.testing.assert_array_equal(again.features, expected)
         assert matrix.stat().st_size == expected.size
@@ -84,7 +82,7 @@ def test_a_new_store_says_what_the_stores_beside_it_take(release: Path, tmp_path
     written = 0
     for split_name in ("validation", "train"):
         caplog.clear()
-        _, split = load(folder, split_name, "disk")
+        _, split = load_split(folder, split_name, "disk")
         written += split.features.size
         del split
         line = next(r.getMessage() for r in caplog.records if "wrote the int8 store" in r.getMessage())
@@ -92,26 +90,26 @@ def test_a_new_store_says_what_the_stores_beside_it_take(release: Path, tmp_path
     assert sum(f.stat().st_size for f in (folder / STORE_FOLDER).glob("*.int8")) == written
 
 def test_era_selection_reads_only_the_chosen_eras(release: Path) -> None:
-    data, split = load(release, "train", every_nth_era=2, train_eras=[3, 12])
+    data, split = load_split(release, "train", every_nth_era=2, train_eras=[3, 12])
     eras = list(range(3, 13, 2))
     assert sorted(np.unique(split.eras)) == eras
     expected = reference(release, "train", data.feature_names, eras)
     np.testing.assert_array_equal(split.features, expected[data.feature_names].to_numpy(np.int8))
 
 def test_disk_store_is_written_once_and_reused(release: Path) -> None:
-    _, first = load(release, "validation", "disk")
+    _, first = load_split(release, "validation", "disk")
     files = sorted((release / ".fxml-store").glob("validation-*.int8"))
     assert len(files) == 1
     written = files[0].stat().st_mtime_ns
-    _, again = load(release, "validation", "disk")
+    _, again = load_split(release, "validation", "disk")
     assert files[0].stat().st_mtime_ns == written
     np.testing.assert_array_equal(np.asarray(first.features), np.asarray(again.features))
-    _, fewer = load(release, "validation", "disk", feature_set="small")
+    _, fewer = load_split(release, "validation", "disk", feature_set="small")
     assert fewer.features.shape[1] == 10
     assert len(list((release / ".fxml-store").glob("validation-*.int8"))) == 2
 
 def test_unresolved_eras_and_era_ranges_are_views(release: Path) -> None:
-    _, validation = load(release, "validation")
+    _, validation = load_split(release, "validation")
     labelled = labelled_rows(validation)
     assert len(labelled) < len(validation) and not np.isnan(labelled.target).any()
     assert np.shares_memory(labelled.features, validation.features)
@@ -135,18 +133,18 @@ def test_missing_feature_values_error_or_fill(tmp_path: Path) -> None:
     validation = write_release(tmp_path, missing=True)
     with pytest.raises(FxmlError, match="validation.parquet: feature column feature_0005 has missing "
                                         r"values \(2 rows\); data.missing_features=fill"):
-        load(tmp_path, "validation")
-    data, split = load(tmp_path, "validation", missing_features="fill", missing_fill=3)
+        load_split(tmp_path, "validation")
+    data, split = load_split(tmp_path, "validation", missing_features="fill", missing_fill=3)
     assert data.filled == {"validation": 2}
     column = split.features[:, 5]
     filled_ids = validation["id"].iloc[[4, 77]].to_numpy()
     assert (column[np.isin(split.ids, filled_ids)] == 3).all()
     era = int(validation["era"].iloc[4])
     in_era = int((validation["era"].iloc[[4, 77]].astype(int) == era).sum())
-    data, _ = load(tmp_path, "validation", missing_features="fill", validation_eras=[era, era])
+    data, _ = load_split(tmp_path, "validation", missing_features="fill", validation_eras=[era, era])
     assert data.filled == {"validation": in_era}, "only the rows read count"
     with pytest.raises(FxmlError, match="data.missing_features must be error or fill"):
-        load(tmp_path, "validation", missing_features="zero")
+        load_split(tmp_path, "validation", missing_features="zero")
 
 def test_a_large_store_is_written_by_a_child_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     validation = write_release(tmp_path / "release", missing=True)
@@ -158,11 +156,12 @@ def test_a_large_store_is_written_by_a_child_process(tmp_path: Path, monkeypatch
     monkeypatch.setattr(store_module, "write_store_file", written_here)
     with pytest.raises(FxmlError, match="validation.parquet: feature column feature_0005 has missing "
                                         r"values \(2 rows\); data.missing_features=fill"):
-        load(tmp_path / "release", "validation", "disk")
+        load_split(tmp_path / "release", "validation", "disk")
     assert not list((tmp_path / "release" / STORE_FOLDER).glob("*.partial")), "a failed write leaves no file"
-    data, split = load(tmp_path / "release", "validation", "disk", missing_features="fill", missing_fill=3)
+    data, split = load_split(tmp_path / "release", "validation", "disk", missing_features="fill",
+                             missing_fill=3)
     assert data.filled == {"validation": 2}
-    _, in_memory = load(tmp_path / "release", "validation", missing_features="fill", missing_fill=3)
+    _, in_memory = load_split(tmp_path / "release", "validation", missing_features="fill", missing_fill=3)
     np.testing.assert_array_equal(split.features, in_memory.features)
     assert (split.features[np.isin(split.ids, validation["id"].iloc[[4, 77]]), 5] == 3).all()
     # a child that fails outside fxml's own checks is one line too
@@ -172,7 +171,7 @@ def test_a_large_store_is_written_by_a_child_process(tmp_path: Path, monkeypatch
                                      MissingFeatures(), tmp_path / "missing.int8", (3, 1))
 
 def test_more_columns_for_the_same_rows(release: Path) -> None:
-    data, split = load(release, "validation", feature_set="small")
+    data, split = load_split(release, "validation", feature_set="small")
     labelled = labelled_rows(split)
     names = [f"feature_{i:04d}" for i in (5, 100, N_FEATURES - 1)]
     more = data.read_features(labelled, names)
@@ -207,7 +206,7 @@ def test_an_unwritable_store_is_one_line_under_a_disk_plan_else_memory(release: 
         data.load("train", storage="disk")
     fallback = data.load("train", storage="store")
     assert fallback.storage == "memory"
-    _, expected = load(release, "train")
+    _, expected = load_split(release, "train")
     np.testing.assert_array_equal(fallback.features, expected.features)
 
 def test_store_rows_are_read_from_the_file_in_any_order(tmp_path: Path) -> None:
