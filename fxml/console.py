@@ -29,6 +29,8 @@ SUMMARY_ROWS = (("corr", "CORR"), ("mmc", "MMC"), ("bmc", "BMC"), ("fnc", "FNC")
                 ("meta_model_rank_corr", "rank corr w/ meta model"),
                 ("exposure_dissimilarity", "exposure dissim. vs meta"))
 STATISTICS = ("mean", "std", "sharpe", "max_drawdown")
+# summaries of CORR against another target than the scored one (target names start "target")
+OTHER_TARGET_CORR = "corr_target"
 IMPORTANCE_SHOWN = 10
 WIDE = 200  # characters a wide table may take outside a terminal
 # a multirun's comparison: these summaries beside the objective, where some job logged them
@@ -73,9 +75,11 @@ def payout_label(corr_weight: float, mmc_weight: float, clip: float) -> str:
 
 
 def summary_table(summary: dict[str, float], title: str,
-                  payout: tuple[float, float, float] = (0.5, 2.0, 0.05)) -> Table:
+                  payout: tuple[float, float, float] = (0.5, 2.0, 0.05),
+                  trained_on: str | None = None) -> Table:
     """Mean, std, sharpe and max drawdown over eras of each score (``payout``: the scorer's
-    CORR weight, MMC weight and clip, shown in the payout row's label)."""
+    CORR weight, MMC weight and clip, shown in the payout row's label), then CORR against each
+    other target scored (``corr_<target>``; ``trained_on``: the one the model learnt)."""
     table = Table(title=title, title_justify="left")
     for header in ("metric", "mean", "std", "sharpe", "max drawdown"):
         table.add_column(header, justify="right" if header != "metric" else "left")
@@ -87,6 +91,13 @@ def summary_table(summary: dict[str, float], title: str,
                       and _known(summary[k])):
         name = key.removesuffix("_mean")
         table.add_row(f"top/bottom {name[2:-5]} CORR",
+                      *(_fmt(summary.get(f"{name}_{s}")) for s in STATISTICS))
+    for key in sorted(k for k in summary if k.startswith(OTHER_TARGET_CORR) and k.endswith("_mean")
+                      and _known(summary[k])):
+        name = key.removesuffix("_mean")
+        target = name.removeprefix("corr_")
+        note = " (trained on)" if target == trained_on else ""
+        table.add_row(escape(f"CORR on {target}{note}"),
                       *(_fmt(summary.get(f"{name}_{s}")) for s in STATISTICS))
     if "payout_apy" in summary:
         table.add_row("payout APY-style (compounded)", _fmt(summary["payout_apy"]), "", "", "")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from fxml.console import step_progress
 from fxml.data.folds import Fold, detached, distinct_eras, era_ranges, rows_of_eras, with_inner_holdout
-from fxml.data.split import DataSplit
+from fxml.data.split import DataSplit, rows_without_target
 from fxml.errors import FxmlError, describe
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.scoring import summarize
@@ -91,10 +91,24 @@ def fold_run(fold: Fold, job: Any) -> Iterator[Any]:
     mlflow.end_run(status="FINISHED")
 
 
-def fit_fold(model: TabularModel, train: DataSplit, fold: Fold, n_folds: int) -> TabularModel:
-    """Fit on the fold's training eras, its inner holdout as the validation it may early-stop on."""
-    fit = rows_of_eras(train, fold.train)
-    holdout = rows_of_eras(train, fold.holdout) if len(fold.holdout) else None
+def log_rows_without_target(parts: dict[str, DataSplit | None]) -> None:
+    """How many rows of each part of the training rows have no value of the target trained on
+    (left out of training): ``rows_without_target_<part>`` on the active run, and one line."""
+    counts = {name: rows_without_target(split) for name, split in parts.items() if split is not None}
+    mlflow.log_metrics({f"rows_without_target_{name}": float(n) for name, n in counts.items()})
+    if any(counts.values()):
+        target = next(split.target_name for split in parts.values() if split is not None)
+        shown = ", ".join(f"{n:,} of {name.replace('_', ' ')}" for name, n in counts.items())
+        log.info("data: rows without %s left out of training: %s", target, shown)
+
+
+def fit_fold(model: TabularModel, train: DataSplit, fold: Fold, n_folds: int,
+             target: str) -> TabularModel:
+    """Fit on the fold's training eras, its inner holdout as the validation it may early-stop on,
+    learning ``target``."""
+    fit = rows_of_eras(train, fold.train).with_target(target)
+    holdout = rows_of_eras(train, fold.holdout).with_target(target) if len(fold.holdout) else None
+    log_rows_without_target({"train": fit, "holdout": holdout})
     step_metrics = StepMetrics()
     with step_progress(f"fold {fold.index + 1}/{n_folds}: training", step_metrics) as on_step:
         model.fit(fit, holdout, on_step=on_step)
@@ -155,9 +169,10 @@ def pruning_signal(running: dict[str, float], objective: str | None) -> float:
 
 
 def cross_validate(new_model: Callable[[], TabularModel], train: DataSplit, folds: list[Fold],
-                   score: ScoreSplit, sweep: Any) -> CrossValidation:
+                   score: ScoreSplit, sweep: Any, target: str) -> CrossValidation:
     """Run every fold as a child run of the active run: a new model from ``new_model`` fits on the
-    fold's training eras and ``score`` scores its test eras. A sweep's trial (``sweep``, the job's
+    fold's training eras (learning ``target``) and ``score`` scores its test eras (on the target
+    ``train`` carries, the main one). A sweep's trial (``sweep``, the job's
     ``sweep`` config) hears the running cv metric after each fold, so a bad trial stops after its
     first fold. The cv summaries are logged on the job's run."""
     report = trial_reporter(sweep)
@@ -177,7 +192,7 @@ def cross_validate(new_model: Callable[[], TabularModel], train: DataSplit, fold
                  len(folds), era_ranges(fold.train), era_ranges(fold.holdout) or "none",
                  era_ranges(fold.test))
         with fold_run(fold, job) as run:
-            model = fit_fold(new_model(), train, fold, len(folds))
+            model = fit_fold(new_model(), train, fold, len(folds), target)
             scores, frame = score_fold(model, train, fold, score)
             log_fold_scores(scores, fold)
         per_era.append(scores.per_era.assign(fold=fold.index))

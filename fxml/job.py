@@ -14,7 +14,7 @@ import mlflow
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
 from fxml import __version__
@@ -28,14 +28,15 @@ from fxml.console import (
     step_progress,
     summary_table,
 )
-from fxml.crossval import CrossValidation, cross_validate, training_parts
+from fxml.crossval import CrossValidation, cross_validate, log_rows_without_target, training_parts
 from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
 from fxml.data.loader import NumeraiData
 from fxml.data.memory import MemoryPlan, MemoryPolicy
 from fxml.data.references import scoring_inputs
-from fxml.data.split import DataSplit
+from fxml.data.split import MAIN_TARGET, DataSplit
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.models.devices import require_accelerator, taken_fallbacks
+from fxml.models.params import MEMBER_TARGET
 from fxml.models.postprocess import postprocessed
 from fxml.scoring.importance import importance_figure
 from fxml.scoring.scorer import NumeraiScorer, Scores
@@ -59,6 +60,9 @@ from fxml.tracking.stores import bound_retries
 
 log = logging.getLogger("fxml.run")
 IMPORTANCE_CSV = "importance/permutation.csv"
+SCORED_ON_TAG = "scored_on"
+MEMBER_TARGETS_TAG = "member_targets"
+MEMBER_TARGET_PARAM = "ensemble.target."
 
 
 def start(cfg: DictConfig) -> str:
@@ -72,7 +76,8 @@ def start(cfg: DictConfig) -> str:
 
 def shown_run(cfg: DictConfig, name: RunName, run: Any, uri: str) -> Shown:
     payout = (cfg.scorer.payout_corr_weight, cfg.scorer.payout_mmc_weight, cfg.scorer.payout_clip)
-    return Shown(name.of(run.info.run_id), run.info.run_id, uri, cfg.tracking.experiment, payout)
+    return Shown(name.of(run.info.run_id), run.info.run_id, uri, cfg.tracking.experiment, payout,
+                 str(cfg.data.target))
 
 
 def load_validation(data: NumeraiData, neutralizers: list[str]) -> DataSplit:
@@ -94,15 +99,20 @@ def open_release(cfg: DictConfig) -> NumeraiData:
     """The release the config names (downloaded or written first where needed), tagged on the run."""
     data = NumeraiData.from_config(cfg.data, source=instantiate(cfg.data.source, _recursive_=False))
     mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
-                     "feature_set": data.feature_set, "target": data.target})
+                     "feature_set": data.feature_set, "target": data.target, SCORED_ON_TAG: MAIN_TARGET})
+    data.also_load(list(cfg.scorer.targets), "scorer.targets")
     return data
 
 
 def build_model(cfg: DictConfig, data: NumeraiData) -> tuple[TabularModel, list[str]]:
     """A new, unfitted model as configured (post-processing wraps it), and the neutraliser columns
     its ``predict`` reads beyond the run's features."""
-    model = instantiate(cfg.model, _convert_="all")
+    spec = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(spec, dict)
+    spec.pop(MEMBER_TARGET, None)  # an ensemble member's key: validate refused it here
+    model = instantiate(spec, _convert_="all")
     load_ensemble_members(model)  # members named by MLflow URI: loaded here, not in models
+    data.also_load(model.targets_read(), "model: target")
     return postprocessed(model, cfg.get("postprocess"), data)
 
 
@@ -112,7 +122,9 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
     """Load the training eras, run the folds when cv asks for them, then fit on every training era
     but the inner holdout that early stopping, pruning signals and fitted weights read. The model
     is None when cv does not refit."""
-    embargo = resolve_embargo(splitter.embargo, data.target)
+    # eras apart by the longest horizon of the targets the model learns
+    embargo = max(resolve_embargo(splitter.embargo, target)
+                  for target in [data.target, *model.targets_read()])
     mlflow.set_tags({"cv": splitter.method, "cv_embargo": embargo})
     holdout_eras = cfg.trainer.inner_holdout_eras if model.uses_validation else 0
     storage = plan.train_storage(model.memory_profile())
@@ -125,14 +137,17 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
     cv = None
     if splitter.active:
         folds = splitter.make_folds(train_split.eras, embargo, holdout_eras)
+        # folds train on the run's target and are scored on the main target
         cv = cross_validate(lambda: build_model(cfg, data)[0], train_split, folds,
                             lambda predictions, split: scorer.score(
-                                predictions, scoring_inputs(data, split, scorer)), cfg.sweep)
+                                predictions, scoring_inputs(data, split, scorer)), cfg.sweep,
+                            data.target)
         if not splitter.refit:
             return None, cv
-    fit_split, inner_holdout = training_parts(train_split, holdout_eras, embargo)
+    fit_split, inner_holdout = training_parts(train_split.with_target(data.target), holdout_eras, embargo)
     mlflow.set_tags({"fit_eras": era_ranges(fit_split.eras),
                      "inner_holdout_eras": era_ranges(inner_holdout.eras) if inner_holdout else ""})
+    log_rows_without_target({"fit": fit_split, "inner_holdout": inner_holdout})
     started = time.perf_counter()
     step_metrics = StepMetrics()
     # with folds, the trial hears the running cv metric after each fold instead
@@ -141,9 +156,18 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
         model.fit(fit_split, inner_holdout, on_step=on_step)
     step_metrics.flush()
     log_fitted_params(model)
+    log_member_targets(model)
     mlflow.set_tags(taken_fallbacks())
     mlflow.log_metric("train_seconds", time.perf_counter() - started)
     return model, cv
+
+
+def log_member_targets(model: TabularModel) -> None:
+    """An ensemble's members' training targets, as one tag a registered version keeps."""
+    targets = {key.removeprefix(MEMBER_TARGET_PARAM): value for key, value in model.fitted_params().items()
+               if key.startswith(MEMBER_TARGET_PARAM)}
+    if targets:
+        mlflow.set_tag(MEMBER_TARGETS_TAG, ", ".join(f"{name}={target}" for name, target in targets.items()))
 
 
 def score_validation(model: TabularModel, validation: DataSplit, data: NumeraiData,
@@ -217,6 +241,7 @@ class Shown:
     uri: str
     experiment: str
     payout: tuple[float, float, float]
+    trained_on: str
 
 
 def run_name(cfg: DictConfig) -> RunName:
@@ -271,11 +296,12 @@ def show_summary(scores: Scores | None, cv_metrics: dict[str, float], shown: Sho
         return
     if plain:
         print_wide(summary_table(plain, f"Cross-validation, out of fold over {int(plain['n_eras'])} "
-                                           "training eras", shown.payout))
+                                           f"training eras, scored on {MAIN_TARGET}", shown.payout,
+                                 shown.trained_on))
     if scores is not None:
         eras = int(scores.summary.get("n_eras", len(scores.per_era)))
-        print_wide(summary_table(scores.summary, f"Validation (holdout) over {eras} eras",
-                                    shown.payout))
+        print_wide(summary_table(scores.summary, f"Validation (holdout) over {eras} eras, scored on "
+                                                 f"{MAIN_TARGET}", shown.payout, shown.trained_on))
     # whole lines, never folded: a user copies names, paths and commands from them
     console.print(f"MLflow run [bold]{escape(shown.run_name)}[/bold] ({shown.run_id}) in experiment "
                   f"'{shown.experiment}' at {uri}", soft_wrap=True)

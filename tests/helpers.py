@@ -107,3 +107,17 @@ def assert_parent_names_the_best(parent, found: optuna.Study) -> None:  # type: 
     assert command.startswith("python -m fxml.run ") and "hparams_search" not in command
     assert all(f"{k}={v!r}" in command if isinstance(v, float) else f"{k}={v}" in command
                for k, v in best.params.items())
+
+
+def table_rows(stdout: str, title: str) -> tuple[list[str], list[list[str]]]:
+    """The header cells and the row cells of the one table whose title starts with ``title``."""
+    lines = stdout.splitlines()
+    [titled] = [i for i, line in enumerate(lines) if line.startswith(title)]
+    top = next(i for i in range(titled, len(lines)) if lines[i].startswith("┏"))
+    header = [cell.strip() for cell in lines[top + 1].strip("┃").split("┃")]
+    rows = []
+    for line in lines[top + 3:]:
+        if not line.startswith("│"):
+            break
+        rows.append([cell.strip() for cell in line.strip("│").split("│")])
+    return header, rows

@@ -261,8 +261,8 @@ def test_auxiliary_targets_from_config_overrides(workspace: Workspace) -> None:
                              f"tracking.run_name={name}", "tracking.log_model=false")
     assert result.returncode == 0, result.stderr
     run = next(r for r in workspace.runs() if r.info.run_name == name)
-    assert run.data.params["data.extra_targets"] == "['target_cyrusd_20', 'target_ender_60']"
-    assert run.data.params["data.target"] == "target"
+    assert run.data.params["model.aux_targets"] == "['target_cyrusd_20', 'target_ender_60']"
+    assert run.data.params["data.target"] == "target" and run.info.status == "FINISHED"
     # validation no longer picks the epoch (the inner holdout does): on this tiny release a few
     # epochs give a validation CORR near zero either side, so the test asserts that it learned
     assert np.isfinite(run.data.metrics["corr_mean"])

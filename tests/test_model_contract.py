@@ -28,6 +28,7 @@ from fxml.errors import FxmlError
 from fxml.models.base import TabularModel, load_model
 from fxml.models.params import ModelParams, model_families
 from tests.helpers import toy_split
+from tests.releases import store_backed
 
 FAMILIES = model_families()
 DEEP = {"mlp", "resnet", "tabnet"}
@@ -67,7 +68,7 @@ def family(request: pytest.FixtureRequest) -> str:
 
 
 def new_model(family: str, **params: Any) -> TabularModel:
-    model_class = get_class(FAMILIES[family].target)
+    model_class = get_class(FAMILIES[family].class_path)
     assert issubclass(model_class, TabularModel) and model_class.params_class is FAMILIES[family]
     return model_class(**{**SMALL[family], **params})
 
@@ -153,6 +154,28 @@ def test_fit_predict_save_load(family: str, tmp_path: Path, monkeypatch: pytest.
     reloaded.save(tmp_path / "again")
     assert (tmp_path / "again" / "fxml_model.json").read_text() == \
         (tmp_path / "saved" / "fxml_model.json").read_text()
+
+
+@pytest.mark.parametrize("storage", ["memory", "store"])
+def test_rows_without_a_target_are_left_out_of_training(family: str, storage: str,
+                                                        tmp_path: Path) -> None:
+    """A model learns from the rows whose target is known as if the others were not there, reading
+    them from the one matrix (in memory or the store file) it is given (Numerai's auxiliary
+    targets are NaN in some training rows)."""
+    train = toy_split(eras=12, rows=150, features=8, used=2)
+    holdout = toy_split("validation", eras=3, rows=150, features=8, seed=1, used=2)
+    test = toy_split("validation", eras=4, rows=100, features=8, seed=2, used=2)
+    assert train.target is not None
+    # scattered rows and a whole era: not one run of rows
+    missing = (np.arange(len(train)) % 5 == 3) | (train.eras == 4)
+    with_gaps = dataclasses.replace(train, target=np.where(missing, np.nan, train.target))
+    if storage == "store":
+        with_gaps = store_backed(with_gaps, tmp_path / "train.int8")
+    labelled_copy = train.rows(~missing)
+    assert not np.shares_memory(labelled_copy.features, train.features)
+    predictions = new_model(family).fit(with_gaps, holdout).predict(test.features, test.eras)
+    expected = new_model(family).fit(labelled_copy, holdout).predict(test.features, test.eras)
+    np.testing.assert_array_equal(predictions, expected)
 
 
 def test_a_family_defined_outside_fxml_is_checked_the_same_way(tmp_path: Path,

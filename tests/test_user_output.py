@@ -16,6 +16,7 @@ from fxml.console import importance_table, payout_label
 from fxml.scoring.importance import COLUMNS
 from fxml.sweeps.parent import distinct_overrides
 from tests.conftest import Workspace
+from tests.helpers import table_rows
 
 NAME = re.compile(r"^ridge-small-target-([0-9a-f]{4})$")
 
@@ -24,20 +25,6 @@ NAME = re.compile(r"^ridge-small-target-([0-9a-f]{4})$")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A store of this module's own: the tables list every child of a parent run."""
     return Workspace(tmp_path_factory.mktemp("user-output"))
-
-
-def table_rows(stdout: str, title: str) -> tuple[list[str], list[list[str]]]:
-    """The header cells and the row cells of the one table whose title starts with ``title``."""
-    lines = stdout.splitlines()
-    [titled] = [i for i, line in enumerate(lines) if line.startswith(title)]
-    top = next(i for i in range(titled, len(lines)) if lines[i].startswith("┏"))
-    header = [cell.strip() for cell in lines[top + 1].strip("┃").split("┃")]
-    rows = []
-    for line in lines[top + 3:]:
-        if not line.startswith("│"):
-            break
-        rows.append([cell.strip() for cell in line.strip("│").split("│")])
-    return header, rows
 
 
 def by_name(ws: Workspace, experiment: str) -> dict:
@@ -59,12 +46,15 @@ def test_a_grid_multirun_ends_with_one_table_of_its_jobs(ws: Workspace, grid) ->
     header, rows = table_rows(grid.stdout, "Multirun ")
     assert header[:2] == ["job", "corr_sharpe"], header
     assert header[-3:] == ["status", "run", "overrides"]
-    assert [row[0] for row in rows] == ["0", "1", "2"]
+    # best first by the objective (on the main target), the job that failed last
+    assert sorted(row[0] for row in rows[:2]) == ["0", "1"] and rows[2][0] == "2"
+    assert float(rows[0][1]) >= float(rows[1][1])
     runs = by_name(ws, "grid")
-    for row, alpha in zip(rows[:2], ("1", "100"), strict=True):
+    assert sorted(row[-1] for row in rows[:2]) == ["model.alpha=1", "model.alpha=100"]
+    for row in rows[:2]:
         run = runs[row[-2]]  # the printed name is the MLflow run's name
         assert NAME.match(row[-2]) and run.info.run_id.startswith(NAME.match(row[-2])[1])
-        assert row[-3] == "FINISHED" and row[-1] == f"model.alpha={alpha}"
+        assert row[-3] == "FINISHED" and row[-1] == f"model.alpha={run.data.params['model.alpha']}"
         for column, cell in zip(header[1:-3], row[1:-3], strict=True):
             assert cell == f"{run.data.metrics[column]:.4f}", column
         assert f"job {row[0]}: {row[-2]}: corr_mean {run.data.metrics['corr_mean']:.4f}" in grid.stdout

@@ -23,7 +23,7 @@ class FeatureMeanParams(ModelParams):
     """The family's parameters, defaults and checks (the config schema is derived from them)."""
 
     family: ClassVar[str] = "feature_mean"
-    target: ClassVar[str] = "feature_mean.FeatureMeanModel"
+    class_path: ClassVar[str] = "feature_mean.FeatureMeanModel"
 
     feature: str = "feature_0"  # the feature whose values group the rows
     shrinkage: float = 0.0  # rows of prior weight pulling each group's mean to the overall mean

@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fxml.config.schema import register_schemas
 from fxml.errors import FxmlError, describe_config_error
+from fxml.models.params import MEMBER_TARGET
 
 __all__ = ["CONFIG_PATH", "register_schemas", "validate", "describe_config_error"]
 
@@ -29,6 +30,9 @@ def validate(cfg: DictConfig) -> None:
         except OmegaConfBaseException as error:
             raise FxmlError(describe_config_error(error)) from None
     if cfg.get("model") is not None:
+        if cfg.model.get(MEMBER_TARGET) is not None:
+            raise FxmlError(f"model.{MEMBER_TARGET} sets an ensemble member's own target "
+                            f"(model.members.<name>.{MEMBER_TARGET}); a model trains on data.target")
         resolve_model_classes(cfg.model)
 
 

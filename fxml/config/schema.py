@@ -19,7 +19,7 @@ from omegaconf import MISSING
 from fxml.data import cv_settings, memory
 from fxml.errors import FxmlError, one_of, require
 from fxml.models.deep.params import DeepParams
-from fxml.models.params import ModelParams, check_model_uri, model_families
+from fxml.models.params import MEMBER_TARGET, ModelParams, check_model_uri, model_families
 from fxml.scoring.settings import ScorerSettings
 
 __all__ = ["FxmlError", "SCHEMAS", "check_model_uri", "model_schema", "one_of", "register_schemas",
@@ -82,7 +82,10 @@ class DataConfig:
     directory: str = "data"
     feature_set: str = "small"  # a set from features.json, or give an explicit list in `features`
     features: list[str] | None = None
-    target: str = "target"  # main target, or an auxiliary one such as target_cyrusd_20
+    # the target the model trains on: the main one, or an auxiliary one such as target_cyrusd_20
+    # (its NaN rows are left out); every score is on the main target, which Numerai pays on
+    target: str = "target"
+    # more target columns to load (the model's own auxiliary and members' targets are loaded for it)
     extra_targets: list[str] = field(default_factory=list)
     train_eras: list[int] | None = None  # [first, last] era numbers, null for all
     validation_eras: list[int] | None = None
@@ -167,8 +170,11 @@ def model_schema(params: type[ModelParams]) -> type:
     included, by inheritance) plus ``_target_`` and the trainer wiring."""
     hints = typing.get_type_hints(params)
     runtime = {name: hints[name] for name in params.runtime}
-    extra: list[tuple[str, Any, Any]] = [("_target_", str, params.target)]
+    extra: list[tuple[str, Any, Any]] = [("_target_", str, params.class_path)]
     extra += [(key, Any, value) for key, value in HYDRA_OPTIONS.get(params.family, {}).items()]
+    # an ensemble member's own training target (model.members.<name>.target); the ensemble reads
+    # it, the family never sees it; null: the run's data.target
+    extra += [(MEMBER_TARGET, str | None, None)]
     extra += [(name, annotation, TRAINER_WIRING[name]) for name, annotation in runtime.items()]
     # named as the dataclass users read: "Key 'n_estimator' not in 'LightGBMParams'"
     return dataclasses.make_dataclass(params.__name__, extra, bases=(params, _Targeted))

@@ -31,7 +31,7 @@ from fxml.data.layout import (
 )
 from fxml.data.memory import MemoryNeed, MemoryProfile, return_freed_memory
 from fxml.data.sources import DataSource
-from fxml.data.split import DataSplit, Storage
+from fxml.data.split import MAIN_TARGET, DataSplit, Storage
 from fxml.data.store import (
     MissingFeatures,
     RowPlan,
@@ -67,23 +67,31 @@ class NumeraiData:
     ) -> None:
         self.source = source
         self.folder, self.version = source.resolve(Path(directory), version)
+        # the target the run's model trains on; splits are scored on MAIN_TARGET, whatever it is
         self.target = target
-        # auxiliary targets some models train on as extra outputs; carried in DataSplit.extra
-        self.extra_targets = [name for name in extra_targets or [] if name != target]
         self.era_spans = {"train": train_eras, "validation": validation_eras}
         self.every_nth_era = every_nth_era
         self.missing = MissingFeatures(missing_features, missing_fill)
         self.filled: dict[str, int] = {}
         self.metadata = read_feature_metadata(self.path(FEATURES_JSON))
         self.feature_names = self._select_features(feature_set, features)
-        targets = self.metadata.get("targets", [])
-        for key, name in [("data.target", target)] + [("data.extra_targets", n) for n in self.extra_targets]:
-            if targets and name not in targets:
-                raise FxmlError(
-                    f"{key}={name} is not a target in {FEATURES_JSON} "
-                    f"(for example: {', '.join(targets[:4])})"
-                )
+        # targets loaded beside the main one (DataSplit.extra): the training target, auxiliary
+        # outputs, ensemble members' own targets, targets scored for comparison
+        self.extra_targets: list[str] = []
+        self.also_load([target], "data.target")
+        self.also_load(extra_targets or [], "data.extra_targets")
         self.feature_set = feature_set if features is None else "custom"
+
+    def also_load(self, targets: list[str], key: str) -> None:
+        """Load the target columns ``targets`` too (``key``: the setting that names them, for the
+        error a name that is not a target of the release gets)."""
+        known = self.metadata.get("targets", [])
+        for name in targets:
+            if known and name not in known:
+                raise FxmlError(f"{key}={name} is not a target in {FEATURES_JSON} "
+                                f"(for example: {', '.join(known[:4])})")
+            if name != MAIN_TARGET and name not in self.extra_targets:
+                self.extra_targets.append(name)
 
     @classmethod
     def from_config(cls, data_cfg: Any, source: DataSource) -> NumeraiData:
@@ -123,7 +131,7 @@ class NumeraiData:
         """
         path = self.path(SPLIT_FILES[split])
         frame = self._scan(path, split)
-        labels = [self.target, *self.extra_targets] if split != "live" else []
+        labels = [MAIN_TARGET, *self.extra_targets] if split != "live" else []
         columns = [*self.feature_names, *[c for c in extra_features or [] if c not in self.feature_names]]
         self._check_columns(path, frame, [ID, ERA, *columns, *labels])
         small = self._small_columns(path, frame, labels, with_ids)
@@ -149,9 +157,7 @@ class NumeraiData:
         self.filled[split] = filled
         order = plan.source[np.argsort(plan.destination)]
         small = small[order]
-        target = small[self.target].to_numpy() if split != "live" else None
-        if split == "train" and target is not None and np.isnan(target).any():
-            raise FxmlError(f"{path.name}: column {self.target} has NaN in training rows")
+        target = small[MAIN_TARGET].to_numpy() if split != "live" else None
         result = DataSplit(
             name=split,
             ids=small[ID].to_numpy() if with_ids else None,

@@ -15,7 +15,7 @@ import logging
 import os
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -24,7 +24,7 @@ import numpy as np
 from fxml.data.benchmarks import benchmark_predictions
 from fxml.data.layout import BENCHMARK_FILES, META_MODEL
 from fxml.data.memory import SCORING_BLOCK_BYTES, StoreRows, read_rows
-from fxml.data.split import DataSplit
+from fxml.data.split import MAIN_TARGET, DataSplit
 from fxml.errors import FxmlError
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class ReferenceChoice(Protocol):
     mpc_benchmark_columns: list[str] | None
     mpc_neutralizers: str | None
     mpc_sample_weights: str | None
+    targets: list[str]
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,9 @@ class ScoringInputs:
     benchmark_name: str | None = None
     portfolio: PortfolioInputs | None = None
     prepared: PreparedParts | None = None
+    # other targets the predictions' per-era CORR is reported against too, by name (``target``
+    # above is the one scored: the release's main target)
+    other_targets: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def feature_rows(matrix: np.ndarray) -> np.ndarray | StoreRows:
@@ -138,7 +142,19 @@ def scoring_inputs(data: NumeraiData, split: DataSplit, choice: ReferenceChoice)
     portfolio = portfolio_inputs(data, split, choice) if choice.mpc and split.ids is not None else None
     return ScoringInputs(split.name, split.target, split.eras, feature_rows(split.features),
                          list(split.feature_names), meta_model, benchmark, benchmark_name, portfolio,
-                         prepared_parts(data, split, choice, portfolio))
+                         prepared_parts(data, split, choice, portfolio),
+                         other_targets(split, [getattr(data, "target", MAIN_TARGET), *choice.targets]))
+
+
+def other_targets(split: DataSplit, names: list[str]) -> dict[str, np.ndarray]:
+    """The columns of the targets ``names`` other than the one ``split`` is scored on (the
+    training target, ``scorer.targets``), by name."""
+    columns = {}
+    for name in dict.fromkeys(names):
+        column = split.with_target(name).target if name != split.target_name else None
+        if column is not None:
+            columns[name] = column
+    return columns
 
 
 def optional(load: Callable[[], T], metric: str) -> T | None:

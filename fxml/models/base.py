@@ -5,8 +5,10 @@ A family is one class and one parameters dataclass (``fxml.models.params``):
 - ``Model(**params)`` builds the family's typed parameters (``self.params``), which run their
   checks; ``memory`` declares what the family holds while it trains (a :class:`MemoryProfile`,
   read by the memory planner);
-- ``fit(train, validation, on_step)`` learns from int8 features (``validation``: the inner holdout
-  it may early-stop on) and never changes or frees what it is given;
+- ``fit(train, validation, on_step)`` learns ``train.target`` from int8 features (``validation``:
+  the inner holdout it may early-stop on), from the rows whose target is known only
+  (``training_rows``: Numerai's auxiliary targets are NaN in some rows), and never changes or
+  frees what it is given;
 - ``predict(features, eras)`` returns one float per row (``eras`` matters only to per-era steps
   such as rank-averaging ensembles or neutralisation; ``None``: all rows are one era, as live);
 - ``save(dir)`` / ``load_model(dir)`` round-trip exactly: a reloaded model predicts bit for bit
@@ -31,6 +33,7 @@ import numpy as np
 from fxml.data.memory import SCORING_BLOCK_BYTES, MemoryProfile, read_rows, return_freed_memory
 from fxml.data.split import DataSplit
 from fxml.data.split import labelled_rows as labelled_rows  # re-exported for the families
+from fxml.data.split import training_rows as training_rows
 from fxml.models.params import ModelParams
 from fxml.steps import StepCallback
 
@@ -84,10 +87,15 @@ class TabularModel(ABC):
             out[start : start + len(block)] = self.predict_float32(block)
         return out
 
-    def fitted_params(self) -> dict[str, float]:
-        """Values ``fit`` chose that the runner logs as MLflow params (an ensemble's weights);
-        models do not log themselves."""
+    def fitted_params(self) -> dict[str, float | str]:
+        """Values ``fit`` chose that the runner logs as MLflow params (an ensemble's weights and
+        its members' targets); models do not log themselves."""
         return {}
+
+    def targets_read(self) -> list[str]:
+        """Targets ``fit`` reads besides the one it is given (auxiliary outputs, an ensemble's
+        members' own targets): the runner loads them with the training rows."""
+        return []
 
     @abstractmethod
     def save_state(self, directory: Path) -> None: ...

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from fxml.data.memory import MemoryProfile
-from fxml.data.split import DataSplit
+from fxml.data.split import MAIN_TARGET, DataSplit, rows_without_target
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, load_model
-from fxml.models.params import EnsembleParams
+from fxml.models.params import MEMBER_TARGET, EnsembleParams
 from fxml.scoring.eras import era_sum
 from fxml.scoring.ranks import era_codes, rank_by_era
 from fxml.scoring.transforms import center_by_era, signed_power
@@ -50,6 +50,7 @@ class LoadedMember:
     features: list[str]
     source: str
     feature_set: str = "?"
+    target: str = "?"
 
 
 class EnsembleModel(TabularModel):
@@ -66,6 +67,9 @@ class EnsembleModel(TabularModel):
         self.weights = np.full(len(self.names), 1.0 / max(len(self.names), 1))
         self.input_features: list[str] | None = None
         self.loaded: dict[str, LoadedMember] = {}
+        # each member's training target (a logged member's as its run recorded it)
+        self.targets: list[str] = []
+        self.rows_left_out: dict[str, int] = {}
 
     def logged_member_uris(self) -> dict[str, str]:
         """The members named by an MLflow URI, which the runner loads and :meth:`attach` es."""
@@ -95,30 +99,60 @@ class EnsembleModel(TabularModel):
 
     # -- fitting -----------------------------------------------------------------------------------
 
+    @property
+    def uses_validation(self) -> bool:
+        """Fitted weights read the inner holdout, and so does any member that early-stops on it."""
+        return self.params.weights == "fit" or any(
+            self._build_member(name, spec).uses_validation
+            for name, spec in self.params.members.items() if not isinstance(spec, str))
+
+    def targets_read(self) -> list[str]:
+        """Members' own targets and the auxiliary targets they read."""
+        names: list[str] = []
+        for spec in self.params.members.values():
+            if isinstance(spec, dict):
+                names += [spec[MEMBER_TARGET]] if spec.get(MEMBER_TARGET) else []
+                names += list(spec.get("aux_targets") or [])
+        return list(dict.fromkeys(names))
+
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> EnsembleModel:
+        """Train each configured member on its own target (``target`` in its config, else the
+        target ``train`` carries), on that target's labelled rows of the one ``train`` matrix;
+        attach the logged ones. Fitted weights are chosen on ``validation`` against the main target."""
         self.input_features = list(train.feature_names)
-        self.models, self.columns, self.sources = [], [], []
+        self.models, self.columns, self.sources, self.targets = [], [], [], []
+        self.rows_left_out = {}
         for name, spec in self.params.members.items():
             if isinstance(spec, str):
                 model, columns = self._logged_member(name, spec, train.feature_names)
-                source = spec
+                source, target = spec, self.loaded[name].target
             else:
                 model, columns = self._build_member(name, spec), None
-                log.info("ensemble: training member %s (%s)", name, type(model).__name__)
-                model.fit(train, validation, on_step=_prefixed(on_step, name))
+                target = spec.get(MEMBER_TARGET) or train.target_name
+                member_train = train.with_target(target)
+                self.rows_left_out[name] = rows_without_target(member_train)
+                log.info("ensemble: training member %s (%s) on %s%s", name, type(model).__name__, target,
+                         f", {self.rows_left_out[name]:,} rows without it left out"
+                         if self.rows_left_out[name] else "")
+                model.fit(member_train, None if validation is None else validation.with_target(target),
+                          on_step=_prefixed(on_step, name))
                 source = "trained in this run"
             self.models.append(model)
             self.columns.append(columns)
             self.sources.append(source)
+            self.targets.append(target)
         self.weights = self._weights(validation)
         shown = ", ".join(f"{n}={w:.3f}" for n, w in zip(self.names, self.weights, strict=True))
         log.info("ensemble weights (%s): %s", self._weight_kind, shown)
         return self
 
-    def fitted_params(self) -> dict[str, float]:
-        return {f"ensemble.weight.{n}": round(float(w), 6)
-                for n, w in zip(self.names, self.weights, strict=True)}
+    def fitted_params(self) -> dict[str, float | str]:
+        params: dict[str, float | str] = {f"ensemble.weight.{n}": round(float(w), 6)
+                                          for n, w in zip(self.names, self.weights, strict=True)}
+        params.update({f"ensemble.target.{n}": t for n, t in zip(self.names, self.targets, strict=True)})
+        params.update({f"ensemble.rows_without_target.{n}": rows for n, rows in self.rows_left_out.items()})
+        return params
 
     @property
     def _weight_kind(self) -> str:
@@ -131,7 +165,7 @@ class EnsembleModel(TabularModel):
         from hydra.utils import instantiate
 
         try:
-            model = instantiate(spec, _convert_="all")
+            model = instantiate({k: v for k, v in spec.items() if k != MEMBER_TARGET}, _convert_="all")
         except InstantiationException as error:
             cause = error.__cause__ or error
             if isinstance(cause, FxmlError):
@@ -155,7 +189,8 @@ class EnsembleModel(TabularModel):
             if validation is None or validation.target is None:
                 raise FxmlError("model.weights=fit needs an inner holdout: "
                                 "set trainer.inner_holdout_eras >= 1")
-            labelled = labelled_rows(validation)
+            # chosen for what Numerai pays, whatever targets the members learnt
+            labelled = labelled_rows(validation.with_target(MAIN_TARGET))
             assert labelled.target is not None
             return fit_weights(self._member_ranks(labelled), labelled.target, labelled.eras)
         if weights in (None, "equal"):
@@ -190,9 +225,15 @@ class EnsembleModel(TabularModel):
 
     def describe(self) -> dict[str, Any]:
         return {"ensemble": {
-            name: {"weight": float(w), "source": source, "model": type(model).__name__}
-            for name, w, source, model in zip(self.names, self.weights, self.sources, self.models,
-                                              strict=True)}}
+            name: {"weight": float(w), "source": source, "model": type(model).__name__,
+                   "target": target}
+            for name, w, source, model, target in zip(self.names, self.weights, self.sources,
+                                                      self.models, self.member_targets, strict=True)}}
+
+    @property
+    def member_targets(self) -> list[str]:
+        """Each member's training target ("?" for a state saved before targets were recorded)."""
+        return self.targets or ["?"] * len(self.names)
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -200,13 +241,15 @@ class EnsembleModel(TabularModel):
         for i, (name, model) in enumerate(zip(self.names, self.models, strict=True)):
             model.save(directory / MEMBERS / f"{i:02d}_{name}")
         state = {"names": self.names, "weights": self.weights.tolist(), "columns": self.columns,
-                 "sources": self.sources, "input_features": self.input_features}
+                 "sources": self.sources, "input_features": self.input_features,
+                 "targets": self.targets}
         (directory / STATE).write_text(json.dumps(state))
 
     def load_state(self, directory: Path) -> None:
         state = json.loads((directory / STATE).read_text())
         self.names, self.columns = state["names"], state["columns"]
         self.sources, self.input_features = state["sources"], state["input_features"]
+        self.targets = list(state.get("targets", []))
         self.weights = np.asarray(state["weights"], dtype=np.float64)
         self.models = [load_model(directory / MEMBERS / f"{i:02d}_{name}")
                        for i, name in enumerate(self.names)]

@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 import lightgbm as lgb
 import numpy as np
 
-from fxml.data.memory import read_rows
-from fxml.data.split import DataSplit
+from fxml.data.split import DataSplit, TrainingRows, training_rows
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, predict_chunk_rows
 from fxml.models.devices import cpu_fallback
@@ -32,31 +31,31 @@ GPU_DEVICE_TYPES = ("cuda", "gpu")
 
 
 class _Int8Rows(lgb.Sequence):
-    """Hands LightGBM float32 row batches of the int8 matrix (in memory or memory-mapped), of a
-    bounded size, never the whole matrix as float.
+    """Hands LightGBM float32 row batches of a split's labelled int8 rows (in memory or in the
+    store file), of a bounded size, never the whole matrix as float.
 
     LightGBM takes single rows for its bin sample first, then every row once, in order, in
-    batches. From the store on disk, rows and batches are read from the file (``read_rows``):
-    nothing of it is mapped, so nothing stays in the process (an ensemble's members read the
-    split again).
+    batches. From the store on disk, rows and batches are read from the file
+    (``TrainingRows.block``): nothing of it is mapped, so nothing stays in the process (an
+    ensemble's members read the split again).
     """
 
-    def __init__(self, features: np.ndarray) -> None:
-        self.features = features
-        self.batch_size = predict_chunk_rows(features.shape[1])
+    def __init__(self, rows: TrainingRows) -> None:
+        self.rows = rows
+        self.batch_size = predict_chunk_rows(rows.n_features)
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.rows)
 
     def __getitem__(self, index: int | slice | list[int]) -> np.ndarray:
         if isinstance(index, list):  # LightGBM asks for single rows and slices only
             return np.asarray(np.concatenate([self[row][None] for row in index]), dtype=np.float64)
         if not isinstance(index, slice):
             # single rows are LightGBM's bin sample, which it wants as float64
-            row = range(len(self.features))[index]
-            return np.asarray(read_rows(self.features, row, row + 1)[0], dtype=np.float64)
-        start, stop, _ = index.indices(len(self.features))
-        return np.asarray(read_rows(self.features, start, stop), dtype=np.float32)
+            row = range(len(self.rows))[index]
+            return np.asarray(self.rows.block(row, row + 1)[0], dtype=np.float64)
+        start, stop, _ = index.indices(len(self.rows))
+        return np.asarray(self.rows.block(start, stop), dtype=np.float32)
 
 
 def bin_sample_rows(n_features: int) -> int | None:
@@ -108,13 +107,14 @@ class LightGBMModel(GBDTModel):
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> LightGBMModel:
         device_types = (*GPU_DEVICE_TYPES, "cpu") if self.wants_gpu else ("cpu",)
-        attempts = [self._dataset_params(self._params(device_type), train.features.shape[1])
+        rows = training_rows(train)
+        attempts = [self._dataset_params(self._params(device_type), rows.n_features)
                     for device_type in device_types]
         total = self.params.n_estimators
 
         def construct(params: dict[str, Any]) -> lgb.Dataset:
             # a GPU attempt may fail and be retried on CPU, which reads the rows again
-            return lgb.Dataset([_Int8Rows(train.features)], label=train.target, params=params,
+            return lgb.Dataset([_Int8Rows(rows)], label=rows.target, params=params,
                                free_raw_data=True).construct()
 
         train_set, params = self._on_device(construct, attempts)
@@ -125,7 +125,7 @@ class LightGBMModel(GBDTModel):
         corr = _ValidCorr(valid, self.params.valid_corr_every) \
             if valid is not None and self.params.valid_corr_every else None
         if valid is not None:
-            valid_sets = [lgb.Dataset([_Int8Rows(valid.features)], label=valid.target,
+            valid_sets = [lgb.Dataset([_Int8Rows(training_rows(valid))], label=valid.target,
                                       reference=train_set)]
             if corr is not None:
                 feval = lambda preds, _: (corr.name, corr(preds), True)  # noqa: E731

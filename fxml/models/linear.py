@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fxml.data.split import DataSplit
+from fxml.data.split import DataSplit, TrainingRows, training_rows
 from fxml.models.base import StepCallback, TabularModel
 from fxml.models.params import RidgeParams
 
@@ -38,19 +38,19 @@ class RidgeModel(TabularModel):
 
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> RidgeModel:
-        assert train.target is not None
-        n, k = train.features.shape
-        y = train.target.astype(np.float64)
+        rows = training_rows(train)
+        n, k = len(rows), rows.n_features
+        y = rows.target.astype(np.float64)
         fit_intercept = self.params.fit_intercept
-        x_mean = self._column_means(train.features) if fit_intercept else np.zeros(k)
+        x_mean = self._column_means(rows) if fit_intercept else np.zeros(k)
         y_mean = y.mean() if fit_intercept else 0.0
         gram, moment = np.zeros((k, k)), np.zeros(k)
-        rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // (8 * k)))
-        chunks = range(0, n, rows)
+        step_rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // (8 * k)))
+        chunks = range(0, n, step_rows)
         for step, start in enumerate(chunks, 1):
-            block = train.features[start : start + rows].astype(np.float64) - x_mean
+            block = rows.block(start, start + step_rows).astype(np.float64) - x_mean
             gram += block.T @ block
-            moment += block.T @ (y[start : start + rows] - y_mean)
+            moment += block.T @ (y[start : start + step_rows] - y_mean)
             if on_step is not None:
                 on_step(step, len(chunks), {})
         gram[np.diag_indices(k)] += self.params.alpha
@@ -60,11 +60,11 @@ class RidgeModel(TabularModel):
         return self
 
     @staticmethod
-    def _column_means(features: np.ndarray) -> np.ndarray:
-        total = np.zeros(features.shape[1])
-        for start in range(0, len(features), CHUNK_ROWS):
-            total += features[start : start + CHUNK_ROWS].sum(axis=0, dtype=np.int64)
-        return total / len(features)
+    def _column_means(rows: TrainingRows) -> np.ndarray:
+        total = np.zeros(rows.n_features)
+        for start in range(0, len(rows), CHUNK_ROWS):
+            total += rows.block(start, start + CHUNK_ROWS).sum(axis=0, dtype=np.int64)
+        return total / len(rows)
 
     def predict_float32(self, features: np.ndarray) -> np.ndarray:
         assert self.coef is not None, "fit or load the model first"

@@ -23,6 +23,9 @@ from fxml.errors import one_of, require
 MODEL_URI_PREFIXES = ("runs:/", "models:/")
 ENSEMBLE_WEIGHTS = ("equal", "fit")
 
+# an ensemble member's own training target, a key of its config beside the family's parameters
+MEMBER_TARGET = "target"
+
 
 def check_model_uri(uri: str, key: str) -> None:
     """An fxml model named by MLflow URI (an ensemble member, the model to submit or export)."""
@@ -37,7 +40,7 @@ class ModelParams:
 
     # the preset name (conf/model/<family>.yaml) and the model class Hydra builds
     family: ClassVar[str]
-    target: ClassVar[str]
+    class_path: ClassVar[str]
     # parameters the trainer group sets for every family
     runtime: ClassVar[tuple[str, ...]] = ("device", "n_jobs", "seed")
 
@@ -101,13 +104,13 @@ class GBDTParams(ModelParams):
 @dataclass
 class LightGBMParams(GBDTParams):
     family: ClassVar[str] = "lgbm"
-    target: ClassVar[str] = "fxml.models.lightgbm_model.LightGBMModel"
+    class_path: ClassVar[str] = "fxml.models.lightgbm_model.LightGBMModel"
 
 
 @dataclass
 class XGBoostParams(GBDTParams):
     family: ClassVar[str] = "xgboost"
-    target: ClassVar[str] = "fxml.models.xgboost_model.XGBoostModel"
+    class_path: ClassVar[str] = "fxml.models.xgboost_model.XGBoostModel"
 
     reg_lambda: float = 1.0  # XGBoost's own default, which every logged xgboost run used
     # histogram bins per feature: Numerai's features have five values, which keep their own bins
@@ -125,7 +128,7 @@ class XGBoostParams(GBDTParams):
 @dataclass
 class RidgeParams(ModelParams):
     family: ClassVar[str] = "ridge"
-    target: ClassVar[str] = "fxml.models.linear.RidgeModel"
+    class_path: ClassVar[str] = "fxml.models.linear.RidgeModel"
 
     alpha: float = 1.0  # L2 penalty
     fit_intercept: bool = True
@@ -140,7 +143,7 @@ class RidgeParams(ModelParams):
 @dataclass
 class EnsembleParams(ModelParams):
     family: ClassVar[str] = "ensemble"
-    target: ClassVar[str] = "fxml.models.ensemble.EnsembleModel"
+    class_path: ClassVar[str] = "fxml.models.ensemble.EnsembleModel"
 
     # name -> a model config (with _target_), or the URI of a logged or registered fxml model
     members: dict[str, Any] = field(default_factory=dict)

@@ -17,7 +17,7 @@ columns first, then the extra ones), and the pyfunc manifest lists them all.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,8 +145,11 @@ class NeutralizedModel(TabularModel):
                      "[features, 1], standardise to mean 0 / std 1",
         }}
 
-    def fitted_params(self) -> dict[str, float]:
+    def fitted_params(self) -> dict[str, float | str]:
         return self.inner.fitted_params() if self.inner is not None else {}
+
+    def targets_read(self) -> list[str]:
+        return self.inner.targets_read() if self.inner is not None else []
 
     def _model_columns(self, features: np.ndarray) -> np.ndarray:
         n = self.params.n_model_features
@@ -156,8 +159,8 @@ class NeutralizedModel(TabularModel):
         if split.features.shape[1] == self.params.n_model_features:
             return split
         n = self.params.n_model_features
-        return DataSplit(split.name, split.ids, split.eras, np.ascontiguousarray(split.features[:, :n]),
-                         split.target, split.feature_names[:n], split.extra)
+        return replace(split, features=np.ascontiguousarray(split.features[:, :n]),
+                       feature_names=split.feature_names[:n], storage="memory", file_rows=None)
 
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> NeutralizedModel:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from fxml.data.memory import MemoryProfile, StoreRows, read_rows
-from fxml.data.split import DataSplit
+from fxml.data.memory import MemoryProfile, StoreRows
+from fxml.data.split import DataSplit, TrainingRows, training_rows
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, predict_chunk_rows
 from fxml.models.devices import xgboost_device
@@ -43,30 +43,32 @@ class _StepReporter(xgb.callback.TrainingCallback):
 
 
 class _Int8Blocks(xgb.DataIter):
-    """Feeds XGBoost a disk-backed split in row blocks, each read from the store file (nothing of
-    it stays mapped in the process; XGBoost reads every block in several passes)."""
+    """Feeds XGBoost a split's labelled rows in blocks, each read from the store file (nothing of
+    it stays mapped in the process; XGBoost reads every block in several passes) or gathered from
+    the in-memory matrix where some rows are left out."""
 
-    def __init__(self, split: DataSplit, cache_prefix: str | None = None, rows: int | None = None) -> None:
+    def __init__(self, rows: TrainingRows, cache_prefix: str | None = None,
+                 block_rows: int | None = None) -> None:
         super().__init__(cache_prefix=cache_prefix)
-        self.split, self.position = split, 0
-        self.rows = rows or predict_chunk_rows(split.features.shape[1])
-        # one buffer for every block read from the store: XGBoost is done with a block when it
-        # asks for the next one
-        self.buffer = np.empty((min(self.rows, len(split)), split.features.shape[1]), dtype=np.int8) \
-            if StoreRows.of(split.features) is not None else None
+        self.rows, self.position = rows, 0
+        self.block_rows = block_rows or predict_chunk_rows(rows.n_features)
+        # one buffer for every block read or gathered: XGBoost is done with a block when it asks
+        # for the next one
+        copied = StoreRows.of(rows.features) is not None or rows.whole is None
+        self.buffer = np.empty((min(self.block_rows, len(rows)), rows.n_features), dtype=np.int8) \
+            if copied else None
         self.block: np.ndarray | None = None
 
     def next(self, input_data: Callable[..., None]) -> bool:
         start = self.position
-        if start >= len(self.split):
+        if start >= len(self.rows):
             self.block = None
             return False
-        stop = start + self.rows
+        stop = start + self.block_rows
         # ``input_data`` only points XGBoost at the rows: it reads them after this returns, so
         # the block is kept until XGBoost asks for the next one
-        self.block = read_rows(self.split.features, start, stop, self.buffer)
-        assert self.split.target is not None
-        input_data(data=self.block, label=self.split.target[start:stop])
+        self.block = self.rows.block(start, stop, self.buffer)
+        input_data(data=self.block, label=self.rows.target[start:stop])
         self.position = stop
         return True
 
@@ -76,16 +78,18 @@ class _Int8Blocks(xgb.DataIter):
 
 
 def quantile_matrix(split: DataSplit, max_bin: int, ref: xgb.DMatrix | None = None) -> xgb.DMatrix:
-    """A ``QuantileDMatrix`` reading an in-memory int8 matrix in place, or fed block by block from
-    the int8 store; an ``ExtMemQuantileDMatrix`` (pages in a temporary folder) when the memory plan
-    puts the model's dataset on disk too."""
-    if split.storage == "memory":
-        return xgb.QuantileDMatrix(split.features, label=split.target, max_bin=max_bin, ref=ref)
-    if split.storage == "store":
-        rows = max(1, IN_MEMORY_BLOCK_BYTES // max(split.features.shape[1], 1))
-        return xgb.QuantileDMatrix(_Int8Blocks(split, rows=rows), max_bin=max_bin, ref=ref)
+    """A ``QuantileDMatrix`` of the split's labelled rows: reading an in-memory int8 matrix in
+    place, or fed block by block (from the int8 store, or where rows without a target are left
+    out); an ``ExtMemQuantileDMatrix`` (pages in a temporary folder) when the memory plan puts the
+    model's dataset on disk too."""
+    rows = training_rows(split)
+    if split.storage == "memory" and rows.whole is not None:
+        return xgb.QuantileDMatrix(rows.whole, label=rows.target, max_bin=max_bin, ref=ref)
+    if split.storage != "disk":
+        block_rows = max(1, IN_MEMORY_BLOCK_BYTES // max(rows.n_features, 1))
+        return xgb.QuantileDMatrix(_Int8Blocks(rows, block_rows=block_rows), max_bin=max_bin, ref=ref)
     cache = Path(tempfile.mkdtemp(prefix="fxml-xgb-"))
-    blocks = _Int8Blocks(split, str(cache / split.name))
+    blocks = _Int8Blocks(rows, str(cache / split.name))
     log.info("model: XGBoost reads the %s split from the int8 store into external memory", split.name)
     matrix = xgb.ExtMemQuantileDMatrix(blocks, max_bin=max_bin, ref=ref)
     weakref.finalize(matrix, shutil.rmtree, cache, ignore_errors=True)

@@ -41,6 +41,11 @@ class Scores:
     benchmark_column: str | None = None
 
 
+def target_corr_column(target: str) -> str:
+    """The per-era column of CORR against another target than the one scored: ``corr_<target>``."""
+    return f"corr_{target}"
+
+
 def payout_score(per_era: pd.DataFrame, corr_weight: float, mmc_weight: float, clip: float) -> pd.Series:
     """Numerai's per-round payout factor before stake: clip(c_corr CORR + c_mmc MMC)."""
     return (corr_weight * per_era["corr"] + mmc_weight * per_era["mmc"]).clip(-clip, clip)
@@ -89,6 +94,8 @@ class NumeraiScorer(ScorerSettings):
                                              self.payout_clip)
         extra = self._comparison_scores(predictions, inputs, inputs.target, references.get("meta_model"))
         per_era = per_era.join(extra.reindex(per_era.index))
+        for name, target in inputs.other_targets.items():
+            per_era[target_corr_column(name)] = score_eras(predictions, target, inputs.eras)["corr"]
         return Scores(per_era, with_payout_summaries(summarize(per_era), per_era), references,
                       inputs.benchmark_name if "benchmark" in references else None)
 

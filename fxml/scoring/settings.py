@@ -25,6 +25,9 @@ class ScorerSettings:
     payout_corr_weight: float = 0.5
     payout_mmc_weight: float = 2.0
     payout_clip: float = 0.05
+    # targets the predictions' per-era CORR is also reported against (corr_<target>_mean, ...),
+    # to study which training target generalises; every other score is on the main target
+    targets: list[str] = field(default_factory=list)
     # permutation importance after scoring (any model): drop in validation CORR when a feature, or a
     # features.json group (intelligence, charisma, ...), is shuffled within eras
     importance: str = "none"  # none | features | groups
@@ -47,6 +50,7 @@ class ScorerSettings:
 
     def __post_init__(self) -> None:
         self.mpc_stakes = dict(self.mpc_stakes or {})
+        self.targets = list(self.targets or [])
         require(self.payout_clip > 0, "scorer.payout_clip", "must be > 0", self.payout_clip)
         for key, stake in [("scorer.mpc_own_stake", self.mpc_own_stake),
                            ("scorer.mpc_benchmark_stake", self.mpc_benchmark_stake),

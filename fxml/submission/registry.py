@@ -115,7 +115,8 @@ def load_ensemble_members(model: TabularModel) -> None:
             raise FxmlError(f"model.members.{name}: {error}") from None
         log.info("ensemble: member %s loaded from %s (%d features)", name, uri, len(loaded.features))
         model.attach(name, LoadedMember(loaded.model, loaded.features, uri,
-                                        str(loaded.manifest.get("feature_set", "?"))))
+                                        str(loaded.manifest.get("feature_set", "?")),
+                                        str(loaded.manifest.get("target", "?"))))
 
 
 # --- promotion ----------------------------------------------------------------------------------
@@ -195,7 +196,8 @@ def _version_tags(client: mlflow.MlflowClient, run: Run, metric: str,
         tags["promoted_metric_value"] = f"{value:.6g}"
     if "mlflow.parentRunId" in run_tags:
         tags["source_sweep_run_id"] = run_tags["mlflow.parentRunId"]
-    for key in ("data_version", "feature_set", "target", "model_family", "data_fingerprint"):
+    for key in ("data_version", "feature_set", "target", "model_family", "data_fingerprint",
+                "member_targets"):
         if key in run_tags:
             tags[key] = run_tags[key]
     params = run.data.params

@@ -15,6 +15,7 @@ import contextlib
 import gc
 import io
 import logging
+import math
 import os
 import re
 import signal
@@ -166,10 +167,13 @@ def show_grid_table(uri: str, parent_id: str, directory: str, failed_early: dict
     rows += [row for job, row in failed_early.items() if job not in seen]
     if not rows:
         return
-    rows.sort(key=lambda row: int(row.job) if row.job.isdigit() else 1 << 30)
     for row, distinct in zip(rows, distinct_overrides([row.overrides for row in rows]), strict=True):
         row.overrides = distinct
-    print_wide(comparison_table(rows, f"Multirun {directory}: {len(rows)} job(s)", objective))
+    # best first on the main target's score (every job is scored on it, whatever it trained on)
+    rows.sort(key=lambda row: (-row.objective if row.objective is not None and math.isfinite(row.objective)
+                               else math.inf, int(row.job) if row.job.isdigit() else 1 << 30))
+    print_wide(comparison_table(rows, f"Multirun {directory}: {len(rows)} job(s), best {objective} "
+                                      "first", objective))
 
 
 def trial_rows(runs: list[Run], trials: list[Any]) -> list[JobRow]:

@@ -34,6 +34,8 @@ TABLE_METRICS = (
     "tb200_corr_mean", "meta_model_rank_corr_mean", "exposure_dissimilarity_mean",
     "feature_exposure_max", "n_eras",
 )
+# the order of the runs: the validation CORR sharpe on the main target (a grid's objective too)
+RANKED_BY = "corr_sharpe"
 CUMULATIVE = (("corr", "-"), ("mmc", "--"), ("mpc", ":"))
 LIVE = ("live_corr", "live_mmc", "live_tc", "live_payout")
 PREDICTIONS = "predictions/validation.parquet"
@@ -201,11 +203,11 @@ def metric_table(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
     extra = sorted({m for d in runs for m in d.run.data.metrics
                     if m.startswith("tb") and m.endswith("_corr_mean") and m not in present})
     live = [f"{m} (mean)" for m in LIVE if any(m in d.live for d in runs)]
-    headers = ["run", "model", *present, *extra, *live]
+    headers = ["run", "model", "trained on", *present, *extra, *live]
     rows = []
     for data in runs:
         metrics = data.run.data.metrics
-        row = [data.label, data.run.data.tags.get("model_family", "")]
+        row = [data.label, data.run.data.tags.get("model_family", ""), data.run.data.tags.get("target", "")]
         row += [_number(metrics.get(m), 0 if m == "n_eras" else 4) for m in (*present, *extra)]
         row += [_number(data.live[m.split(" ")[0]].mean()) if m.split(" ")[0] in data.live else ""
                 for m in live]
@@ -254,7 +256,8 @@ def render_html(title: str, runs: list[RunData], correlations: pd.DataFrame) -> 
     escape = html.escape
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>",
-             f"<p class='note'>{len(runs)} run(s). Validation metrics per era, summarised over eras. "
+             f"<p class='note'>{len(runs)} run(s), ranked by {RANKED_BY}. Validation metrics per "
+             "era on the main target (whatever target a model trained on), summarised over eras. "
              "MPC is the meta-portfolio contribution in a local portfolio of the model and the "
              "release's benchmark models: not Numerai's TC (live_tc is Numerai's, where present). "
              "Click a column to sort.</p>",
@@ -287,8 +290,16 @@ def render_html(title: str, runs: list[RunData], correlations: pd.DataFrame) -> 
     return "".join(parts)
 
 
+def ranked(runs: list[Run]) -> list[Run]:
+    """Best first by RANKED_BY (runs without it last, in the order given)."""
+    def score(run: Run) -> float:
+        value = run.data.metrics.get(RANKED_BY)
+        return -value if value is not None and np.isfinite(value) else np.inf
+    return sorted(runs, key=score)
+
+
 def write_report(client: mlflow.MlflowClient, runs: list[Run], title: str, output: Path) -> Path:
-    loaded = [load_run(client, run) for run in runs]
+    loaded = [load_run(client, run) for run in ranked(runs)]
     frames = {}
     for data in loaded:
         frame = logged_predictions(client, data.run)

@@ -68,6 +68,7 @@ class BatchFeeder:
         eras_per_batch: int = 1,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        positions: np.ndarray | None = None,
     ) -> None:
         if features.dtype != np.int8:
             raise TypeError(f"features must be int8, got {features.dtype}")
@@ -88,7 +89,9 @@ class BatchFeeder:
             targets = targets[:, None]
         self.targets = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32)).to(home)
         self.codes = torch.from_numpy(codes).to(home)
-        self.n_rows = len(features)
+        self.n_rows = len(targets)
+        self.positions = None if positions is None else torch.from_numpy(
+            np.asarray(positions, dtype=np.int64)).to(home)
         self.generator = torch.Generator().manual_seed(seed)
         # rows grouped by era, for era batches
         order = np.argsort(codes, kind="stable")
@@ -117,11 +120,12 @@ class BatchFeeder:
     def take(self, rows: Tensor) -> Batch:
         """One batch: gather the rows where the matrix lives, convert on the device."""
         non_blocking = self.device.type == "cuda"
+        matrix_rows = rows if self.positions is None else self.positions.index_select(0, rows)
         if self.store is not None:
-            taken = torch.from_numpy(self.store.read(rows.numpy()))
+            taken = torch.from_numpy(self.store.read(matrix_rows.numpy()))
         else:
             assert self.features is not None
-            taken = self.features.index_select(0, rows)
+            taken = self.features.index_select(0, matrix_rows)
         features = taken.to(self.device, non_blocking=non_blocking)
         targets = self.targets.index_select(0, rows).to(self.device, non_blocking=non_blocking)
         codes = self.codes.index_select(0, rows).to(self.device, non_blocking=non_blocking)

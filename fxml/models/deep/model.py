@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fxml.data.memory import MemoryProfile, read_rows
-from fxml.data.split import DataSplit
+from fxml.data.split import DataSplit, TrainingRows, training_rows
 from fxml.errors import FxmlError
 from fxml.models.base import StepCallback, TabularModel, labelled_rows, predict_chunk_rows
 from fxml.models.deep.device import DeviceChoice, check_precision, choose_device
@@ -78,15 +78,17 @@ class DeepTabularModel(TabularModel):
 
     # -- training ------------------------------------------------------------------------------
 
-    def _targets(self, split: DataSplit) -> np.ndarray:
-        assert split.target is not None
-        columns = [split.target]
+    def targets_read(self) -> list[str]:
+        return list(self.params.aux_targets)
+
+    def _targets(self, rows: TrainingRows, split: str) -> np.ndarray:
+        columns = [rows.target]
         for name in self.params.aux_targets:
-            if name not in split.extra:
-                carried = ", ".join(sorted(split.extra)) or "none"
-                raise FxmlError(f"model.aux_targets: {name} is not loaded with the {split.name} "
+            if name not in rows.extra:
+                carried = ", ".join(sorted(rows.extra)) or "none"
+                raise FxmlError(f"model.aux_targets: {name} is not loaded with the {split} "
                                 f"split (auxiliary columns loaded: {carried})")
-            columns.append(split.extra[name])
+            columns.append(rows.extra[name])
         return np.column_stack(columns).astype(np.float32)
 
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
@@ -105,11 +107,12 @@ class DeepTabularModel(TabularModel):
         log.info("device: %s, precision %s", choice.description, o.precision)
         self._device = choice.torch_device
         torch.manual_seed(o.seed)
-        targets = self._targets(train)
-        self.network = self.build_network(train.features.shape[1], targets.shape[1])
-        feeder = BatchFeeder(train.features, targets, train.eras, o.batch_size, self._device,
+        rows = training_rows(train)
+        targets = self._targets(rows, train.name)
+        self.network = self.build_network(rows.n_features, targets.shape[1])
+        feeder = BatchFeeder(rows.features, targets, rows.eras, o.batch_size, self._device,
                              era_batches=o.era_batching, eras_per_batch=o.eras_per_batch,
-                             seed=o.seed, dtype=self.dtype)
+                             seed=o.seed, dtype=self.dtype, positions=rows.positions)
         valid = None
         if validation is not None and validation.target is not None:
             valid = labelled_rows(validation)
@@ -128,7 +131,7 @@ class DeepTabularModel(TabularModel):
         plan = (f"era batches of {o.eras_per_batch} era(s)" if o.era_batching
                 else f"batches of {o.batch_size}")
         log.info("model: %s, %d outputs, loss %s, %s, up to %d epochs on %s rows", self.network_summary(),
-                 targets.shape[1], o.loss, plan, o.max_epochs, f"{len(train):,}")
+                 targets.shape[1], o.loss, plan, o.max_epochs, f"{len(rows):,}")
         for name in ("lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
         trainer = pl.Trainer(

@@ -57,7 +57,7 @@ class DeepParams(ModelParams):
 @dataclass
 class MLPParams(DeepParams):
     family: ClassVar[str] = "mlp"
-    target: ClassVar[str] = "fxml.models.deep.MLPModel"
+    class_path: ClassVar[str] = "fxml.models.deep.MLPModel"
 
     widths: list[int] = field(default_factory=lambda: [128, 64])  # hidden layer widths
     dropout: float = 0.1
@@ -78,7 +78,7 @@ class MLPParams(DeepParams):
 @dataclass
 class ResNetParams(DeepParams):
     family: ClassVar[str] = "resnet"
-    target: ClassVar[str] = "fxml.models.deep.ResNetModel"
+    class_path: ClassVar[str] = "fxml.models.deep.ResNetModel"
 
     d_main: int = 64  # width of the residual stream
     d_hidden: int = 128  # width inside each block
@@ -100,7 +100,7 @@ class ResNetParams(DeepParams):
 @dataclass
 class TabNetParams(DeepParams):
     family: ClassVar[str] = "tabnet"
-    target: ClassVar[str] = "fxml.models.deep.TabNetModel"
+    class_path: ClassVar[str] = "fxml.models.deep.TabNetModel"
 
     n_d: int = 8  # width of each step's decision output
     n_a: int = 8  # width of each step's attention features
