@@ -8,6 +8,7 @@ asserted below 1e-12.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -22,10 +23,12 @@ from numerai_tools.scoring import (
 )
 from threadpoolctl import threadpool_limits
 
-from fxml.scoring import SCORE_COLUMNS, score_eras, summarize, transforms
+from fxml.data.references import PortfolioInputs, ScoringInputs
+from fxml.scoring import SCORE_COLUMNS, corr_by_era, score_eras, summarize, transforms
 from fxml.scoring import metrics as scoring_metrics
 from fxml.scoring.eras import encode_eras, order_within_eras
-from fxml.scoring.summary import LEVELS
+from fxml.scoring.scorer import NumeraiScorer
+from fxml.scoring.summary import CONSTANT_PREDICTIONS, LEVELS
 from fxml.scoring.transforms import (
     centre_gram_upper,
     neutralizing_coefficients,
@@ -198,12 +201,168 @@ def test_degenerate_eras_give_nan():
     actual = score(data)
     assert np.isnan(actual.loc[4, "mmc"])
     assert not np.isnan(actual.loc[4, "corr"]) and not np.isnan(actual.loc[4, "bmc"])
-    for column in ("corr", "fnc", "feature_exposure"):
+    # constant predictions: every score of the era is NaN (MMC and BMC too, not 0), flagged
+    for column in SCORE_COLUMNS:
         assert np.isnan(actual.loc[9, column]), column
-    # constant predictions carry no information beyond the meta model: zero contribution
-    assert actual.loc[9, "mmc"] == pytest.approx(0.0, abs=1e-12)
+    assert actual[CONSTANT_PREDICTIONS].to_dict() == {era: float(era == 9) for era in actual.index}
     others = actual.drop(index=[4, 9])
     assert others.notna().all().all()
+
+
+def release_like_inputs(data: dict[str, np.ndarray], rows: np.ndarray) -> ScoringInputs:
+    """What the data layer hands the scorer for a validation split: features, meta model,
+    benchmark and three benchmark models for MPC, on ``rows`` of ``data``."""
+    n_features = data["features"].shape[1]
+    benchmarks = np.random.default_rng(7).random((data["eras"].size, 3))
+    return ScoringInputs(
+        "validation",
+        data["targets"][rows],
+        data["eras"][rows],
+        data["features"][rows],
+        [f"feature_{j}" for j in range(n_features)],
+        meta_model=data["meta_model"][rows],
+        benchmark=data["benchmark"][rows],
+        benchmark_name="bench_0",
+        portfolio=PortfolioInputs(["bench_0", "bench_1", "bench_2"], benchmarks[rows], None, None),
+    )
+
+
+CONSTANT_WARNING = (
+    "scoring: the predictions are constant in {count} era(s) ({eras}); every score of those "
+    "eras is NaN, so each summary leaves them out"
+)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == logger and record.levelno == logging.WARNING
+    ]
+
+
+def test_constant_prediction_era_is_left_out_of_every_score_and_summary(caplog):
+    data = make_data(seed=1)
+    eras = data["eras"]
+    data["predictions"][eras == 9] = 0.3
+    others = np.flatnonzero(eras != 9)
+    # numerai-tools gives NaN CORR but zero MMC and BMC there (the inconsistency fixed here);
+    # its FNC fails on constant predictions, so the full reference covers the other eras
+    constant_era = reference_per_era(data, with_features=False).loc[9]
+    assert np.isnan(constant_era["corr"])
+    assert constant_era["mmc"] == 0.0 and constant_era["bmc"] == 0.0
+    expected = reference_per_era({name: values[others] for name, values in data.items()})
+    scorer = NumeraiScorer(top_bottom=50)
+    with caplog.at_level(logging.WARNING):
+        scores = scorer.score(data["predictions"], release_like_inputs(data, np.arange(eras.size)))
+    assert warnings_of(caplog, "fxml.scoring.metrics") == [
+        CONSTANT_WARNING.format(count=1, eras="9")
+    ]
+    per_era = scores.per_era
+    score_columns = [column for column in per_era if column != CONSTANT_PREDICTIONS]
+    assert {"corr", "mmc", "bmc", "fnc", "payout", "mpc", "tb50_corr"} <= set(score_columns)
+    assert per_era.loc[9, score_columns].isna().all()
+    assert per_era[CONSTANT_PREDICTIONS].to_dict() == {era: float(era == 9) for era in per_era.index}
+
+    varying = per_era.drop(index=9)
+    assert varying[score_columns].notna().all().all()
+    for column in SCORE_COLUMNS:
+        difference = max_difference(varying, expected, column)
+        assert difference < TOLERANCE, (column, difference)
+    # the other eras are exactly what they are when the constant era is not scored at all
+    alone = scorer.score(data["predictions"][others], release_like_inputs(data, others)).per_era
+    assert CONSTANT_PREDICTIONS not in alone
+    pd.testing.assert_frame_equal(varying[score_columns], alone, rtol=0, atol=0)
+
+    # every summary covers the same seven eras: numerai-tools' MMC mean would count era 9's 0
+    summary = scores.summary
+    assert summary["n_eras"] == 7 and summary["constant_prediction_eras"] == 1.0
+    assert summary["corr_mean"] == pytest.approx(expected["corr"].mean(), abs=TOLERANCE)
+    assert summary["mmc_mean"] == pytest.approx(expected["mmc"].mean(), abs=TOLERANCE)
+    with_zero = np.append(expected["mmc"].to_numpy(), constant_era["mmc"]).mean()
+    assert summary["mmc_mean"] != pytest.approx(with_zero, abs=TOLERANCE)
+    for column in score_columns:
+        assert summary[f"{column}_mean"] == pytest.approx(varying[column].mean(), rel=1e-12), column
+    assert f"{CONSTANT_PREDICTIONS}_mean" not in summary
+
+
+def test_constant_prediction_warning_names_the_first_eras_once(caplog):
+    data = make_data(seed=4)
+    for era in (3, 4, 5, 7, 8, 11):
+        data["predictions"][data["eras"] == era] = 0.6
+    # constant over the rows with a target, not over the era: its NaN-target rows differ
+    rows = np.flatnonzero(data["eras"] == 12)
+    data["predictions"][rows] = np.where(np.isnan(data["targets"][rows]), 0.9, 0.2)
+    with caplog.at_level(logging.WARNING):
+        actual = score(data)
+    assert warnings_of(caplog, "fxml.scoring.metrics") == [
+        CONSTANT_WARNING.format(count=7, eras="3, 4, 5, 7, 8, ...")
+    ]
+    assert list(actual.index[actual[CONSTANT_PREDICTIONS] == 1.0]) == [3, 4, 5, 7, 8, 11, 12]
+    assert actual.loc[[3, 4, 5, 7, 8, 11, 12], list(SCORE_COLUMNS)].isna().all().all()
+    assert actual.loc[9, list(SCORE_COLUMNS)].notna().all()
+    assert summarize(actual)["constant_prediction_eras"] == 7.0
+
+
+def test_varying_predictions_add_no_flag_nor_warning(data, caplog):
+    with caplog.at_level(logging.WARNING):
+        actual = score(data)
+    assert warnings_of(caplog, "fxml.scoring.metrics") == []
+    assert list(actual.columns) == list(SCORE_COLUMNS)
+    assert summarize(actual)["constant_prediction_eras"] == 0.0
+
+
+def test_summary_counts_constant_prediction_eras_of_concatenated_folds():
+    index = pd.Index([1, 2, 3], name="era")
+    flagged = pd.DataFrame(
+        {"corr": [0.1, np.nan, 0.2], CONSTANT_PREDICTIONS: [0.0, 1.0, 0.0]}, index=index
+    )
+    plain = pd.DataFrame({"corr": [0.3, -0.1]}, index=pd.Index([4, 5], name="era"))
+    flagged_again = flagged.set_axis(pd.Index([6, 7, 8], name="era")).assign(
+        constant_predictions=[1.0, 0.0, 0.0], corr=[np.nan, 0.1, 0.1]
+    )
+    summary = summarize(pd.concat([flagged, plain, flagged_again]))
+    assert summary["constant_prediction_eras"] == 2.0
+    assert summary["n_eras"] == 6
+    assert summary["corr_mean"] == pytest.approx(0.7 / 6)
+    assert not [key for key in summary if key.startswith(CONSTANT_PREDICTIONS)]
+
+
+FNC_WARNING = (
+    "scoring: FNC left out of {count} era(s) with no more rows than the {features} features "
+    "and the constant they are neutralised against"
+)
+
+
+def test_fnc_is_nan_in_eras_with_no_more_rows_than_features_and_constant(caplog):
+    # 12 features: eras of 9, 12 and 13 rows are fitted exactly (13 coefficients with the
+    # constant), so the residual is rounding noise; 14 rows leave one degree of freedom
+    rng = np.random.default_rng(8)
+    n_features = 12
+    sizes = np.array([9, 12, 13, 14, 17, 200])
+    eras = np.repeat(np.array([1, 2, 3, 4, 5, 6]), sizes)
+    n = eras.size
+    data = {
+        "predictions": np.round(rng.random(n), 3),
+        "targets": rng.choice(BINS, size=n, p=BIN_PROBABILITIES),
+        "eras": eras,
+        "features": rng.integers(0, 5, size=(n, n_features)).astype(np.int8),
+    }
+    with caplog.at_level(logging.WARNING):
+        actual = score_features(data, data["features"])
+    assert warnings_of(caplog, "fxml.scoring.metrics") == [
+        FNC_WARNING.format(count=3, features=n_features)
+    ]
+    expected = reference_feature_metrics(data)
+    # numerai-tools gives a number in the exactly fitted eras too
+    assert expected.loc[[1, 2, 3], "fnc"].notna().all()
+    assert actual.loc[[1, 2, 3], "fnc"].isna().all()
+    fitted = actual.drop(index=[1, 2, 3])
+    assert fitted["fnc"].notna().all()
+    assert np.abs(fitted["fnc"] - expected["fnc"].drop([1, 2, 3])).max() < WIDE_TOLERANCE
+    # only FNC is left out: CORR and exposure (no regression) stay as numerai-tools gives them
+    assert actual["corr"].notna().all()
+    assert max_difference(actual, expected, "feature_exposure") < WIDE_TOLERANCE
 
 
 def test_nan_predictions_raise(data):
@@ -519,3 +678,20 @@ def test_scoring_leaves_torch_threads_as_it_found_them(wide_data):
     wide = np.repeat(wide_data["features"], 4, axis=1)  # 1,200 features: thread choice runs
     score_features(wide_data, wide)
     assert torch.get_num_threads() == before
+
+
+def test_corr_by_era_is_score_eras_corr_without_its_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    """What training's per-round checks and the other targets' CORR use: the same numbers, and no
+    warning each time they are computed."""
+    rng = np.random.default_rng(5)
+    eras = np.repeat(np.arange(6), 50)
+    predictions = rng.normal(size=len(eras))
+    predictions[eras == 2] = 0.5  # constant in one era
+    target = rng.choice([0, 0.25, 0.5, 0.75, 1.0], len(eras))
+    target[::9] = np.nan
+    with caplog.at_level(logging.WARNING):
+        corr = corr_by_era(predictions, target, eras)
+    assert caplog.records == []
+    expected = score_eras(predictions, target, eras)["corr"]
+    pd.testing.assert_series_equal(corr, expected, check_exact=True)
+    assert np.isnan(corr.loc[2]) and corr.drop(2).notna().all()

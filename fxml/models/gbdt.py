@@ -20,7 +20,7 @@ from fxml.data.memory import MemoryProfile
 from fxml.data.split import DataSplit
 from fxml.models.base import TabularModel, labelled_rows
 from fxml.models.params import GBDTParams
-from fxml.scoring import score_eras
+from fxml.scoring import corr_by_era
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 # where each family's class lives; ``fxml.models.gbdt.<Class>`` still names it (logged manifests
@@ -72,8 +72,8 @@ class _ValidCorr:
         self.rounds += 1
         self.fresh = self.rounds % self.every == 0
         if self.fresh:
-            per_era = score_eras(np.asarray(predictions, dtype=np.float64), self.target, self.eras)
-            self.value = float(per_era["corr"].mean())
+            per_era = corr_by_era(np.asarray(predictions, dtype=np.float64), self.target, self.eras)
+            self.value = float(per_era.mean())
         return self.value
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 _HOMES = {
     "SCORE_COLUMNS": "metrics",
+    "corr_by_era": "metrics",
     "score_eras": "metrics",
     "max_drawdown": "summary",
     "mean_score": "summary",

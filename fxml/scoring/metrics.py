@@ -9,6 +9,7 @@ factorisation each.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from fxml.scoring.eras import (
     order_within_eras,
 )
 from fxml.scoring.rows import FeatureRows, Features, rows_of
+from fxml.scoring.summary import CONSTANT_PREDICTIONS
 from fxml.scoring.transforms import (
     center_by_era,
     centre_gram_upper,
@@ -44,7 +46,12 @@ try:
 except ImportError:  # optional: without it BLAS keeps its default thread count
     ThreadpoolController = None
 
+log = logging.getLogger(__name__)
+
 SCORE_COLUMNS: tuple[str, ...] = ("corr", "mmc", "bmc", "fnc", "feature_exposure")
+
+# How many era labels the warning about constant predictions names before "...".
+NAMED_ERAS = 5
 
 # Largest float copy of an era's feature rows in FNC and exposure (an era beyond it is
 # processed in row blocks). syrk needs many rows per call to run at full speed: one
@@ -305,11 +312,49 @@ class _GaussianRanks:
         return ranks
 
 
+def constant_by_era(values: np.ndarray, codes: np.ndarray, n_eras: int) -> np.ndarray:
+    """Per era, whether every value of the era is the same (one row included); False for an
+    era without rows."""
+    counts = era_count(codes, n_eras)
+    present = counts > 0
+    contiguous = values[era_order(codes, n_eras)]
+    # eras without rows have no segment, so the starts of the others delimit them exactly
+    starts = era_starts(counts)[present]
+    constant = np.zeros(n_eras, dtype=bool)
+    if starts.size:
+        constant[present] = np.minimum.reduceat(contiguous, starts) == np.maximum.reduceat(
+            contiguous, starts
+        )
+    return constant
+
+
+def _era_list(labels: np.ndarray) -> str:
+    named = ", ".join(str(label) for label in labels[:NAMED_ERAS].tolist())
+    return named + (", ..." if labels.size > NAMED_ERAS else "")
+
+
 def _as_vector(name: str, values: np.ndarray, n_rows: int) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or array.size != n_rows:
         raise ValueError(f"{name} must have shape ({n_rows},), got {array.shape}")
     return array
+
+
+def corr_by_era(predictions: np.ndarray, targets: np.ndarray, eras: np.ndarray) -> pd.Series:
+    """Numerai's CORR of each era with a target (index "era", ascending), as ``score_eras``' "corr"
+    gives it, with no other score and nothing logged: what a per-round training check or a
+    comparison against another target needs."""
+    eras = np.asarray(eras)
+    predictions = _as_vector("predictions", predictions, len(eras))
+    targets = _as_vector("targets", targets, len(eras))
+    era_codes = encode_eras(eras)
+    codes, n_eras = era_codes.codes, era_codes.n_eras
+    has_target = ~np.isnan(targets)
+    scored = era_count(codes[has_target], n_eras) > 0
+    rows = np.flatnonzero(has_target)
+    corr = numerai_corr_by_era(_GaussianRanks(predictions, codes, n_eras).over(has_target)[rows],
+                               targets[rows], codes[rows], n_eras)
+    return pd.Series(corr[scored], index=pd.Index(era_codes.labels[scored], name="era"), name="corr")
 
 
 def score_eras(
@@ -329,7 +374,11 @@ def score_eras(
     every target-based metric; rows with a NaN meta model/benchmark only out of MMC/BMC.
     FNC neutralizes and exposure correlates over all rows of an era, as numerai-tools does;
     ``features`` may be a matrix or rows read an era at a time (``fxml.scoring.rows``).
-    A metric that cannot be computed in an era (constant inputs, no rows) is NaN.
+    A metric that cannot be computed in an era (constant inputs, no rows) is NaN. FNC is NaN
+    in an era with no more rows than features plus one (the constant), where neutralising
+    leaves only rounding noise. In an era whose predictions are constant over its rows with a
+    target every column is NaN, and a column ``constant_predictions`` (1.0 in such eras, 0.0
+    elsewhere) is added, only when there is such an era. Each case logs one warning per call.
     """
     eras = np.asarray(eras)
     if eras.ndim != 1:
@@ -402,8 +451,39 @@ def score_eras(
             n_eras,
         )
         columns["feature_exposure"] = exposure
+        # With no more rows than coefficients (the features and the constant) the fit is exact:
+        # the residual that would be ranked is rounding noise, not a feature-neutral signal.
+        n_features = features.shape[1]
+        underdetermined = scored & (era_count(codes, n_eras) <= n_features + 1)
+        if underdetermined.any():
+            columns["fnc"][underdetermined] = np.nan
+            log.warning(
+                "scoring: FNC left out of %d era(s) with no more rows than the %d features "
+                "and the constant they are neutralised against",
+                int(underdetermined.sum()),
+                n_features,
+            )
+
+    # Constant predictions carry no ranking: CORR is NaN there while MMC and BMC come out 0, so
+    # every score is left out of such an era for all summaries to cover the same eras.
+    constant = constant_by_era(predictions[target_rows], target_codes, n_eras)
+    if constant.any():
+        for values in columns.values():
+            values[constant] = np.nan
+        columns[CONSTANT_PREDICTIONS] = constant.astype(np.float64)
+        log.warning(
+            "scoring: the predictions are constant in %d era(s) (%s); every score of those "
+            "eras is NaN, so each summary leaves them out",
+            int(constant.sum()),
+            _era_list(era_codes.labels[constant]),
+        )
 
     index = pd.Index(era_codes.labels[scored], name="era")
     return pd.DataFrame(
-        {name: columns[name][scored] for name in SCORE_COLUMNS if name in columns}, index=index
+        {
+            name: columns[name][scored]
+            for name in (*SCORE_COLUMNS, CONSTANT_PREDICTIONS)
+            if name in columns
+        },
+        index=index,
     )

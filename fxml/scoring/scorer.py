@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fxml.errors import FxmlError
-from fxml.scoring import score_eras, summarize
+from fxml.scoring import corr_by_era, score_eras, summarize
 from fxml.scoring.comparison import comparison_scores, meta_reference, scored_grid
 from fxml.scoring.diagnostics import MetaReference, calmar_ratio, compounded_annual_return
 from fxml.scoring.eras import EraCodes, encode_eras
@@ -25,6 +25,7 @@ from fxml.scoring.importance import Predictor, feature_groups, permutation_impor
 from fxml.scoring.portfolio import BenchmarkPortfolio, prepare_portfolio
 from fxml.scoring.prepared import prepared
 from fxml.scoring.settings import ScorerSettings
+from fxml.scoring.summary import CONSTANT_PREDICTIONS
 
 if TYPE_CHECKING:  # the data layer's plain shapes; importing them would import its file readers
     from fxml.data.references import PortfolioInputs, ScoringInputs
@@ -95,7 +96,8 @@ class NumeraiScorer(ScorerSettings):
         extra = self._comparison_scores(predictions, inputs, inputs.target, references.get("meta_model"))
         per_era = per_era.join(extra.reindex(per_era.index))
         for name, target in inputs.other_targets.items():
-            per_era[target_corr_column(name)] = score_eras(predictions, target, inputs.eras)["corr"]
+            per_era[target_corr_column(name)] = corr_by_era(predictions, target, inputs.eras)
+        per_era = without_constant_eras(per_era)
         return Scores(per_era, with_payout_summaries(summarize(per_era), per_era), references,
                       inputs.benchmark_name if "benchmark" in references else None)
 
@@ -148,6 +150,18 @@ class PortfolioSettings:
     benchmark_columns: list[str] | None
     neutralizers: str | None
     sample_weights: str | None
+
+
+def without_constant_eras(per_era: pd.DataFrame) -> pd.DataFrame:
+    """``per_era`` with every score NaN in the eras ``score_eras`` flagged as having constant
+    predictions: MPC and the diagnostics come out 0 or ~1 there, where CORR is NaN, and would
+    otherwise be summarised over more eras than CORR."""
+    if CONSTANT_PREDICTIONS not in per_era:
+        return per_era
+    constant = per_era[CONSTANT_PREDICTIONS].to_numpy() == 1.0
+    per_era = per_era.copy()
+    per_era.loc[constant, per_era.columns != CONSTANT_PREDICTIONS] = np.nan
+    return per_era
 
 
 def with_payout_summaries(summary: dict[str, float], per_era: pd.DataFrame) -> dict[str, float]:

@@ -41,6 +41,9 @@ def max_drawdown(scores: np.ndarray) -> float:
 # always-positive exposure) or a drawdown of their cumulative sum (which never falls) measures
 # nothing, so neither is computed for them.
 LEVELS = frozenset({"feature_exposure", "meta_model_rank_corr", "exposure_dissimilarity"})
+# ``score_eras``' flag of the eras whose predictions are constant (1.0; every score there is
+# NaN): counted, not summarised as a score.
+CONSTANT_PREDICTIONS = "constant_predictions"
 SCORE_STATISTICS = ("mean", "std", "sharpe", "max_drawdown")
 LEVEL_STATISTICS = ("mean", "std")
 
@@ -59,12 +62,16 @@ def summarize(per_era: pd.DataFrame) -> dict[str, float]:
     only ``_mean`` and ``_std`` for the levels of ``LEVELS``; ``feature_exposure_max`` (mean
     over eras of the per-era maximum feature correlation, Numerai's usual exposure figure; the
     same number as ``feature_exposure_mean``) when exposure was scored; ``n_eras``, the number
-    of eras with a CORR score.
+    of eras with a CORR score, and ``constant_prediction_eras``, the number of eras left out of
+    every score because the predictions were constant there (0.0 without the
+    ``constant_predictions`` column, which ``score_eras`` adds only when there are some).
     """
     per_era = per_era.sort_index()
     measures = {"mean": mean_score, "std": std_score, "sharpe": sharpe, "max_drawdown": max_drawdown}
     summary: dict[str, float] = {}
     for column in per_era.columns:
+        if column == CONSTANT_PREDICTIONS:
+            continue
         values = per_era[column].to_numpy(dtype=np.float64)
         values = values[~np.isnan(values)]
         for statistic in statistics_of(column):
@@ -73,4 +80,9 @@ def summarize(per_era: pd.DataFrame) -> dict[str, float]:
         summary["feature_exposure_max"] = summary["feature_exposure_mean"]
     if "corr" in per_era.columns:
         summary["n_eras"] = int(per_era["corr"].notna().sum())
+        # NaN where per-era frames without the column were concatenated (folds without such eras)
+        flags = per_era.get(CONSTANT_PREDICTIONS)
+        summary["constant_prediction_eras"] = (
+            float(np.nansum(flags.to_numpy(dtype=np.float64))) if flags is not None else 0.0
+        )
     return summary

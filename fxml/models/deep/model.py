@@ -27,7 +27,7 @@ from fxml.models.deep.device import DeviceChoice, check_precision, choose_device
 from fxml.models.deep.networks import MLP, ResNet, run_network, scale_features
 from fxml.models.deep.params import DeepParams, MLPParams, ResNetParams, TabNetParams
 from fxml.models.deep.tabnet import TabNet
-from fxml.scoring import score_eras
+from fxml.scoring import corr_by_era
 
 log = logging.getLogger(__name__)
 STATE_FILE, SHAPE_FILE = "network.pt", "network.json"
@@ -38,7 +38,7 @@ def validation_corr(predictions: np.ndarray, split: DataSplit) -> float:
     if not np.isfinite(predictions).all():
         return math.nan
     assert split.target is not None
-    return float(score_eras(predictions, split.target, split.eras)["corr"].mean())
+    return float(corr_by_era(predictions, split.target, split.eras).mean())
 
 
 class DeepTabularModel(TabularModel):
