@@ -4,7 +4,8 @@ Writes a release shaped like Numerai v5.2 (574 training eras, ~3.6M validation r
 features: small 42, medium ~820, all 2,748) at ``--fraction`` of the rows with fxml's synthetic
 writer, then runs, each as its own process under ``/usr/bin/time -v``:
 
-- ``python -m fxml.run data=v5 data.version=v5.2 ...`` for every model and feature set asked for;
+- ``python -m fxml.run data=v5 data.version=v5.2 ...`` for every model and feature set asked for
+  (``target_ensemble``: the preset's LightGBM members, each on its own target, on one matrix);
 - ``scripts/plain_lgbm.py``: what the example scripts do (pandas ``read_parquet`` of the needed
   columns, ``LGBMRegressor`` with fxml's default hyperparameters, predict validation), the
   baseline measured in the same run.
@@ -17,6 +18,7 @@ what ``memory=auto`` is for.
     python scripts/bench_scale.py          # 1/8 of the rows; lgbm, xgboost, ridge x small, medium, all
     python scripts/bench_scale.py --fraction 0.0625 --sets all --models lgbm --memory in_memory,auto
     python scripts/bench_scale.py --sets all --memory auto --limit-gib 3
+    python scripts/bench_scale.py --fraction 0.0625 --sets all --models lgbm,target_ensemble --no-plain
 """
 
 from __future__ import annotations
@@ -111,6 +113,13 @@ def payload_bytes(folder: Path, feature_set: str) -> int:
     return rows * n_features
 
 
+def ensemble_members(preset: str) -> list[str]:
+    """The member names of an ensemble preset of conf/model/."""
+    import yaml
+
+    return list(yaml.safe_load((REPO / "conf" / "model" / f"{preset}.yaml").read_text())["members"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,6 +156,9 @@ def main() -> None:
                            "tracking.experiment=bench-scale", *args.extra]
                 if model in ("lgbm", "xgboost"):
                     command.append(f"model.n_estimators={args.n_estimators}")
+                if model == "target_ensemble":
+                    command += [f"model.members.{name}.n_estimators={args.n_estimators}"
+                                for name in ensemble_members(model)]
                 stats = timed(command, args.workdir, args.limit_gib if memory == "auto" else None)
                 rows.append(("fxml.run", model, feature_set, memory, payload, stats))
                 if plain is not None and model == "lgbm":

@@ -196,6 +196,13 @@ def test_a_family_defined_outside_fxml_is_checked_the_same_way(tmp_path: Path,
     assert np.corrcoef(predictions, test.target)[0, 1] > 0.3
     model.save(tmp_path / "saved")
     np.testing.assert_array_equal(load_model(tmp_path / "saved").predict(test.features), predictions)
+    # rows without a target are left out, as by fxml's own families
+    assert train.target is not None
+    missing = np.arange(len(train)) % 4 == 1
+    with_gaps = dataclasses.replace(train, target=np.where(missing, np.nan, train.target))
+    np.testing.assert_array_equal(
+        module.FeatureMeanModel(feature="feature_1").fit(with_gaps).predict(test.features),
+        module.FeatureMeanModel(feature="feature_1").fit(train.rows(~missing)).predict(test.features))
     with pytest.raises(FxmlError, match="model.feature must name a training feature"):
         module.FeatureMeanModel(feature="feature_99").fit(train)
     with pytest.raises(FxmlError, match="model.shrinkage must be >= 0"):

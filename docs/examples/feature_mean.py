@@ -14,8 +14,10 @@ import numpy as np
 
 from fxml.data.split import DataSplit
 from fxml.errors import require
-from fxml.models.base import StepCallback, TabularModel
+from fxml.models.base import StepCallback, TabularModel, training_rows
 from fxml.models.params import ModelParams
+
+BLOCK_ROWS = 65_536
 
 
 @dataclass
@@ -50,12 +52,15 @@ class FeatureMeanModel(TabularModel):
             on_step: StepCallback | None = None) -> FeatureMeanModel:
         require(self.params.feature in train.feature_names, "model.feature",
                 "must name a training feature", self.params.feature)
-        assert train.target is not None
         self.column = train.feature_names.index(self.params.feature)
-        values = np.asarray(train.features[:, self.column], dtype=np.int64)
-        overall, prior = float(train.target.mean()), self.params.shrinkage
-        sums = np.bincount(values, weights=train.target, minlength=5)
-        counts = np.bincount(values, minlength=5)
+        rows = training_rows(train)  # the rows whose target is known, read a block at a time
+        sums, counts = np.zeros(5), np.zeros(5)
+        for start in range(0, len(rows), BLOCK_ROWS):
+            values = np.asarray(rows.block(start, start + BLOCK_ROWS)[:, self.column], dtype=np.int64)
+            target = rows.target[start : start + BLOCK_ROWS]
+            sums += np.bincount(values, weights=target, minlength=5)
+            counts += np.bincount(values, minlength=5)
+        overall, prior = float(rows.target.mean()), self.params.shrinkage
         self.means = (sums + prior * overall) / np.maximum(counts + prior, 1e-12)
         if on_step is not None:
             on_step(1, 1, {})
