@@ -36,6 +36,7 @@ from fxml.data.references import scoring_inputs
 from fxml.data.split import MAIN_TARGET, DataSplit
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.models.devices import require_accelerator, taken_fallbacks
+from fxml.models.ensemble import TARGET_PARAM
 from fxml.models.params import MEMBER_TARGET
 from fxml.models.postprocess import postprocessed
 from fxml.scoring.importance import importance_figure
@@ -62,7 +63,6 @@ log = logging.getLogger("fxml.run")
 IMPORTANCE_CSV = "importance/permutation.csv"
 SCORED_ON_TAG = "scored_on"
 MEMBER_TARGETS_TAG = "member_targets"
-MEMBER_TARGET_PARAM = "ensemble.target."
 
 
 def start(cfg: DictConfig) -> str:
@@ -100,7 +100,7 @@ def open_release(cfg: DictConfig) -> NumeraiData:
     data = NumeraiData.from_config(cfg.data, source=instantiate(cfg.data.source, _recursive_=False))
     mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
                      "feature_set": data.feature_set, "target": data.target, SCORED_ON_TAG: MAIN_TARGET})
-    data.also_load(list(cfg.scorer.targets), "scorer.targets")
+    data.also_load({name: "scorer.targets" for name in cfg.scorer.targets})
     return data
 
 
@@ -112,7 +112,7 @@ def build_model(cfg: DictConfig, data: NumeraiData) -> tuple[TabularModel, list[
     spec.pop(MEMBER_TARGET, None)  # an ensemble member's key: validate refused it here
     model = instantiate(spec, _convert_="all")
     load_ensemble_members(model)  # members named by MLflow URI: loaded here, not in models
-    data.also_load(model.targets_read(), "model: target")
+    data.also_load(model.targets_read())
     return postprocessed(model, cfg.get("postprocess"), data)
 
 
@@ -164,8 +164,8 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
 
 def log_member_targets(model: TabularModel) -> None:
     """An ensemble's members' training targets, as one tag a registered version keeps."""
-    targets = {key.removeprefix(MEMBER_TARGET_PARAM): value for key, value in model.fitted_params().items()
-               if key.startswith(MEMBER_TARGET_PARAM)}
+    targets = {key.removeprefix(TARGET_PARAM): value for key, value in model.fitted_params().items()
+               if key.startswith(TARGET_PARAM)}
     if targets:
         mlflow.set_tag(MEMBER_TARGETS_TAG, ", ".join(f"{name}={target}" for name, target in targets.items()))
 

@@ -219,7 +219,7 @@ def test_wrong_targets_are_one_line_errors(ws: Workspace) -> None:
                           "model.target sets an ensemble member's own target", "data.target")
     assert_one_line_error(ws.train("model=target_ensemble", "model.members.xerxes.target=target_nope_20",
                                    "tracking.experiment=wrong"),
-                          "target_nope_20 is not a target in features.json")
+                          "model.members.xerxes.target=target_nope_20 is not a target in features.json")
     assert_one_line_error(ws.train("scorer.targets=[target_nope_20]", "tracking.experiment=wrong"),
                           "scorer.targets=target_nope_20 is not a target in features.json")
     assert all(run.info.status == "FAILED" for run in ws.runs("wrong"))

@@ -78,15 +78,15 @@ class NumeraiData:
         # targets loaded beside the main one (DataSplit.extra): the training target, auxiliary
         # outputs, ensemble members' own targets, targets scored for comparison
         self.extra_targets: list[str] = []
-        self.also_load([target], "data.target")
-        self.also_load(extra_targets or [], "data.extra_targets")
+        self.also_load({target: "data.target"})
+        self.also_load({name: "data.extra_targets" for name in extra_targets or []})
         self.feature_set = feature_set if features is None else "custom"
 
-    def also_load(self, targets: list[str], key: str) -> None:
-        """Load the target columns ``targets`` too (``key``: the setting that names them, for the
-        error a name that is not a target of the release gets)."""
+    def also_load(self, targets: dict[str, str]) -> None:
+        """Load the target columns ``targets`` too (each name with the setting that names it, for
+        the error a name that is not a target of the release gets)."""
         known = self.metadata.get("targets", [])
-        for name in targets:
+        for name, key in targets.items():
             if known and name not in known:
                 raise FxmlError(f"{key}={name} is not a target in {FEATURES_JSON} "
                                 f"(for example: {', '.join(known[:4])})")

@@ -92,10 +92,11 @@ class TabularModel(ABC):
         its members' targets); models do not log themselves."""
         return {}
 
-    def targets_read(self) -> list[str]:
+    def targets_read(self) -> dict[str, str]:
         """Targets ``fit`` reads besides the one it is given (auxiliary outputs, an ensemble's
-        members' own targets): the runner loads them with the training rows."""
-        return []
+        members' own targets), each with the setting that names it: the runner loads them with
+        the training rows."""
+        return {}
 
     @abstractmethod
     def save_state(self, directory: Path) -> None: ...

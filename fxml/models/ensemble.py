@@ -39,6 +39,8 @@ from fxml.scoring.transforms import center_by_era, signed_power
 
 log = logging.getLogger(__name__)
 STATE = "ensemble.json"
+# the fitted param that records a member's training target: ensemble.target.<member>
+TARGET_PARAM = "ensemble.target."
 MEMBERS = "members"
 
 
@@ -106,14 +108,16 @@ class EnsembleModel(TabularModel):
             self._build_member(name, spec).uses_validation
             for name, spec in self.params.members.items() if not isinstance(spec, str))
 
-    def targets_read(self) -> list[str]:
+    def targets_read(self) -> dict[str, str]:
         """Members' own targets and the auxiliary targets they read."""
-        names: list[str] = []
-        for spec in self.params.members.values():
+        names: dict[str, str] = {}
+        for member, spec in self.params.members.items():
             if isinstance(spec, dict):
-                names += [spec[MEMBER_TARGET]] if spec.get(MEMBER_TARGET) else []
-                names += list(spec.get("aux_targets") or [])
-        return list(dict.fromkeys(names))
+                key = f"model.members.{member}"
+                names.update({name: f"{key}.aux_targets" for name in spec.get("aux_targets") or []})
+                if spec.get(MEMBER_TARGET):
+                    names[spec[MEMBER_TARGET]] = f"{key}.{MEMBER_TARGET}"
+        return names
 
     def fit(self, train: DataSplit, validation: DataSplit | None = None,
             on_step: StepCallback | None = None) -> EnsembleModel:
@@ -150,7 +154,7 @@ class EnsembleModel(TabularModel):
     def fitted_params(self) -> dict[str, float | str]:
         params: dict[str, float | str] = {f"ensemble.weight.{n}": round(float(w), 6)
                                           for n, w in zip(self.names, self.weights, strict=True)}
-        params.update({f"ensemble.target.{n}": t for n, t in zip(self.names, self.targets, strict=True)})
+        params.update({f"{TARGET_PARAM}{n}": t for n, t in zip(self.names, self.targets, strict=True)})
         params.update({f"ensemble.rows_without_target.{n}": rows for n, rows in self.rows_left_out.items()})
         return params
 

@@ -148,8 +148,8 @@ class NeutralizedModel(TabularModel):
     def fitted_params(self) -> dict[str, float | str]:
         return self.inner.fitted_params() if self.inner is not None else {}
 
-    def targets_read(self) -> list[str]:
-        return self.inner.targets_read() if self.inner is not None else []
+    def targets_read(self) -> dict[str, str]:
+        return self.inner.targets_read() if self.inner is not None else {}
 
     def _model_columns(self, features: np.ndarray) -> np.ndarray:
         n = self.params.n_model_features

@@ -78,8 +78,8 @@ class DeepTabularModel(TabularModel):
 
     # -- training ------------------------------------------------------------------------------
 
-    def targets_read(self) -> list[str]:
-        return list(self.params.aux_targets)
+    def targets_read(self) -> dict[str, str]:
+        return {name: "model.aux_targets" for name in self.params.aux_targets}
 
     def _targets(self, rows: TrainingRows, split: str) -> np.ndarray:
         columns = [rows.target]
