@@ -207,7 +207,9 @@ def metric_table(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for data in runs:
         metrics = data.run.data.metrics
-        row = [data.label, data.run.data.tags.get("model_family", ""), data.run.data.tags.get("target", "")]
+        tags = data.run.data.tags
+        # an ensemble's members may each have learnt their own target
+        row = [data.label, tags.get("model_family", ""), tags.get("member_targets") or tags.get("target", "")]
         row += [_number(metrics.get(m), 0 if m == "n_eras" else 4) for m in (*present, *extra)]
         row += [_number(data.live[m.split(" ")[0]].mean()) if m.split(" ")[0] in data.live else ""
                 for m in live]
