@@ -21,7 +21,7 @@ from fxml.config import register_schemas
 from fxml.config.schema import SCHEMAS, TRAINER_WIRING, TrainerConfig
 from fxml.data.synthetic import SyntheticSpec
 from fxml.errors import FxmlError
-from fxml.models.params import ModelParams, model_families
+from fxml.models.params import MEMBER_TARGET, ModelParams, model_families
 from tests.conftest import REPO, Workspace, assert_one_line_error
 
 CONF_DIR = REPO / "conf"
@@ -29,6 +29,10 @@ GROUPS = ("model", "trainer", "cv", "memory", "scorer", "postprocess", "data")
 FAMILIES = model_families()
 # keys only Hydra reads, never a parameter of the object it builds
 HYDRA_KEYS = ("_target_", "_recursive_")
+# a key every model schema adds for ensemble members (its own training target), never a parameter
+NOT_PARAMETERS = (*HYDRA_KEYS, MEMBER_TARGET)
+# presets that are another family's configuration (an ensemble of members on their own targets)
+PRESET_FAMILY = {"target_ensemble": "ensemble"}
 DEEP = ("mlp", "resnet", "tabnet")
 # what a preset is about may equal the default and still be set: trainer=cpu means the CPU
 DEFINING = {("trainer", "cpu"): {"accelerator"}}
@@ -75,7 +79,8 @@ ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
 
 
 def test_every_model_preset_is_a_family_and_every_family_has_a_preset() -> None:
-    assert set(options("model")) == set(FAMILIES)
+    assert {PRESET_FAMILY.get(preset, preset) for preset in options("model")} == set(FAMILIES)
+    assert set(FAMILIES) <= set(options("model"))
     for family, params in FAMILIES.items():
         assert SCHEMAS["model"][family].__mro__[1] is params  # derived, not rewritten
 
@@ -136,13 +141,15 @@ def test_a_model_built_in_python_trains_as_the_command_line(family: str) -> None
     node = composed("model", family)
     model_class = get_class(node["_target_"])
     assert model_class.params_class is params
-    command_line = {key: value for key, value in node.items() if key not in HYDRA_KEYS}
+    assert node[MEMBER_TARGET] is None
+    command_line = {key: value for key, value in node.items() if key not in NOT_PARAMETERS}
     assert {f.name for f in dataclasses.fields(params)} == set(command_line)
     # an ensemble's members are the preset's own
     built = model_class(members=command_line["members"]) if family == "ensemble" else model_class()
     assert isinstance(built.params, params)
     python = dataclasses.asdict(built.params)
-    assert python == dataclasses.asdict(instantiate(node, _convert_="all").params)
+    spec = {key: value for key, value in node.items() if key != MEMBER_TARGET}
+    assert python == dataclasses.asdict(instantiate(spec, _convert_="all").params)
     assert python == {**field_defaults(params), **({"members": python["members"]}
                                                     if family == "ensemble" else {})}
     assert python == command_line

@@ -106,7 +106,7 @@ def test_help_and_cfg_show_groups_and_resolved_config(workspace: Workspace) -> N
     assert helped.returncode == 0
     for group in ("data:", "model:", "trainer:", "memory:", "scorer:"):
         assert group in helped.stdout
-    assert "model: ensemble, lgbm, mlp, resnet, ridge, tabnet, xgboost" in helped.stdout
+    assert "model: ensemble, lgbm, mlp, resnet, ridge, tabnet, target_ensemble, xgboost" in helped.stdout
     assert "hparams_search: lgbm, mlp, ridge, xgboost" in helped.stdout
     shown = workspace.run("--cfg", "job", "model=xgboost", small=False)
     assert shown.returncode == 0
