@@ -22,6 +22,7 @@ from tests.helpers import fxml_command, table_rows, toy_split
 from tests.releases import resident_bytes, store_backed
 
 COMPARED = ("target", "target_cyrusd_20", "target_xerxes_20")
+ROUNDS = 60  # LightGBM's rounds, for the grid's models and the ensemble's members alike
 RIDGE = {"_target_": "fxml.models.linear.RidgeModel"}
 
 
@@ -110,7 +111,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 @pytest.fixture(scope="module")
 def grid(ws: Workspace):  # type: ignore[no-untyped-def]
     return ws.run("-m", f"data.target={','.join(COMPARED)}", "scorer.targets=[target_jasper_20]",
-                  "tracking.experiment=targets")
+                  "tracking.experiment=targets", f"model.n_estimators={ROUNDS}")
 
 
 def release(ws: Workspace) -> Path:
@@ -164,7 +165,8 @@ def test_any_target_trains_and_every_score_is_on_the_main_target(ws: Workspace, 
 def test_the_report_ranks_the_targets_by_the_main_target_score(ws: Workspace, grid) -> None:
     parent = next(run for run in ws.runs("targets") if run.data.tags.get("fxml.role") == "sweep")
     output = ws.root / "targets.html"
-    result = fxml_command(ws, "fxml.report", f"sweep={parent.info.run_id}", f"output={output}")
+    result = fxml_command(ws, "fxml.report", f"sweep={parent.info.run_id}", f"output={output}",
+                          in_process=True)
     assert result.returncode == 0, result.stderr
     page = output.read_text()
     runs = job_runs(ws)
@@ -176,11 +178,12 @@ def test_the_report_ranks_the_targets_by_the_main_target_score(ws: Workspace, gr
 
 @pytest.mark.slow
 def test_a_target_ensemble_trains_each_member_on_its_own_target(ws: Workspace, grid) -> None:
+    members = {"ender": "target_ender_20", "cyrusd": "target_cyrusd_20", "xerxes": "target_xerxes_20"}
     result = ws.train("model=target_ensemble", "tracking.experiment=targets",
-                      "tracking.run_name=target-ensemble")
+                      "tracking.run_name=target-ensemble",
+                      *(f"model.members.{name}.n_estimators={ROUNDS}" for name in members))
     assert result.returncode == 0, result.stderr
     run = next(r for r in ws.runs("targets") if r.info.run_name == "target-ensemble")
-    members = {"ender": "target_ender_20", "cyrusd": "target_cyrusd_20", "xerxes": "target_xerxes_20"}
     assert {name: run.data.params[f"ensemble.target.{name}"] for name in members} == members
     fit_eras = parse_era_ranges(run.data.tags["fit_eras"])
     train = pd.read_parquet(release(ws) / "train.parquet", columns=["era", *members.values()])
@@ -201,7 +204,8 @@ def test_a_target_ensemble_trains_each_member_on_its_own_target(ws: Workspace, g
         np.testing.assert_array_equal(member.predict(matrix), single["prediction"].to_numpy())
 
     # registered, the version keeps its members' targets and predicts what the run logged
-    promoted = fxml_command(ws, "fxml.promote", f"run_id={run.info.run_id}", "name=targets")
+    promoted = fxml_command(ws, "fxml.promote", f"run_id={run.info.run_id}", "name=targets",
+                            in_process=True)
     assert promoted.returncode == 0, promoted.stderr
     version = ws.client().get_model_version_by_alias("targets", "champion")
     assert version.tags["member_targets"] == \
