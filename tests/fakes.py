@@ -26,7 +26,7 @@ import numpy as np
 from fxml.models.base import TabularModel
 from fxml.models.params import ModelParams
 
-VERSIONS = ("v5.0", "v5.1", "v5.2")
+VERSIONS = ("v5.0", "v5.1", "v5.2", "v5.3")
 ROUND_ENV, LOG_ENV = "FXML_FAKE_NUMERAI_ROUND", "FXML_FAKE_NUMERAI_LOG"
 SCORES_ENV = "FXML_FAKE_NUMERAI_SCORES"
 FAKE_MODELS = {"fxml_test": "6f0c1d2e-0000-4000-8000-00000000a001",

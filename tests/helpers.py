@@ -41,7 +41,7 @@ def fxml_command(ws: Workspace, module: str, *args: str, keys: bool = False, rou
 
 
 def served_release(ws: Workspace) -> Path:
-    releases = sorted((ws.root / "data" / "synthetic").glob("v5.2-*"))
+    releases = sorted((ws.root / "data" / "synthetic").glob("v5.3-*"))
     assert len(releases) == 1, releases
     return releases[0]
 

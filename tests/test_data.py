@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 
 from fxml.data.loader import NumeraiData
@@ -15,6 +17,7 @@ from fxml.data.sources import NumeraiSource, SyntheticSource
 from fxml.errors import FxmlError
 from tests.conftest import Workspace
 from tests.fakes import OfflineNumerAPI
+from tests.releases import FolderSource
 
 SPEC = dict(train_eras=24, validation_eras=10, unresolved_eras=2, rows_per_era=120,
             live_rows=80, n_features=40, seed=3)
@@ -89,7 +92,31 @@ def test_meta_model_and_benchmark_align_by_id(synthetic_root: Path) -> None:
     expected = frame["numerai_meta_model"].reindex(validation.ids).to_numpy(dtype=np.float64)
     np.testing.assert_array_equal(meta, expected)
     name, bench = data.benchmark(validation, None)
-    assert name.startswith("v52_") and not np.isnan(bench).all()
+    assert name == "v52_lgbm_ender20" and not np.isnan(bench).all()
+
+
+def test_bmc_is_against_the_top_benchmark_by_name_never_the_first_column(synthetic_root: Path,
+                                                                         tmp_path: Path) -> None:
+    data = synthetic(synthetic_root)
+    validation = data.load("validation")
+    file = data.folder / "validation_benchmark_models.parquet"
+    frame = pl.read_parquet(file)
+    top = frame["v52_lgbm_ender20"].cast(pl.Float64).to_numpy()
+    # another program's file: the top benchmark last, then without it
+    moved = tmp_path / "moved"
+    shutil.copytree(data.folder, moved)
+    frame.select("id", "era", "data_type", "v52_lgbm_cyrusd20", "v52_lgbm_ender20").write_parquet(
+        moved / file.name)
+    elsewhere = NumeraiData(FolderSource(), moved, version="v5.2")
+    name, bench = elsewhere.benchmark(validation, None)
+    assert name == "v52_lgbm_ender20"
+    np.testing.assert_array_equal(bench, pd.Series(top, index=frame["id"]).reindex(validation.ids))
+    frame.select("id", "era", "data_type", "v52_lgbm_cyrusd20").write_parquet(moved / file.name)
+    with pytest.raises(FxmlError, match=r"^validation_benchmark_models.parquet has no column "
+                                        r"'v52_lgbm_ender20' \(columns: v52_lgbm_cyrusd20\); "
+                                        r"set scorer.benchmark_column$"):
+        elsewhere.benchmark(validation, None)
+    assert elsewhere.benchmark(validation, "v52_lgbm_cyrusd20")[0] == "v52_lgbm_cyrusd20"
 
 
 def test_era_subsample_policy_fits_the_budget(synthetic_root: Path) -> None:

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from fxml.config import register_schemas
 from fxml.config.schema import SCHEMAS, TRAINER_WIRING, TrainerConfig
+from fxml.data.layout import NEWEST_VERSION
 from fxml.data.synthetic import SyntheticSpec
 from fxml.errors import FxmlError
 from fxml.models.params import MEMBER_TARGET, ModelParams, model_families
@@ -172,7 +173,7 @@ def test_objects_built_in_python_equal_the_command_line(option: str) -> None:
 
 def test_synthetic_source_defaults_are_the_generator_defaults() -> None:
     source = {k: v for k, v in composed("data", "synthetic")["source"].items() if k != "_target_"}
-    assert SyntheticSpec(version="v5.2", **source) == SyntheticSpec()
+    assert SyntheticSpec(version=NEWEST_VERSION, **source) == SyntheticSpec()
 
 
 def test_parameters_are_checked_in_python_as_on_the_command_line(tmp_path: Path) -> None:

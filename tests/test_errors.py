@@ -77,14 +77,14 @@ def synthetic_release(workspace: Workspace) -> Path:
     made = workspace.train("tracking.log_model=false", "model.n_estimators=5",
                            "tracking.run_name=prepare-copy")
     assert made.returncode == 0, made.stderr
-    (release,) = (workspace.root / "data" / "synthetic").glob("v5.2-*")
+    (release,) = (workspace.root / "data" / "synthetic").glob("v5.3-*")
     return release
 
 
 @pytest.fixture()
 def broken_copy(synthetic_release: Path, tmp_path: Path) -> Path:
-    """The small synthetic release copied as a local Numerai v5.2 folder that a test may damage."""
-    copy = tmp_path / "numerai" / "v5.2"
+    """The small synthetic release copied as a local Numerai v5.3 folder that a test may damage."""
+    copy = tmp_path / "numerai" / "v5.3"
     shutil.copytree(synthetic_release, copy)
     return copy
 
@@ -95,7 +95,7 @@ def _small_features(folder: Path) -> list[str]:
 
 def _run_on(workspace: Workspace, folder: Path, name: str):
     """Run on a local v5 folder with no network: nothing can be downloaded."""
-    return workspace.train("data=v5", "data.version=v5.2", f"data.directory={folder.parent}",
+    return workspace.train("data=v5", "data.version=v5.3", f"data.directory={folder.parent}",
                            "data.source.api._target_=tests.fakes.OfflineNumerAPI",
                            f"tracking.run_name={name}", "tracking.log_model=false", small=False)
 
@@ -108,7 +108,7 @@ def test_local_release_runs_offline(workspace: Workspace, broken_copy: Path) -> 
     made = next(r for r in workspace.runs() if r.info.run_name == "prepare-copy")
     assert run.info.status == "FINISHED" and result.value["mlflow_run_id"] == run.info.run_id
     # the copied release, read from the local folder: its resolved validation eras, every 4th training era
-    assert run.data.tags["data_version"] == "v5.2"
+    assert run.data.tags["data_version"] == "v5.3"
     assert run.data.params["data.directory"] == str(broken_copy.parent)
     assert run.data.metrics["n_eras"] == made.data.metrics["n_eras"] == 10  # 14 eras, 4 unresolved
     assert "data: train 2,417 rows, 10 eras" in result.logs
@@ -127,7 +127,7 @@ def test_truncated_parquet(workspace: Workspace, broken_copy: Path) -> None:
 def test_missing_parquet_without_network(workspace: Workspace, broken_copy: Path) -> None:
     (broken_copy / "train.parquet").unlink()
     result = _run_on(workspace, broken_copy, "missing-file")
-    assert_one_line_error(result, "could not download v5.2/train.parquet", "ConnectionError",
+    assert_one_line_error(result, "could not download v5.3/train.parquet", "ConnectionError",
                           "check the network")
 
 

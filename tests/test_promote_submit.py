@@ -102,7 +102,7 @@ def test_promote_by_run_id_registers_a_version_with_an_alias(project: Project, p
     tags = version.tags
     run = client.get_run(project.runs["lgbm"])
     assert tags["source_run_id"] == project.runs["lgbm"]
-    assert tags["data_version"] == "v5.2" and tags["feature_set"] == "small"
+    assert tags["data_version"] == "v5.3" and tags["feature_set"] == "small"
     assert tags["promoted_metric"] == "corr_sharpe"
     assert float(tags["promoted_metric_value"]) == pytest.approx(run.data.metrics["corr_sharpe"], rel=1e-5)
     assert tags["postprocess"] == "none"
@@ -161,7 +161,7 @@ def test_registered_model_predicts_a_live_frame(project: Project, promoted) -> N
     assert predictions.shape == (len(live),) and np.isfinite(predictions).all()
     assert predictions.std() > 0
     manifest = model.unwrap_python_model().manifest
-    assert manifest["data_version"] == "v5.2" and manifest["target"] == "target"
+    assert manifest["data_version"] == "v5.3" and manifest["target"] == "target"
     assert len(manifest["features"]) == len(set(manifest["features"])) > 0
 
 
@@ -174,7 +174,7 @@ def test_dry_run_writes_a_valid_file_and_uploads_nothing(project: Project, promo
     assert "dry run" in result.stdout and "nothing uploaded" in result.stdout
     path = project.ws.root / "submissions" / "fxml_test_round1001.csv"
     assert_valid_submission(project, path)
-    assert (project.ws.root / "data" / "numerai" / "v5.2" / "live_1001.parquet").is_file()
+    assert (project.ws.root / "data" / "numerai" / "v5.3" / "live_1001.parquet").is_file()
     assert project.uploads() == []
     run = next(r for r in project.submission_runs() if r.data.tags.get("round") == "1001")
     assert run.info.status == "FINISHED"

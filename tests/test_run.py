@@ -35,7 +35,7 @@ def test_run_logs_params_tags_and_named_metrics(default_run) -> None:
     assert run.data.params["data.feature_set"] == "small"
     assert run.data.params["trainer.accelerator"] == "cpu"
     tags = run.data.tags
-    assert tags["data_version"] == "v5.2" and len(tags["data_fingerprint"]) == 16
+    assert tags["data_version"] == "v5.3" and len(tags["data_fingerprint"]) == 16
     assert tags["fxml_version"] and tags["git_commit"] and tags["model_family"] == "LightGBMModel"
     assert not any(k.split("_")[0].upper() == "TC" for k in run.data.metrics)
 

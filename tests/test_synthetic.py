@@ -12,7 +12,7 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from fxml.data import synthetic
+from fxml.data import layout, synthetic
 from fxml.data.synthetic import SYNTHETIC_FILES, SyntheticSpec, write_synthetic
 from fxml.errors import FxmlError
 
@@ -69,6 +69,8 @@ def test_writes_every_real_file_and_nothing_half_written(small_dir: Path) -> Non
         "train_benchmark_models.parquet",
         "validation_benchmark_models.parquet",
         "live_benchmark_models.parquet",
+        "full.parquet",  # v5.3's train and validation in one file
+        "full_benchmark_models.parquet",
     }
     names = {p.name for p in small_dir.iterdir()}
     assert names == set(SYNTHETIC_FILES) | {".synthetic.json"}
@@ -83,7 +85,11 @@ def test_feature_sets_are_consistent(small_dir: Path) -> None:
     assert len(small) <= 42
     assert medium[: len(small)] == small and all_[: len(medium)] == medium
     assert all(re.fullmatch(r"feature_[a-z]+_[a-z]+_[a-z]+", n) for n in all_)
-    groups = [k for k in sets if k not in ("small", "medium", "all")]
+    # v5.3's quantum features: the newest, outside small and medium
+    quantum = sets["quantum"]
+    assert quantum == all_[-len(quantum):] and len(quantum) == round(807 / 3555 * len(all_))
+    assert not set(quantum) & set(medium)
+    groups = [k for k in sets if k not in ("small", "medium", "all", "quantum")]
     assert {"intelligence", "charisma", "strength"} <= set(groups)
     grouped = [n for g in groups for n in sets[g]]
     assert sorted(grouped) == sorted(all_)  # the named groups partition the features
@@ -235,7 +241,7 @@ def test_meta_model_covers_resolved_validation_eras(small_dir: Path) -> None:
 
 
 def test_benchmarks_and_example_preds_align_with_their_split(small_dir: Path) -> None:
-    columns = [f"v52_lgbm_{n}{h}" for n in ("ender", "cyrusd", "teager2b") for h in (20, 60)]
+    columns = [f"v53_lgbm_{n}{h}" for n in ("ender", "cyrusd", "teager2b") for h in (20, 60)]
     for name in MAIN_FILES:
         main = read(small_dir, name)
         bench = read(small_dir, f"{name}_benchmark_models")
@@ -250,9 +256,9 @@ def test_benchmarks_and_example_preds_align_with_their_split(small_dir: Path) ->
 
 
 def test_benchmark_prefix_follows_the_version(tmp_path: Path) -> None:
-    assert synthetic.version_prefix("v5.2") == "v52"
-    assert synthetic.version_prefix("v5.0") == "v50"
-    assert synthetic.version_prefix("5.1") == "v51"
+    assert layout.version_prefix("v5.2") == "v52"
+    assert layout.version_prefix("v5.0") == "v50"
+    assert layout.version_prefix("5.1") == "v51"
     spec = SyntheticSpec(
         version="v5.0",
         train_eras=2,
@@ -318,11 +324,11 @@ def test_failed_write_leaves_no_file_under_a_real_name(
     calls = {"n": 0}
     original = synthetic._Generator._write_chunk
 
-    def failing(self, sinks, data_type, chunk):  # type: ignore[no-untyped-def]
+    def failing(self, sinks, chunk):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if data_type == "validation":
+        if self.data_type(chunk[0].number) == "validation":
             raise RuntimeError("disk full")
-        return original(self, sinks, data_type, chunk)
+        return original(self, sinks, chunk)
 
     monkeypatch.setattr(synthetic._Generator, "_write_chunk", failing)
     with pytest.raises(RuntimeError, match="disk full"):
@@ -406,3 +412,23 @@ def test_meta_model_is_informative_and_the_signal_knob_works(
     assert 0.02 <= meta_corr(default_dir) <= 0.12
     no_signal = write_synthetic(tmp_path, SyntheticSpec(signal_strength=0.0))
     assert abs(meta_corr(no_signal)) < 0.015
+
+
+def test_full_file_holds_train_then_validation_as_they_are(small_dir: Path) -> None:
+    """v5.3's full.parquet: every labelled and unresolved era of train and validation, once, in era
+    order, row for row what the two files hold (its benchmarks likewise)."""
+    full = read(small_dir, "full")
+    both = pl.concat([read(small_dir, "train"), read(small_dir, "validation")])
+    assert full.equals(both)
+    assert full["data_type"].unique().sort().to_list() == ["train", "validation"]
+    bench = read(small_dir, "full_benchmark_models")
+    assert bench.equals(pl.concat([read(small_dir, "train_benchmark_models"),
+                                   read(small_dir, "validation_benchmark_models")]))
+
+
+def test_a_v52_release_has_no_full_file(tmp_path: Path) -> None:
+    write_synthetic(tmp_path, replace(SMALL, version="v5.2"))
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "full.parquet" not in names and "train.parquet" in names
+    assert "quantum" not in features_json(tmp_path)["feature_sets"]
+    assert read(tmp_path, "validation_benchmark_models").columns[3] == "v52_lgbm_ender20"

@@ -78,7 +78,9 @@ class NumeraiSourceConfig:
 
 @dataclass
 class DataConfig:
-    version: str = "latest"  # latest = the newest v5.x that numerapi lists; or a release such as v5.2
+    # latest = the newest v5.x that numerapi lists (synthetic: the newest layout fxml writes, v5.3);
+    # or a release such as v5.2
+    version: str = "latest"
     directory: str = "data"
     feature_set: str = "small"  # a set from features.json, or give an explicit list in `features`
     features: list[str] | None = None
@@ -114,7 +116,6 @@ class DataConfig:
 
 @dataclass
 class SyntheticDataConfig(DataConfig):
-    version: str = "v5.2"
     source: SyntheticSourceConfig = field(default_factory=SyntheticSourceConfig)
 
 

@@ -17,12 +17,15 @@ VALIDATION = "validation.parquet"
 LIVE = "live.parquet"
 META_MODEL = "meta_model.parquet"
 META_MODEL_COLUMN = "numerai_meta_model"
-SPLIT_FILES = {"train": TRAIN, "validation": VALIDATION, "live": LIVE}
+# train and validation in one file (eras 0001 on), from v5.3
+FULL = "full.parquet"
+SPLIT_FILES = {"train": TRAIN, "validation": VALIDATION, "live": LIVE, "full": FULL}
 BENCHMARK_FILES = {split: f"{split}_benchmark_models.parquet" for split in SPLIT_FILES}
 EXAMPLE_PREDS_FILES = {split: f"{split}_example_preds.parquet" for split in ("live", "validation")}
-# every file of a v5 release, as numerapi lists them
-RELEASE_FILES: tuple[str, ...] = (FEATURES_JSON, *SPLIT_FILES.values(), META_MODEL,
-                                  *EXAMPLE_PREDS_FILES.values(), *BENCHMARK_FILES.values())
+# the newest release layout fxml knows, and the first with full.parquet and the quantum features
+NEWEST_VERSION = "v5.3"
+FULL_SINCE = (5, 3)
+QUANTUM = "quantum"
 
 ID, ERA, DATA_TYPE, PREDICTION = "id", "era", "data_type", "prediction"
 # Live rows carry a non-numeric era ("X"); they get one sentinel era number.
@@ -37,6 +40,30 @@ def version_key(version: str) -> tuple[int, int]:
     if match is None:
         raise FxmlError(f"data.version {version!r} is not a release name such as v5.2")
     return int(match.group(1)), int(match.group(2))
+
+
+def release_files(version: str) -> tuple[str, ...]:
+    """Every file of a v5 release, as numerapi lists them."""
+    splits = [split for split in SPLIT_FILES if split != "full" or has_full_file(version)]
+    return (FEATURES_JSON, *(SPLIT_FILES[s] for s in splits), META_MODEL,
+            *EXAMPLE_PREDS_FILES.values(), *(BENCHMARK_FILES[s] for s in splits))
+
+
+def has_full_file(version: str) -> bool:
+    """Whether the release ships train and validation together as ``full.parquet`` (v5.3 on)."""
+    return version_key(version if version.startswith("v") else f"v{version}") >= FULL_SINCE
+
+
+def version_prefix(version: str) -> str:
+    """Benchmark column prefix of a version label: "v5.2" -> "v52"."""
+    digits = re.sub(r"[^0-9a-z]", "", version.lower())
+    return digits if digits.startswith("v") else "v" + digits
+
+
+def top_benchmark(version: str) -> str:
+    """The benchmark model Numerai computes BMC against: its LightGBM on the main target
+    (``v53_lgbm_ender20`` in v5.3)."""
+    return f"{version_prefix(version)}_lgbm_ender20"
 
 
 def era_numbers(eras: np.ndarray) -> np.ndarray:

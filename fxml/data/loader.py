@@ -28,6 +28,7 @@ from fxml.data.layout import (
     check_parquet,
     era_numbers,
     read_feature_metadata,
+    top_benchmark,
 )
 from fxml.data.memory import MemoryNeed, MemoryProfile, return_freed_memory
 from fxml.data.sources import DataSource
@@ -209,18 +210,17 @@ class NumeraiData:
         keep = self._kept_rows(eras, split, 1)
         return dict(sorted(zip(eras[keep].tolist(), rows[keep].tolist(), strict=True)))
 
-    def column_for(self, split: DataSplit, filename: str, column: str | None) -> tuple[str, np.ndarray]:
-        """A float column from another file (meta model, benchmarks), aligned to ``split`` by id.
-
-        ``column=None`` takes the file's first prediction column. Ids missing there get NaN.
-        """
+    def column_for(self, split: DataSplit, filename: str, column: str,
+                   setting: str = "") -> tuple[str, np.ndarray]:
+        """A float column from another file (meta model, benchmarks), aligned to ``split`` by id;
+        ids missing there get NaN. ``setting``: what chooses the column, for the error."""
         path = self.path(filename)
         frame = self._scan(path, split.name)
         names = frame.collect_schema().names()
-        candidates = [n for n in names if n not in (ID, ERA, DATA_TYPE, "__index_level_0__")]
-        column = column or (candidates[0] if candidates else None)
-        if column is None or column not in names:
-            raise FxmlError(f"{path.name} has no column {column!r} (columns: {', '.join(candidates)})")
+        if column not in names:
+            candidates = [n for n in names if n not in (ID, ERA, DATA_TYPE, "__index_level_0__")]
+            hint = f"; set {setting}" if setting else ""
+            raise FxmlError(f"{path.name} has no column {column!r} (columns: {', '.join(candidates)}){hint}")
         values = frame.select(pl.col(ID).cast(pl.String), pl.col(column).cast(pl.Float64)).collect()
         aligned = pl.DataFrame({ID: split.ids}).join(values, on=ID, how="left", maintain_order="left")
         return column, aligned[column].to_numpy().astype(np.float64)
@@ -229,7 +229,10 @@ class NumeraiData:
         return self.column_for(split, META_MODEL, META_MODEL_COLUMN)[1]
 
     def benchmark(self, split: DataSplit, column: str | None) -> tuple[str, np.ndarray]:
-        return self.column_for(split, BENCHMARK_FILES[split.name], column)
+        """A benchmark model's predictions: ``column``, or the release's top benchmark (never
+        whichever column comes first)."""
+        return self.column_for(split, BENCHMARK_FILES[split.name], column or top_benchmark(self.version),
+                               "scorer.benchmark_column")
 
     def fingerprint(self) -> str:
         """Cheap content hash: each file's size and parquet footer, plus the column selection."""

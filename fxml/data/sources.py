@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from hydra.utils import instantiate
 
-from fxml.data.layout import version_key
+from fxml.data.layout import NEWEST_VERSION, version_key
 from fxml.data.synthetic import SyntheticSpec, write_synthetic
 from fxml.errors import FxmlError, describe
 
@@ -38,7 +38,7 @@ class SyntheticSource:
         self.spec_options = spec
 
     def resolve(self, directory: Path, version: str) -> tuple[Path, str]:
-        spec = SyntheticSpec(version=version if version != "latest" else "v5.2", **self.spec_options)
+        spec = SyntheticSpec(version=version if version != "latest" else NEWEST_VERSION, **self.spec_options)
         digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()
         folder = Path(directory) / f"{spec.version}-{digest[:10]}"
         log.info("data: synthetic %s layout in %s", spec.version, folder)

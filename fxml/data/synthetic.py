@@ -51,9 +51,13 @@ from fxml.data.layout import (
     ID,
     META_MODEL,
     META_MODEL_COLUMN,
+    NEWEST_VERSION,
     PREDICTION,
-    RELEASE_FILES,
+    QUANTUM,
     SPLIT_FILES,
+    has_full_file,
+    release_files,
+    version_prefix,
 )
 from fxml.errors import FxmlError
 
@@ -62,7 +66,10 @@ __all__ = ["SYNTHETIC_FILES", "SyntheticSpec", "write_synthetic"]
 GENERATOR_VERSION = 1
 MARKER_NAME = ".synthetic.json"
 
-SYNTHETIC_FILES: tuple[str, ...] = RELEASE_FILES
+# the files of the default (newest) layout; synthetic_files(version) for another
+SYNTHETIC_FILES: tuple[str, ...] = release_files(NEWEST_VERSION)
+# the share of v5.3's features that are its new `quantum` set (807 of about 3,555)
+QUANTUM_SHARE = 807 / 3555
 
 TARGET_NAMES: tuple[str, ...] = ("cyrusd", "ender", "jasper", "teager2b", "victor", "xerxes")
 HORIZONS: tuple[int, ...] = (20, 60)
@@ -129,7 +136,7 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 class SyntheticSpec:
     """What to generate; every field goes into the marker file, so any change regenerates."""
 
-    version: str = "v5.2"
+    version: str = NEWEST_VERSION
     train_eras: int = 120
     validation_eras: int = 40
     unresolved_eras: int = 4
@@ -172,12 +179,6 @@ def feature_set_sizes(n_features: int) -> tuple[int, int]:
     return small, medium
 
 
-def version_prefix(version: str) -> str:
-    """Benchmark column prefix of a version label: "v5.2" -> "v52"."""
-    digits = re.sub(r"[^0-9a-z]", "", version.lower())
-    return digits if digits.startswith("v") else "v" + digits
-
-
 # ----------------------------------------------------------------------------------------------
 # Spec checks and the marker
 
@@ -215,7 +216,7 @@ def validate_spec(spec: SyntheticSpec, key_prefix: str = "synthetic data: ") -> 
 
 def _marker_payload(spec: SyntheticSpec) -> dict[str, Any]:
     spec_dict = {k: (float(v) if isinstance(v, float) else v) for k, v in asdict(spec).items()}
-    return {"generator": GENERATOR_VERSION, "spec": spec_dict, "files": list(SYNTHETIC_FILES)}
+    return {"generator": GENERATOR_VERSION, "spec": spec_dict, "files": list(release_files(spec.version))}
 
 
 def _is_complete(directory: Path, expected: dict[str, Any]) -> bool:
@@ -226,7 +227,7 @@ def _is_complete(directory: Path, expected: dict[str, Any]) -> bool:
         return False
     if found != json.loads(json.dumps(expected)):
         return False
-    return all((directory / name).is_file() for name in SYNTHETIC_FILES)
+    return all((directory / name).is_file() for name in found["files"])
 
 
 def _tmp_path(path: Path) -> Path:
@@ -396,6 +397,7 @@ class _Era:
     """One era's generated data."""
 
     label: str
+    number: int  # 0-based era index of the release (the live era last)
     ids: np.ndarray  # uint64, sorted
     features: np.ndarray  # (n, F) int8
     targets: np.ndarray  # (n, T) float32 (NaN where unresolved)
@@ -516,6 +518,9 @@ class _Generator:
         }
         for g, group in enumerate(FEATURE_GROUPS):
             sets[group] = [n for n, gg in zip(names, self.group, strict=True) if gg == g]
+        if has_full_file(self.spec.version):
+            # v5.3's new features: the last ones here, outside small and medium
+            sets[QUANTUM] = names[len(names) - max(1, round(QUANTUM_SHARE * len(names))):]
         return {"feature_sets": sets, "targets": list(self.target_columns)}
 
     # -- one era -------------------------------------------------------------------------------
@@ -604,6 +609,7 @@ class _Generator:
         ids = np.sort(_mix60(rows + self.id_offset))
         return _Era(
             label=self.era_label(e),
+            number=e,
             ids=ids,
             features=x,
             targets=targets.astype(np.float32),
@@ -632,15 +638,20 @@ class _Generator:
             directory / FEATURES_JSON, json.dumps(self.features_json(), indent=2) + "\n"
         )
         spec = self.spec
-        splits = (
+        splits = [
             ("train", range(0, spec.train_eras)),
             ("validation", range(spec.train_eras, self.n_eras)),
             ("live", range(self.n_eras, self.n_eras + 1)),
-        )
-        for data_type, eras in splits:
-            self._write_split(directory, data_type, eras)
+        ]
+        if has_full_file(spec.version):
+            splits.append(("full", range(0, self.n_eras)))
+        for split, eras in splits:
+            self._write_split(directory, split, eras)
 
-    def _write_split(self, directory: Path, data_type: str, eras: range) -> None:
+    def data_type(self, e: int) -> str:
+        return "train" if e < self.spec.train_eras else "validation" if e < self.n_eras else "live"
+
+    def _write_split(self, directory: Path, split: str, eras: range) -> None:
         idx = [
             pa.field(ID, pa.string()),
             pa.field(ERA, pa.string()),
@@ -652,18 +663,18 @@ class _Generator:
             + [pa.field(name, pa.float32()) for name in self.target_columns]
         )
         outputs: dict[str, tuple[str, list[pa.Field]]] = {
-            "main": (SPLIT_FILES[data_type], main_fields),
+            "main": (SPLIT_FILES[split], main_fields),
             "bench": (
-                BENCHMARK_FILES[data_type],
+                BENCHMARK_FILES[split],
                 idx + [pa.field(c, pa.float32()) for c in self.benchmark_columns],
             ),
         }
-        if data_type != "train":
+        if split in ("validation", "live"):
             outputs["example"] = (
-                EXAMPLE_PREDS_FILES[data_type],
+                EXAMPLE_PREDS_FILES[split],
                 [pa.field(ID, pa.string()), pa.field(PREDICTION, pa.float32())],
             )
-        if data_type == "validation":
+        if split == "validation":
             outputs["meta"] = (
                 META_MODEL,
                 idx + [pa.field(META_MODEL_COLUMN, pa.float32())],
@@ -673,20 +684,19 @@ class _Generator:
             for key, (name, fields) in outputs.items():
                 sinks[key] = _Sink(directory / name, fields)
             for chunk in self._chunks(eras):
-                self._write_chunk(sinks, data_type, chunk)
+                self._write_chunk(sinks, chunk)
             for sink in sinks.values():
                 sink.commit()
         finally:
             for sink in sinks.values():
                 sink.abort()
 
-    def _write_chunk(self, sinks: dict[str, _Sink], data_type: str, chunk: list[_Era]) -> None:
+    def _write_chunk(self, sinks: dict[str, _Sink], chunk: list[_Era]) -> None:
         labels = [era.label for era in chunk]
         counts = [len(era.ids) for era in chunk]
-        n = sum(counts)
         ids = _id_strings(np.concatenate([era.ids for era in chunk]))
         era_col = _repeat_strings(labels, counts)
-        type_col = _repeat_strings([data_type], [n])
+        type_col = _repeat_strings([self.data_type(era.number) for era in chunk], counts)
         index = [ids, era_col, type_col]
 
         features = np.ascontiguousarray(np.concatenate([era.features for era in chunk]).T)
@@ -710,7 +720,7 @@ class _Generator:
                     [
                         _id_strings(np.concatenate([era.ids for era in covered])),
                         _repeat_strings([era.label for era in covered], sizes),
-                        _repeat_strings([data_type], [sum(sizes)]),
+                        _repeat_strings(["validation"], [sum(sizes)]),
                         _float_column(np.concatenate([era.meta for era in covered])),
                     ]
                 )

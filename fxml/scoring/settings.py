@@ -18,7 +18,8 @@ IMPORTANCE = ("none", "features", "groups")
 class ScorerSettings:
     meta_model: bool = True  # MMC against the meta model
     benchmark: bool = True  # BMC against a benchmark model
-    benchmark_column: str | None = None  # null: the first column of the benchmark models file
+    # null: the release's top benchmark, which Numerai computes BMC against (v53_lgbm_ender20 in v5.3)
+    benchmark_column: str | None = None
     fnc: bool = True  # CORR of the predictions neutralised to the selected features
     feature_exposure: bool = True
     # payout-style score per era: clip(corr_weight * CORR + mmc_weight * MMC, -clip, clip)
