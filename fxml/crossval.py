@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from fxml.console import step_progress
-from fxml.data.folds import Fold, detached, distinct_eras, era_ranges, rows_of_eras, with_inner_holdout
-from fxml.data.split import DataSplit, rows_without_target
+from fxml.data.folds import Fold, detached, era_ranges, rows_of_eras, with_inner_holdout
+from fxml.data.split import DataSplit, labelled_eras, rows_without_target
 from fxml.errors import FxmlError, describe
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.scoring import summarize
@@ -57,10 +57,11 @@ def training_parts(train: DataSplit, holdout_eras: int, embargo: int) -> tuple[D
 
     The fit rows are a view at the start of the era-sorted split; the holdout (a few eras) is
     copied, so the model may free the training matrix once it has its own dataset."""
-    fit_eras, holdout = with_inner_holdout(distinct_eras(train.eras), holdout_eras, embargo)
-    if not len(holdout):
-        return train, None
-    return rows_of_eras(train, fit_eras), detached(rows_of_eras(train, holdout))
+    # eras without any target value (unresolved) are neither fitted on nor held out; rows without
+    # one inside the fitted range are left out by the model (training_rows), so the range is a view
+    fit_eras, holdout = with_inner_holdout(labelled_eras(train), holdout_eras, embargo)
+    fit = train.era_range(int(fit_eras[0]), int(fit_eras[-1]))
+    return fit, detached(rows_of_eras(train, holdout)) if len(holdout) else None
 
 
 def fold_tags(fold: Fold) -> dict[str, str]:

@@ -33,7 +33,7 @@ from fxml.data.folds import EraSplitter, era_ranges, resolve_embargo
 from fxml.data.loader import NumeraiData
 from fxml.data.memory import MemoryPlan, MemoryPolicy
 from fxml.data.references import scoring_inputs
-from fxml.data.split import MAIN_TARGET, DataSplit
+from fxml.data.split import MAIN_TARGET, DataSplit, labelled_eras
 from fxml.models.base import TabularModel, predict_in_era_blocks
 from fxml.models.devices import require_accelerator, taken_fallbacks
 from fxml.models.ensemble import TARGET_PARAM
@@ -117,11 +117,12 @@ def build_model(cfg: DictConfig, data: NumeraiData) -> tuple[TabularModel, list[
 
 
 def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutralizers: list[str],
-              splitter: EraSplitter, plan: MemoryPlan,
-              scorer: NumeraiScorer) -> tuple[TabularModel | None, CrossValidation | None]:
-    """Load the training eras, run the folds when cv asks for them, then fit on every training era
-    but the inner holdout that early stopping, pruning signals and fitted weights read. The model
-    is None when cv does not refit."""
+              splitter: EraSplitter, plan: MemoryPlan, scorer: NumeraiScorer,
+              training: str = "train") -> tuple[TabularModel | None, CrossValidation | None]:
+    """Load the training eras (of ``training``: ``full`` for a final fit on every labelled era),
+    run the folds when cv asks for them, then fit on every training era but the inner holdout that
+    early stopping, pruning signals and fitted weights read. The model is None when cv does not
+    refit."""
     # eras apart by the longest horizon of the targets the model learns
     embargo = max(resolve_embargo(splitter.embargo, target)
                   for target in [data.target, *model.targets_read()])
@@ -131,7 +132,7 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
     with console.status("loading data"):
         # out-of-fold predictions of a neutralised model need its neutralisers in train too, and
         # are logged by id; nothing else reads train's ids
-        train_split = data.load("train", neutralizers if splitter.active else None, storage=storage,
+        train_split = data.load(training, neutralizers if splitter.active else None, storage=storage,
                                 every_nth_train_era=plan.every, with_ids=splitter.active)
     mlflow.set_tag("train_storage", train_split.storage)
     cv = None
@@ -145,7 +146,7 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
         if not splitter.refit:
             return None, cv
     fit_split, inner_holdout = training_parts(train_split.with_target(data.target), holdout_eras, embargo)
-    mlflow.set_tags({"fit_eras": era_ranges(fit_split.eras),
+    mlflow.set_tags({"fit_eras": era_ranges(labelled_eras(fit_split)),
                      "inner_holdout_eras": era_ranges(inner_holdout.eras) if inner_holdout else ""})
     log_rows_without_target({"fit": fit_split, "inner_holdout": inner_holdout})
     started = time.perf_counter()
@@ -205,9 +206,9 @@ def log_model(model: TabularModel, data: NumeraiData) -> None:
 
 
 def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
-                splitter: EraSplitter | None = None) -> MemoryPlan:
+                splitter: EraSplitter | None = None, training: str = "train") -> MemoryPlan:
     """The memory policy's choice for this run, logged as tags and one console line."""
-    need = data.memory_need(model.memory_profile())
+    need = data.memory_need(model.memory_profile(), training)
     if splitter is not None and splitter.copied_share:
         # era_kfold copies a fold's training eras (in memory, whatever the storage)
         need = need.with_beside_dataset(int(need.train_features * splitter.copied_share))

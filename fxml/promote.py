@@ -3,7 +3,9 @@
 ``run_id=<id>`` promotes that run; ``sweep=<parent run id | study name>`` a sweep's best trial;
 otherwise the best FINISHED run that logged a model by ``metric`` (``mode=max`` or ``min``), within
 ``experiment`` or the sweep, and optionally a time window (``since``, ``until``) and an MLflow
-filter (``filter``). It prints which run it chose and why. See conf/promote.yaml.
+filter (``filter``). It prints which run it chose and why. ``refit=true`` first trains the chosen
+run's configuration on every labelled era (``fxml.refit``) and registers that run instead. See
+conf/promote.yaml.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from omegaconf import DictConfig
 from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
+from fxml.refit import refit_selected, selection_of
 from fxml.submission import checked
 from fxml.submission.choice import RunSelection
 from fxml.submission.registry import Promotion, promote
@@ -23,8 +26,13 @@ from fxml.submission.registry import Promotion, promote
 def promote_command(cfg: DictConfig) -> Promotion:
     quiet_dependencies()
     settings = checked(cfg)
-    selection = RunSelection(settings.run_id, settings.sweep, settings.experiment, settings.metric,
-                             settings.mode, settings.since, settings.until, settings.filter)
+    selection = selection_of(settings)
+    if settings.refit:
+        # a final fit of the chosen run on every labelled era, registered in its place
+        fitted = refit_selected(selection, settings.tracking_uri)
+        console.print(f"refit of run {fitted.source_name} ({fitted.source_run_id}, {fitted.reason}) on "
+                      f"eras {fitted.fit_eras}: run {fitted.run_name}", highlight=False, soft_wrap=True)
+        selection = RunSelection(run_id=fitted.run_id)
     done = promote(selection, settings.name, settings.alias, settings.tracking_uri)
     console.print(f"chose run {done.run_id}: {done.reason}", highlight=False, soft_wrap=True)
     value = "not logged" if done.value is None else f"{done.value:.4f}"

@@ -304,7 +304,9 @@ class NeutralizeConfig:
 
 
 @dataclass
-class PromoteConfig:
+class RunSelectionConfig:
+    """Which run a command takes (fxml.submission.choice.RunSelection): promote and refit."""
+
     run_id: str | None = None  # a run id (given but empty is refused); null: choose by the keys below
     sweep: str | None = None  # a sweep's parent run id or Optuna study name: its best trial
     experiment: str = "fxml"  # where to rank runs by `metric` (ignored with run_id or sweep)
@@ -314,12 +316,26 @@ class PromoteConfig:
     until: str | None = None  # only runs started before (same forms)
     # an MLflow filter, e.g. "tags.feature_set = 'medium' and params.model.max_depth = '5'"
     filter: str | None = None
-    name: str | None = None  # registered model name; null: the run's experiment name
-    alias: str = "champion"  # the alias to move to the new version
     tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
 
     def __post_init__(self) -> None:
         one_of("mode", self.mode, ("max", "min"))
+
+
+@dataclass
+class RefitConfig(RunSelectionConfig):
+    """A final fit of the chosen run's configuration on every labelled era (python -m fxml.refit)."""
+
+
+@dataclass
+class PromoteConfig(RunSelectionConfig):
+    name: str | None = None  # registered model name; null: the run's experiment name
+    alias: str = "champion"  # the alias to move to the new version
+    # true: first refit the chosen run on every labelled era (fxml.refit), then register the refit
+    refit: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         version_like = self.alias[:1] in ("v", "V") and self.alias[1:].isdigit()
         require(bool(self.alias) and self.alias != "latest" and not version_like, "alias",
                 "must be a name other than latest or v<number>", self.alias)
@@ -419,7 +435,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         ("era_kfold", cv_settings.EraKFoldSettings, "EraKFold"))},
 }
 SCHEMAS["postprocess"] = {"none": NoPostprocessConfig, "neutralize": NeutralizeConfig}
-SCHEMAS["command"] = {"promote": PromoteConfig, "submit": SubmitConfig, "live_scores": LiveScoresConfig,
+SCHEMAS["command"] = {"promote": PromoteConfig, "refit": RefitConfig, "submit": SubmitConfig,
+                      "live_scores": LiveScoresConfig,
                       "report": ReportConfig,
                       "export_model": ExportModelConfig}
 

@@ -27,6 +27,7 @@ from fxml.data.layout import (
     SPLIT_FILES,
     check_parquet,
     era_numbers,
+    has_full_file,
     read_feature_metadata,
     top_benchmark,
 )
@@ -104,6 +105,10 @@ class NumeraiData:
         return cls(source=source, directory=data_cfg.directory, **options)
 
     def path(self, filename: str) -> Path:
+        if filename == SPLIT_FILES["full"] and not has_full_file(self.version):
+            raise FxmlError(f"the {self.version} release has no {filename} (train and validation in "
+                            "one file, from v5.3): a final fit on every labelled era reads it; use "
+                            "data.version=v5.3 or newer")
         return self.source.ensure(self.folder, filename)
 
     def _select_features(self, feature_set: str, explicit: list[str] | None) -> list[str]:
@@ -124,10 +129,11 @@ class NumeraiData:
         see ``fxml.data.split.Storage``; a memory plan's ``train_storage`` for train).
 
         Train honours the era spans, ``every_nth_era`` and ``every_nth_train_era`` (a memory
-        plan's subsampling); ``extra_features`` are more int8 columns after the run's features
-        (neutralisers outside the model's set). Where a store file cannot be written (no space,
-        a read-only folder), ``store`` reads the rows into memory with a warning, while ``disk``
-        (a plan made because memory does not suffice) fails with one line.
+        plan's subsampling); ``full`` (v5.3's train and validation in one file, a final fit's
+        training rows) every era, with the same strides; ``extra_features`` are more int8 columns
+        after the run's features (neutralisers outside the model's set). Where a store file cannot
+        be written (no space, a read-only folder), ``store`` reads the rows into memory with a
+        warning, while ``disk`` (a plan made because memory does not suffice) fails with one line.
         Without ``with_ids`` the ids are not read (``DataSplit.ids`` is None).
         """
         path = self.path(SPLIT_FILES[split])
@@ -184,10 +190,11 @@ class NumeraiData:
         plan = RowPlan(source=split.file_rows[positions], destination=positions)
         return memory_matrix(path, names, plan, self.missing)[0]
 
-    def memory_need(self, profile: MemoryProfile) -> MemoryNeed:
-        """What loading train and validation would hold for a model of this memory profile, for
-        a memory policy to plan with."""
-        train, validation = self.era_rows("train"), self.era_rows("validation")
+    def memory_need(self, profile: MemoryProfile, training: str = "train") -> MemoryNeed:
+        """What loading the ``training`` split (``full``: a final fit, which loads no validation)
+        and validation would hold for a model of this memory profile, for a memory policy."""
+        train = self.era_rows(training)
+        validation = self.era_rows("validation") if training == "train" else {}
         n_train, n_validation, k = sum(train.values()), sum(validation.values()), len(self.feature_names)
         return MemoryNeed(train_features=n_train * k, validation_features=n_validation * k,
                           model_dataset=int(n_train * k * profile.dataset_bytes_per_value),
@@ -282,11 +289,11 @@ class NumeraiData:
         if split == "live":
             return np.ones(len(file_eras), dtype=bool)
         eras = np.unique(file_eras[file_eras != LIVE_ERA])
-        span = self.era_spans[split]
+        span = self.era_spans.get(split)
         if span is not None:
             eras = eras[(eras >= span[0]) & (eras <= span[1])]
             if not len(eras):
                 raise FxmlError(f"data.{split}_eras={list(span)} selects no era in {split}")
-        if split == "train":
+        if split in ("train", "full"):
             eras = eras[:: self.every_nth_era][::every_nth_train_era]
         return np.isin(file_eras, eras)

@@ -109,6 +109,13 @@ def labelled_rows(split: DataSplit) -> DataSplit:
     return split.rows(~np.isnan(split.target))
 
 
+def labelled_eras(split: DataSplit) -> np.ndarray:
+    """The eras of ``split`` with at least one value of its target, ascending (not the unresolved
+    eras at the end of validation, nor of a final fit's ``full.parquet``)."""
+    eras = split.eras if split.target is None else split.eras[~np.isnan(split.target)]
+    return np.unique(eras)
+
+
 def rows_without_target(split: DataSplit) -> int:
     """How many rows of ``split`` have no value of its target (left out of training)."""
     return 0 if split.target is None else int(np.isnan(split.target).sum())

@@ -19,7 +19,7 @@ from fxml import __version__
 from fxml.errors import FxmlError, describe
 from fxml.models.base import TabularModel
 from fxml.submission.choice import RunSelection, choose_run
-from fxml.tracking.mlflow_run import tracking_uri
+from fxml.tracking.mlflow_run import SOURCE_RUN_TAG, tracking_uri
 from fxml.tracking.stores import store_client
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,8 @@ def _version_tags(client: mlflow.MlflowClient, run: Run, metric: str,
         tags["promoted_metric_value"] = f"{value:.6g}"
     if "mlflow.parentRunId" in run_tags:
         tags["source_sweep_run_id"] = run_tags["mlflow.parentRunId"]
+    if SOURCE_RUN_TAG in run_tags:  # a final fit: the run whose configuration it refitted
+        tags["refit_of"] = run_tags[SOURCE_RUN_TAG]
     for key in ("data_version", "feature_set", "target", "model_family", "data_fingerprint",
                 "member_targets"):
         if key in run_tags:

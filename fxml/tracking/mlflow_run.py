@@ -59,6 +59,10 @@ OVERRIDES_TAG = "fxml.overrides"
 TRIAL_TAG = "fxml.trial"  # the Optuna trial number of a search's job
 
 
+# a final fit's run names the run whose configuration it refitted (fxml.refit)
+SOURCE_RUN_TAG = "fxml.source_run_id"
+
+
 def tracking_uri(configured: str | None, setting: str = "tracking.uri") -> str:
     """The store to use; a database URL whose driver is missing is one line naming the extra."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
