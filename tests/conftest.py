@@ -36,6 +36,7 @@ SMALL_DATA = (
 COMMANDS = {
     "fxml.run": ("config", "train"),
     "fxml.promote": ("promote", "promote_command"),
+    "fxml.refit": ("refit", "refit_command"),
     "fxml.submit": ("submit", "submit_command"),
     "fxml.report": ("report", "report_command"),
     "fxml.live_scores": ("live_scores", "live_scores_command"),
