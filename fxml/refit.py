@@ -4,8 +4,9 @@ Numerai's example scripts choose a configuration on honest scores, then train it
 every era with targets (train and the resolved validation eras) before predicting live. This
 command does that for the run ``run_id=`` names (or a sweep's best trial, or the best run by a
 metric, chosen as ``fxml.promote`` chooses): it reads the run's logged, resolved configuration and
-trains it without folds on v5.3's ``full.parquet`` (rows without a target, the unresolved eras,
-are left out as in any fit). The new run is linked to its source (tag ``fxml.source_run_id``),
+trains it without folds on v5.3's ``full.parquet`` (before v5.3, train's and validation's files
+appended in one int8 matrix; rows without a target, the unresolved eras, are left out as in any
+fit). The new run is linked to its source (tag ``fxml.source_run_id``),
 logs its model and its live predictions, and has no validation score of its own: every labelled
 era is in its training. It is named after its source (``lgbm-small-target-3f9a-refit-07c2``);
 the source's scores are copied beside it as ``source_<metric>``.

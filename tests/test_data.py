@@ -149,16 +149,16 @@ def served(synthetic_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_latest_resolves_to_the_newest_v5_and_downloads_on_demand(served: Path, tmp_path: Path) -> None:
     source = NumeraiSource({"_target_": "tests.fakes.FakeNumerAPI"})
     folder, version = source.resolve(tmp_path, "latest")
-    assert version == "v5.2" and folder == tmp_path / "v5.2"
+    assert version == "v5.3" and folder == tmp_path / "v5.3"
     path = source.ensure(folder, "train.parquet")
     assert path.read_bytes() == (served / "train.parquet").read_bytes()
     source.ensure(folder, "train.parquet")
-    assert source.client.downloads == ["v5.2/train.parquet"], "a cached file is not fetched again"
+    assert source.client.downloads == ["v5.3/train.parquet"], "a cached file is not fetched again"
 
 
 def test_unknown_version_names_what_is_offered(served: Path, tmp_path: Path) -> None:
     source = NumeraiSource({"_target_": "tests.fakes.FakeNumerAPI"})
-    with pytest.raises(FxmlError, match=r"data.version=v5.9 is not offered .*v5.0, v5.1, v5.2"):
+    with pytest.raises(FxmlError, match=r"data.version=v5.9 is not offered .*v5.0, v5.1, v5.2, v5.3"):
         source.resolve(tmp_path, "v5.9")
 
 
@@ -181,9 +181,9 @@ def test_v5_from_the_command_line_with_a_fake_client(workspace: Workspace, serve
         small=False, FXML_FAKE_NUMERAI_DIR=str(served),
     )
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "v5.2" / "train.parquet").is_file()
+    assert (tmp_path / "v5.3" / "train.parquet").is_file()
     run = next(r for r in workspace.runs() if r.info.run_name == "v5-fake")
-    assert run.data.tags["data_version"] == "v5.2"
+    assert run.data.tags["data_version"] == "v5.3"
     assert run.data.params["data.every_nth_era"] == "4"
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from fxml.data.folds import era_ranges
 from fxml.data.layout import era_numbers
-from tests.conftest import Workspace, assert_one_line_error
+from tests.conftest import Workspace
 from tests.helpers import fxml_command, served_release
 
 FAKE_API = "api._target_=tests.fakes.FakeNumerAPI"
@@ -84,9 +84,19 @@ def test_promote_refit_registers_the_refit_and_it_submits(ws: Workspace, source)
     assert written["prediction"].between(0, 1).all() and written["id"].is_unique
 
 
-def test_a_release_without_full_parquet_is_one_line(ws: Workspace) -> None:
-    result = ws.train("data.version=v5.2", "model=ridge", "tracking.run_name=old-layout")
-    assert result.returncode == 0, result.stderr
-    old = next(run for run in ws.runs() if run.info.run_name == "old-layout")
-    refused = fxml_command(ws, "fxml.refit", f"run_id={old.info.run_id}", in_process=True)
-    assert_one_line_error(refused, "the v5.2 release has no full.parquet", "data.version=v5.3")
+def test_before_v53_train_and_validation_are_appended_as_full_parquet_holds_them(ws: Workspace) -> None:
+    """A v5.2 release has no full.parquet: its train and validation files are read into one matrix,
+    the same rows in the same order, so the same configuration refits to the same model."""
+    refits = {}
+    for version in ("v5.2", "v5.3"):
+        name = f"ridge-{version}"
+        result = ws.train(f"data.version={version}", "model=ridge", f"tracking.run_name={name}")
+        assert result.returncode == 0, result.stderr
+        chosen = next(run for run in ws.runs() if run.info.run_name == name)
+        refitted = fxml_command(ws, "fxml.refit", f"run_id={chosen.info.run_id}", in_process=True)
+        assert refitted.returncode == 0, refitted.stderr
+        refits[version] = next(run for run in ws.runs()
+                               if run.data.tags.get("fxml.source_run_id") == chosen.info.run_id)
+    assert refits["v5.2"].data.tags["fit_eras"] == refits["v5.3"].data.tags["fit_eras"] == "1-50"
+    live = {version: ws.artifact_frame(run, "predictions/live.parquet") for version, run in refits.items()}
+    pd.testing.assert_frame_equal(live["v5.2"], live["v5.3"])

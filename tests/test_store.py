@@ -22,7 +22,7 @@ from fxml.data.memory import (
     read_rows,
     release_file_pages,
 )
-from fxml.data.store import MissingFeatures, plan_rows
+from fxml.data.store import FilePart, MissingFeatures, plan_rows
 from fxml.errors import FxmlError
 from fxml.models.base import labelled_rows, predict_in_era_blocks
 from fxml.models.linear import RidgeModel
@@ -167,8 +167,8 @@ def test_a_large_store_is_written_by_a_child_process(tmp_path: Path, monkeypatch
     # a child that fails outside fxml's own checks is one line too
     plan = plan_rows(np.zeros(3, dtype=np.int64), np.ones(3, dtype=bool))
     with pytest.raises(FxmlError, match=r"writing the int8 store .*missing\.int8 failed: FileNotFoundError"):
-        store_module._write_in_child(tmp_path / "release" / "validation.parquet", ["feature_0000"], plan,
-                                     MissingFeatures(), tmp_path / "missing.int8", (3, 1))
+        store_module._write_in_child([FilePart(tmp_path / "release" / "validation.parquet", plan)],
+                                     ["feature_0000"], MissingFeatures(), tmp_path / "missing.int8", (3, 1))
 
 def test_more_columns_for_the_same_rows(release: Path) -> None:
     data, split = load_split(release, "validation", feature_set="small")

@@ -35,6 +35,7 @@ from fxml.data.memory import MemoryNeed, MemoryProfile, return_freed_memory
 from fxml.data.sources import DataSource
 from fxml.data.split import MAIN_TARGET, DataSplit, Storage
 from fxml.data.store import (
+    FilePart,
     MissingFeatures,
     RowPlan,
     StoreUnavailable,
@@ -47,6 +48,17 @@ from fxml.errors import FxmlError
 log = logging.getLogger(__name__)
 # int8 store files of a release live beside its parquet files
 STORE_FOLDER = ".fxml-store"
+
+
+def check_appended(parts: list[FilePart], each_file_eras: list[np.ndarray]) -> None:
+    """Files appended in one matrix must follow each other in era order and share no era: a final
+    fit never counts an era twice."""
+    kept = [np.unique(eras[part.plan.source]) for part, eras in zip(parts, each_file_eras, strict=True)]
+    for index in range(1, len(parts)):
+        first, second = kept[index - 1], kept[index]
+        if len(first) and len(second) and second[0] <= first[-1]:
+            raise FxmlError(f"{parts[index - 1].path.name} and {parts[index].path.name} overlap (eras up "
+                            f"to {first[-1]} and from {second[0]}): they cannot be appended as one split")
 
 
 class NumeraiData:
@@ -105,10 +117,6 @@ class NumeraiData:
         return cls(source=source, directory=data_cfg.directory, **options)
 
     def path(self, filename: str) -> Path:
-        if filename == SPLIT_FILES["full"] and not has_full_file(self.version):
-            raise FxmlError(f"the {self.version} release has no {filename} (train and validation in "
-                            "one file, from v5.3): a final fit on every labelled era reads it; use "
-                            "data.version=v5.3 or newer")
         return self.source.ensure(self.folder, filename)
 
     def _select_features(self, feature_set: str, explicit: list[str] | None) -> list[str]:
@@ -129,52 +137,60 @@ class NumeraiData:
         see ``fxml.data.split.Storage``; a memory plan's ``train_storage`` for train).
 
         Train honours the era spans, ``every_nth_era`` and ``every_nth_train_era`` (a memory
-        plan's subsampling); ``full`` (v5.3's train and validation in one file, a final fit's
-        training rows) every era, with the same strides; ``extra_features`` are more int8 columns
-        after the run's features (neutralisers outside the model's set). Where a store file cannot
-        be written (no space, a read-only folder), ``store`` reads the rows into memory with a
-        warning, while ``disk`` (a plan made because memory does not suffice) fails with one line.
+        plan's subsampling); ``full`` (a final fit's training rows: v5.3's ``full.parquet``, or
+        train's and validation's files appended in one matrix) every era, with the same strides.
+        ``extra_features`` are more int8 columns after the run's features (neutralisers outside
+        the model's set). Where a store file cannot be written (no space, a read-only folder),
+        ``store`` reads the rows into memory with a warning, while ``disk`` (a plan made because
+        memory does not suffice) fails with one line.
         Without ``with_ids`` the ids are not read (``DataSplit.ids`` is None).
         """
-        path = self.path(SPLIT_FILES[split])
-        frame = self._scan(path, split)
         labels = [MAIN_TARGET, *self.extra_targets] if split != "live" else []
         columns = [*self.feature_names, *[c for c in extra_features or [] if c not in self.feature_names]]
-        self._check_columns(path, frame, [ID, ERA, *columns, *labels])
-        small = self._small_columns(path, frame, labels, with_ids)
-        file_eras = era_numbers(small[ERA].to_numpy())
-        keep = self._kept_rows(file_eras, split, every_nth_train_era)
-        if not keep.any():
-            raise FxmlError(f"no rows left in {path.name} after the era selection")
-        plan = plan_rows(file_eras, keep)
+        paths = [self.path(filename) for filename in self.split_files(split)]
+        smalls = []
+        for path in paths:
+            frame = self._scan(path, split)
+            self._check_columns(path, frame, [ID, ERA, *columns, *labels])
+            smalls.append(self._small_columns(path, frame, labels, with_ids))
+        each_file_eras = [era_numbers(small[ERA].to_numpy()) for small in smalls]
+        kept = self._kept_eras(np.concatenate(each_file_eras), split, every_nth_train_era)
+        plans = [plan_rows(file_eras, np.isin(file_eras, kept)) for file_eras in each_file_eras]
+        parts = [FilePart(path, plan) for path, plan in zip(paths, plans, strict=True)]
+        check_appended(parts, each_file_eras)
+        if not sum(plan.n_rows for plan in plans):
+            raise FxmlError(f"no rows left in {paths[0].name} after the era selection")
         if storage != "memory":
             try:
-                features, filled = disk_matrix(path, columns, plan, self.missing, self.folder / STORE_FOLDER)
+                features, filled = disk_matrix(parts, columns, self.missing, self.folder / STORE_FOLDER,
+                                               split)
             except StoreUnavailable as error:
                 if storage == "disk":
                     raise
                 log.warning("data: %s; reading %s into memory instead", error, split)
                 storage = "memory"
         if storage == "memory":
-            features, filled = memory_matrix(path, columns, plan, self.missing)
+            features, filled = memory_matrix(parts, columns, self.missing)
         return_freed_memory()  # the decoded parquet blocks, before the next stage's peak
         if filled:
             log.warning("data: %s had %s missing feature value(s), filled with %d "
-                        "(data.missing_features=fill)", path.name, f"{filled:,}", self.missing.fill)
+                        "(data.missing_features=fill)", " and ".join(p.name for p in paths), f"{filled:,}",
+                        self.missing.fill)
         self.filled[split] = filled
-        order = plan.source[np.argsort(plan.destination)]
-        small = small[order]
+        orders = [plan.source[np.argsort(plan.destination)] for plan in plans]
+        small = pl.concat([small[order] for small, order in zip(smalls, orders, strict=True)])
         target = small[MAIN_TARGET].to_numpy() if split != "live" else None
         result = DataSplit(
             name=split,
             ids=small[ID].to_numpy() if with_ids else None,
-            eras=file_eras[order],
+            eras=np.concatenate([eras[order] for eras, order in zip(each_file_eras, orders, strict=True)]),
             features=features,
             target=target,
             feature_names=columns,
             extra={name: small[name].to_numpy() for name in labels[1:]},
             storage=storage,
-            file_rows=order,
+            # rows of one file can be read again for more columns (read_features)
+            file_rows=orders[0] if len(orders) == 1 else None,
         )
         log.info("data: %s %s rows, %s eras, %d features (int8, %.1f MiB, %s)", split,
                  f"{len(result):,}", result.n_eras, len(columns), features.nbytes / 2**20, storage)
@@ -188,7 +204,7 @@ class NumeraiData:
         self._check_columns(path, self._scan(path, split.name), names)
         positions = np.argsort(split.file_rows, kind="stable")
         plan = RowPlan(source=split.file_rows[positions], destination=positions)
-        return memory_matrix(path, names, plan, self.missing)[0]
+        return memory_matrix([FilePart(path, plan)], names, self.missing)[0]
 
     def memory_need(self, profile: MemoryProfile, training: str = "train") -> MemoryNeed:
         """What loading the ``training`` split (``full``: a final fit, which loads no validation)
@@ -207,15 +223,25 @@ class NumeraiData:
 
     def era_rows(self, split: str) -> dict[int, int]:
         """Rows per era of the eras a split would load (before any memory plan)."""
-        path = self.path(SPLIT_FILES[split])
-        try:
-            # only the era column, counted by Polars: no ids, no per-row era strings in Python
-            counts = self._scan(path, split).group_by(ERA).len().collect()
-        except pl.exceptions.PolarsError as error:
-            raise FxmlError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+        counted = []
+        for filename in self.split_files(split):
+            path = self.path(filename)
+            try:
+                # only the era column, counted by Polars: no ids, no per-row era strings in Python
+                counted.append(self._scan(path, split).group_by(ERA).len().collect())
+            except pl.exceptions.PolarsError as error:
+                raise FxmlError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+        counts = pl.concat(counted)
         eras, rows = era_numbers(counts[ERA].to_numpy()), counts["len"].to_numpy()
-        keep = self._kept_rows(eras, split, 1)
+        keep = np.isin(eras, self._kept_eras(eras, split, 1))
         return dict(sorted(zip(eras[keep].tolist(), rows[keep].tolist(), strict=True)))
+
+    def split_files(self, split: str) -> list[str]:
+        """The files a split's rows come from: its own, or for ``full`` in a release without
+        ``full.parquet`` (before v5.3) train's and validation's, appended in one matrix."""
+        if split == "full" and not has_full_file(self.version):
+            return [SPLIT_FILES["train"], SPLIT_FILES["validation"]]
+        return [SPLIT_FILES[split]]
 
     def column_for(self, split: DataSplit, filename: str, column: str,
                    setting: str = "") -> tuple[str, np.ndarray]:
@@ -284,10 +310,10 @@ class NumeraiData:
         except pl.exceptions.PolarsError as error:
             raise FxmlError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
 
-    def _kept_rows(self, file_eras: np.ndarray, split: str, every_nth_train_era: int) -> np.ndarray:
-        """Which rows of a split's file the run reads: era spans, then every nth training era."""
+    def _kept_eras(self, file_eras: np.ndarray, split: str, every_nth_train_era: int) -> np.ndarray:
+        """Which eras of a split's rows the run reads: era spans, then every nth training era."""
         if split == "live":
-            return np.ones(len(file_eras), dtype=bool)
+            return np.unique(file_eras)
         eras = np.unique(file_eras[file_eras != LIVE_ERA])
         span = self.era_spans.get(split)
         if span is not None:
@@ -296,4 +322,4 @@ class NumeraiData:
                 raise FxmlError(f"data.{split}_eras={list(span)} selects no era in {split}")
         if split in ("train", "full"):
             eras = eras[:: self.every_nth_era][::every_nth_train_era]
-        return np.isin(file_eras, eras)
+        return eras

@@ -71,6 +71,15 @@ class RowPlan:
         return len(self.source)
 
 
+@dataclass(frozen=True)
+class FilePart:
+    """The planned rows of one parquet file; a matrix holds its parts one after the other (v5.2's
+    train and validation as one final-fit matrix, in era order)."""
+
+    path: Path
+    plan: RowPlan
+
+
 def plan_rows(file_eras: np.ndarray, keep: np.ndarray) -> RowPlan:
     """The rows whose era is kept (``keep`` a boolean per file row), era-sorted in the matrix."""
     source = np.flatnonzero(keep)
@@ -155,24 +164,38 @@ def int8_column(column: pa.ChunkedArray, name: str, path: Path,
     return array.to_numpy(zero_copy_only=False), was_missing
 
 
-def store_key(path: Path, columns: list[str], plan: RowPlan, missing: MissingFeatures) -> str:
-    """Names one store file: the parquet file (size, mtime), the columns, the rows, the fill rule."""
-    stat = path.stat()
+def fill_parts(parts: list[FilePart], columns: list[str], out: np.ndarray,
+               missing: MissingFeatures) -> int:
+    """Each part's planned rows into its run of ``out``'s rows, one part after the other."""
+    filled, start = 0, 0
+    for part in parts:
+        filled += fill_matrix(part.path, columns, part.plan, out[start : start + part.plan.n_rows], missing)
+        start += part.plan.n_rows
+    return filled
+
+
+def store_key(parts: list[FilePart], columns: list[str], missing: MissingFeatures) -> str:
+    """Names one store file: its parquet files (size, mtime), the columns, the rows, the fill rule."""
     digest = hashlib.sha256()
-    digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}:{missing}".encode())
-    digest.update("\0".join(columns).encode())
-    digest.update(plan.source.tobytes())
+    for index, part in enumerate(parts):
+        stat = part.path.stat()
+        # one file keeps the key it always had; a second file's goes after it
+        digest.update(f"{part.path.name}:{stat.st_size}:{stat.st_mtime_ns}:{missing}".encode())
+        if index == 0:
+            digest.update("\0".join(columns).encode())
+        digest.update(part.plan.source.tobytes())
     return digest.hexdigest()[:20]
 
 
-def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingFeatures,
-                directory: Path) -> tuple[np.ndarray, int]:
-    """The planned rows as a read-only memory-mapped int8 matrix in ``directory``, written on
-    first use and reused after (a store file is complete once its ``.json`` exists)."""
-    key = store_key(path, columns, plan, missing)
-    matrix_path = directory / f"{path.stem}-{key}.int8"
+def disk_matrix(parts: list[FilePart], columns: list[str], missing: MissingFeatures,
+                directory: Path, name: str) -> tuple[np.ndarray, int]:
+    """The planned rows as a read-only memory-mapped int8 matrix in ``directory`` (its file named
+    after ``name``, the split), written on first use and reused after (a store file is complete
+    once its ``.json`` exists)."""
+    key = store_key(parts, columns, missing)
+    matrix_path = directory / f"{name}-{key}.int8"
     info_path = matrix_path.with_suffix(".json")
-    shape = (plan.n_rows, len(columns))
+    shape = (sum(part.plan.n_rows for part in parts), len(columns))
     if info_path.is_file() and matrix_path.is_file():
         info = _written_info(info_path)
         if info is not None and tuple(info["shape"]) == shape \
@@ -186,11 +209,12 @@ def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingF
     try:
         _allocate(partial, shape[0] * shape[1])
         write = _write_in_child if shape[0] * shape[1] >= CHILD_WRITER_BYTES else write_store_file
-        filled = write(path, columns, plan, missing, partial, shape)
+        filled = write(parts, columns, missing, partial, shape)
         os.replace(partial, matrix_path)
     finally:
         _remove(partial)
-    info_path.write_text(json.dumps({"shape": list(shape), "filled": filled, "source": path.name}))
+    sources = ", ".join(part.path.name for part in parts)
+    info_path.write_text(json.dumps({"shape": list(shape), "filled": filled, "source": sources}))
     # stores of other feature sets and era selections stay beside it: say what they add up to
     stores = sum(file.stat().st_size for file in matrix_path.parent.glob("*.int8"))
     log.info("data: wrote the int8 store %s (%s MiB; the stores in its folder take %s MiB in all, "
@@ -199,11 +223,11 @@ def disk_matrix(path: Path, columns: list[str], plan: RowPlan, missing: MissingF
     return np.memmap(matrix_path, dtype=np.int8, mode="r", shape=shape), filled
 
 
-def write_store_file(path: Path, columns: list[str], plan: RowPlan, missing: MissingFeatures,
+def write_store_file(parts: list[FilePart], columns: list[str], missing: MissingFeatures,
                      destination: Path, shape: tuple[int, int]) -> int:
     """Fill the allocated store file ``destination`` with the planned rows; the filled count."""
     writable = np.memmap(destination, dtype=np.int8, mode="r+", shape=shape)
-    filled = fill_matrix(path, columns, plan, writable, missing)
+    filled = fill_parts(parts, columns, writable, missing)
     writable.flush()
     # the written pages stay in the page cache; out of this process's resident set before the
     # model reads them again through the read-only map
@@ -211,7 +235,7 @@ def write_store_file(path: Path, columns: list[str], plan: RowPlan, missing: Mis
     return filled
 
 
-def _write_in_child(path: Path, columns: list[str], plan: RowPlan, missing: MissingFeatures,
+def _write_in_child(parts: list[FilePart], columns: list[str], missing: MissingFeatures,
                     destination: Path, shape: tuple[int, int]) -> int:
     """``write_store_file`` in a new interpreter that imports only this module (a fork would copy
     the run's threads and their locks mid-use; multiprocessing's spawn would import the run's own
@@ -220,7 +244,7 @@ def _write_in_child(path: Path, columns: list[str], plan: RowPlan, missing: Miss
     package_root = str(Path(__file__).resolve().parents[2])
     search_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": search_path}
-    task = (path, columns, plan, missing, destination, shape)
+    task = (parts, columns, missing, destination, shape)
     done = subprocess.run([sys.executable, "-m", "fxml.data.store"], input=pickle.dumps(task),
                           capture_output=True, env=env, check=False)
     try:
@@ -275,10 +299,10 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def memory_matrix(path: Path, columns: list[str], plan: RowPlan,
+def memory_matrix(parts: list[FilePart], columns: list[str],
                   missing: MissingFeatures) -> tuple[np.ndarray, int]:
-    out = np.empty((plan.n_rows, len(columns)), dtype=np.int8)
-    return out, fill_matrix(path, columns, plan, out, missing)
+    out = np.empty((sum(part.plan.n_rows for part in parts), len(columns)), dtype=np.int8)
+    return out, fill_parts(parts, columns, out, missing)
 
 
 if __name__ == "__main__":
