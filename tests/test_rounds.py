@@ -174,6 +174,8 @@ def test_numerai_payout_configurations_are_read_by_exact_name() -> None:
         payout_of(parse_round(round_entry(1242, opens, opens, {"correlation": 0.5, "alpha": 0.3})))
     assert str(error.value) == ("round 1242 pays on alpha (0.3), which fxml's payout-style score (CORR "
                                 "and MMC) does not compute")
+    with pytest.raises(FxmlError, match="^Numerai lists no payout multipliers for round 1243$"):
+        payout_of(parse_round(round_entry(1243, opens, opens, {})))
 
 
 def test_round_status_lines() -> None:

@@ -94,9 +94,11 @@ def parse_round(entry: dict[str, Any]) -> RoundInfo:
 def payout_of(info: RoundInfo) -> RoundPayout:
     """The round's CORR and MMC multipliers (0 for one it does not pay on); FxmlError when it pays
     on another score, which fxml's payout-style score does not compute."""
+    if not info.multipliers:
+        raise FxmlError(f"Numerai lists no payout multipliers for round {info.number}")
     others = sorted(set(info.multipliers) - {CORR_SCORE, MMC_SCORE})
-    if others or not info.multipliers:
-        paid = ", ".join(f"{name} ({info.multipliers[name]:g})" for name in others) or "no score"
+    if others:
+        paid = ", ".join(f"{name} ({info.multipliers[name]:g})" for name in others)
         raise FxmlError(f"round {info.number} pays on {paid}, which fxml's payout-style score (CORR and "
                         "MMC) does not compute")
     return RoundPayout(info.number, info.multipliers.get(CORR_SCORE, 0.0),
@@ -106,10 +108,10 @@ def payout_of(info: RoundInfo) -> RoundPayout:
 def round_payout(api_target: str, cache: Path | None = None) -> RoundPayout:
     """The current round's multipliers, asked once per round: ``cache`` (default
     ``default_payout_cache()``) keeps the last round's with its number, so later runs in the same
-    round ask only for the round number."""
+    round ask only for the round number (Numerai keeps a round's multipliers as they were set)."""
     cache = cache or default_payout_cache()
-    client = build_client({"_target_": api_target}, None)  # public queries: never the keys
     try:
+        client = build_client({"_target_": api_target}, None)  # public queries: never the keys
         number = current_round(client, None, hint="check the network")
         cached = read_cached_payout(cache, number)
         if cached is not None:
