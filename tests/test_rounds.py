@@ -25,7 +25,7 @@ from tests.fakes import (
     recorded_calls,
     round_entry,
 )
-from tests.helpers import KEYS, served_release
+from tests.helpers import KEYS, PUBLIC_ID, SECRET_KEY, served_release
 
 FAKE = "tests.fakes.FakeNumerAPI"
 ROUND_PAYOUT = ("model=ridge", "scorer.payout_multipliers=round", f"scorer.payout_api={FAKE}",
@@ -218,6 +218,9 @@ def test_an_open_round_is_uploaded_once_unless_forced_and_downloaded_once(traine
         {"call": "download_dataset", "filename": "v5.2/live.parquet", "round": 1300}]
     assert (trained.ws.root / "data" / "numerai" / "v5.2" / "live_1300.parquet").is_file()
     assert not list((trained.ws.root / "data" / "numerai" / "v5.2").glob("*.part"))
+    for result in (first, again, forced):
+        assert PUBLIC_ID not in result.stdout + result.stderr + result.logs
+        assert SECRET_KEY not in result.stdout + result.stderr + result.logs
 
 
 def test_a_closed_round_is_one_line_and_nothing_is_fetched(trained: Trained) -> None:
