@@ -69,21 +69,21 @@ def step_progress(description: str, *listeners: StepCallback) -> Iterator[StepCa
         yield on_step
 
 
-def payout_label(corr_weight: float, mmc_weight: float, clip: float) -> str:
-    """The payout row's label with the configured weights: ``payout (0.5*CORR + 2*MMC, clip ±0.05)``."""
-    return f"payout ({corr_weight:g}*CORR + {mmc_weight:g}*MMC, clip ±{clip:g})"
+def payout_label(corr_weight: float, mmc_weight: float, clip: float, source: str = "configured") -> str:
+    """The payout row's label with the weights scored with and where they came from (``configured``
+    or ``round 1234``): ``payout (configured: 0.5*CORR + 2*MMC, clip ±0.05)``."""
+    return f"payout ({source}: {corr_weight:g}*CORR + {mmc_weight:g}*MMC, clip ±{clip:g})"
 
 
-def summary_table(summary: dict[str, float], title: str,
-                  payout: tuple[float, float, float] = (0.5, 2.0, 0.05),
+def summary_table(summary: dict[str, float], title: str, payout: str | None = None,
                   trained_on: str | None = None) -> Table:
-    """Mean, std, sharpe and max drawdown over eras of each score (``payout``: the scorer's
-    CORR weight, MMC weight and clip, shown in the payout row's label), then CORR against each
-    other target scored (``corr_<target>``; ``trained_on``: the one the model learnt)."""
+    """Mean, std, sharpe and max drawdown over eras of each score (``payout``: the payout row's
+    label, ``payout_label``; null: the default weights'), then CORR against each other target
+    scored (``corr_<target>``; ``trained_on``: the one the model learnt)."""
     table = Table(title=title, title_justify="left")
     for header in ("metric", "mean", "std", "sharpe", "max drawdown"):
         table.add_column(header, justify="right" if header != "metric" else "left")
-    labels = {**dict(SUMMARY_ROWS), "payout": payout_label(*payout)}
+    labels = {**dict(SUMMARY_ROWS), "payout": payout or payout_label(0.5, 2.0, 0.05)}
     for key, label in labels.items():
         if _known(summary.get(f"{key}_mean")):
             table.add_row(label, *(_fmt(summary.get(f"{key}_{stat}")) for stat in STATISTICS))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -23,6 +24,7 @@ from fxml.console import (
     console,
     importance_table,
     job_line,
+    payout_label,
     print_wide,
     quiet_dependencies,
     step_progress,
@@ -43,6 +45,7 @@ from fxml.scoring.importance import importance_figure
 from fxml.scoring.scorer import NumeraiScorer, Scores
 from fxml.secrets import redact
 from fxml.submission.registry import load_ensemble_members
+from fxml.submission.rounds import round_payout
 from fxml.sweeps.trial import trial_reporter
 from fxml.tracking.mlflow_run import (
     JOB_TAG,
@@ -74,10 +77,27 @@ def start(cfg: DictConfig) -> str:
     return uri
 
 
-def shown_run(cfg: DictConfig, name: RunName, run: Any, uri: str) -> Shown:
-    payout = (cfg.scorer.payout_corr_weight, cfg.scorer.payout_mmc_weight, cfg.scorer.payout_clip)
+def shown_run(cfg: DictConfig, name: RunName, run: Any, uri: str, payout: str) -> Shown:
     return Shown(name.of(run.info.run_id), run.info.run_id, uri, cfg.tracking.experiment, payout,
                  str(cfg.data.target))
+
+
+def payout_weights(scorer: NumeraiScorer) -> tuple[NumeraiScorer, str]:
+    """The scorer with the payout weights it is to score with, and the payout row's label: the
+    configured weights, or (``scorer.payout_multipliers=round``) the current round's CORR and MMC
+    multipliers from Numerai. Asked here, before any data is loaded, so the scorer stays offline
+    and a machine without network fails at once. The weights are logged as params ``payout.*``."""
+    source = "configured"
+    if scorer.payout_multipliers == "round":
+        cache = Path(scorer.payout_round_cache) if scorer.payout_round_cache else None
+        found = round_payout(scorer.payout_api, cache)
+        scorer = replace(scorer, payout_corr_weight=found.corr, payout_mmc_weight=found.mmc)
+        source = f"round {found.round}"
+        mlflow.log_param("payout.round", found.round)
+    mlflow.log_params({"payout.corr_multiplier": scorer.payout_corr_weight,
+                       "payout.mmc_multiplier": scorer.payout_mmc_weight})
+    return scorer, payout_label(scorer.payout_corr_weight, scorer.payout_mmc_weight, scorer.payout_clip,
+                                source)
 
 
 def load_validation(data: NumeraiData, neutralizers: list[str]) -> DataSplit:
@@ -235,13 +255,13 @@ def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # t
 
 @dataclass(frozen=True)
 class Shown:
-    """What the summary names: the run (as MLflow shows it), where it is, the payout weights."""
+    """What the summary names: the run (as MLflow shows it), where it is, the payout row's label."""
 
     run_name: str
     run_id: str
     uri: str
     experiment: str
-    payout: tuple[float, float, float]
+    payout: str
     trained_on: str
 
 

@@ -30,13 +30,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     name = job.run_name(cfg)
     with tracked_run(uri, cfg.tracking.experiment, name, job.run_tags(cfg),
                      parent_run_id=cfg.sweep.parent_run_id) as run:
-        shown = job.shown_run(cfg, name, run, uri)
         log_config(cfg)
+        scorer, payout = job.payout_weights(instantiate(cfg.scorer))
+        shown = job.shown_run(cfg, name, run, uri, payout)
         data = job.open_release(cfg)
         model, neutralizers = job.build_model(cfg, data)
         splitter = instantiate(cfg.cv)
         plan = job.plan_memory(instantiate(cfg.memory), data, model, splitter)
-        scorer = instantiate(cfg.scorer)
         fitted, cv = job.fit_model(cfg, data, model, neutralizers, splitter, plan, scorer)
         return_freed_memory()  # the training rows and the model's dataset, before validation
         if fitted is None:  # cross-validation only (cv.refit=false)

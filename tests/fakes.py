@@ -11,14 +11,21 @@ For submissions it also answers the current round ($FXML_FAKE_NUMERAI_ROUND, def
 account's models (``FAKE_MODELS``, keys required), and records what would have been uploaded: each
 ``upload_predictions`` / ``model_upload`` call is appended as a JSON line to $FXML_FAKE_NUMERAI_LOG,
 with a copy of the uploaded file beside it (fxml's commands run in a subprocess).
+
+``list_rounds`` answers in numerapi 3.1's shape (``round_entry``): the round's submission window
+($FXML_FAKE_NUMERAI_WINDOW, ``<openTime>/<closeStakingTime>`` in ISO; default: open since 10 minutes
+ago for an hour) and its payout configurations ($FXML_FAKE_NUMERAI_MULTIPLIERS, ``name=multiplier``
+pairs by numerapi's score names; default Numerai's 2024 ``correlation=0.5,meta_model_contribution=2``).
+``get_current_round``, ``list_rounds`` and ``download_dataset`` are logged too, when the log is set.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +36,8 @@ from fxml.models.params import ModelParams
 VERSIONS = ("v5.0", "v5.1", "v5.2", "v5.3")
 ROUND_ENV, LOG_ENV = "FXML_FAKE_NUMERAI_ROUND", "FXML_FAKE_NUMERAI_LOG"
 SCORES_ENV = "FXML_FAKE_NUMERAI_SCORES"
+WINDOW_ENV, MULTIPLIERS_ENV = "FXML_FAKE_NUMERAI_WINDOW", "FXML_FAKE_NUMERAI_MULTIPLIERS"
+DEFAULT_MULTIPLIERS = "correlation=0.5,meta_model_contribution=2"
 FAKE_MODELS = {"fxml_test": "6f0c1d2e-0000-4000-8000-00000000a001",
                "fxml_other": "6f0c1d2e-0000-4000-8000-00000000a002"}
 
@@ -40,15 +49,49 @@ def recorded_calls(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
+def round_entry(number: int, opens: datetime, closes: datetime, multipliers: dict[str, float]) -> dict:
+    """One ``list_rounds`` entry as numerapi 3.1 returns it (datetimes parsed), with a payout
+    configuration per ``multipliers`` item and a score Numerai reports but does not pay on."""
+    configs = [{"id": f"rsc-{number}-{i}", "scoreConfigId": f"sc-{name}", "roundNumberStart": 1000,
+                "roundNumberEnd": None, "name": name, "version": "2", "displayName": name[:4],
+                "totalScoreDays": 20, "returnsLagDays": 2, "dataDelayDays": 0, "universe": None,
+                "isCanonScore": True, "isPayout": value != 0, "scoringStart": closes + timedelta(days=2),
+                "scoringEnd": closes + timedelta(days=31), "minMultiplier": value, "maxMultiplier": value,
+                "defaultMultiplier": value, "clipThreshold": 0.05, "stakeThreshold": None,
+                "payoutFactor": None}
+               for i, (name, value) in enumerate({**multipliers, "benchmark_model_contribution": 0}.items())]
+    return {"id": f"round-{number}", "tournament": 8, "number": number, "target": "ender20",
+            "closeTime": closes + timedelta(hours=24), "closeStakingTime": closes, "openTime": opens,
+            "scoreTime": None, "resolveTime": closes + timedelta(days=33), "resolvedGeneral": False,
+            "resolvedStaking": False, "payoutFactor": 1.0, "stakeThreshold": None,
+            "dataDatestamp": int(f"{opens:%Y%m%d}"), "roundScoreConfigs": configs}
+
+
 class FakeNumerAPI:
     def __init__(self, public_id: str | None = None, secret_key: str | None = None) -> None:
-        self.served = Path(os.environ["FXML_FAKE_NUMERAI_DIR"])
+        self.served = Path(os.environ.get("FXML_FAKE_NUMERAI_DIR", "no-release-served"))
         self.downloads: list[str] = []
         # like numerapi, authenticated only with both keys; the keys themselves are not kept
         self.authenticated = bool(public_id and secret_key)
 
     def get_current_round(self, tournament: int | None = None) -> int:
-        return int(os.environ.get(ROUND_ENV, "1000"))
+        self._log("get_current_round")
+        return _current_round()
+
+    def list_rounds(self, number: int | None = None, target: str | None = None, status: str | None = None,
+                    limit: int | None = None) -> list[dict]:
+        self._log("list_rounds", number=number)
+        current = _current_round()
+        if number is not None and number != current:
+            return []
+        window = os.environ.get(WINDOW_ENV)
+        if window:
+            opens, closes = (datetime.fromisoformat(moment) for moment in window.split("/"))
+        else:
+            opens = datetime.now(UTC) - timedelta(minutes=10)
+            closes = opens + timedelta(hours=1)
+        pairs = (pair.split("=") for pair in os.environ.get(MULTIPLIERS_ENV, DEFAULT_MULTIPLIERS).split(","))
+        return [round_entry(current, opens, closes, {name: float(value) for name, value in pairs})]
 
     def get_models(self, tournament: int | None = None) -> dict[str, str]:
         self._require_keys()
@@ -96,10 +139,18 @@ class FakeNumerAPI:
         copy = log.parent / f"{number:03d}_{Path(file_path).name}"
         shutil.copyfile(file_path, copy)
         entry = {"call": call, "file": str(copy), "filename": Path(file_path).name,
-                 "round": self.get_current_round(), **details}
+                 "round": _current_round(), **details}
         with log.open("a") as handle:
             handle.write(json.dumps(entry) + "\n")
         return f"fake-{call}-{number}"
+
+    def _log(self, call: str, **details) -> None:
+        """A call that uploads nothing, logged where a test set the log."""
+        if LOG_ENV in os.environ:
+            log = Path(os.environ[LOG_ENV])
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as handle:
+                handle.write(json.dumps({"call": call, **details}) + "\n")
 
     def list_datasets(self, round_num: int | None = None) -> list[str]:
         files = sorted(p.name for p in self.served.iterdir() if not p.name.startswith("."))
@@ -110,10 +161,15 @@ class FakeNumerAPI:
         if version not in VERSIONS or not (self.served / name).is_file():
             raise ValueError(f"dataset {filename} not found")
         self.downloads.append(filename)
+        self._log("download_dataset", filename=filename, round=round_num)
         dest = Path(dest_path or filename)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.served / name, dest)
         return str(dest)
+
+
+def _current_round() -> int:
+    return int(os.environ.get(ROUND_ENV, "1000"))
 
 
 def _parse(text: str | None):  # numerapi returns datetimes
@@ -148,10 +204,24 @@ def recorded_round_scores(rounds: dict[int, dict[str, float]], unresolved: tuple
 
 
 class OfflineNumerAPI:
-    """Every call fails the way requests does without a network."""
+    """Every call fails the way requests does without a network; the round queries fail as
+    numerapi's do: it logs the connection error, then fails on the empty answer."""
 
     def __init__(self, *args, **kwargs) -> None:
         pass
+
+    def get_current_round(self, tournament: int | None = None) -> int:
+        return self._query()
+
+    def list_rounds(self, number: int | None = None, **filters) -> list[dict]:
+        return self._query()
+
+    def _query(self):
+        logging.getLogger("numerapi.utils").error(
+            "Error Connecting: HTTPSConnectionPool(host='api-tournament.numer.ai', port=443): Max retries "
+            "exceeded with url: / (Caused by NameResolutionError(\"Failed to resolve "
+            "'api-tournament.numer.ai'\"))")
+        return {}["data"]
 
     def list_datasets(self, round_num: int | None = None) -> list[str]:
         raise ConnectionError("Failed to resolve 'api-tournament.numer.ai'")

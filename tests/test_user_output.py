@@ -111,7 +111,7 @@ def test_a_single_run_prints_its_name_importance_and_payout_weights(ws: Workspac
     name = run.info.run_name
     assert NAME.match(name) and run.info.run_id.startswith(NAME.match(name)[1])
     assert f"MLflow run {name} ({run.info.run_id})" in result.stdout  # (tracking.run_name: test_run)
-    assert "│ payout (0.5*CORR + 1.5*MMC, clip ±0.04) │" in result.stdout
+    assert "│ payout (configured: 0.5*CORR + 1.5*MMC, clip ±0.04) │" in result.stdout
 
     csv = ws.artifact_frame(run, "importance/permutation.csv")
     assert list(csv.columns) == list(COLUMNS), "no stray index column"
@@ -133,7 +133,7 @@ def test_a_single_run_prints_its_name_importance_and_payout_weights(ws: Workspac
 
 
 def test_payout_label_and_distinct_overrides() -> None:
-    assert payout_label(0.5, 2.0, 0.05) == "payout (0.5*CORR + 2*MMC, clip ±0.05)"
+    assert payout_label(0.5, 2.0, 0.05) == "payout (configured: 0.5*CORR + 2*MMC, clip ±0.05)"
     assert distinct_overrides(["model=ridge a=1 b=x", "model=ridge a=2 b=x"]) == ["a=1", "a=2"]
 
 

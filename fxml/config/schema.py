@@ -347,8 +347,11 @@ class SubmitConfig:
     numerai_model: str = MISSING  # the model's name on numer.ai (your account's models)
     dry_run: bool = False  # true: write and validate the file, never upload
     force: bool = False  # true: upload even if this round was already uploaded for numerai_model
-    round: int | None = None  # null: numerapi's current round; set it (with `live`) for offline dry runs
-    live: str | None = None  # null: download <version>/live.parquet for the round; or a live parquet file
+    # null: numerapi's current round (checked open, or nothing is uploaded); with `live` and
+    # dry_run=true: an offline rehearsal, no network at all
+    round: int | None = None
+    # null: <version>/live.parquet for the round, downloaded once per round; or a live parquet file
+    live: str | None = None
     data_version: str | None = None  # null: the data version the model was trained on
     data_directory: str = "data/numerai"
     output_dir: str = "submissions"  # files: <output_dir>/<numerai_model>_round<round>.csv
@@ -365,6 +368,11 @@ class SubmitConfig:
                 self.tracking_retry_seconds)
         if self.round is not None:
             require(self.round >= 1, "round", "must be a round number >= 1 or null", self.round)
+        if self.dry_run and (self.round is None) != (not self.live):
+            # said here, before any network call: offline, numerapi would first fail at length
+            given = f"round={self.round}" if self.round is not None else f"live={self.live}"
+            raise FxmlError(f"an offline dry run needs round=<number> and live=<file> (only {given} "
+                            "is given)")
         check_numerai_model(self.numerai_model)
 
 

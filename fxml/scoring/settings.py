@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fxml.errors import one_of, require
 
 IMPORTANCE = ("none", "features", "groups")
+PAYOUT_MULTIPLIERS = ("config", "round")
 
 
 @dataclass
@@ -26,6 +27,13 @@ class ScorerSettings:
     payout_corr_weight: float = 0.5
     payout_mmc_weight: float = 2.0
     payout_clip: float = 0.05
+    # config: the two weights above; round: the current round's CORR and MMC multipliers, asked
+    # from Numerai (no keys) by the job before scoring, so the scorer itself never calls out
+    payout_multipliers: str = "config"  # config | round
+    payout_api: str = "numerapi.NumerAPI"  # the numerapi client class payout_multipliers=round asks
+    # a file keeping the last round's multipliers with its number, so a round is asked for once;
+    # null: payout_round.json where Numerai's data goes, ${FXML_DATA_DIR:-data}/numerai/
+    payout_round_cache: str | None = None
     # targets the predictions' per-era CORR is also reported against (corr_<target>_mean, ...),
     # to study which training target generalises; every other score is on the main target
     targets: list[str] = field(default_factory=list)
@@ -53,6 +61,7 @@ class ScorerSettings:
         self.mpc_stakes = dict(self.mpc_stakes or {})
         self.targets = list(self.targets or [])
         require(self.payout_clip > 0, "scorer.payout_clip", "must be > 0", self.payout_clip)
+        one_of("scorer.payout_multipliers", self.payout_multipliers, PAYOUT_MULTIPLIERS)
         for key, stake in [("scorer.mpc_own_stake", self.mpc_own_stake),
                            ("scorer.mpc_benchmark_stake", self.mpc_benchmark_stake),
                            *((f"scorer.mpc_stakes.{k}", v) for k, v in self.mpc_stakes.items())]:

@@ -6,10 +6,12 @@ numerapi client's constructor. Messages that could echo them go through :meth:`C
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dotenv import dotenv_values
 from hydra.errors import InstantiationException
@@ -17,11 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fxml.config.schema import check_no_keys
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, describe
 
 PUBLIC_ID, SECRET_KEY = "NUMERAI_PUBLIC_ID", "NUMERAI_SECRET_KEY"
 KEY_NAMES = (PUBLIC_ID, SECRET_KEY)
 DOTENV = ".env"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, repr=False)
@@ -87,3 +90,35 @@ def build_client(api: DictConfig | dict[str, Any], credentials: Credentials | No
         if credentials is not None:
             message = credentials.redact(message)
         raise FxmlError(f"cannot create the Numerai client {settings.get('_target_')}: {message}") from None
+
+
+class NumeraiFailure(Exception):
+    """A numerapi call that failed; its text is the reason in one line, keys masked."""
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def ask_numerai(call: Callable[[], T], credentials: Credentials | None) -> T:
+    """``call()`` on a numerapi client, its log kept off the terminal. numerapi logs a failed
+    request (an offline machine's DNS error fills several terminal lines) and then fails on the
+    empty answer with a bare ``KeyError: 'data'``, so the reason is what it logged last."""
+    logger = logging.getLogger("numerapi")
+    kept, propagate = _Kept(), logger.propagate
+    logger.addHandler(kept)
+    logger.propagate = False
+    try:
+        return call()
+    except Exception as error:  # network and API errors arrive as many types
+        logged = [message.strip().splitlines()[0] for message in kept.messages if message.strip()]
+        reason = logged[-1] if logged else describe(error)
+        raise NumeraiFailure(credentials.redact(reason) if credentials else reason) from None
+    finally:
+        logger.removeHandler(kept)
+        logger.propagate = propagate

@@ -1,21 +1,25 @@
-"""One weekly submission: live data -> predictions -> ranked, validated file -> upload -> MLflow run.
+"""One daily submission: live data -> predictions -> ranked, validated file -> upload -> MLflow run.
 
 Order of work, so that nothing unsafe happens silently:
 
 1. load the model (``models:/<name>@<alias>`` or ``runs:/<id>/model``) and ask numerapi for the
-   current round; unless ``dry_run``, refuse when an earlier submission run already uploaded this
-   round for this Numerai model (``force=true`` uploads again, and says which run it replaces);
+   current round; unless ``dry_run``, do nothing (one line, exit 0) when an earlier submission run
+   already uploaded this round for this Numerai model (``force=true`` uploads again, and says which
+   run it replaces), and refuse when the round is not open (one line, exit 1): rounds open Tuesday
+   to Saturday at 12:00 UTC for an hour (Saturday's over the weekend). An open round is one line too;
 2. with keys, check the Numerai model name exists (``get_models``) before any work;
-3. in an MLflow run (experiment ``fxml-submissions``): download the round's live file, predict,
-   rank into (0, 1), validate (an invalid file is never written as a submission, never uploaded);
-   write ``<output_dir>/<numerai_model>_round<round>.csv`` and log it as an artifact;
+3. in an MLflow run (experiment ``fxml-submissions``): the round's live file (downloaded once per
+   round, then reused), predict, rank into (0, 1), validate (an invalid file is never written as a
+   submission, never uploaded); write ``<output_dir>/<numerai_model>_round<round>.csv`` and log it
+   as an artifact;
 4. stop there on ``dry_run`` or without keys (the latter is an error: exit code 1); else upload
    and record the submission id. The run's tags link it to the model version and the round.
 
 ``round=<n>`` and ``live=<parquet>`` replace numerapi's current round and live download: with both
 and ``dry_run=true`` no Numerai client is even created, keys set or not, so nothing touches the
 network (an offline rehearsal, e.g. of a model trained on the synthetic data, whose features are
-not in Numerai's live file).
+not in Numerai's live file). A dry run given only one of them is refused by the config check,
+before any network call.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +44,14 @@ from fxml.data.layout import ERA, ID, LIVE, check_parquet
 from fxml.errors import FxmlError, describe
 from fxml.submission.credentials import (
     Credentials,
+    NumeraiFailure,
+    ask_numerai,
     build_client,
     find_credentials,
     missing_credentials_hint,
 )
 from fxml.submission.registry import LoadedModel, load_logged_model
+from fxml.submission.rounds import SCHEDULE, current_round, round_info
 from fxml.submission.validation import check_raw_predictions, ranked_submission, validate_submission
 from fxml.tracking.mlflow_run import tracked_run, tracking_uri, use_experiment
 from fxml.tracking.stores import bound_retries, store_client
@@ -51,6 +59,7 @@ from fxml.tracking.stores import bound_retries, store_client
 log = logging.getLogger(__name__)
 UPLOADED, DRY_RUN, NO_CREDENTIALS, INVALID, FAILED = (
     "uploaded", "dry_run", "no_credentials", "invalid", "upload_failed")
+ALREADY_UPLOADED = "already_uploaded"  # a Submission's status only: no run is opened for it
 
 
 @dataclass
@@ -62,23 +71,11 @@ class Submission:
     submission_id: str | None = None
 
 
-def current_round(client: Any, credentials: Credentials | None) -> int:
-    try:
-        number = client.get_current_round()
-    except Exception as error:  # network and API errors arrive as many types
-        raise FxmlError(f"could not ask Numerai for the current round ({_safe(error, credentials)}); "
-                        "check the network, or for an offline dry run pass round=<n> and "
-                        "live=<a live parquet file>") from None
-    if number is None:
-        raise FxmlError("Numerai reports no open round right now")
-    return int(number)
-
-
 def numerai_model_id(client: Any, name: str, credentials: Credentials | None) -> str:
     try:
-        models = dict(client.get_models())
-    except Exception as error:
-        raise FxmlError(f"could not list your Numerai models ({_safe(error, credentials)}); "
+        models = dict(ask_numerai(client.get_models, credentials))
+    except NumeraiFailure as failure:
+        raise FxmlError(f"could not list your Numerai models ({failure}); "
                         "check the API keys and their scopes") from None
     if name in models:
         return str(models[name])
@@ -104,7 +101,8 @@ def previous_upload(experiment: str, numerai_model: str, round_number: int) -> R
 
 def live_file(client: Any, directory: Path, version: str, round_number: int,
               credentials: Credentials | None) -> Path:
-    """This round's live file, ``<directory>/<version>/live_<round>.parquet`` (downloaded once)."""
+    """This round's live file, ``<directory>/<version>/live_<round>.parquet``: downloaded once per
+    round (a later submission of the round reuses it; a damaged one is fetched again)."""
     folder = directory / version
     path = folder / f"live_{round_number}.parquet"
     if path.is_file():
@@ -115,12 +113,17 @@ def live_file(client: Any, directory: Path, version: str, round_number: int,
             path.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     remote = f"{version}/{LIVE}"
+    # downloaded beside it, then renamed: an interrupted download never passes for the round's file
+    partial = path.with_name(f"{path.name}.part")
     log.info("data: downloading %s for round %d", remote, round_number)
     try:
-        client.download_dataset(remote, dest_path=str(path), round_num=round_number)
-    except Exception as error:
-        raise FxmlError(f"could not download {remote} ({_safe(error, credentials)})") from None
-    check_parquet(path)
+        ask_numerai(lambda: client.download_dataset(remote, dest_path=str(partial), round_num=round_number),
+                    credentials)
+    except NumeraiFailure as failure:
+        partial.unlink(missing_ok=True)
+        raise FxmlError(f"could not download {remote} ({failure})") from None
+    check_parquet(partial)
+    partial.replace(path)
     return path
 
 
@@ -168,9 +171,16 @@ def submit(cfg: DictConfig) -> Submission:
     use_experiment(uri, cfg.experiment)
     earlier = previous_upload(cfg.experiment, numerai_model, round_number)
     if earlier is not None and not dry_run and not force:
-        raise FxmlError(f"round {round_number} was already uploaded for {numerai_model} by submission "
-                        f"run {earlier.info.run_id} ({earlier.data.tags.get('model_uri', '?')}); "
-                        "nothing uploaded (pass force=true to upload again)")
+        # nothing to do is no failure: a daily cron job may run again within the round
+        console.print(f"round {round_number} was already submitted for {numerai_model} by run "
+                      f"{earlier.info.run_id}: nothing uploaded (force=true uploads again)",
+                      highlight=False, soft_wrap=True)
+        return Submission(None, round_number, ALREADY_UPLOADED, earlier.info.run_id)
+    if client is not None:
+        window, now = round_info(client, round_number, credentials), datetime.now(UTC)
+        if not window.is_open(now) and not dry_run:
+            raise FxmlError(f"{window.status_line(now)}: nothing uploaded ({SCHEDULE})")
+        console.print(window.status_line(now), highlight=False, soft_wrap=True)
     model_id = numerai_model_id(client, numerai_model, credentials) \
         if credentials and not offline else None
 
@@ -201,11 +211,12 @@ def submit(cfg: DictConfig) -> Submission:
             raise FxmlError(f"{missing_credentials_hint()}; wrote and validated {path} but did not "
                             "upload it")
         try:
-            submission_id = client.upload_predictions(file_path=str(path), model_id=model_id)
-        except Exception as error:
+            submission_id = ask_numerai(
+                lambda: client.upload_predictions(file_path=str(path), model_id=model_id), credentials)
+        except NumeraiFailure as failure:
             mlflow.set_tag("upload_status", FAILED)
-            raise FxmlError(f"upload to Numerai failed ({_safe(error, credentials)}); {path} is "
-                            "valid, run again to retry") from None
+            raise FxmlError(f"upload to Numerai failed ({failure}); {path} is valid, run again to "
+                            "retry") from None
         mlflow.set_tags({"upload_status": UPLOADED, "submission_id": str(submission_id)})
         if ref.name and ref.version:
             store_client().set_model_version_tag(
@@ -251,8 +262,3 @@ def _log_csv(frame: pd.DataFrame, name: str, folder: str) -> None:
         path = Path(tmp) / name
         frame.to_csv(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=folder)
-
-
-def _safe(error: BaseException, credentials: Credentials | None) -> str:
-    text = describe(error)
-    return credentials.redact(text) if credentials else text
