@@ -215,9 +215,9 @@ def test_an_open_round_is_uploaded_once_unless_forced_and_downloaded_once(traine
     assert [call["round"] for call in uploads] == [1300, 1300]
     # two files prepared from one download: the round's live file is kept and reused
     assert trained.calls("download_dataset") == [
-        {"call": "download_dataset", "filename": "v5.2/live.parquet", "round": 1300}]
-    assert (trained.ws.root / "data" / "numerai" / "v5.2" / "live_1300.parquet").is_file()
-    assert not list((trained.ws.root / "data" / "numerai" / "v5.2").glob("*.part"))
+        {"call": "download_dataset", "filename": "v5.3/live.parquet", "round": 1300}]
+    assert (trained.ws.root / "data" / "numerai" / "v5.3" / "live_1300.parquet").is_file()
+    assert not list((trained.ws.root / "data" / "numerai" / "v5.3").glob("*.part"))
     for result in (first, again, forced):
         assert PUBLIC_ID not in result.stdout + result.stderr + result.logs
         assert SECRET_KEY not in result.stdout + result.stderr + result.logs
