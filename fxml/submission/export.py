@@ -7,7 +7,9 @@ environment needs only the libraries the model calls (numpy, pandas, and lightgb
 the check below lists them) and the same Python minor version as the machine that wrote it.
 
 :func:`check_in_fresh_process` unpickles it in a new Python process in which ``import fxml``
-fails, calls it on live-shaped data and validates the result against Numerai's rules.
+fails, calls it on live-shaped data and validates the result against Numerai's rules;
+:func:`run_pickle` does the same with any interpreter (the one of an image's environment, see
+:mod:`fxml.submission.image`) and reports how far the pickle got and what raised.
 """
 
 from __future__ import annotations
