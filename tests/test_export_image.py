@@ -230,6 +230,8 @@ def test_a_pin_that_cannot_load_the_pickle_is_named_and_nothing_is_uploaded(
         f"written with numpy {np.__version__}): ModuleNotFoundError: No module named "
         "'numpy._core.numeric'")
     assert result.returncode == 1
+    assert (f"note: the image pinned in {pins} names no Python version (a '# python: 3.x' line), so it "
+            f"is checked with Python {THIS_PYTHON}") in result.stdout
     assert not (workspace.root / "hosted" / "model.pkl").exists()
     assert [call["call"] for call in recorded_calls(workspace.root / "fake-numerai" / "calls.jsonl")
             if call["call"] == "model_upload"] == []

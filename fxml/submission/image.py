@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # pd.read_pickle), whatever the pickle imports
 LOADER_DISTRIBUTIONS = ("cloudpickle", "pandas", "pyarrow")
 PYTHON_LINE = re.compile(r"^#\s*python:\s*(\d+\.\d+)\s*$", re.MULTILINE)
-PYTHON_IN_PATH = re.compile(r"py(?:thon)?-?(3\.\d+)")  # numerai-predict's py3.12/requirements.txt
+PYTHON_IN_PATH = re.compile(r"py(?:thon)?-?(3\.\d+)")
 READY = "fxml-image.json"  # written last: a folder without it is a build that was cut short
 THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -76,7 +76,8 @@ def image_pins(target: str) -> ImagePins:
                         f"({', '.join(shipped)}) nor a requirements file")
     text = path.read_text()
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem)
-    return ImagePins(slug, f"the image pinned in {path}", _python_of(text, str(path.resolve())),
+    named = f"{path.resolve().parent.name}/{path.name}"  # numerai-predict's py3.12/requirements.txt
+    return ImagePins(slug, f"the image pinned in {path}", _python_of(text, named),
                      parse_pins(text, f"target_image={path}"))
 
 
