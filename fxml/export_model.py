@@ -1,13 +1,14 @@
 """``python -m fxml.export_model``: the pickle Numerai's hosted compute runs each round.
 
 Writes ``output`` (a cloudpickled ``predict(live_features, live_benchmark_models)``), checks it in a
-fresh Python process that cannot import fxml, and with ``upload=true`` sends it with numerapi's
-``model_upload``. See conf/export_model.yaml and :mod:`fxml.submission.export`.
+fresh Python process that cannot import fxml, with ``target_image=py3.12`` (or a requirements
+file) also with the pinned packages of Numerai's image, and with ``upload=true`` sends it with
+numerapi's ``model_upload``. See conf/export_model.yaml, :mod:`fxml.submission.export` and
+:mod:`fxml.submission.image`.
 """
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import hydra
@@ -22,7 +23,15 @@ from fxml.errors import FxmlError, describe
 from fxml.submission import checked
 from fxml.submission.credentials import build_client, find_credentials, missing_credentials_hint
 from fxml.submission.export import check_in_fresh_process, live_shaped, write_pickle
-from fxml.submission.registry import load_logged_model
+from fxml.submission.image import (
+    THIS_PYTHON,
+    ImagePins,
+    check_in_image,
+    checking_interpreter,
+    default_cache,
+    image_pins,
+)
+from fxml.submission.registry import LoadedModel, load_logged_model
 from fxml.submission.submit import numerai_model_id
 from fxml.tracking.mlflow_run import tracking_uri
 
@@ -31,29 +40,62 @@ from fxml.tracking.mlflow_run import tracking_uri
 def export_command(cfg: DictConfig) -> Path:
     quiet_dependencies()
     settings = checked(cfg)
+    pins = image_pins(settings.target_image) if settings.target_image is not None else None
     mlflow.set_tracking_uri(tracking_uri(settings.tracking_uri))
     loaded = load_logged_model(settings.model_uri)
     output = Path(settings.output)
     size = write_pickle(loaded.model, loaded.features, output)
-    python = ".".join(platform.python_version_tuple()[:2])
     console.print(f"wrote {output} ({size / 1024:.0f} KiB) from {settings.model_uri}: "
                   "predict(live_features, live_benchmark_models) -> prediction in (0, 1); "
-                  f"made with Python {python}, use a Numerai hosted image with the same Python",
+                  f"made with Python {THIS_PYTHON}, use a Numerai hosted image with the same Python",
                   highlight=False, soft_wrap=True)
+    checked_python = None
     if settings.check:
         live, benchmark = _check_frames(settings, loaded.features)
         try:
             report = check_in_fresh_process(output, loaded.model, loaded.features, live, benchmark)
+            console.print(f"checked: a fresh Python process without fxml unpickled it and predicted "
+                          f"{report.rows} live-shaped rows, valid and equal to the registered model; "
+                          f"the pickle imports {', '.join(report.imports) or 'nothing else'}",
+                          highlight=False, soft_wrap=True)
+            if pins is not None:
+                checked_python = _check_image(settings, pins, output, loaded, live, benchmark,
+                                              report.imports)
         except FxmlError:
             output.unlink(missing_ok=True)
             raise
-        console.print(f"checked: a fresh Python process without fxml unpickled it and predicted "
-                      f"{report.rows} live-shaped rows, valid and equal to the registered model; "
-                      f"the pickle imports {', '.join(report.imports) or 'nothing else'}",
-                      highlight=False, soft_wrap=True)
     if settings.upload:
+        if pins is not None and pins.python not in (None, checked_python):
+            raise FxmlError(f"wrote and checked {output} but did not upload it: {pins.label} runs "
+                            f"Python {pins.python} and the pickle holds Python {THIS_PYTHON} code "
+                            "(the Python minor version differs)")
         _upload(settings, output)
     return output
+
+
+def _check_image(settings: DictConfig, pins: ImagePins, output: Path, loaded: LoadedModel,
+                 live: pd.DataFrame, benchmark: pd.DataFrame, imports: list[str]) -> str:
+    """The check with the image's packages; returns the Python minor version it ran with."""
+    interpreter = checking_interpreter(pins)
+    if pins.python is None:
+        console.print(f"note: {pins.label} names no Python version (a '# python: 3.x' line), so it "
+                      f"is checked with Python {interpreter.python}", highlight=False, soft_wrap=True)
+    elif interpreter.python != pins.python:
+        console.print(f"note: the Python minor version differs: {pins.label} runs Python {pins.python}, "
+                      f"which is not installed here, so its packages are checked with Python "
+                      f"{interpreter.python}; fxml's code in the pickle is Python {THIS_PYTHON} bytecode, "
+                      f"which another minor version cannot run (export with Python {pins.python} for "
+                      "that image)", highlight=False, soft_wrap=True)
+    cache = Path(settings.image_cache).expanduser() if settings.image_cache else default_cache()
+    checked = check_in_image(output, loaded.model, loaded.features, live, benchmark, pins, imports,
+                             interpreter, cache)
+    environment = checked.environment
+    packages = ", ".join(f"{name} {version}" for name, version in environment.installed.items())
+    how = "reused" if environment.seconds is None else f"built in {environment.seconds:.0f} s"
+    console.print(f"checked in {pins.label}: with its {packages} (Python {interpreter.python}) the "
+                  f"pickle predicted {checked.rows} rows equal to the training environment's; "
+                  f"environment {environment.folder} ({how})", highlight=False, soft_wrap=True)
+    return interpreter.python
 
 
 def _check_frames(settings: DictConfig, features: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -61,6 +61,14 @@ def test_the_wheel_carries_the_configs_and_every_module(wheel: Path) -> None:
     assert not any(name.startswith(("tests/", "conf/", "scripts/")) for name in names)
 
 
+def test_the_wheel_carries_the_pins_of_numerais_images(wheel: Path) -> None:
+    """fxml.export_model target_image=py3.12 reads them from the installed package."""
+    archive = zipfile.ZipFile(wheel)
+    images = sorted(name for name in archive.namelist() if name.startswith("fxml/submission/images/"))
+    assert images == [f"fxml/submission/images/py3.{minor}.txt" for minor in (11, 12, 13)]
+    assert "numpy==2.1.3" in archive.read("fxml/submission/images/py3.12.txt").decode().splitlines()
+
+
 @pytest.fixture(scope="module")
 def env_without_deep(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with the built wheel and fxml's dependencies but no PyTorch or

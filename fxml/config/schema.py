@@ -411,6 +411,10 @@ class ExportModelConfig:
     check: bool = True  # unpickle and call it in a fresh process, validate the output
     check_rows: int = 500  # rows of the synthetic live-shaped frame (when `live` is null)
     live: str | None = None  # or a live parquet file to check with
+    # also check it with the pinned packages of Numerai's image: py3.11, py3.12, py3.13 (shipped
+    # in fxml/submission/images/) or a requirements file of name==version lines
+    target_image: str | None = None
+    image_cache: str | None = None  # where image environments are kept (null: <user cache>/fxml/images)
     upload: bool = False  # true: numerapi model_upload to `numerai_model` (needs keys)
     numerai_model: str | None = None
     upload_data_version: str | None = None  # passed to model_upload as data_version (null: Numerai's default)
@@ -423,6 +427,8 @@ class ExportModelConfig:
         require(self.output.endswith(".pkl"), "output", "must end with .pkl (Numerai's rule)",
                 self.output)
         require(self.check_rows >= 2, "check_rows", "must be >= 2", self.check_rows)
+        require(self.check or self.target_image is None, "target_image", "needs check=true",
+                self.target_image)
         require(not self.upload or bool(self.numerai_model), "numerai_model",
                 "is needed with upload=true", self.numerai_model)
 
