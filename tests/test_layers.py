@@ -26,7 +26,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tracking", ("fxml.tracking",)),
     ("sweeps, submission", ("fxml.sweeps", "fxml.submission")),
     ("entry points", ("fxml.cli", "fxml.crossval", "fxml.job", "fxml.run", "fxml.submit", "fxml.promote",
-                      "fxml.report", "fxml.live_scores", "fxml.export_model", "hydra_plugins")),
+                      "fxml.refit", "fxml.report", "fxml.live_scores", "fxml.export_model",
+                      "hydra_plugins")),
 ]
 # packages that share a layer but not a concern stay independent of each other
 PEERS = ("fxml.sweeps", "fxml.submission")
