@@ -205,7 +205,8 @@ def test_a_live_file_with_a_blank_id_is_refused_before_a_file_is_written(project
     path = tmp_path / "live.parquet"
     live.to_parquet(path, index=False)
     result = project.command("fxml.submit", f"model_uri=models:/{REGISTERED}@champion",
-                             "numerai_model=my_model", "dry_run=true", "round=79", f"live={path}")
+                             "numerai_model=my_model", "dry_run=true", "round=79", f"live={path}",
+                             in_process=True)
     assert_one_line_error(result, "live.parquet has 1 row(s) with an empty or missing id")
     assert not (project.ws.root / "submissions" / "my_model_round79.csv").exists()
 
@@ -215,7 +216,8 @@ def test_offline_dry_run_with_keys_never_creates_a_client(project: Project, prom
     """Keys set, round and live given, dry run: no client, so no network and no model lookup."""
     result = project.command("fxml.submit", f"model_uri=models:/{REGISTERED}@champion",
                              "numerai_model=not_even_on_numerai", f"api._target_={api}", "dry_run=true",
-                             "round=78", f"live={project.served / 'live.parquet'}", keys=True)
+                             "round=78", f"live={project.served / 'live.parquet'}", keys=True,
+                             in_process=True)
     assert result.returncode == 0, result.stderr
     assert "dry run" in result.stdout
     assert_valid_submission(project, project.ws.root / "submissions" / "not_even_on_numerai_round78.csv")
@@ -299,7 +301,8 @@ def test_invalid_predictions_are_never_uploaded(project: Project, broken_models,
                                                 fragment) -> None:
     before = len(project.uploads())
     result = project.command("fxml.submit", f"model_uri={broken_models[kind]}",
-                             "numerai_model=fxml_test", FAKE_API, keys=True, round_number=round_number)
+                             "numerai_model=fxml_test", FAKE_API, keys=True, round_number=round_number,
+                             in_process=True)
     assert_one_line_error(result, "invalid predictions", fragment)
     assert len(project.uploads()) == before
     assert not (project.ws.root / "submissions" / f"fxml_test_round{round_number}.csv").exists()

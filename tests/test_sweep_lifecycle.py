@@ -251,7 +251,7 @@ def test_a_postgres_restart_mid_sweep_loses_nothing(workspace: Workspace, postgr
     # the restart lands while trial 0 trains and reports to its trial
     wait_for(lambda: training(workspace, "pg-restart", "trial0")() and any(
         "mlflow_run_id" in t.user_attrs for t in only_study(postgres.url("restarted")).trials), sweep)
-    postgres.restart_after(20)
+    postgres.restart_after(8)
     assert sweep.poll() is None, "the sweep was still running when the database came back"
     stdout, stderr = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, stderr
