@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from fxml.models.params import ModelParams
 VERSIONS = ("v5.0", "v5.1", "v5.2", "v5.3")
 ROUND_ENV, LOG_ENV = "FXML_FAKE_NUMERAI_ROUND", "FXML_FAKE_NUMERAI_LOG"
 SCORES_ENV = "FXML_FAKE_NUMERAI_SCORES"
+UPLOAD_SECONDS_ENV = "FXML_FAKE_NUMERAI_UPLOAD_SECONDS"
 WINDOW_ENV, MULTIPLIERS_ENV = "FXML_FAKE_NUMERAI_WINDOW", "FXML_FAKE_NUMERAI_MULTIPLIERS"
 DEFAULT_MULTIPLIERS = "correlation=0.5,meta_model_contribution=2"
 FAKE_MODELS = {"fxml_test": "6f0c1d2e-0000-4000-8000-00000000a001",
@@ -102,7 +104,10 @@ class FakeNumerAPI:
         self._require_keys()
         if model_id not in FAKE_MODELS.values():
             raise ValueError(f"model {model_id} not found")
-        return self._record("upload_predictions", file_path, model_id=model_id)
+        recorded = self._record("upload_predictions", file_path, model_id=model_id)
+        # an upload that takes a while: submits racing for one round all reach it without a claim
+        time.sleep(float(os.environ.get(UPLOAD_SECONDS_ENV, "0")))
+        return recorded
 
     def model_upload(self, file_path: str, tournament: int | None = None, model_id: str | None = None,
                      data_version: str | None = None, docker_image: str | None = None) -> str:

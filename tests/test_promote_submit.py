@@ -19,7 +19,7 @@ import pytest
 from numerai_tools.submissions import validate_submission_numerai
 
 from tests.conftest import Workspace, assert_one_line_error, compose_fxml_config
-from tests.fakes import FAKE_MODELS, ConstantModel, NaNModel, recorded_calls
+from tests.fakes import FAKE_MODELS, UPLOAD_SECONDS_ENV, ConstantModel, NaNModel, recorded_calls
 from tests.helpers import KEYS, PUBLIC_ID, SECRET_KEY, fxml_command, served_release
 
 FAKE_API = "api._target_=tests.fakes.FakeNumerAPI"
@@ -262,6 +262,23 @@ def test_missing_credentials_stop_before_the_upload(project: Project, promoted) 
     assert len(project.uploads()) == before
     run = next(r for r in project.submission_runs() if r.data.tags.get("round") == "1003")
     assert run.info.status == "FAILED" and run.data.tags["upload_status"] == "no_credentials"
+
+
+@pytest.mark.slow
+def test_submits_started_together_upload_the_round_once(project: Project, promoted) -> None:
+    """Three daily jobs racing for one round: one uploads, the others find its upload."""
+    fake = {"FXML_FAKE_NUMERAI_LOG": str(project.calls_log), "FXML_FAKE_NUMERAI_ROUND": "1011",
+            "FXML_FAKE_NUMERAI_DIR": str(project.served), UPLOAD_SECONDS_ENV: "3", **KEYS}
+    command = [sys.executable, "-m", "fxml.submit", f"model_uri=models:/{REGISTERED}@champion",
+               "numerai_model=fxml_test", FAKE_API]
+    racing = [subprocess.Popen(command, cwd=project.ws.root, env=project.ws.env(**fake), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+    outputs = [process.communicate(timeout=300) for process in racing]
+    assert [process.returncode for process in racing] == [0, 0, 0], [err for _, err in outputs]
+    uploads = [call for call in project.uploads() if call.get("round") == 1011]
+    assert len(uploads) == 1, uploads
+    skipped = [out for out, _ in outputs if "round 1011 was already submitted for fxml_test" in out]
+    assert len(skipped) == 2 and all(SECRET_KEY not in out + err for out, err in outputs)
 
 
 def test_keys_from_a_dotenv_file(project: Project, promoted) -> None:

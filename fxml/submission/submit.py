@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +37,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import polars as pl
+from filelock import FileLock
 from mlflow.entities import Run
 from omegaconf import DictConfig
 
@@ -169,62 +172,77 @@ def submit(cfg: DictConfig) -> Submission:
     client = None if offline else build_client(cfg.api, credentials)
     round_number = int(cfg.round) if cfg.round is not None else current_round(client, credentials)
     use_experiment(uri, cfg.experiment)
-    earlier = previous_upload(cfg.experiment, numerai_model, round_number)
-    if earlier is not None and not dry_run and not force:
-        # nothing to do is no failure: a daily cron job may run again within the round
-        console.print(f"round {round_number} was already submitted for {numerai_model} by run "
-                      f"{earlier.info.run_id}: nothing uploaded (force=true uploads again)",
-                      highlight=False, soft_wrap=True)
-        return Submission(None, round_number, ALREADY_UPLOADED, earlier.info.run_id)
-    if client is not None:
-        window, now = round_info(client, round_number, credentials), datetime.now(UTC)
-        if not window.is_open(now) and not dry_run:
-            raise FxmlError(f"{window.status_line(now)}: nothing uploaded ({SCHEDULE})")
-        console.print(window.status_line(now), highlight=False, soft_wrap=True)
-    model_id = numerai_model_id(client, numerai_model, credentials) \
-        if credentials and not offline else None
-
-    ref = loaded.ref
-    registered = f"version {ref.version}, " if ref.version else ""
-    console.print(f"model {ref.uri} ({registered}run {ref.run_id}), data {version}, "
-                  f"round {round_number}, Numerai model {numerai_model}", highlight=False, soft_wrap=True)
-    tags = {"fxml_version": __version__, "model_uri": ref.uri, "numerai_model": numerai_model,
-            "round": str(round_number), "dry_run": str(dry_run).lower(), "data_version": version,
-            "model_source_run_id": ref.run_id or "", "credentials": "found" if credentials else "none"}
-    if ref.name:
-        tags.update({"registered_model_name": ref.name, "registered_model_version": ref.version or "",
-                     "registered_model_alias": ref.alias or ""})
-    if earlier is not None:
-        tags["replaces_run"] = earlier.info.run_id
-    with tracked_run(uri, cfg.experiment, f"{numerai_model}-round{round_number}", tags) as run:
-        path = _prepare_file(cfg, client, loaded, version, round_number, credentials)
-        run_id = run.info.run_id
-        if dry_run:
-            mlflow.set_tag("upload_status", DRY_RUN)
-            note = "" if earlier is None else (
-                f" (round {round_number} was uploaded before by run {earlier.info.run_id})")
-            console.print(f"dry run: wrote and validated {path}; nothing uploaded to Numerai{note}",
+    # the check for an earlier upload and the upload are one step per round and Numerai model: a
+    # second submit started at the same time waits here, then finds the first one's upload
+    with upload_claim(Path(cfg.output_dir), numerai_model, round_number, dry_run):
+        earlier = previous_upload(cfg.experiment, numerai_model, round_number)
+        if earlier is not None and not dry_run and not force:
+            # nothing to do is no failure: a daily cron job may run again within the round
+            console.print(f"round {round_number} was already submitted for {numerai_model} by run "
+                          f"{earlier.info.run_id}: nothing uploaded (force=true uploads again)",
                           highlight=False, soft_wrap=True)
-            return Submission(path, round_number, DRY_RUN, run_id)
-        if credentials is None or model_id is None or client is None:
-            mlflow.set_tag("upload_status", NO_CREDENTIALS)
-            raise FxmlError(f"{missing_credentials_hint()}; wrote and validated {path} but did not "
-                            "upload it")
-        try:
-            submission_id = ask_numerai(
-                lambda: client.upload_predictions(file_path=str(path), model_id=model_id), credentials)
-        except NumeraiFailure as failure:
-            mlflow.set_tag("upload_status", FAILED)
-            raise FxmlError(f"upload to Numerai failed ({failure}); {path} is valid, run again to "
-                            "retry") from None
-        mlflow.set_tags({"upload_status": UPLOADED, "submission_id": str(submission_id)})
-        if ref.name and ref.version:
-            store_client().set_model_version_tag(
-                ref.name, ref.version, "last_submission",
-                f"round {round_number} to {numerai_model} (run {run_id})")
-    console.print(f"uploaded {path} to Numerai model {numerai_model} for round {round_number} "
-                  f"(submission {submission_id}); MLflow run {run_id}", highlight=False, soft_wrap=True)
-    return Submission(path, round_number, UPLOADED, run_id, str(submission_id))
+            return Submission(None, round_number, ALREADY_UPLOADED, earlier.info.run_id)
+        if client is not None:
+            window, now = round_info(client, round_number, credentials), datetime.now(UTC)
+            if not window.is_open(now) and not dry_run:
+                raise FxmlError(f"{window.status_line(now)}: nothing uploaded ({SCHEDULE})")
+            console.print(window.status_line(now), highlight=False, soft_wrap=True)
+        model_id = numerai_model_id(client, numerai_model, credentials) \
+            if credentials and not offline else None
+
+        ref = loaded.ref
+        registered = f"version {ref.version}, " if ref.version else ""
+        console.print(f"model {ref.uri} ({registered}run {ref.run_id}), data {version}, "
+                      f"round {round_number}, Numerai model {numerai_model}", highlight=False, soft_wrap=True)
+        tags = {"fxml_version": __version__, "model_uri": ref.uri, "numerai_model": numerai_model,
+                "round": str(round_number), "dry_run": str(dry_run).lower(), "data_version": version,
+                "model_source_run_id": ref.run_id or "", "credentials": "found" if credentials else "none"}
+        if ref.name:
+            tags.update({"registered_model_name": ref.name, "registered_model_version": ref.version or "",
+                         "registered_model_alias": ref.alias or ""})
+        if earlier is not None:
+            tags["replaces_run"] = earlier.info.run_id
+        with tracked_run(uri, cfg.experiment, f"{numerai_model}-round{round_number}", tags) as run:
+            path = _prepare_file(cfg, client, loaded, version, round_number, credentials)
+            run_id = run.info.run_id
+            if dry_run:
+                mlflow.set_tag("upload_status", DRY_RUN)
+                note = "" if earlier is None else (
+                    f" (round {round_number} was uploaded before by run {earlier.info.run_id})")
+                console.print(f"dry run: wrote and validated {path}; nothing uploaded to Numerai{note}",
+                              highlight=False, soft_wrap=True)
+                return Submission(path, round_number, DRY_RUN, run_id)
+            if credentials is None or model_id is None or client is None:
+                mlflow.set_tag("upload_status", NO_CREDENTIALS)
+                raise FxmlError(f"{missing_credentials_hint()}; wrote and validated {path} but did not "
+                                "upload it")
+            try:
+                submission_id = ask_numerai(
+                    lambda: client.upload_predictions(file_path=str(path), model_id=model_id), credentials)
+            except NumeraiFailure as failure:
+                mlflow.set_tag("upload_status", FAILED)
+                raise FxmlError(f"upload to Numerai failed ({failure}); {path} is valid, run again to "
+                                "retry") from None
+            mlflow.set_tags({"upload_status": UPLOADED, "submission_id": str(submission_id)})
+            if ref.name and ref.version:
+                store_client().set_model_version_tag(
+                    ref.name, ref.version, "last_submission",
+                    f"round {round_number} to {numerai_model} (run {run_id})")
+        console.print(f"uploaded {path} to Numerai model {numerai_model} for round {round_number} "
+                      f"(submission {submission_id}); MLflow run {run_id}", highlight=False, soft_wrap=True)
+        return Submission(path, round_number, UPLOADED, run_id, str(submission_id))
+
+
+@contextmanager
+def upload_claim(folder: Path, numerai_model: str, round_number: int, dry_run: bool) -> Iterator[None]:
+    """Hold the round's claim for ``numerai_model`` (a lock file beside the submissions) while the
+    earlier upload is looked up and the file uploaded; a dry run uploads nothing and claims nothing."""
+    if dry_run:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / f".{numerai_model}_round{round_number}.lock")):
+        yield
 
 
 def _prepare_file(cfg: DictConfig, client: Any, loaded: LoadedModel, version: str,
