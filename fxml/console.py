@@ -75,30 +75,28 @@ def payout_label(corr_weight: float, mmc_weight: float, clip: float, source: str
     return f"payout ({source}: {corr_weight:g}*CORR + {mmc_weight:g}*MMC, clip ±{clip:g})"
 
 
-def summary_table(summary: dict[str, float], title: str, payout: str | None = None,
+def summary_table(summary: dict[str, float], title: str, payout: str,
                   trained_on: str | None = None) -> Table:
     """Mean, std, sharpe and max drawdown over eras of each score (``payout``: the payout row's
-    label, ``payout_label``; null: the default weights'), then CORR against each other target
-    scored (``corr_<target>``; ``trained_on``: the one the model learnt)."""
+    label, ``payout_label``), then CORR against each other target scored (``corr_<target>``;
+    ``trained_on``: the one the model learnt)."""
     table = Table(title=title, title_justify="left")
     for header in ("metric", "mean", "std", "sharpe", "max drawdown"):
         table.add_column(header, justify="right" if header != "metric" else "left")
-    labels = {**dict(SUMMARY_ROWS), "payout": payout or payout_label(0.5, 2.0, 0.05)}
+    labels = {**dict(SUMMARY_ROWS), "payout": payout}
     for key, label in labels.items():
         if _known(summary.get(f"{key}_mean")):
-            table.add_row(label, *(_fmt(summary.get(f"{key}_{stat}")) for stat in STATISTICS))
+            table.add_row(label, *_statistics(summary, key))
     for key in sorted(k for k in summary if k.startswith("tb") and k.endswith("_corr_mean")
                       and _known(summary[k])):
         name = key.removesuffix("_mean")
-        table.add_row(f"top/bottom {name[2:-5]} CORR",
-                      *(_fmt(summary.get(f"{name}_{s}")) for s in STATISTICS))
+        table.add_row(f"top/bottom {name[2:-5]} CORR", *_statistics(summary, name))
     for key in sorted(k for k in summary if k.startswith(OTHER_TARGET_CORR) and k.endswith("_mean")
                       and _known(summary[k])):
         name = key.removesuffix("_mean")
         target = name.removeprefix("corr_")
         note = " (trained on)" if target == trained_on else ""
-        table.add_row(escape(f"CORR on {target}{note}"),
-                      *(_fmt(summary.get(f"{name}_{s}")) for s in STATISTICS))
+        table.add_row(escape(f"CORR on {target}{note}"), *_statistics(summary, name))
     if "payout_apy" in summary:
         table.add_row("payout APY-style (compounded)", _fmt(summary["payout_apy"]), "", "", "")
         table.add_row("payout Calmar ratio", _fmt(summary.get("payout_calmar")), "", "", "")
@@ -171,6 +169,11 @@ def job_line(run_name: str, metrics: dict[str, float]) -> str:
     shown = "  ".join(f"{name} {metrics[name]:.4f}" for name in COMPARED_METRICS
                       if name in metrics and not math.isnan(metrics[name]))
     return f"{run_name}: {shown}" if shown else run_name
+
+
+def _statistics(summary: dict[str, float], name: str) -> list[str]:
+    """A score's row cells: its mean, std, sharpe and max drawdown over eras, as shown."""
+    return [_fmt(summary.get(f"{name}_{statistic}")) for statistic in STATISTICS]
 
 
 def _known(value: float | None) -> bool:

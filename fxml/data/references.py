@@ -151,8 +151,9 @@ def other_targets(split: DataSplit, names: list[str]) -> dict[str, np.ndarray]:
     training target, ``scorer.targets``), by name."""
     columns = {}
     for name in dict.fromkeys(names):
-        column = split.with_target(name).target if name != split.target_name else None
-        if column is not None:
+        if name != split.target_name:
+            column = split.with_target(name).target
+            assert column is not None, "a loaded target is a column"
             columns[name] = column
     return columns
 

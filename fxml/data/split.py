@@ -175,8 +175,8 @@ def training_rows(split: DataSplit) -> TrainingRows:
     if known.all():
         return TrainingRows(split.features, None, split.target, split.eras, split.extra)
     positions = np.flatnonzero(known)
-    extra = {name: values[positions] for name, values in split.extra.items()}
-    if len(positions) and positions[-1] - positions[0] + 1 == len(positions):
-        run = slice(int(positions[0]), int(positions[-1]) + 1)
-        return TrainingRows(split.features[run], None, split.target[run], split.eras[run], extra)
-    return TrainingRows(split.features, positions, split.target[positions], split.eras[positions], extra)
+    one_run = positions[-1] - positions[0] + 1 == len(positions)
+    index: slice | np.ndarray = slice(int(positions[0]), int(positions[-1]) + 1) if one_run else positions
+    return TrainingRows(split.features[index] if one_run else split.features,
+                        None if one_run else positions, split.target[index], split.eras[index],
+                        {name: values[index] for name, values in split.extra.items()})
