@@ -1,12 +1,14 @@
-"""Entry-point plumbing shared by fxml's commands: user errors become one line and an exit code;
+"""Entry-point plumbing shared by fxml's commands: user errors become one line and exit code 2;
 SIGINT, SIGTERM and SIGHUP end the command (and its MLflow run, KILLED) with 130 / 143 / 129 and
-one line."""
+one line; ``output=json`` prints the command's result as one JSON object, the last line of stdout;
+``--help`` answers without loading the job's libraries."""
 
 from __future__ import annotations
 
 import functools
 import os
 import signal
+import string
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,12 +22,14 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from rich.markup import escape
 
-from fxml.config import describe_config_error, register_schemas
-from fxml.console import error_console
+from fxml.config import CONFIG_PATH, describe_config_error, register_schemas
+from fxml.console import error_console, json_output
 from fxml.interrupts import exit_code, interrupting_signal, stop_on_signals
 from fxml.secrets import redact, redact_file, redact_records
 
-USER_ERROR, CONFIG_ERROR = 1, 2
+# every one-line error exits 2: a bad value or option, or a failure fxml names (a store that stopped
+# answering, a full disk); 1 is left to crashes and to a multirun some of whose jobs failed
+USER_ERROR = 2
 # Process-wide settings every fxml command makes when it starts (``configure_process``), for the
 # libraries it loads later; a value the user exported wins.
 PROCESS_ENVIRONMENT = {
@@ -50,6 +54,7 @@ def fail(prefix: str, message: str, code: int) -> None:
     # escaped: a message may hold brackets (pip install "fxml[postgres]") that rich would eat
     error_console.print(f"[red]fxml: {prefix}[/red] {escape(redact(message))}", highlight=False,
                         soft_wrap=True)
+    json_output.emit({"error": redact(f"{prefix} {message}"), "exit_code": code})
     sys.exit(code)
 
 
@@ -69,20 +74,54 @@ def exits_on_user_error(task: Callable[..., Any]) -> Callable[..., Any]:
     from fxml.errors import FxmlError
 
     @functools.wraps(task)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(cfg: DictConfig, *args: Any, **kwargs: Any) -> Any:
         redact_records()  # also in launcher worker processes, which never pass through run_cli
         try:
-            return task(*args, **kwargs)
+            output = check_output_setting(cfg)
+            if output == "json":
+                # a launcher's worker process prints to the terminal's stdout directly
+                json_output.divert_prints()
+            result = task(cfg, *args, **kwargs)
         except FxmlError as error:
             if in_multirun():
                 raise
             fail("error:", str(error), USER_ERROR)
+        if not in_multirun():
+            json_output.emit(result)
+        return result
 
     return wrapper
 
 
-def run_cli(hydra_entry: Callable[[], Any]) -> None:
-    """Run a ``@hydra.main`` function, turning composition errors into one line."""
+OUTPUTS = ("text", "json")
+
+
+def check_output_setting(cfg: DictConfig) -> str:
+    from fxml.errors import FxmlError
+
+    output = str(cfg.get("output", "text"))
+    if output not in OUTPUTS:
+        hint = (f"; the file this command writes is file={output}"
+                if output.endswith((".html", ".pkl")) else "")
+        raise FxmlError(f"output={output}: must be text or json (what the command prints){hint}")
+    return output
+
+
+def asks_for_json(arguments: list[str]) -> bool:
+    return any(argument.lstrip("+").replace("'", "").replace('"', "") == "output=json"
+               for argument in arguments)
+
+
+def run_cli(hydra_entry: Callable[[], Any], config_name: str,
+            arguments: list[str] | None = None) -> None:
+    """Run a ``@hydra.main`` function (its config: ``config_name``; its command line:
+    ``arguments``, by default this process's), turning composition errors into one line."""
+    arguments = sys.argv[1:] if arguments is None else arguments
+    with json_output.enabled(asks_for_json(arguments)):
+        _run(hydra_entry, config_name, arguments)
+
+
+def _run(hydra_entry: Callable[[], Any], config_name: str, arguments: list[str]) -> None:
     from fxml.errors import OUTPUT_CLOSED, FxmlError, output_closed
 
     configure_process()
@@ -94,11 +133,14 @@ def run_cli(hydra_entry: Callable[[], Any]) -> None:
     redact_records()
     stop_on_signals()
     try:
+        if asks_for_help(arguments):
+            print(help_text(config_name, [a for a in arguments if a not in HELP_FLAGS]))
+            return
         hydra_entry()
     except FxmlError as error:
         fail("error:", str(error), USER_ERROR)
     except (OmegaConfBaseException, HydraException) as error:
-        fail("config error:", describe_config_error(error), CONFIG_ERROR)
+        fail("config error:", describe_config_error(error), USER_ERROR)
     except KeyboardInterrupt:
         fail_interrupted(interrupting_signal() or signal.SIGINT)
     except SystemExit as stop:
@@ -108,6 +150,58 @@ def run_cli(hydra_entry: Callable[[], Any]) -> None:
         if output_closed(stop):
             fail("error:", f"{OUTPUT_CLOSED}; the MLflow run, if any, is marked FAILED", USER_ERROR)
         raise
+
+
+HELP_FLAGS = ("--help", "-h")
+
+
+def asks_for_help(arguments: list[str]) -> bool:
+    """``--help`` answered by fxml: Hydra's own lists every config group's options through one
+    fresh copy of its config repository per group (seconds with fxml's schemas). Options Hydra must
+    interpret first (``--config-dir`` and the like) leave it to Hydra."""
+    return (any(a in HELP_FLAGS for a in arguments)
+            and not any(a.startswith("-") and a not in HELP_FLAGS for a in arguments))
+
+
+def help_text(config_name: str, overrides: list[str]) -> str:
+    """The command's help template (``hydra.help``) with its config groups and resolved config."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module=CONFIG_PATH.removeprefix("pkg://"),
+                                  version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        groups = config_groups(GlobalHydra.instance().config_loader().get_sources())
+        template = string.Template(str(cfg.hydra.help.template))
+        OmegaConf.set_struct(cfg, False)
+        del cfg["hydra"]
+    return template.safe_substitute(
+        APP_CONFIG_GROUPS="".join(f"{group}: {', '.join(options)}\n"
+                                  for group, options in groups.items()),
+        HYDRA_CONFIG_GROUPS="(python -m <command> --hydra-help)", FLAGS_HELP="",
+        CONFIG=OmegaConf.to_yaml(cfg))
+
+
+def config_groups(sources: list[Any], parent: str = "") -> dict[str, list[str]]:
+    """Every config group below ``parent`` (Hydra's own excepted) and its options, from each
+    source of the search path once."""
+    from hydra.core.object_type import ObjectType
+
+    sources = [source for source in sources if source.available()]
+    names = sorted({name for source in sources if source.is_group(parent)
+                    for name in source.list(parent, ObjectType.GROUP)})
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        group = f"{parent}/{name}" if parent else name
+        if group == "hydra":
+            continue
+        options = sorted({option for source in sources if source.is_group(group)
+                          for option in source.list(group, ObjectType.CONFIG)})
+        if options:
+            groups[group] = options
+        groups.update(config_groups(sources, group))
+    return groups
 
 
 class RedactHydraFiles(Callback):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -37,6 +42,80 @@ WIDE = 200  # characters a wide table may take outside a terminal
 COMPARED_METRICS = ("corr_mean", "corr_sharpe", "mmc_mean", "payout_mean", "cv_corr_mean",
                     "cv_corr_sharpe")
 
+class JsonOutput:
+    """``output=json``: a command's result as one JSON object on the stdout it was started with,
+    its last line, while everything printed meanwhile (tables, progress, logs, libraries' prints)
+    goes to stderr. Scripts chain commands through that line."""
+
+    def __init__(self) -> None:
+        self.stdout: TextIO | None = None
+
+    @contextmanager
+    def enabled(self, on: bool) -> Iterator[None]:
+        if not on:
+            yield
+            return
+        self.divert_prints()
+        try:
+            yield
+        finally:
+            sys.stdout, self.stdout = self.stdout or sys.stdout, None
+
+    def divert_prints(self) -> None:
+        if self.stdout is None:
+            self.stdout, sys.stdout = sys.stdout, sys.stderr
+
+    def emit(self, result: Any) -> None:
+        if self.stdout is not None and result is not None:
+            self.stdout.write(json.dumps(json_ready(result), sort_keys=True) + "\n")
+            self.stdout.flush()
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` as JSON can hold it: dataclasses and mappings as objects (with an ``as_json`` hook),
+    paths as strings, NaN and infinities as null."""
+    if hasattr(value, "as_json"):
+        return json_ready(value.as_json())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_ready({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # a numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+json_output = JsonOutput()
+
+
+@dataclass
+class ConsoleDetail:
+    """Whether a job shows its step-by-step lines (data, memory plan, model) and keeps its progress
+    bars on screen: a sweep's later jobs repeat its first one's, so theirs go to their log file."""
+
+    steps_shown: bool = True
+
+
+console_detail = ConsoleDetail()
+
+
+def show_steps_once(job_number: int) -> None:
+    """In a multirun, only job 0 prints its step lines; every job prints its result line."""
+    console_detail.steps_shown = job_number == 0
+    level = logging.INFO if console_detail.steps_shown else logging.WARNING
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, RichHandler):
+            handler.setLevel(level)
+
+
 def quiet_dependencies() -> None:
     """Silence dependency chatter that says nothing about the user's run."""
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -57,7 +136,7 @@ def step_progress(description: str, *listeners: StepCallback) -> Iterator[StepCa
     ``listeners`` (metric logging, sweep pruning)."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[metrics]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=console, transient=not console_detail.steps_shown) as progress:
         task = progress.add_task(description, total=None, metrics="")
 
         def on_step(step: int, total: int, metrics: dict[str, float]) -> None:

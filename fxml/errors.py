@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fxml.secrets import redact
 
@@ -81,11 +84,35 @@ def describe_config_error(error: BaseException) -> str:
     key = getattr(cause, "full_key", None)
     if key and key not in message:
         message = f"{message} (key: {key})"
+    if key and "not in" in message:
+        prefix, _, name = key.rpartition(".")
+        guess = closest(name, known_keys(cause))
+        if guess:
+            message = f"{message}; did you mean {prefix + '.' if prefix else ''}{guess}?"
     if "Available options" in str(cause):
         start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
         options = [line for line in lines[start + 1 :] if " " not in line and ":" not in line]
-        message = f"{message}; available: {', '.join(options)}"
+        missing = re.search(r"Could not find '([^']+)'", message)
+        group, _, option = missing.group(1).rpartition("/") if missing else ("", "", "")
+        guess = closest(option, options)
+        message += f"; did you mean {group}={guess}? Available: " if guess else "; available: "
+        message += ", ".join(options)
     return message
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice a misspelt ``word`` most likely meant, if one is close."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def known_keys(error: BaseException) -> list[str]:
+    """The keys the node an unknown key was set on has: its schema's fields, or its own keys."""
+    schema = getattr(error, "object_type", None)
+    if isinstance(schema, type) and dataclasses.is_dataclass(schema):
+        return [field.name for field in dataclasses.fields(schema)]
+    parent: Any = getattr(error, "parent_node", None)
+    return [str(key) for key in parent] if hasattr(parent, "keys") else []
 
 
 OUTPUT_CLOSED = "the output was closed (broken pipe)"

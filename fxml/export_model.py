@@ -10,10 +10,9 @@ numerapi's ``model_upload``. See conf/export_model.yaml, :mod:`fxml.submission.e
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import mlflow
-import pandas as pd
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
@@ -21,29 +20,29 @@ from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
 from fxml.errors import FxmlError, describe
 from fxml.submission import checked
-from fxml.submission.credentials import build_client, find_credentials, missing_credentials_hint
-from fxml.submission.export import check_in_fresh_process, live_shaped, write_pickle
-from fxml.submission.image import (
-    THIS_PYTHON,
-    ImagePins,
-    check_in_image,
-    checking_interpreter,
-    default_cache,
-    image_pins,
-)
-from fxml.submission.registry import LoadedModel, load_logged_model
-from fxml.submission.submit import numerai_model_id
-from fxml.tracking.mlflow_run import tracking_uri
+
+if TYPE_CHECKING:  # MLflow, pandas and the rest load once the config is checked (fast --help)
+    import pandas as pd
+
+    from fxml.submission.image import ImagePins
+    from fxml.submission.registry import LoadedModel
 
 
 @exits_on_user_error
 def export_command(cfg: DictConfig) -> Path:
     quiet_dependencies()
     settings = checked(cfg)
+    import mlflow
+
+    from fxml.submission.export import check_in_fresh_process, write_pickle
+    from fxml.submission.image import THIS_PYTHON, image_pins
+    from fxml.submission.registry import load_logged_model
+    from fxml.tracking.mlflow_run import tracking_uri
+
     pins = image_pins(settings.target_image) if settings.target_image is not None else None
     mlflow.set_tracking_uri(tracking_uri(settings.tracking_uri))
     loaded = load_logged_model(settings.model_uri)
-    output = Path(settings.output)
+    output = Path(settings.file)
     size = write_pickle(loaded.model, loaded.features, output)
     console.print(f"wrote {output} ({size / 1024:.0f} KiB) from {settings.model_uri}: "
                   "predict(live_features, live_benchmark_models) -> prediction in (0, 1); "
@@ -76,6 +75,8 @@ def export_command(cfg: DictConfig) -> Path:
 def _check_image(settings: DictConfig, pins: ImagePins, output: Path, loaded: LoadedModel,
                  live: pd.DataFrame, benchmark: pd.DataFrame, imports: list[str]) -> str:
     """The check with the image's packages; returns the Python minor version it ran with."""
+    from fxml.submission.image import THIS_PYTHON, check_in_image, checking_interpreter, default_cache
+
     interpreter = checking_interpreter(pins)
     if pins.python is None:
         console.print(f"note: {pins.label} names no Python version (a '# python: 3.x' line), so it "
@@ -99,6 +100,10 @@ def _check_image(settings: DictConfig, pins: ImagePins, output: Path, loaded: Lo
 
 
 def _check_frames(settings: DictConfig, features: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import pandas as pd
+
+    from fxml.submission.export import live_shaped
+
     if settings.live is None:
         return live_shaped(features, settings.check_rows)
     path = Path(settings.live)
@@ -110,6 +115,9 @@ def _check_frames(settings: DictConfig, features: list[str]) -> tuple[pd.DataFra
 
 
 def _upload(settings: DictConfig, output: Path) -> None:
+    from fxml.submission.credentials import build_client, find_credentials, missing_credentials_hint
+    from fxml.submission.submit import numerai_model_id
+
     credentials = find_credentials()
     if credentials is None:
         raise FxmlError(f"{missing_credentials_hint()}; wrote and checked {output} but did not upload it")
@@ -129,7 +137,7 @@ hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name
 
 
 def main() -> None:
-    run_cli(hydra_main)
+    run_cli(hydra_main, "export_model")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from fxml.console import (
     payout_label,
     print_wide,
     quiet_dependencies,
+    show_steps_once,
     step_progress,
     summary_table,
 )
@@ -71,6 +72,8 @@ MEMBER_TARGETS_TAG = "member_targets"
 def start(cfg: DictConfig) -> str:
     """The checks that need no data, before a run is opened; the tracking URI."""
     quiet_dependencies()
+    if in_multirun():
+        show_steps_once(HydraConfig.get().job.num)
     uri = tracking_uri(cfg.tracking.uri)
     bound_retries(cfg.tracking.retry_seconds)
     require_accelerator(cfg.trainer.accelerator)  # every family, before any data is loaded
@@ -116,12 +119,16 @@ def model_family(cfg: DictConfig) -> str:
 
 
 def open_release(cfg: DictConfig) -> NumeraiData:
-    """The release the config names (downloaded or written first where needed), tagged on the run."""
+    """The release the config names (downloaded or written first where needed), opened before a
+    run is: a feature set or target the release does not have is one line and no run."""
     data = NumeraiData.from_config(cfg.data, source=instantiate(cfg.data.source, _recursive_=False))
-    mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
-                     "feature_set": data.feature_set, "target": data.target, SCORED_ON_TAG: MAIN_TARGET})
     data.also_load({name: "scorer.targets" for name in cfg.scorer.targets})
     return data
+
+
+def tag_release(data: NumeraiData) -> None:
+    mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
+                     "feature_set": data.feature_set, "target": data.target, SCORED_ON_TAG: MAIN_TARGET})
 
 
 def build_model(cfg: DictConfig, data: NumeraiData) -> tuple[TabularModel, list[str]]:
@@ -263,6 +270,20 @@ class Shown:
     experiment: str
     payout: str
     trained_on: str
+
+
+class JobResult(dict[str, Any]):
+    """A job's summary metrics and ``mlflow_run_id``: what a sweep reads its objective from, and
+    (``as_json``) what ``output=json`` prints."""
+
+    def __init__(self, metrics: dict[str, float], shown: Shown) -> None:
+        super().__init__({**metrics, "mlflow_run_id": shown.run_id})
+        self.shown = shown
+
+    def as_json(self) -> dict[str, Any]:
+        return {"run_id": self.shown.run_id, "run_name": self.shown.run_name,
+                "experiment": self.shown.experiment, "tracking_uri": redact(self.shown.uri),
+                "metrics": {key: value for key, value in self.items() if key != "mlflow_run_id"}}
 
 
 def run_name(cfg: DictConfig) -> RunName:

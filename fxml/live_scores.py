@@ -5,8 +5,9 @@ rounds. See conf/live_scores.yaml and :mod:`fxml.submission.live`."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hydra
-import mlflow
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
@@ -14,17 +15,23 @@ from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
 from fxml.errors import FxmlError
 from fxml.submission import checked
-from fxml.submission.credentials import build_client, find_credentials, missing_credentials_hint
-from fxml.submission.live import LiveUpdate, fetch_round_scores, log_live_scores
-from fxml.submission.submit import numerai_model_id
-from fxml.tracking.mlflow_run import tracking_uri
-from fxml.tracking.stores import store_client
+
+if TYPE_CHECKING:  # MLflow and numerapi load once the config is checked (fast --help)
+    from fxml.submission.live import LiveUpdate
 
 
 @exits_on_user_error
 def live_scores_command(cfg: DictConfig) -> LiveUpdate:
     quiet_dependencies()
     settings = checked(cfg)
+    import mlflow
+
+    from fxml.submission.credentials import build_client, find_credentials, missing_credentials_hint
+    from fxml.submission.live import fetch_round_scores, log_live_scores
+    from fxml.submission.submit import numerai_model_id
+    from fxml.tracking.mlflow_run import tracking_uri
+    from fxml.tracking.stores import store_client
+
     credentials = find_credentials()
     if credentials is None:
         raise FxmlError(f"{missing_credentials_hint()}; they are needed to find your model's id")
@@ -48,7 +55,7 @@ hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name
 
 
 def main() -> None:
-    run_cli(hydra_main)
+    run_cli(hydra_main, "live_scores")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ conf/promote.yaml.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hydra
 from omegaconf import DictConfig
 
@@ -18,14 +20,18 @@ from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
 from fxml.refit import refit_selected, selection_of
 from fxml.submission import checked
-from fxml.submission.choice import RunSelection
-from fxml.submission.registry import Promotion, promote
+
+if TYPE_CHECKING:  # MLflow loads once the config is checked (fast --help)
+    from fxml.submission.registry import Promotion
 
 
 @exits_on_user_error
 def promote_command(cfg: DictConfig) -> Promotion:
     quiet_dependencies()
     settings = checked(cfg)
+    from fxml.submission.choice import RunSelection
+    from fxml.submission.registry import promote
+
     selection = selection_of(settings)
     if settings.refit:
         # a final fit of the chosen run on every labelled era, registered in its place
@@ -55,7 +61,7 @@ hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name
 
 
 def main() -> None:
-    run_cli(hydra_main)
+    run_cli(hydra_main, "promote")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +27,9 @@ from fxml.config.schema import SweepJobConfig
 from fxml.console import console, quiet_dependencies
 from fxml.errors import FxmlError
 from fxml.submission import checked
-from fxml.submission.choice import RunSelection
+
+if TYPE_CHECKING:  # MLflow loads once the config is checked (fast --help)
+    from fxml.submission.choice import RunSelection
 
 log = logging.getLogger("fxml.refit")
 # the source's summaries shown beside the refit (its own scores: the refit has none)
@@ -58,6 +60,8 @@ def refit_command(cfg: DictConfig) -> Refit:
 
 
 def selection_of(settings: Any) -> RunSelection:
+    from fxml.submission.choice import RunSelection
+
     return RunSelection(settings.run_id, settings.sweep, settings.experiment, settings.metric,
                         settings.mode, settings.since, settings.until, settings.filter)
 
@@ -108,6 +112,7 @@ def refit(cfg: DictConfig, source: Any) -> Any:
 
     from fxml import job
     from fxml.models.base import predict_in_era_blocks
+    from fxml.tracking.costs import StageCosts
     from fxml.tracking.mlflow_run import SOURCE_RUN_TAG, RunName, log_config, log_frame, tracked_run
     from fxml.tracking.stores import store_client
 
@@ -115,14 +120,18 @@ def refit(cfg: DictConfig, source: Any) -> Any:
     uri = job.start(cfg)
     tags = {**job.run_tags(cfg), SOURCE_RUN_TAG: source.info.run_id, "fxml.role": "refit"}
     name = RunName(f"{source.info.run_name}-refit")
-    with tracked_run(uri, cfg.tracking.experiment, name, tags) as run:
-        log_config(cfg)
+    costs = StageCosts()
+    with costs.stage("open_data"):
         data = job.open_release(cfg)
+    with tracked_run(uri, cfg.tracking.experiment, name, tags) as run, costs.logged():
+        log_config(cfg)
+        job.tag_release(data)
         model, neutralizers = job.build_model(cfg, data)
         splitter = instantiate(cfg.cv)
         plan = job.plan_memory(instantiate(cfg.memory), data, model, splitter, training="full")
-        fitted, _ = job.fit_model(cfg, data, model, neutralizers, splitter, plan,
-                                  instantiate(cfg.scorer), training="full")
+        with costs.stage("fit"):
+            fitted, _ = job.fit_model(cfg, data, model, neutralizers, splitter, plan,
+                                      instantiate(cfg.scorer), training="full")
         assert fitted is not None, "a fit without folds always fits"
         mlflow.log_metrics({f"source_{key}": source.data.metrics[key] for key in SOURCE_METRICS
                             if key in source.data.metrics})
@@ -142,7 +151,7 @@ hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name
 
 
 def main() -> None:
-    run_cli(hydra_main)
+    run_cli(hydra_main, "refit")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def runs_as_list(arguments: list[str]) -> list[str]:
 
 def main() -> None:
     sys.argv[1:] = runs_as_list(sys.argv[1:])
-    run_cli(hydra_main)
+    run_cli(hydra_main, "report")
 
 
 if __name__ == "__main__":

@@ -19,38 +19,46 @@ from fxml.config import CONFIG_PATH, validate
 
 @exits_on_user_error
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """One job: check, load, fit, predict, score, log. Returns the run's summary metrics (what a
-    sweep reads its objective from)."""
+    """One job: check, load, fit, predict, score, log. Returns the run's summary metrics and its
+    id (what a sweep reads its objective from; ``output=json`` prints it)."""
     validate(cfg)
     from fxml import job
     from fxml.data.memory import return_freed_memory
+    from fxml.tracking.costs import StageCosts
     from fxml.tracking.mlflow_run import log_config, tracked_run
 
     uri = job.start(cfg)
+    costs = StageCosts()
+    with costs.stage("open_data"):
+        data = job.open_release(cfg)
     name = job.run_name(cfg)
     with tracked_run(uri, cfg.tracking.experiment, name, job.run_tags(cfg),
-                     parent_run_id=cfg.sweep.parent_run_id) as run:
+                     parent_run_id=cfg.sweep.parent_run_id) as run, costs.logged():
         log_config(cfg)
+        job.tag_release(data)
         scorer, payout = job.payout_weights(instantiate(cfg.scorer))
         shown = job.shown_run(cfg, name, run, uri, payout)
-        data = job.open_release(cfg)
         model, neutralizers = job.build_model(cfg, data)
         splitter = instantiate(cfg.cv)
         plan = job.plan_memory(instantiate(cfg.memory), data, model, splitter)
-        fitted, cv = job.fit_model(cfg, data, model, neutralizers, splitter, plan, scorer)
+        with costs.stage("fit"):
+            fitted, cv = job.fit_model(cfg, data, model, neutralizers, splitter, plan, scorer)
         return_freed_memory()  # the training rows and the model's dataset, before validation
         if fitted is None:  # cross-validation only (cv.refit=false)
             assert cv is not None
             job.show_summary(None, cv.summary, shown)
-            return {**cv.summary, "mlflow_run_id": run.info.run_id}
-        validation = job.load_validation(data, neutralizers)
-        scores = job.score_validation(fitted, validation, data, scorer)
-        job.log_importance(fitted, validation, data, scorer, cfg.scorer.importance_repeats)
+            return job.JobResult(cv.summary, shown)
+        with costs.stage("validation"):
+            validation = job.load_validation(data, neutralizers)
+            scores = job.score_validation(fitted, validation, data, scorer)
+        with costs.stage("importance"):
+            job.log_importance(fitted, validation, data, scorer, cfg.scorer.importance_repeats)
         if cfg.tracking.log_model:
-            job.log_model(fitted, data)
+            with costs.stage("log_model"):
+                job.log_model(fitted, data)
     cv_metrics = cv.summary if cv is not None else {}
     job.show_summary(scores, cv_metrics, shown)
-    return {**cv_metrics, **scores.summary, "mlflow_run_id": run.info.run_id}
+    return job.JobResult({**cv_metrics, **scores.summary}, shown)
 
 
 # Hydra wraps ``train`` under another name, so parallel launchers can pickle ``train`` by reference.
@@ -58,7 +66,7 @@ hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name
 
 
 def main() -> None:
-    run_cli(hydra_main)
+    run_cli(hydra_main, "config")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ uploaded to Numerai with numerapi, logged as an MLflow run. See conf/submit.yaml
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hydra
 from omegaconf import DictConfig
 
@@ -11,13 +13,17 @@ from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import CONFIG_PATH
 from fxml.console import quiet_dependencies
 from fxml.submission import checked
-from fxml.submission.submit import Submission, submit
+
+if TYPE_CHECKING:  # MLflow and numerapi load once the config is checked (fast --help)
+    from fxml.submission.submit import Submission
 
 
 @exits_on_user_error
 def submit_command(cfg: DictConfig) -> Submission:
     quiet_dependencies()
     checked(cfg)
+    from fxml.submission.submit import submit
+
     return submit(cfg)
 
 
@@ -26,7 +32,7 @@ hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name
 
 
 def main() -> None:
-    run_cli(hydra_main)
+    run_cli(hydra_main, "submit")
 
 
 if __name__ == "__main__":

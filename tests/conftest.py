@@ -132,7 +132,8 @@ class Workspace:
               _captured_logs() as logs, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)):
             os.chdir(cwd or self.root)
             try:
-                run_cli(lambda: value.append(task(compose_fxml_config(overrides, config_name))))
+                run_cli(lambda: value.append(task(compose_fxml_config(overrides, config_name))),
+                        config_name, overrides)
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else 1
             finally:
@@ -189,7 +190,7 @@ def assert_reloads_to_logged_predictions(workspace: Workspace, run) -> mlflow.py
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess | InProcessResult, *fragments: str) -> None:
-    assert result.returncode != 0, result.stdout + result.stderr
+    assert result.returncode == 2, (result.returncode, result.stdout + result.stderr)  # USER_ERROR
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("fxml:"), result.stderr

@@ -208,7 +208,7 @@ def test_a_package_the_image_does_not_pin_is_named(workspace: Workspace, ridge_r
                                                    image_cache: Path) -> None:
     pins = workspace.root / "no-pyarrow.txt"
     pins.write_text("numpy==2.1.3\npandas==2.3.1\ncloudpickle==3.1.1\n")
-    result = export(workspace, ridge_run, "output=unpinned.pkl", f"target_image={pins}",
+    result = export(workspace, ridge_run, "file=unpinned.pkl", f"target_image={pins}",
                     f"image_cache={image_cache}")
     assert_one_line_error(result)
     assert result.stderr.strip() == (f"fxml: error: the image pinned in {pins} pins no version of "
@@ -221,7 +221,7 @@ def test_a_pin_that_cannot_load_the_pickle_is_named_and_nothing_is_uploaded(
     assert int(np.__version__.split(".")[0]) >= 2, "the training environment must have numpy 2"
     pins = workspace.root / "old-numpy.txt"
     pins.write_text(OLD_NUMPY)
-    result = export(workspace, ridge_run, "output=hosted/model.pkl", f"target_image={pins}",
+    result = export(workspace, ridge_run, "file=hosted/model.pkl", f"target_image={pins}",
                     f"image_cache={image_cache}", "upload=true", "numerai_model=fxml_test", FAKE_API,
                     keys=True)
     assert_one_line_error(result)
@@ -229,7 +229,7 @@ def test_a_pin_that_cannot_load_the_pickle_is_named_and_nothing_is_uploaded(
         f"fxml: error: the pickle does not load with numpy 1.26.4 (the image pinned in {pins}; "
         f"written with numpy {np.__version__}): ModuleNotFoundError: No module named "
         "'numpy._core.numeric'")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert (f"note: the image pinned in {pins} names no Python version (a '# python: 3.x' line), so it "
             f"is checked with Python {THIS_PYTHON}") in result.stdout
     assert not (workspace.root / "hosted" / "model.pkl").exists()
@@ -247,7 +247,7 @@ def test_a_pin_pip_cannot_find_is_one_line(workspace: Workspace, ridge_run: str,
                                            image_cache: Path) -> None:
     pins = workspace.root / "no-such-numpy.txt"
     pins.write_text(OLD_NUMPY.replace("numpy==1.26.4", "numpy==0.0.1"))
-    result = export(workspace, ridge_run, "output=missing.pkl", f"target_image={pins}",
+    result = export(workspace, ridge_run, "file=missing.pkl", f"target_image={pins}",
                     f"image_cache={image_cache}")
     assert_one_line_error(result, "could not install cloudpickle 3.1.2, numpy 0.0.1, pandas 2.3.3, "
                                   f"pyarrow 25.0.1 (the image pinned in {pins}) into {image_cache}",
@@ -266,7 +266,7 @@ def test_a_lightgbm_pickle_predicts_the_same_with_numerais_py312_packages(
     trained = workspace.train("model.n_estimators=20", "tracking.run_name=lgbm")
     assert trained.returncode == 0, trained.stderr
     run_id = next(r.info.run_id for r in workspace.runs() if r.info.run_name == "lgbm")
-    result = export(workspace, run_id, "output=lgbm.pkl", "target_image=py3.12",
+    result = export(workspace, run_id, "file=lgbm.pkl", "target_image=py3.12",
                     f"image_cache={image_cache}")
     assert result.returncode == 0, result.stderr
     installed = ("cloudpickle 3.1.1, lightgbm 4.5.0, numpy 2.1.3, pandas 2.3.1, pyarrow 18.1.0, "
@@ -295,7 +295,7 @@ def test_a_lightgbm_pickle_predicts_the_same_with_numerais_py312_packages(
     np.testing.assert_allclose(there.result["prediction"].loc[live.index], (raw - 0.5) / len(raw))
 
     # a second export reuses the environment; a pickle checked with another Python is not uploaded
-    again = export(workspace, run_id, "output=lgbm.pkl", "target_image=py3.12", f"image_cache={image_cache}",
+    again = export(workspace, run_id, "file=lgbm.pkl", "target_image=py3.12", f"image_cache={image_cache}",
                    "upload=true", "numerai_model=fxml_test", FAKE_API, keys=True)
     assert f"environment {checked.group(1)} (reused)" in again.stdout, again.stdout
     uploads = [call for call in recorded_calls(workspace.root / "fake-numerai" / "calls.jsonl")

@@ -152,5 +152,5 @@ def test_a_user_config_directory_adds_and_replaces_presets(tmp_path: Path) -> No
     assert n_estimators(FXML_CONFIG_DIR=str(mine)) == "n_estimators: 11"
     missing = run_installed(Path(sys.executable), tmp_path, "-m", "fxml.run", "--cfg", "job",
                             FXML_CONFIG_DIR=str(tmp_path / "nowhere"))
-    assert missing.returncode == 1
+    assert missing.returncode == 2
     assert missing.stderr.strip() == f"fxml: error: FXML_CONFIG_DIR={tmp_path / 'nowhere'} is not a directory"

@@ -407,7 +407,7 @@ predict(live, benchmark).to_csv(sys.argv[4])
 def test_export_model_pickle_predicts_in_a_process_without_fxml(project: Project, promoted,
                                                                 tmp_path: Path) -> None:
     result = project.command("fxml.export_model", f"model_uri=models:/{REGISTERED}@champion",
-                             "output=hosted/model.pkl", FAKE_API, "upload=true",
+                             "file=hosted/model.pkl", FAKE_API, "upload=true",
                              "numerai_model=fxml_test", keys=True)
     assert result.returncode == 0, result.stderr
     assert "checked" in result.stdout and "lightgbm" in result.stdout

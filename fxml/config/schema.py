@@ -252,7 +252,16 @@ class SweepJobConfig:
 
 
 @dataclass
-class RootConfig:
+class CommandOutput:
+    """What every command prints on stdout."""
+
+    # text: tables and lines for people; json: one JSON object (run ids, metrics, paths) as the
+    # last line of stdout, everything else on stderr
+    output: str = "text"
+
+
+@dataclass
+class RootConfig(CommandOutput):
     data: Any = MISSING
     model: Any = MISSING
     trainer: Any = MISSING
@@ -304,7 +313,7 @@ class NeutralizeConfig:
 
 
 @dataclass
-class RunSelectionConfig:
+class RunSelectionConfig(CommandOutput):
     """Which run a command takes (fxml.submission.choice.RunSelection): promote and refit."""
 
     run_id: str | None = None  # a run id (given but empty is refused); null: choose by the keys below
@@ -342,7 +351,7 @@ class PromoteConfig(RunSelectionConfig):
 
 
 @dataclass
-class SubmitConfig:
+class SubmitConfig(CommandOutput):
     model_uri: str = MISSING  # models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/model
     numerai_model: str = MISSING  # the model's name on numer.ai (your account's models)
     dry_run: bool = False  # true: write and validate the file, never upload
@@ -377,7 +386,7 @@ class SubmitConfig:
 
 
 @dataclass
-class LiveScoresConfig:
+class LiveScoresConfig(CommandOutput):
     numerai_model: str = MISSING  # the model's name on numer.ai
     experiment: str = "fxml-submissions"  # where fxml.submit logged its submission runs
     source_runs: bool = True  # also log live_* on the training run of each submitted model version
@@ -405,9 +414,9 @@ class ReportConfig:
 
 
 @dataclass
-class ExportModelConfig:
+class ExportModelConfig(CommandOutput):
     model_uri: str = MISSING
-    output: str = "model.pkl"
+    file: str = "model.pkl"  # where the pickle is written
     check: bool = True  # unpickle and call it in a fresh process, validate the output
     check_rows: int = 500  # rows of the synthetic live-shaped frame (when `live` is null)
     live: str | None = None  # or a live parquet file to check with
@@ -424,8 +433,7 @@ class ExportModelConfig:
     def __post_init__(self) -> None:
         check_given_model_uri(self.model_uri)
         check_no_keys(self.api)
-        require(self.output.endswith(".pkl"), "output", "must end with .pkl (Numerai's rule)",
-                self.output)
+        require(self.file.endswith(".pkl"), "file", "must end with .pkl (Numerai's rule)", self.file)
         require(self.check_rows >= 2, "check_rows", "must be >= 2", self.check_rows)
         require(self.check or self.target_image is None, "target_image", "needs check=true",
                 self.target_image)

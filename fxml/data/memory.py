@@ -268,8 +268,10 @@ class MemoryPlan:
         return "store" if profile.reads_rows_from_store else "memory"
 
     def describe(self) -> str:
-        eras = "all training eras" if self.every == 1 else f"1 training era in {self.every}"
-        return f"{self.storage}, {eras}: {self.reason}"
+        """What was chosen and why, for the run's one memory line."""
+        where = "in memory" if self.storage == "memory" else "streamed from the int8 store on disk"
+        eras = "every training era" if self.every == 1 else f"1 training era in {self.every}"
+        return f"training rows {where}, {eras} ({self.reason})"
 
 
 class MemoryPolicy(Protocol):
@@ -310,9 +312,10 @@ class EraSubsample:
 
     def plan(self, need: MemoryNeed) -> MemoryPlan:
         if self.every:
-            return MemoryPlan("memory", self.every, f"memory.every={self.every}")
+            return MemoryPlan("memory", self.every, f"memory=era_subsample, memory.every={self.every}")
         every = max(1, math.ceil(need.train_features / (self.max_gib * GIB)))
-        return MemoryPlan("memory", every, f"training features fit memory.max_gib={self.max_gib:g}")
+        return MemoryPlan("memory", every, f"memory=era_subsample: the training features fit "
+                                           f"memory.max_gib={self.max_gib:g}")
 
 
 @dataclass
@@ -341,28 +344,28 @@ class Auto:
             return need.in_memory(every) + (store_rows + need.validation_features if mapped else 0)
 
         if in_memory(1) <= budget:
-            return MemoryPlan("memory", 1, f"needs {_gib(in_memory(1))} in memory, {have}")
+            return MemoryPlan("memory", 1, f"memory=auto: needs {_gib(in_memory(1))} in memory, {have}")
 
         def streamed(every: int) -> int:
             files = need.train_features // every + need.validation_features if mapped else 0
             return need.on_disk(every) + files
 
         if streamed(1) <= budget:
-            return MemoryPlan("disk", 1, f"in memory needs {_gib(in_memory(1))}, streamed from "
+            return MemoryPlan("disk", 1, f"memory=auto: in memory needs {_gib(in_memory(1))}, streamed from "
                                          f"the int8 store {_gib(streamed(1))}, {have}")
         for every in range(2, max(need.train_eras, 2) + 1):
             if in_memory(every) <= budget:
-                return MemoryPlan("memory", every, f"all training eras need {_gib(streamed(1))} "
+                return MemoryPlan("memory", every, f"memory=auto: all training eras need {_gib(streamed(1))} "
                                                    f"even streamed, {have}")
             if streamed(every) <= budget:
-                return MemoryPlan("disk", every, f"all training eras need {_gib(streamed(1))} "
+                return MemoryPlan("disk", every, f"memory=auto: all training eras need {_gib(streamed(1))} "
                                                  f"even streamed, {have}")
         # what does not fit is the run's fixed part (the scoring block, per-row arrays, the
         # interpreter), which fewer training eras barely change: stream them all and try
         log.warning("memory: even streamed from the int8 store with fewer training eras the run is "
                     "estimated at %s, more than %s; streaming every training era anyway",
                     _gib(streamed(need.train_eras)), have)
-        return MemoryPlan("disk", 1, f"even streamed the run needs {_gib(streamed(1))} (over "
+        return MemoryPlan("disk", 1, f"memory=auto: even streamed the run needs {_gib(streamed(1))} (over "
                                      f"{_gib(budget)}): every era streamed anyway, {have}")
 
 

@@ -6,6 +6,7 @@ Aliases, not the deprecated stages: ``models:/<name>@champion`` always names one
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass, field
@@ -137,6 +138,10 @@ class Promotion:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}@{self.alias}"
+
+    def as_json(self) -> dict[str, Any]:
+        """What ``fxml.promote output=json`` prints: these fields and the model URI to load."""
+        return {**dataclasses.asdict(self), "uri": self.uri}
 
 
 def promote(selection: RunSelection, name: str | None, alias: str, uri: str | None) -> Promotion:

@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Run, RunTag
 from omegaconf import DictConfig, open_dict, read_write
 
-from fxml.console import JobRow, comparison_table, print_wide
+from fxml.console import JobRow, comparison_table, json_output, print_wide
 from fxml.errors import describe
 from fxml.sweeps.stopping import watch_stop_signals
 from fxml.tracking.mlflow_run import JOB_TAG, OVERRIDES_TAG, TRIAL_TAG, tracking_uri, use_experiment
@@ -159,14 +159,16 @@ def grid_rows(runs: list[Run]) -> tuple[str, list[JobRow]]:
                        for run in runs]
 
 
-def show_grid_table(uri: str, parent_id: str, directory: str, failed_early: dict[str, JobRow]) -> None:
-    """The multirun's one comparison table (its jobs print one line each). ``failed_early``: the
-    jobs, by number, that this process saw fail before starting their MLflow run."""
+def show_grid_table(uri: str, parent_id: str, directory: str,
+                    failed_early: dict[str, JobRow]) -> tuple[str, list[JobRow]]:
+    """The multirun's one comparison table (its jobs print one line each), and its rows, best
+    first. ``failed_early``: the jobs, by number, that this process saw fail before starting their
+    MLflow run."""
     objective, rows = grid_rows(job_runs(uri, parent_id))
     seen = {row.job for row in rows}
     rows += [row for job, row in failed_early.items() if job not in seen]
     if not rows:
-        return
+        return objective, rows
     for row, distinct in zip(rows, distinct_overrides([row.overrides for row in rows]), strict=True):
         row.overrides = distinct
     # best first on the main target's score (every job is scored on it, whatever it trained on)
@@ -174,6 +176,17 @@ def show_grid_table(uri: str, parent_id: str, directory: str, failed_early: dict
                                else math.inf, int(row.job) if row.job.isdigit() else 1 << 30))
     print_wide(comparison_table(rows, f"Multirun {directory}: {len(rows)} job(s), best {objective} "
                                       "first", objective))
+    return objective, rows
+
+
+def sweep_result(parent_id: str, objective: str, rows: list[JobRow], **about: Any) -> dict[str, Any]:
+    """What ``output=json`` prints at the end of a multirun: its parent run, objective and jobs,
+    best first."""
+    jobs = [{"job": row.job, "status": row.status, "run_name": row.run_name,
+             "overrides": row.overrides, "objective": row.objective, "metrics": row.metrics}
+            for row in rows]
+    return {"parent_run_id": parent_id, "objective": objective, **about,
+            "best": jobs[0] if jobs else None, "jobs": jobs}
 
 
 def trial_rows(runs: list[Run], trials: list[Any]) -> list[JobRow]:
@@ -249,17 +262,19 @@ class MlflowSweepParent(Callback):
                 str(config.hydra.job.num), "FAILED", f"(no run: {describe(job_error(job_return))})",
                 " ".join(config.hydra.overrides.task))
 
-    def _show_table(self) -> None:
+    def _show_table(self) -> dict[str, Any] | None:
         if self.run_id is None:
-            return
+            return None
         try:
-            show_grid_table(self.uri, self.run_id, self.directory, self.failed_early)
+            objective, rows = show_grid_table(self.uri, self.run_id, self.directory, self.failed_early)
         except mlflow.exceptions.MlflowException as error:
             log.warning("sweep: no comparison table (%s)", describe(error))
+            return None
+        return sweep_result(self.run_id, objective, rows, sweep_dir=self.directory)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.run_id:
-            self._show_table()
+            json_output.emit(self._show_table())
             self.restore_signals()
             store_client(self.uri).set_terminated(self.run_id, status="FINISHED")
             self.run_id = None

@@ -42,7 +42,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from fxml.cli import fail
-from fxml.console import comparison_table, print_wide, quiet_dependencies
+from fxml.console import JobRow, comparison_table, json_output, print_wide, quiet_dependencies
 from fxml.errors import FxmlError, already_exists, describe
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.parent import (
@@ -55,6 +55,7 @@ from fxml.sweeps.parent import (
     job_runs,
     open_parent_run,
     record_best,
+    sweep_result,
     trial_rows,
     without_keys,
 )
@@ -406,20 +407,21 @@ class OptunaSearch(Sweeper):
                             describe(error))
         return best
 
-    def _show_table(self, study: optuna.Study) -> None:
+    def _show_table(self, study: optuna.Study) -> list[JobRow]:
         """The study's one comparison table: a row per trial, the objective first."""
         assert self.parent_id is not None, "the parent run is opened before the search"
         try:
             rows = trial_rows(job_runs(self.uri, self.parent_id), study.get_trials(deepcopy=False))
         except mlflow.exceptions.MlflowException as error:
             log.warning("sweep: no comparison table (%s)", describe(error))
-            return
+            return []
         print_wide(comparison_table(rows, f"Study {self.study_name}: {len(rows)} trial(s), "
                                              f"{self.direction} {self.objective.label}",
                                        self.objective.label, job="trial"))
+        return rows
 
     def _finish(self, study: optuna.Study, fixed: Sequence[str]) -> None:
-        self._show_table(study)
+        rows = self._show_table(study)
         best = self._record_best(study, fixed)
         if best is None:
             trials = study.get_trials(deepcopy=False)
@@ -434,6 +436,13 @@ class OptunaSearch(Sweeper):
               f"Promote it: python -m fxml.promote sweep={self.study_name} name=<model name> "
               "alias=champion")
         _log_study_plots(mlflow.MlflowClient(self.uri), self.parent_id, study)
+        reverse = self.direction == "maximize"
+        rows.sort(key=lambda row: (row.objective is None, -(row.objective or 0) if reverse
+                                   else (row.objective or 0)))
+        assert self.parent_id is not None
+        json_output.emit({**sweep_result(self.parent_id, self.objective.label, rows, study=self.study_name),
+                          "best": {"trial": best.number, "value": best.value, "params": best.params,
+                                   "run_id": best.run_id, "command": best.command}})
 
 
 def _open_storage(url: str, interval: int, grace: int, on_stale: Any) -> optuna.storages.RDBStorage:
