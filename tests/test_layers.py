@@ -1,6 +1,6 @@
 """The house drawn from the imports: every module of fxml and of the sweeper plugin is parsed with
 ``ast`` (nothing is imported) and each import must point to the module's own layer or one below.
-README's "Layers" section describes the same table."""
+docs/development.md's "Layout and layers" section describes the same table."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def violations() -> list[str]:
     for path, module in all_modules():
         placed = layer_of(module)
         if placed is None:
-            problems.append(f"{module}: in no layer (add it to LAYERS and README)")
+            problems.append(f"{module}: in no layer (add it to LAYERS and docs/development.md)")
             continue
         layer, prefix = placed
         for line, target in imported_modules(path, module):
