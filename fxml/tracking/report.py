@@ -415,6 +415,14 @@ def trial_table(sweep: SweepView, selection: Selection) -> tuple[list[str], list
     return headers, rows
 
 
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _number(value: float | None, digits: int = 4) -> str:
     if value is None or not np.isfinite(value):
         return ""
@@ -426,9 +434,9 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 p.note{color:#555;font-size:13px;max-width:1100px}
 table{border-collapse:collapse;font-size:13px}th,td{padding:4px 8px;border-bottom:1px solid #ddd;
-text-align:right}th{background:#f0f3f7;cursor:pointer;position:sticky;top:0}td:first-child,
-th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}tr:hover td{background:#fafbe8}
-div.wide{overflow:auto;max-width:100%;max-height:420px;border:1px solid #eee}
+text-align:right}th{background:#f0f3f7;cursor:pointer;position:sticky;top:0}.t{text-align:left}
+tr:hover td{background:#fafbe8}
+div.wide{overflow:auto;width:fit-content;max-width:100%;max-height:420px;border:1px solid #eee}
 td:first-child{white-space:nowrap}
 th.asc:after{content:" \\25B2"}th.desc:after{content:" \\25BC"}div.plot{max-width:1400px}
 """
@@ -467,9 +475,13 @@ class Page:
 
     def table(self, headers: list[str], rows: list[list[str]], sortable: bool = True) -> None:
         escape = html.escape
+        text = [" class='t'" if any(row[j] and not is_number(row[j]) for row in rows) else ""
+                for j in range(len(headers))]
         self.add(f"<div class='wide'><table{' class=sortable' if sortable else ''}><thead><tr>"
-                 + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr></thead><tbody>")
-        self.parts += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+                 + "".join(f"<th{t}>{escape(h)}</th>" for h, t in zip(headers, text, strict=True))
+                 + "</tr></thead><tbody>")
+        self.parts += ["<tr>" + "".join(f"<td{t}>{escape(c)}</td>" for c, t in zip(row, text, strict=True))
+                       + "</tr>" for row in rows]
         self.add("</tbody></table></div>")
 
     def figure(self, figure: go.Figure) -> None:
