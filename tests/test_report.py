@@ -411,6 +411,13 @@ def test_sweep_report_shows_the_searched_settings(workspace: Workspace, store: s
     assert [row[0] for row in rows] == ["1", "4", "2", "0", "3", "5"]
     assert column(metrics, "objective") == ["5.0000", "4.0000", "3.0000", "2.0000", "1.5000"]
 
+    # nested=true: the experiment's report takes every scored trial as a run; cv folds still not
+    nested = workspace.command("fxml.report", f"experiment={found.name}", "nested=true",
+                               f"file={tmp_path / 'nested.html'}", f"tracking_uri={store}")
+    assert nested.returncode == 0, nested.stderr
+    assert set(nested.value["runs"]) == set(found.ranked) | set(found.trials[:-1])
+    assert not set(nested.value["runs"]) & set(found.folds)
+
 
 def test_report_needs_exactly_one_selection(workspace: Workspace, store: str) -> None:
     """The lines the command prints (in-process: the page test above runs the command itself)."""

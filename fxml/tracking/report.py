@@ -434,7 +434,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 p.note{color:#555;font-size:13px;max-width:1100px}
 table{border-collapse:collapse;font-size:13px}th,td{padding:4px 8px;border-bottom:1px solid #ddd;
-text-align:right}th{background:#f0f3f7;cursor:pointer;position:sticky;top:0}.t{text-align:left}
+text-align:right}th{background:#f0f3f7;cursor:pointer;position:sticky;top:0}
 tr:hover td{background:#fafbe8}
 div.wide{overflow:auto;width:fit-content;max-width:100%;max-height:420px;border:1px solid #eee}
 td:first-child{white-space:nowrap}
@@ -469,19 +469,23 @@ class Page:
         self.parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape}</title>",
                       f"<style>{STYLE}</style></head><body><h1>{escape}</h1>"]
         self.plotly_included = False
+        self.tables = 0
 
     def add(self, text: str) -> None:
         self.parts.append(text)
 
     def table(self, headers: list[str], rows: list[list[str]], sortable: bool = True) -> None:
+        """A table whose text columns (any cell not a number) are left-aligned, numbers right."""
         escape = html.escape
-        text = [" class='t'" if any(row[j] and not is_number(row[j]) for row in rows) else ""
-                for j in range(len(headers))]
-        self.add(f"<div class='wide'><table{' class=sortable' if sortable else ''}><thead><tr>"
-                 + "".join(f"<th{t}>{escape(h)}</th>" for h, t in zip(headers, text, strict=True))
-                 + "</tr></thead><tbody>")
-        self.parts += ["<tr>" + "".join(f"<td{t}>{escape(c)}</td>" for c, t in zip(row, text, strict=True))
-                       + "</tr>" for row in rows]
+        self.tables += 1
+        name = f"table{self.tables}"
+        text = [j + 1 for j in range(len(headers)) if any(row[j] and not is_number(row[j]) for row in rows)]
+        if text:
+            cells = ",".join(f"#{name} td:nth-child({j}),#{name} th:nth-child({j})" for j in text)
+            self.add(f"<style>{cells}{{text-align:left}}</style>")
+        self.add(f"<div class='wide'><table id='{name}'{' class=sortable' if sortable else ''}><thead><tr>"
+                 + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr></thead><tbody>")
+        self.parts += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows]
         self.add("</tbody></table></div>")
 
     def figure(self, figure: go.Figure) -> None:
