@@ -146,7 +146,8 @@ def build_experiment(uri: str, n_runs: int, predictions: int = 0) -> Experiment:
     for number, sharpe in enumerate((2.0, 5.0, 3.0, 1.5, 4.0)):
         values = {"model.learning_rate": str([0.01, 0.02, 0.05, 0.1, 0.2][number]),
                   "model.num_leaves": str([15, 31, 63, 127, 255][number])}
-        overrides = " ".join(f"{k}={v}" for k, v in values.items()) + f" sweep.parent_run_id={found.parent}"
+        overrides = " ".join(f"{k}={v}" for k, v in values.items()) + \
+            f" sweep.parent_run_id={found.parent} sweep.trial_number={number}"
         run_id = finished_run(client, experiment_id, f"lgbm-cyrus-{found.study}-trial{number}",
                               {"mlflow.parentRunId": found.parent, "fxml.trial": str(number),
                                "fxml.overrides": overrides, "model_family": "lgbm", "target": "cyrus"},

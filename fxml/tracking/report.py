@@ -395,7 +395,9 @@ def searched_keys(parent: Run, trials: list[Run]) -> list[str]:
     keys = [tag.removeprefix("best.") for tag in sorted(parent.data.tags) if tag.startswith("best.")]
     overrides = [overrides_of(run) for run in trials]
     for key in sorted({key for found in overrides for key in found}):
-        if key not in keys and len({found.get(key) for found in overrides}) > 1:
+        # sweep.* is what the sweep tells each job (its trial number, parent run), never searched
+        varies = len({found.get(key) for found in overrides}) > 1
+        if varies and key not in keys and not key.startswith("sweep."):
             keys.append(key)
     return keys
 
