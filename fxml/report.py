@@ -1,43 +1,97 @@
 """``python -m fxml.report``: one self-contained HTML file comparing MLflow runs side by side.
 
-``experiment=<name>`` (its finished scored runs), ``sweep=<parent run id>`` (a sweep's jobs) or
-``runs=<id>,<id>``. See conf/report.yaml and :mod:`fxml.tracking.report`.
+``experiment=<name>`` (its top-level runs, best first), ``sweep=<study name or parent run id>`` (a
+sweep's trials and the settings it searched) or ``runs=<id>,<id>``. See conf/report.yaml and
+:mod:`fxml.tracking.report`.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import hydra
 import mlflow
+from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
+from fxml.errors import FxmlError
 from fxml.submission import checked
+from fxml.submission.choice import sweep_parent
+from fxml.sweeps.objective import Objective
+from fxml.sweeps.parent import GRID_OBJECTIVES
 from fxml.tracking.mlflow_run import tracking_uri
-from fxml.tracking.report import select_runs, write_report
+from fxml.tracking.report import (
+    Selection,
+    SweepView,
+    experiment_selection,
+    given_selection,
+    report_summary,
+    sweep_name,
+    sweep_selection,
+    write_report,
+)
 from fxml.tracking.stores import store_client
 
 
+def sweep_view(client: mlflow.MlflowClient, parent: Run) -> SweepView:
+    """How the sweep ranked its trials: an Optuna search's recorded objective; a grid's is the
+    first of GRID_OBJECTIVES its jobs logged (as its terminal table)."""
+    label = parent.data.tags.get("objective")
+    if not label:
+        logged = {key for run in client.search_runs(
+            [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+            for key in run.data.metrics}
+        label = next((name for name in GRID_OBJECTIVES if name in logged), GRID_OBJECTIVES[0])
+    objective = Objective.parse(label)
+
+    def score(metrics: Mapping[str, float]) -> float | None:
+        try:
+            return objective.value(metrics)
+        except FxmlError:  # a trial that did not log every term
+            return None
+
+    return SweepView(parent, sweep_name(parent), objective.label, score)
+
+
+def selected(client: mlflow.MlflowClient, settings: Any) -> tuple[Selection, SweepView | None, str]:
+    """The runs to compare, the sweep they belong to (if one was asked for), the default title."""
+    given = [name for name in ("experiment", "sweep", "runs") if getattr(settings, name)]
+    if len(given) != 1:
+        raise FxmlError("give exactly one of experiment=<name>, sweep=<study name or parent run id> "
+                        f"or runs=<id>,<id> (got {', '.join(given) or 'none'})")
+    if settings.sweep:
+        sweep = sweep_view(client, sweep_parent(client, settings.sweep))
+        selection = sweep_selection(client, sweep, settings.max_runs)
+        return (selection, sweep,
+                f"fxml sweep {sweep.name}: {len(selection.trials)} trials, objective {sweep.objective}")
+    if settings.experiment:
+        selection = experiment_selection(client, settings.experiment, settings.max_runs, settings.nested)
+        shown = len(selection.runs)
+        count = f"best {shown} of {selection.qualified}" if selection.qualified > shown else str(shown)
+        return selection, None, f"fxml experiment {settings.experiment}: {count} runs"
+    selection = given_selection(client, [run for run in settings.runs if run])
+    return selection, None, f"fxml: {len(selection.runs)} runs"
+
+
 @exits_on_user_error
-def report_command(cfg: DictConfig) -> Path:
+def report_command(cfg: DictConfig) -> dict[str, Any]:
     quiet_dependencies()
     settings = checked(cfg)
     uri = tracking_uri(settings.tracking_uri)
     mlflow.set_tracking_uri(uri)
     client = store_client(uri)
-    run_ids = [r for r in (settings.runs or []) if r]
-    runs = select_runs(client, settings.experiment, settings.sweep, run_ids, settings.max_runs)
-    what = (f"experiment {settings.experiment}" if settings.experiment
-            else f"sweep {settings.sweep}" if settings.sweep else f"{len(runs)} runs")
-    title = settings.title or f"fxml: {what}"
-    path = write_report(client, runs, title, Path(settings.output))
-    console.print(f"wrote {path} ({len(runs)} runs, {path.stat().st_size / 1024:.0f} KiB, "
+    selection, sweep, title = selected(client, settings)
+    title = settings.title or title
+    path = write_report(client, selection, title, Path(settings.file), sweep)
+    console.print(f"wrote {path} ({len(selection.runs)} runs, {path.stat().st_size / 1024:.0f} KiB, "
                   "self-contained: open it in any browser)", highlight=False, soft_wrap=True)
-    return path
+    return report_summary(path, selection, title)
 
 
 hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")(

@@ -400,17 +400,18 @@ class LiveScoresConfig(CommandOutput):
 
 @dataclass
 class ReportConfig:
-    experiment: str | None = None  # compare the finished scored runs of this experiment (newest first)
-    sweep: str | None = None  # or the child runs of this sweep's parent run
+    experiment: str | None = None  # compare the finished scored top-level runs of this experiment
+    sweep: str | None = None  # or the trials of this sweep: its Optuna study name or parent run id
     runs: list[str] | None = None  # or these run ids
-    max_runs: int = 20  # at most this many runs from an experiment or sweep
-    output: str = "report.html"
-    title: str | None = None  # null: "fxml: <what was compared>"
+    max_runs: int = 50  # at most this many runs, the best by corr_sharpe (a sweep's: by its objective)
+    nested: bool = False  # experiment: every trial of a sweep as a run (false: its best one); cv folds never
+    file: str = "report.html"  # the HTML file written
+    title: str | None = None  # null: "fxml experiment <name>: <n> runs", "fxml sweep <study>: ..."
     tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI if set, else sqlite:///mlruns/mlflow.db
 
     def __post_init__(self) -> None:
         require(self.max_runs >= 1, "max_runs", "must be >= 1", self.max_runs)
-        require(self.output.endswith(".html"), "output", "must end with .html", self.output)
+        require(self.file.endswith(".html"), "file", "must end with .html", self.file)
 
 
 @dataclass
