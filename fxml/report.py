@@ -10,11 +10,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import mlflow
-from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
@@ -22,26 +20,21 @@ from fxml.config import CONFIG_PATH
 from fxml.console import console, quiet_dependencies
 from fxml.errors import FxmlError
 from fxml.submission import checked
-from fxml.submission.choice import sweep_parent
-from fxml.sweeps.objective import Objective
-from fxml.sweeps.parent import GRID_OBJECTIVES
-from fxml.tracking.mlflow_run import tracking_uri
-from fxml.tracking.report import (
-    Selection,
-    SweepView,
-    experiment_selection,
-    given_selection,
-    report_summary,
-    sweep_name,
-    sweep_selection,
-    write_report,
-)
-from fxml.tracking.stores import store_client
+
+if TYPE_CHECKING:  # MLflow, Plotly and pandas load once the config is checked (fast --help)
+    import mlflow
+    from mlflow.entities import Run
+
+    from fxml.tracking.report import Selection, SweepView
 
 
 def sweep_view(client: mlflow.MlflowClient, parent: Run) -> SweepView:
     """How the sweep ranked its trials: an Optuna search's recorded objective; a grid's is the
     first of GRID_OBJECTIVES its jobs logged (as its terminal table)."""
+    from fxml.sweeps.objective import Objective
+    from fxml.sweeps.parent import GRID_OBJECTIVES
+    from fxml.tracking.report import SweepView, sweep_name
+
     label = parent.data.tags.get("objective")
     if not label:
         logged = {key for run in client.search_runs(
@@ -61,6 +54,9 @@ def sweep_view(client: mlflow.MlflowClient, parent: Run) -> SweepView:
 
 def selected(client: mlflow.MlflowClient, settings: Any) -> tuple[Selection, SweepView | None, str]:
     """The runs to compare, the sweep they belong to (if one was asked for), the default title."""
+    from fxml.submission.choice import sweep_parent
+    from fxml.tracking.report import experiment_selection, given_selection, sweep_selection
+
     given = [name for name in ("experiment", "sweep", "runs") if getattr(settings, name)]
     if len(given) != 1:
         raise FxmlError("give exactly one of experiment=<name>, sweep=<study name or parent run id> "
@@ -83,6 +79,12 @@ def selected(client: mlflow.MlflowClient, settings: Any) -> tuple[Selection, Swe
 def report_command(cfg: DictConfig) -> dict[str, Any]:
     quiet_dependencies()
     settings = checked(cfg)
+    import mlflow
+
+    from fxml.tracking.mlflow_run import tracking_uri
+    from fxml.tracking.report import report_summary, write_report
+    from fxml.tracking.stores import store_client
+
     uri = tracking_uri(settings.tracking_uri)
     mlflow.set_tracking_uri(uri)
     client = store_client(uri)

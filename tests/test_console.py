@@ -23,7 +23,7 @@ def json_line(stdout: str) -> dict:
 
 
 @pytest.mark.parametrize("module", ["fxml.run", "fxml.promote", "fxml.submit", "fxml.refit",
-                                    "fxml.live_scores", "fxml.export_model"])
+                                    "fxml.live_scores", "fxml.export_model", "fxml.report"])
 def test_help_answers_without_loading_mlflow(workspace: Workspace, module: str) -> None:
     probe = (f"import runpy, sys; sys.argv = ['{module}', '--help']\n"
              f"try:\n    runpy.run_module('{module}', run_name='__main__')\n"

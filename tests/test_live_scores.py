@@ -113,7 +113,7 @@ def test_live_scores_twice_adds_only_new_rounds(project) -> None:
 
     # the comparison report shows the live scores of the training run
     page = ws.root / "live.html"
-    shown = ws.command("fxml.report", f"runs={training_run}", f"output={page}")
+    shown = ws.command("fxml.report", f"runs={training_run}", f"file={page}")
     assert shown.returncode == 0, shown.stderr
     html = page.read_text()
     assert "Live scores from Numerai" in html and "<th>live_tc (mean)</th>" in html

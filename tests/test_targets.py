@@ -165,13 +165,13 @@ def test_any_target_trains_and_every_score_is_on_the_main_target(ws: Workspace, 
 def test_the_report_ranks_the_targets_by_the_main_target_score(ws: Workspace, grid) -> None:
     parent = next(run for run in ws.runs("targets") if run.data.tags.get("fxml.role") == "sweep")
     output = ws.root / "targets.html"
-    result = fxml_command(ws, "fxml.report", f"sweep={parent.info.run_id}", f"output={output}",
+    result = fxml_command(ws, "fxml.report", f"sweep={parent.info.run_id}", f"file={output}",
                           in_process=True)
     assert result.returncode == 0, result.stderr
     page = output.read_text()
     runs = job_runs(ws)
     ranked = sorted(runs, key=lambda t: -runs[t].data.metrics["corr_sharpe"])
-    cells = [page.index(f"<td>{runs[t].info.run_name} (") for t in ranked]
+    cells = [page.index(f"<td>{runs[t].info.run_name}</td>") for t in ranked]
     assert cells == sorted(cells), "best main-target sharpe first"
     assert "<th>trained on</th>" in page and all(f"<td>{target}</td>" in page for target in COMPARED)
 

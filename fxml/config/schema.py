@@ -399,7 +399,7 @@ class LiveScoresConfig(CommandOutput):
 
 
 @dataclass
-class ReportConfig:
+class ReportConfig(CommandOutput):
     experiment: str | None = None  # compare the finished scored top-level runs of this experiment
     sweep: str | None = None  # or the trials of this sweep: its Optuna study name or parent run id
     runs: list[str] | None = None  # or these run ids
