@@ -10,7 +10,7 @@ numerapi's ``model_upload``. See conf/export_model.yaml, :mod:`fxml.submission.e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # MLflow, pandas and the rest load once the config is checked
 
 
 @exits_on_user_error
-def export_command(cfg: DictConfig) -> Path:
+def export_command(cfg: DictConfig) -> dict[str, Any]:
     quiet_dependencies()
     settings = checked(cfg)
     import mlflow
@@ -69,7 +69,8 @@ def export_command(cfg: DictConfig) -> Path:
                             f"Python {pins.python} and the pickle holds Python {THIS_PYTHON} code "
                             "(the Python minor version differs)")
         _upload(settings, output)
-    return output
+    return {"file": str(output), "model_uri": settings.model_uri, "checked": settings.check,
+            "checked_in_image": pins.label if pins is not None else None, "uploaded": settings.upload}
 
 
 def _check_image(settings: DictConfig, pins: ImagePins, output: Path, loaded: LoadedModel,

@@ -35,6 +35,8 @@ TABLE_METRICS = (
     "mpc_sharpe", "bmc_mean", "fnc_mean", "payout_mean", "payout_apy", "payout_calmar",
     "tb200_corr_mean", "meta_model_rank_corr_mean", "exposure_dissimilarity_mean",
     "feature_exposure_max", "cv_corr_mean", "cv_corr_sharpe", "cv_mmc_mean", "n_eras",
+    # what the run cost (fxml.tracking.costs)
+    "fit_seconds", "peak_rss_gib", "peak_gpu_memory_gib",
 )
 # the order of the runs: the validation CORR sharpe on the main target (a grid's objective too)
 RANKED_BY = "corr_sharpe"
