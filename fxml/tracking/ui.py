@@ -45,7 +45,7 @@ NAME_COLUMN, CREATED_COLUMN = "attributes.`Run Name`", "runDateAndNestInfo"
 DATASET_COLUMN, DURATION_COLUMN = "attributes.`Dataset`", "duration"
 # pixels: a default name whole (xgboost-medium-target_cyrusd_20-3f9a), and four scores beside it
 # at 1400 px while MLflow's assistant panel is open (it opens on a first visit to a local server)
-NAME_WIDTH, CREATED_WIDTH, SCORE_WIDTH = 270, 100, 84
+NAME_WIDTH, CREATED_WIDTH, SCORE_WIDTH = 262, 90, 88
 
 
 def metric_column(name: str) -> str:
