@@ -62,6 +62,7 @@ from fxml.tracking.mlflow_run import (
 )
 from fxml.tracking.plots import cumulative_scores
 from fxml.tracking.stores import bound_retries
+from fxml.tracking.ui import browse_lines, log_data_input
 
 log = logging.getLogger("fxml.run")
 IMPORTANCE_CSV = "importance/permutation.csv"
@@ -82,7 +83,7 @@ def start(cfg: DictConfig) -> str:
 
 def shown_run(cfg: DictConfig, name: RunName, run: Any, uri: str, payout: str) -> Shown:
     return Shown(name.of(run.info.run_id), run.info.run_id, uri, cfg.tracking.experiment, payout,
-                 str(cfg.data.target))
+                 str(cfg.data.target), run.info.experiment_id)
 
 
 def payout_weights(scorer: NumeraiScorer) -> tuple[NumeraiScorer, str]:
@@ -106,7 +107,9 @@ def payout_weights(scorer: NumeraiScorer) -> tuple[NumeraiScorer, str]:
 def load_validation(data: NumeraiData, neutralizers: list[str]) -> DataSplit:
     with console.status("loading validation"):
         # predicted a block of eras and scored an era at a time, from its store file
-        return data.load("validation", neutralizers, storage="store")
+        validation = data.load("validation", neutralizers, storage="store")
+    log_data_input(data, "validation")
+    return validation
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
@@ -162,6 +165,7 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
         train_split = data.load(training, neutralizers if splitter.active else None, storage=storage,
                                 every_nth_train_era=plan.every, with_ids=splitter.active)
     mlflow.set_tag("train_storage", train_split.storage)
+    log_data_input(data, training)
     cv = None
     if splitter.active:
         folds = splitter.make_folds(train_split.eras, embargo, holdout_eras)
@@ -270,6 +274,7 @@ class Shown:
     experiment: str
     payout: str
     trained_on: str
+    experiment_id: str
 
 
 class JobResult(dict[str, Any]):
@@ -347,6 +352,7 @@ def show_summary(scores: Scores | None, cv_metrics: dict[str, float], shown: Sho
     # whole lines, never folded: a user copies names, paths and commands from them
     console.print(f"MLflow run [bold]{escape(shown.run_name)}[/bold] ({shown.run_id}) in experiment "
                   f"'{shown.experiment}' at {uri}", soft_wrap=True)
-    console.print(f"Browse: mlflow ui --backend-store-uri {uri}", soft_wrap=True)
+    for line in browse_lines(shown.uri, shown.experiment_id):
+        console.print(escape(line), soft_wrap=True)
 
 

@@ -45,6 +45,7 @@ from fxml.errors import (
 from fxml.interrupts import interrupting_signal
 from fxml.secrets import redact  # noqa: F401  (also imported from here by the sweeper)
 from fxml.tracking.stores import check_driver, creation_lock, retrying, store_client, tracking_store
+from fxml.tracking.ui import experiment_ui_tags, missing_ui_tags
 
 log = logging.getLogger(__name__)
 DEFAULT_STORE = Path("mlruns")
@@ -72,9 +73,10 @@ def tracking_uri(configured: str | None, setting: str = "tracking.uri") -> str:
 
 def use_experiment(uri: str, experiment: str) -> str:
     """Point MLflow at ``uri`` and ``experiment``, creating either if needed; a local SQLite store
-    keeps artifacts beside it. Safe when several processes do it at once on any backend. A store
-    that does not answer is waited for (``tracking.retry_seconds``); one that refuses the
-    credentials, or fails otherwise, is one line at once."""
+    keeps artifacts beside it, and the experiment fxml's view of the MLflow UI (fxml.tracking.ui).
+    Safe when several processes do it at once on any backend. A store that does not answer is
+    waited for (``tracking.retry_seconds``); one that refuses the credentials, or fails otherwise,
+    is one line at once."""
     mlflow.set_tracking_uri(uri)
     with reported_as_store_error(tracking_store(uri)):
         return retrying(lambda: _experiment_id(uri, experiment))
@@ -87,11 +89,15 @@ def _experiment_id(uri: str, experiment: str) -> str:
             with creation_lock(uri):
                 existing = client.get_experiment_by_name(experiment)
                 if existing is not None:
+                    # an experiment made before fxml kept these, or by hand, gets them once
+                    for key, value in missing_ui_tags(existing.tags).items():
+                        client.set_experiment_tag(existing.experiment_id, key, value)
                     return existing.experiment_id
                 location = None
                 if uri == DEFAULT_URI:
                     location = (DEFAULT_STORE / "artifacts").resolve().as_uri()
-                return client.create_experiment(experiment, artifact_location=location)
+                return client.create_experiment(experiment, artifact_location=location,
+                                                tags=experiment_ui_tags())
         except Exception as error:
             # another process created the tables or the experiment between our look and our write
             if already_exists(error) and attempt + 1 < CREATE_ATTEMPTS:
