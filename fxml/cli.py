@@ -28,7 +28,7 @@ from fxml.interrupts import exit_code, interrupting_signal, stop_on_signals
 from fxml.secrets import redact, redact_file, redact_records
 
 # every one-line error exits 2: a bad value or option, or a failure fxml names (a store that stopped
-# answering, a full disk); 1 is left to crashes and to a multirun some of whose jobs failed
+# answering, a full disk), in a single job or in a multirun's; 1 is left to crashes
 USER_ERROR = 2
 # Process-wide settings every fxml command makes when it starts (``configure_process``), for the
 # libraries it loads later; a value the user exported wins.

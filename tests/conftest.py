@@ -189,8 +189,10 @@ def assert_reloads_to_logged_predictions(workspace: Workspace, run) -> mlflow.py
     return model
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess | InProcessResult, *fragments: str) -> None:
-    assert result.returncode == 2, (result.returncode, result.stdout + result.stderr)  # USER_ERROR
+def assert_one_line_error(result: subprocess.CompletedProcess | InProcessResult, *fragments: str,
+                          code: int = 2) -> None:
+    """One ``fxml:`` line on stderr, no traceback, and the exit code (USER_ERROR unless a signal's)."""
+    assert result.returncode == code, (result.returncode, result.stdout + result.stderr)
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("fxml:"), result.stderr

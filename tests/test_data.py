@@ -125,7 +125,7 @@ def test_era_subsample_policy_fits_the_budget(synthetic_root: Path) -> None:
     assert EraSubsample(every=3).plan(need).every == 3
     budget = 100 * 1000 * 50 / 4 / 1024**3  # a quarter of the full matrix
     assert EraSubsample(max_gib=budget).plan(need) == MemoryPlan(
-        "memory", 4, f"training features fit memory.max_gib={budget:g}")
+        "memory", 4, f"memory=era_subsample: the training features fit memory.max_gib={budget:g}")
     train = synthetic(synthetic_root).load("train", every_nth_train_era=4)
     assert sorted(np.unique(train.eras)) == list(range(1, 25, 4))
 

@@ -74,4 +74,4 @@ def test_generated_reference_names_every_key() -> None:
             assert f"| `{name}` |" in text, (section, name)
     # a comment in the source is the key's meaning; a default is shown as typed on the command line
     assert "| `tracking.retry_seconds` | `float` | `30.0` | a tracking server or database" in configuration
-    assert "| `max_runs` | `int` | `20` | at most this many runs" in commands
+    assert "| `max_runs` | `int` | `50` |" in commands

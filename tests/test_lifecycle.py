@@ -29,7 +29,7 @@ def test_a_signal_ends_the_run_killed(workspace: Workspace, family, signum, code
     process.send_signal(signum)
     result = finish(process)
     assert result.returncode == code, result.stderr
-    assert_one_line_error(result, f"interrupted by {signum.name}", "KILLED")
+    assert_one_line_error(result, f"interrupted by {signum.name}", "KILLED", code=code)
     run = workspace.client().get_run(run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags["error"].startswith("Interrupted"), run.data.tags["error"]

@@ -43,7 +43,7 @@ from fxml.data.store import (
     memory_matrix,
     plan_rows,
 )
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, closest
 
 log = logging.getLogger(__name__)
 # int8 store files of a release live beside its parquet files
@@ -122,6 +122,12 @@ class NumeraiData:
     def _select_features(self, feature_set: str, explicit: list[str] | None) -> list[str]:
         sets = self.metadata["feature_sets"]
         if explicit is not None:
+            known = {name for members in sets.values() for name in members}
+            unknown = [name for name in explicit if name not in known]
+            if known and unknown:
+                guess = closest(unknown[0], known)
+                raise FxmlError(f"data.features: {', '.join(unknown)} not in {FEATURES_JSON}"
+                                + (f"; did you mean {guess}?" if guess else ""))
             return list(explicit)
         if feature_set not in sets:
             raise FxmlError(

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import gc
 import io
+import json
 import logging
 import math
 import os
@@ -21,6 +23,7 @@ import re
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -30,7 +33,7 @@ from mlflow.entities import Metric, Run, RunTag
 from omegaconf import DictConfig, open_dict, read_write
 
 from fxml.console import JobRow, comparison_table, json_output, print_wide
-from fxml.errors import describe
+from fxml.errors import FxmlError, describe
 from fxml.sweeps.stopping import watch_stop_signals
 from fxml.tracking.mlflow_run import JOB_TAG, OVERRIDES_TAG, TRIAL_TAG, tracking_uri, use_experiment
 from fxml.tracking.stores import store_client
@@ -159,14 +162,26 @@ def grid_rows(runs: list[Run]) -> tuple[str, list[JobRow]]:
                        for run in runs]
 
 
-def show_grid_table(uri: str, parent_id: str, directory: str,
-                    failed_early: dict[str, JobRow]) -> tuple[str, list[JobRow]]:
+FAILED_EARLY = "fxml-failed-before-its-run.json"  # in a job's output folder
+
+
+def record_failed_early(output_dir: str, row: JobRow) -> None:
+    """Note a job that failed before its MLflow run started (a bad value) in its own output folder,
+    where the multirun's table finds it whichever process or machine ran the job."""
+    Path(output_dir, FAILED_EARLY).write_text(json.dumps(dataclasses.asdict(row)), encoding="utf-8")
+
+
+def failed_early(directory: str) -> list[JobRow]:
+    return [JobRow(**json.loads(path.read_text(encoding="utf-8")))
+            for path in sorted(Path(directory).glob(f"*/{FAILED_EARLY}"))]
+
+
+def show_grid_table(uri: str, parent_id: str, directory: str) -> tuple[str, list[JobRow]]:
     """The multirun's one comparison table (its jobs print one line each), and its rows, best
-    first. ``failed_early``: the jobs, by number, that this process saw fail before starting their
-    MLflow run."""
+    first; a job that failed before starting its MLflow run has a row too."""
     objective, rows = grid_rows(job_runs(uri, parent_id))
     seen = {row.job for row in rows}
-    rows += [row for job, row in failed_early.items() if job not in seen]
+    rows += [row for row in failed_early(directory) if row.job not in seen]
     if not rows:
         return objective, rows
     for row, distinct in zip(rows, distinct_overrides([row.overrides for row in rows]), strict=True):
@@ -237,7 +252,6 @@ class MlflowSweepParent(Callback):
             config.hydra.overrides.task = task + job_overrides(
                 {"sweep.parent_run_id": self.run_id, "tracking.uri": configured_store(config, self.uri)})
         self.stops: list[int] = []
-        self.failed_early: dict[str, JobRow] = {}
         self.restore_signals = watch_stop_signals(self.stops)
         atexit.register(self._close_if_open)
         log.info("sweep: parent MLflow run %s (sweep %s)", self.run_id, directory)
@@ -255,18 +269,19 @@ class MlflowSweepParent(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         # jobs run one after another in the same process: free the last one's arrays now
         gc.collect()
-        # a job that failed before its MLflow run started (a bad value) still gets a row; seen
-        # here when the launcher runs jobs in this process (basic), not in workers (joblib)
+        # called where the job ran: in this process (basic launcher) or a worker's (joblib)
         if self.run_id and job_return.status == JobStatus.FAILED:
-            self.failed_early[str(config.hydra.job.num)] = JobRow(
-                str(config.hydra.job.num), "FAILED", f"(no run: {describe(job_error(job_return))})",
-                " ".join(config.hydra.overrides.task))
+            error = job_error(job_return)
+            reason = str(error) if isinstance(error, FxmlError) else describe(error)
+            record_failed_early(config.hydra.runtime.output_dir, JobRow(
+                str(config.hydra.job.num), "FAILED", f"(no run: {reason})",
+                " ".join(config.hydra.overrides.task)))
 
     def _show_table(self) -> dict[str, Any] | None:
         if self.run_id is None:
             return None
         try:
-            objective, rows = show_grid_table(self.uri, self.run_id, self.directory, self.failed_early)
+            objective, rows = show_grid_table(self.uri, self.run_id, self.directory)
         except mlflow.exceptions.MlflowException as error:
             log.warning("sweep: no comparison table (%s)", describe(error))
             return None
