@@ -4,15 +4,19 @@ Credentials belong in the environment, where each tool looks for them (MLflow:
 ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``; PostgreSQL: ``PGPASSWORD`` or
 ``~/.pgpass``; or ``${oc.env:NAME}`` inside a URL). A password written into a URL anyway
 (``user:pass@host`` or ``?password=...``) is replaced by ``***`` in log records, console lines,
-MLflow params, tags and artifacts, and the files Hydra writes (``.hydra/*.yaml``, ``multirun.yaml``).
+MLflow params, tags and artifacts, the files Hydra writes (``.hydra/*.yaml``, ``multirun.yaml``),
+and, whoever prints it, in everything a command writes to stdout and stderr.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 MASK = "***"
 # scheme://user:password@host: up to the last '@' before the host, since users write an unescaped
@@ -56,3 +60,45 @@ def redact_file(path: Path) -> None:
         masked = redact(text)
         if masked != text:
             path.write_text(masked)
+
+
+class RedactedStream:
+    """A text stream that masks URL passwords in whatever is written through it: the last line of
+    defence for what fxml does not print itself (Hydra's "Error executing job with overrides"
+    line, MLflow's "View run ... at" line). Everything else is the wrapped stream's."""
+
+    fxml_redacts = True
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def redact_output_streams() -> None:
+    """Mask passwords in everything this process prints on stdout and stderr from now on.
+    Idempotent."""
+    if not getattr(sys.stdout, "fxml_redacts", False):
+        sys.stdout = RedactedStream(sys.stdout)
+    if not getattr(sys.stderr, "fxml_redacts", False):
+        sys.stderr = RedactedStream(sys.stderr)
+
+
+@contextmanager
+def redacted_output() -> Iterator[None]:
+    """``redact_output_streams`` for the length of a command, then the streams as they were."""
+    stdout, stderr = sys.stdout, sys.stderr
+    redact_output_streams()
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr

@@ -5,11 +5,15 @@ Each test module gets a workspace (and so an MLflow store) of its own."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +67,30 @@ def forget_process_state() -> None:
     plt.close("all")
 
 
+@functools.cache
+def created_store() -> Path:
+    """An MLflow SQLite store as MLflow creates it (its tables migrated: about 2 s, once per test
+    process), which each workspace starts from a copy of."""
+    from fxml.tracking.stores import store_client
+
+    folder = Path(tempfile.mkdtemp(prefix="fxml-created-store-"))
+    store_client(f"sqlite:///{folder}/mlflow.db").search_experiments()
+    return folder / "mlflow.db"
+
+
+def start_from_a_created_store(root: Path) -> None:
+    """The store a first run in ``root`` would create, with its Default experiment's artifacts
+    under ``root`` as there; tests of store creation itself open stores of their own."""
+    store = root / "mlruns" / "mlflow.db"
+    if store.exists():
+        return
+    store.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(created_store(), store)
+    with contextlib.closing(sqlite3.connect(store)) as database, database:
+        database.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                         [str(root / "mlruns" / "0")])
+
+
 @dataclass
 class InProcessResult:
     """What a command run in-process left: exit code, console output, log lines, return value."""
@@ -96,6 +124,7 @@ class Workspace:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uri = f"sqlite:///{root}/mlruns/mlflow.db"
+        start_from_a_created_store(root)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "NUMERAI_"))}

@@ -19,7 +19,6 @@ from tests.helpers import ENDLESS, finish, start, wait_for_training
 @pytest.mark.parametrize(("family", "signum", "code"), [
     ("lgbm", signal.SIGTERM, 143),
     ("mlp", signal.SIGINT, 130),
-    ("mlp", signal.SIGTERM, 143),
     ("lgbm", signal.SIGHUP, 129),  # the terminal closed (an SSH session ended)
 ])
 def test_a_signal_ends_the_run_killed(workspace: Workspace, family, signum, code) -> None:

@@ -47,11 +47,15 @@ def test_no_secret_is_written_or_printed(postgres, tmp_path: Path, form: str) ->
     assert "MLflow run" in single.stdout and "***" in single.stdout
     assert list(tmp_path.glob("outputs/*/*/.hydra/overrides.yaml"))
     multi = subprocess.CompletedProcess([], 0, "", "")
-    if form == "userinfo":  # a multirun: Hydra logs a launch line per job, with the overrides
-        multi = workspace.run("-m", f"tracking.uri='{uri}'", "model.n_estimators=3,4",
+    if form == "userinfo":
+        # a multirun: Hydra logs a launch line per job with the overrides, and writes them again
+        # to stderr for a job that fails (a bad value here), past fxml's own messages
+        multi = workspace.run("-m", f"tracking.uri='{uri}'", "model.n_estimators=3,-4",
                               "tracking.log_model=false", "hydra.sweep.dir=multirun/secrets", **keys)
-        assert multi.returncode == 0, redact(multi.stderr)
+        assert multi.returncode == 2, redact(multi.stderr)
         assert "#1 :" in multi.stdout + multi.stderr, "Hydra's launch lines are shown (masked)"
+        assert "Error executing job with overrides" in multi.stderr
+        assert f"{USER}:***@" in multi.stderr
         assert (tmp_path / "multirun" / "secrets" / "multirun.yaml").is_file()
 
     database_text = dump(postgres, database)
@@ -114,3 +118,20 @@ def test_a_search_hands_its_jobs_passwords_masked_in_every_file(postgres, tmp_pa
     assert PASSWORD not in result.stdout + result.stderr
     assert files_containing(tmp_path, PASSWORD) == []
     assert PASSWORD not in dump(postgres, "secret_search")
+
+
+def test_whatever_a_library_prints_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    """MLflow writes its "View run" line straight to sys.stdout, Hydra its failed job's overrides to
+    sys.stderr: both pass through the masked streams a command runs with."""
+    import sys
+
+    from fxml.secrets import redacted_output
+
+    before = sys.stdout
+    with redacted_output():
+        sys.stdout.write("🏃 View run ridge at: http://fxml:Sentinel-77@127.0.0.1:5055/#/experiments/1\n")
+        sys.stderr.write("Error executing job with overrides: ['tracking.uri=postgresql://u:Sentinel-77@db/m']\n")
+    assert sys.stdout is before, "the streams are given back as they were"
+    out, err = capsys.readouterr()
+    assert out == "🏃 View run ridge at: http://fxml:***@127.0.0.1:5055/#/experiments/1\n"
+    assert err == "Error executing job with overrides: ['tracking.uri=postgresql://u:***@db/m']\n"

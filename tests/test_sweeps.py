@@ -116,29 +116,6 @@ def test_misspelt_objective_fails_before_the_first_trial(workspace: Workspace) -
     assert "typo" not in optuna.get_all_study_names(f"sqlite:///{workspace.root}/mlruns/optuna.db")
 
 
-def test_two_workers_share_one_study_without_repeats(workspace: Workspace) -> None:
-    command = [sys.executable, "-m", "fxml.run", "-m", "hparams_search=lgbm",
-               "hydra.sweeper.study_name=shared", "hydra.sweeper.n_trials=6",
-               "hydra.sweeper.sampler.name=random", "hydra.sweeper.pruner.name=none",
-               "tracking.experiment=shared", *FAST, *SMALL_DATA]
-    workers = [subprocess.Popen([*command, f"hydra.sweep.dir=multirun/worker{i}"], cwd=workspace.root,
-                                env=workspace.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for i in range(2)]
-    outputs = [w.communicate(timeout=600) for w in workers]
-    assert all(w.returncode == 0 for w in workers), outputs
-    trials = study(workspace, "shared").trials
-    assert len(trials) == 6 and {t.number for t in trials} == set(range(6))
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    run_ids = [t.user_attrs["mlflow_run_id"] for t in trials]
-    assert len(set(run_ids)) == 6
-    both_worked = [sum(f"trial {t.number} corr_sharpe" in out for t in trials) for out, _ in outputs]
-    assert all(count > 0 for count in both_worked), both_worked
-    parents = [r for r in workspace.runs("shared") if r.data.tags.get("fxml.role") == "sweep"]
-    assert len(parents) == 1, "workers of one study share its parent run"
-    assert {r.data.tags.get("mlflow.parentRunId") for r in workspace.runs("shared")
-            if r.data.tags.get("fxml.role") != "sweep"} == {parents[0].info.run_id}
-
-
 @pytest.mark.parametrize(
     ("text", "weights"),
     [
