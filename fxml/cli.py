@@ -25,7 +25,7 @@ from rich.markup import escape
 from fxml.config import CONFIG_PATH, describe_config_error, register_schemas
 from fxml.console import error_console, json_output
 from fxml.interrupts import exit_code, interrupting_signal, stop_on_signals
-from fxml.secrets import redact, redact_file, redact_output_streams, redact_records, redacted_output
+from fxml.secrets import redact, redact_file, redact_output_streams, redact_records
 
 # every one-line error exits 2: a bad value or option, or a failure fxml names (a store that stopped
 # answering, a full disk), in a single job or in a multirun's; 1 is left to crashes
@@ -119,7 +119,9 @@ def run_cli(hydra_entry: Callable[[], Any], config_name: str,
     """Run a ``@hydra.main`` function (its config: ``config_name``; its command line:
     ``arguments``, by default this process's), turning composition errors into one line."""
     arguments = sys.argv[1:] if arguments is None else arguments
-    with redacted_output(), json_output.enabled(asks_for_json(arguments)):
+    # for good, not for the command's length: the sweep's exit handlers print after it
+    redact_output_streams()
+    with json_output.enabled(asks_for_json(arguments)):
         _run(hydra_entry, config_name, arguments)
 
 

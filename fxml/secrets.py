@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -91,14 +89,3 @@ def redact_output_streams() -> None:
         sys.stdout = RedactedStream(sys.stdout)
     if not getattr(sys.stderr, "fxml_redacts", False):
         sys.stderr = RedactedStream(sys.stderr)
-
-
-@contextmanager
-def redacted_output() -> Iterator[None]:
-    """``redact_output_streams`` for the length of a command, then the streams as they were."""
-    stdout, stderr = sys.stdout, sys.stderr
-    redact_output_streams()
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = stdout, stderr

@@ -5,6 +5,8 @@ and unit tests of the pieces (masks, losses, batches, early stopping, state)."""
 from __future__ import annotations
 
 import copy
+import os
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -266,3 +268,21 @@ def test_auxiliary_targets_from_config_overrides(workspace: Workspace) -> None:
     # validation no longer picks the epoch (the inner holdout does): on this tiny release a few
     # epochs give a validation CORR near zero either side, so the test asserts that it learned
     assert np.isfinite(run.data.metrics["corr_mean"])
+
+
+def test_srun_on_the_path_outside_slurm_says_nothing(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster's login node has ``srun``: outside an allocation Lightning's SLURM detection would
+    warn on every fit; fxml picks the plain environment there, and SLURM's inside a job."""
+    srun = tmp_path / "srun"
+    srun.write_text("#!/bin/sh\nexit 0\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        MLPModel(widths=[8], max_epochs=1, n_jobs=1).fit(toy_split(eras=4))
+        assert type(deep_model.cluster_environment()).__name__ == "LightningEnvironment"
+        monkeypatch.setenv("SLURM_JOB_ID", "42")
+        assert type(deep_model.cluster_environment()).__name__ == "SLURMEnvironment"
+    assert not [w for w in caught if "srun" in str(w.message)], [str(w.message) for w in caught]

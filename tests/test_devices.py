@@ -16,7 +16,7 @@ def test_trainer_gpu_without_a_gpu_fails_before_loading_data(tmp_path) -> None:
     families = ("lgbm", "xgboost", "ridge", "mlp")
     workspaces = {model: Workspace(tmp_path / model) for model in families}
     for model, workspace in workspaces.items():
-        workspace.root.mkdir()
+        workspace.root.mkdir(exist_ok=True)
         result = workspace.train(f"model={model}", "trainer=gpu")
         assert_one_line_error(result, "trainer.accelerator=gpu but PyTorch sees no such device",
                               "use trainer=cpu")

@@ -120,18 +120,21 @@ def test_a_search_hands_its_jobs_passwords_masked_in_every_file(postgres, tmp_pa
     assert PASSWORD not in dump(postgres, "secret_search")
 
 
-def test_whatever_a_library_prints_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
+def test_whatever_a_library_prints_is_masked(capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """MLflow writes its "View run" line straight to sys.stdout, Hydra its failed job's overrides to
-    sys.stderr: both pass through the masked streams a command runs with."""
+    sys.stderr: both pass through the masked streams every command runs with."""
     import sys
 
-    from fxml.secrets import redacted_output
+    from fxml.secrets import redact_output_streams
 
-    before = sys.stdout
-    with redacted_output():
-        sys.stdout.write("🏃 View run ridge at: http://fxml:Sentinel-77@127.0.0.1:5055/#/experiments/1\n")
-        sys.stderr.write("Error executing job with overrides: ['tracking.uri=postgresql://u:Sentinel-77@db/m']\n")
-    assert sys.stdout is before, "the streams are given back as they were"
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # given back after the test
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    redact_output_streams()
+    redact_output_streams()  # idempotent: one wrapper
+    assert not getattr(sys.stdout.stream, "fxml_redacts", False)
+    sys.stdout.write("🏃 View run ridge at: http://fxml:Sentinel-77@127.0.0.1:5055/#/experiments/1\n")
+    sys.stderr.write("Error executing job with overrides: ['tracking.uri=postgresql://u:Sentinel-77@db/m']\n")
     out, err = capsys.readouterr()
     assert out == "🏃 View run ridge at: http://fxml:***@127.0.0.1:5055/#/experiments/1\n"
     assert err == "Error executing job with overrides: ['tracking.uri=postgresql://u:***@db/m']\n"

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from fxml.console import JobRow, comparison_table, json_output, print_wide
 from fxml.errors import FxmlError, describe
+from fxml.secrets import redact
 from fxml.sweeps.stopping import watch_stop_signals
 from fxml.tracking.mlflow_run import JOB_TAG, OVERRIDES_TAG, TRIAL_TAG, tracking_uri, use_experiment
 from fxml.tracking.stores import store_client
@@ -274,8 +275,8 @@ class MlflowSweepParent(Callback):
             error = job_error(job_return)
             reason = str(error) if isinstance(error, FxmlError) else describe(error)
             record_failed_early(config.hydra.runtime.output_dir, JobRow(
-                str(config.hydra.job.num), "FAILED", f"(no run: {reason})",
-                " ".join(config.hydra.overrides.task)))
+                str(config.hydra.job.num), "FAILED", redact(f"(no run: {reason})"),
+                redact(" ".join(config.hydra.overrides.task))))
 
     def _show_table(self) -> dict[str, Any] | None:
         if self.run_id is None:

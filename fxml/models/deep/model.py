@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import warnings
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,20 @@ def validation_corr(predictions: np.ndarray, split: DataSplit) -> float:
         return math.nan
     assert split.target is not None
     return float(corr_by_era(predictions, split.target, split.eras).mean())
+
+
+def cluster_environment() -> Any:
+    """Lightning's cluster environment, chosen rather than detected: SLURM's inside a SLURM
+    allocation (a job fxml was started in), the plain one elsewhere. Lightning's own detection
+    warns on every machine with ``srun`` on the PATH (any cluster's login node), though fxml
+    trains on one device and needs no ``srun``."""
+    from lightning.pytorch.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    if not os.environ.get("SLURM_JOB_ID"):
+        return LightningEnvironment()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*srun.*")  # one device needs no srun
+        return SLURMEnvironment()
 
 
 class DeepTabularModel(TabularModel):
@@ -139,6 +154,7 @@ class DeepTabularModel(TabularModel):
             logger=False, enable_progress_bar=False, enable_checkpointing=False,
             enable_model_summary=False, num_sanity_val_steps=0,
             gradient_clip_val=o.gradient_clip or None, callbacks=[report],
+            plugins=[cluster_environment()],
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"lightning")
