@@ -26,13 +26,15 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# A small synthetic release keeps each end-to-end run to a few seconds.
+# A small synthetic release keeps each end-to-end run to a few seconds; one training thread per
+# run, since the suite runs a test process per core and threads beyond the cores only wait.
 SMALL_DATA = (
     "data.source.train_eras=40",
     "data.source.validation_eras=14",
     "data.source.rows_per_era=250",
     "data.source.n_features=60",
     "data.source.live_rows=120",
+    "trainer.n_jobs=1",
 )
 
 

@@ -1,6 +1,6 @@
 """The console as users and scripts meet it: --help without the job's libraries, "did you mean",
-config checked before a run is opened, one memory line, a sweep that does not repeat itself,
-``output=json`` for chaining commands, and what each run cost."""
+config checked before a run is opened, one memory line, ``output=json`` for chaining commands
+(a grid's: tests/test_sweeps.py), and what each run cost."""
 
 from __future__ import annotations
 
@@ -92,27 +92,6 @@ def test_output_json_reports_an_error_as_json_too(workspace: Workspace) -> None:
         "error": "error: data.feature_set=huge is not in features.json (available: agility, all, "
                  "charisma, constitution, dexterity, intelligence, medium, quantum, serenity, small, "
                  "strength, wisdom)", "exit_code": USER_ERROR}
-
-
-@pytest.mark.slow
-def test_a_grid_says_things_once_and_ends_with_one_json_object(workspace: Workspace) -> None:
-    result = workspace.run("-m", "model=ridge", "model.alpha=1,1000", "output=json",
-                           "tracking.experiment=json-grid", "tracking.log_model=false", "scorer.mpc=false")
-    assert result.returncode == 0, result.stderr[-3000:]
-    sweep = json_line(result.stdout)
-    runs = {run.info.run_name: run for run in workspace.runs("json-grid")}
-    parent = next(run for run in runs.values() if run.info.run_id == sweep["parent_run_id"])
-    jobs = sweep["jobs"]
-    assert sorted(job["overrides"] for job in jobs) == ["model.alpha=1", "model.alpha=1000"]
-    for job in jobs:
-        run = runs[job["run_name"]]
-        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert job["objective"] == pytest.approx(run.data.metrics["corr_sharpe"])
-    assert sweep["best"] == max(jobs, key=lambda job: job["objective"])
-    # job 0 says what data and memory plan the jobs use; job 1 does not say it again
-    assert result.stderr.count("memory: training rows in memory, every training era") == 1
-    assert result.stderr.count("data: train ") == 1
-    assert result.stderr.count("job 1: ") == 1
 
 
 def test_a_run_prints_one_memory_line_and_logs_what_it_cost(workspace: Workspace) -> None:

@@ -136,7 +136,8 @@ def test_auto_streams_every_era_when_only_the_fixed_part_is_too_large(
     assert "streaming every training era anyway" in caplog.text
 
 def test_auto_streams_from_disk_with_the_same_scores(workspace: Workspace) -> None:
-    spec = {key.split(".")[-1]: int(value) for key, value in (o.split("=") for o in SMALL_DATA)}
+    spec = {key.split(".")[-1]: int(value) for key, value in (o.split("=") for o in SMALL_DATA)
+            if key.startswith("data.source.")}
     data = NumeraiData(SyntheticSource(**spec), workspace.root / "data" / "synthetic", version="v5.2")
     # ridge holds the train matrix itself in memory, and only a scoring block when streamed
     need = data.memory_need(RidgeModel.memory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -35,8 +36,10 @@ def parent_of(workspace: Workspace, key_fragment: str, experiment: str = "fxml")
 
 
 def test_grid_multirun_groups_every_job_under_one_parent(workspace: Workspace) -> None:
+    """Every job under one parent; the jobs after the first print only their result line, and
+    ``output=json`` ends the multirun with one object naming the parent and the jobs, best first."""
     result = workspace.run("-m", "model=lgbm,xgboost", "model.learning_rate=0.02,0.05", *FAST,
-                           "tracking.experiment=grid", "hydra.sweep.dir=multirun/grid")
+                           "tracking.experiment=grid", "hydra.sweep.dir=multirun/grid", "output=json")
     assert result.returncode == 0, result.stderr
     parent = parent_of(workspace, "multirun/grid", "grid")
     assert parent.info.status == "FINISHED"
@@ -44,6 +47,20 @@ def test_grid_multirun_groups_every_job_under_one_parent(workspace: Workspace) -
     combos = {(r.data.tags["model_family"], r.data.params["model.learning_rate"]) for r in jobs}
     assert combos == {(f, lr) for f in ("LightGBMModel", "XGBoostModel") for lr in ("0.02", "0.05")}
     assert all(r.info.status == "FINISHED" for r in jobs)
+
+    [line] = result.stdout.splitlines()  # everything else went to stderr
+    sweep = json.loads(line)
+    assert sweep["parent_run_id"] == parent.info.run_id and sweep["objective"] == "corr_sharpe"
+    by_name = {r.info.run_name: r for r in jobs}
+    assert sorted(job["run_name"] for job in sweep["jobs"]) == sorted(by_name)
+    for job in sweep["jobs"]:
+        assert job["objective"] == pytest.approx(by_name[job["run_name"]].data.metrics["corr_sharpe"])
+        assert job["status"] == "FINISHED"
+    assert sweep["best"] == max(sweep["jobs"], key=lambda job: job["objective"])
+    # job 0 says which data and memory plan the jobs use; the others do not say it again
+    assert result.stderr.count("memory: training rows") == 1
+    assert result.stderr.count("data: train ") == 1
+    assert all(result.stderr.count(f"job {n}: ") == 1 for n in range(4))
 
 
 def test_search_logs_trials_best_and_plots_then_resumes(workspace: Workspace) -> None:
