@@ -69,6 +69,18 @@ def forget_process_state() -> None:
     plt.close("all")
 
 
+# the longest test files first: the suite's two test processes (pytest-xdist, one file each at a
+# time) then end together, with the short files filling in, instead of one waiting on the other
+LONGEST_FIRST = ("test_sweep_lifecycle.py", "test_sweeps.py", "test_model_environment.py",
+                 "test_postgres_tracking.py", "test_promote_submit.py", "test_export_image.py",
+                 "test_lifecycle.py", "test_secrets.py", "test_report.py", "test_user_output.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @functools.cache
 def created_store() -> Path:
     """An MLflow SQLite store as MLflow creates it (its tables migrated: about 2 s, once per test

@@ -22,22 +22,38 @@ def json_line(stdout: str) -> dict:
     return json.loads(lines[0])
 
 
-@pytest.mark.parametrize("module", ["fxml.run", "fxml.promote", "fxml.submit", "fxml.refit",
-                                    "fxml.live_scores", "fxml.export_model", "fxml.report"])
-def test_help_answers_without_loading_mlflow(workspace: Workspace, module: str) -> None:
-    probe = (f"import runpy, sys; sys.argv = ['{module}', '--help']\n"
-             f"try:\n    runpy.run_module('{module}', run_name='__main__')\n"
+def heavy_modules_loaded(workspace: Workspace, module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>``, then which of the job's heavy libraries it had imported."""
+    probe = (f"import runpy, sys; sys.argv = [{module!r}, *{list(args)!r}]\n"
+             f"try:\n    runpy.run_module({module!r}, run_name='__main__')\n"
              "except SystemExit:\n    pass\n"
              "heavy = ('mlflow', 'polars', 'lightgbm', 'torch')\n"
              "print('loaded:', sorted(m for m in heavy if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=workspace.root, env=workspace.env(),
-                            capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", probe], cwd=workspace.root, env=workspace.env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("module", ["fxml.run", "fxml.promote", "fxml.submit", "fxml.refit",
+                                    "fxml.live_scores", "fxml.export_model", "fxml.report"])
+def test_help_answers_without_loading_mlflow(workspace: Workspace, module: str) -> None:
+    result = heavy_modules_loaded(workspace, module, "--help")
     assert result.returncode == 0, result.stderr
     assert "loaded: []" in result.stdout, result.stdout[-500:]
     if module == "fxml.run":
         assert "model: ensemble, lgbm, mlp, resnet, ridge, tabnet, target_ensemble, xgboost" in result.stdout
         assert "cv: era_kfold, none, walk_forward" in result.stdout
         assert "feature_set: small" in result.stdout  # the resolved config follows the groups
+
+
+@pytest.mark.parametrize(("override", "line"), [
+    ("model.learning_rate=-1", "fxml: error: model.learning_rate must be > 0 (got -1.0)"),
+    ("model.n_estimator=5", "fxml: config error: Key 'n_estimator' not in 'LightGBMParams'"),
+])
+def test_a_config_error_answers_without_loading_mlflow(workspace: Workspace, override: str,
+                                                      line: str) -> None:
+    result = heavy_modules_loaded(workspace, "fxml.run", override)
+    assert result.stderr.startswith(line), result.stderr
+    assert "loaded: []" in result.stdout, result.stdout[-500:]
 
 
 def test_help_shows_the_config_with_the_overrides_given(workspace: Workspace) -> None:

@@ -28,7 +28,6 @@ from typing import Any
 
 import mlflow
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
 from mlflow.entities import Metric, Run, RunTag
 from omegaconf import DictConfig, open_dict, read_write
 
@@ -233,10 +232,11 @@ def is_optuna_search(config: DictConfig) -> bool:
     return str(config.hydra.sweeper.get("_target_", "")).endswith(OPTUNA_SWEEPER)
 
 
-class MlflowSweepParent(Callback):
-    """Hydra callback: the parent run of a grid multirun (an Optuna search opens its own). Hydra
-    calls no callback when a multirun is stopped or fails, so a parent still open when the process
-    exits is closed then: KILLED after SIGINT/SIGTERM, FAILED otherwise."""
+class GridParent:
+    """The parent run of a grid multirun (an Optuna search opens its own), driven by the Hydra
+    callback :class:`fxml.sweeps.callback.MlflowSweepParent`. Hydra calls no callback when a
+    multirun is stopped or fails, so a parent still open when the process exits is closed then:
+    KILLED after SIGINT/SIGTERM, FAILED otherwise."""
 
     run_id: str | None = None
 
