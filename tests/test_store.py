@@ -8,6 +8,7 @@ import mmap
 import os
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -88,6 +89,80 @@ def test_a_new_store_says_what_the_stores_beside_it_take(release: Path, tmp_path
         line = next(r.getMessage() for r in caplog.records if "wrote the int8 store" in r.getMessage())
         assert f"the stores in its folder take {written / 2**20:,.1f} MiB in all" in line, line
     assert sum(f.stat().st_size for f in (folder / STORE_FOLDER).glob("*.int8")) == written
+
+def gone_process_id() -> int:
+    """The id of a process that has ended (as one killed mid-write has)."""
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    return int(finished.stdout)
+
+
+def test_files_a_killed_writer_left_are_removed_and_a_live_ones_kept(
+        release: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SIGKILL (an OOM kill) mid-write leaves the temporary file; the next run writing there
+    removes it when its process is gone, keeps a live run's, and its size line counts the folder."""
+    folder = tmp_path / "release"
+    (folder / STORE_FOLDER).mkdir(parents=True)
+    for name in ("validation.parquet", FEATURES_JSON):
+        (folder / name).symlink_to(release / name)
+    dead, alive = gone_process_id(), os.getppid()  # this test's parent: surely alive
+    stale = folder / STORE_FOLDER / f"train-0123.int8.{dead}.partial"
+    stale.write_bytes(b"\0" * 3_000_000)
+    writing = folder / STORE_FOLDER / f"train-4567.int8.{alive}.partial"
+    writing.write_bytes(b"\0" * 1_000_000)
+    caplog.set_level(logging.INFO, logger="fxml.data")
+    _, split = load_split(folder, "validation", "disk")
+    assert not stale.exists() and writing.exists()
+    assert f"removed {stale} (2.9 MiB), left by process {dead}, which is gone" in caplog.text
+    line = next(r.getMessage() for r in caplog.records if "wrote the int8 store" in r.getMessage())
+    assert f"take {(split.features.size + 1_000_000) / 2**20:,.1f} MiB in all" in line, line
+
+
+def test_the_synthetic_writer_removes_a_killed_writers_temporary_files(tmp_path: Path) -> None:
+    from fxml.data.synthetic import SyntheticSpec, write_synthetic
+
+    dead = gone_process_id()
+    tmp_path.joinpath(f".train.parquet.{dead}.tmp").write_bytes(b"half a file")
+    tmp_path.joinpath(f".train.parquet.{os.getppid()}.tmp").write_bytes(b"a live run's")
+    write_synthetic(tmp_path, SyntheticSpec(n_features=10, train_eras=4, validation_eras=6,
+                                            rows_per_era=20, live_rows=10))
+    assert sorted(p.name for p in tmp_path.glob(".*.tmp")) == [f".train.parquet.{os.getppid()}.tmp"]
+    assert (tmp_path / "train.parquet").is_file() or (tmp_path / "full.parquet").is_file()
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie waiting to be reaped by whichever process adopted it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_child_store_writer_ends_when_its_run_is_killed(tmp_path: Path) -> None:
+    """A run killed with SIGKILL while its child writes the store: the child ends too, though its
+    input is still open (held here), instead of writing on for nobody."""
+    read_end, write_end = os.pipe()
+    starter = ("import subprocess, sys, time\n"
+               "child = subprocess.Popen([sys.executable, '-m', 'fxml.data.store'], stdin=int(sys.argv[1]))\n"
+               "print(child.pid, flush=True)\n"
+               "time.sleep(120)\n")
+    run = subprocess.Popen([sys.executable, "-c", starter, str(read_end)], pass_fds=(read_end,),
+                           stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        child = int(run.stdout.readline())  # type: ignore[union-attr]
+        time.sleep(2)  # the child is waiting for its task
+        assert not ended(child)
+        run.kill()
+        run.wait()
+        deadline = time.monotonic() + 20
+        while not ended(child) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ended(child), "the child writer outlived the run that started it"
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
 
 def test_era_selection_reads_only_the_chosen_eras(release: Path) -> None:
     data, split = load_split(release, "train", every_nth_era=2, train_eras=[3, 12])

@@ -17,6 +17,8 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fxml.data.leftovers import remove_dead_leftovers
 from fxml.data.memory import release_file_pages
 from fxml.errors import FxmlError, child_failure
 
@@ -205,6 +208,7 @@ def disk_matrix(parts: list[FilePart], columns: list[str], missing: MissingFeatu
         # a store is a cache of the parquet file: a damaged one (cut short, its record
         # unreadable) is written again
         log.warning("data: the int8 store %s is incomplete or damaged; writing it again", matrix_path)
+    remove_dead_leftovers(directory)
     partial = matrix_path.with_name(matrix_path.name + f".{os.getpid()}.partial")
     try:
         _allocate(partial, shape[0] * shape[1])
@@ -215,8 +219,9 @@ def disk_matrix(parts: list[FilePart], columns: list[str], missing: MissingFeatu
         _remove(partial)
     sources = ", ".join(part.path.name for part in parts)
     info_path.write_text(json.dumps({"shape": list(shape), "filled": filled, "source": sources}))
-    # stores of other feature sets and era selections stay beside it: say what they add up to
-    stores = sum(file.stat().st_size for file in matrix_path.parent.glob("*.int8"))
+    # stores of other feature sets and era selections stay beside it: say what the folder holds
+    # (files other runs are writing now included)
+    stores = sum(file.stat().st_size for file in matrix_path.parent.iterdir() if file.is_file())
     log.info("data: wrote the int8 store %s (%s MiB; the stores in its folder take %s MiB in all, "
              "which deleting the folder reclaims)", matrix_path, f"{shape[0] * shape[1] / 2**20:,.1f}",
              f"{stores / 2**20:,.1f}")
@@ -240,7 +245,7 @@ def _write_in_child(parts: list[FilePart], columns: list[str], missing: MissingF
     """``write_store_file`` in a new interpreter that imports only this module (a fork would copy
     the run's threads and their locks mid-use; multiprocessing's spawn would import the run's own
     entry point again). The task goes in on stdin and the result comes back on stdout, both
-    pickled; an interrupted run kills the child."""
+    pickled; an interrupted run kills the child, and a killed one leaves it to end by itself."""
     package_root = str(Path(__file__).resolve().parents[2])
     search_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": search_path}
@@ -257,9 +262,23 @@ def _write_in_child(parts: list[FilePart], columns: list[str], missing: MissingF
     return value
 
 
+def _end_with_the_parent(every: float = 0.5) -> None:
+    """The child writer ends once the run that started it is gone (SIGKILL, an OOM kill), instead
+    of writing on for nobody: a thread watches for the child being handed to another parent."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fxml-parent-watch", daemon=True).start()
+
+
 def _child_writes_a_store() -> None:
     from fxml.data.store import write_store_file  # the importable module: the task's classes live there
 
+    _end_with_the_parent()
     result: tuple[str, int | str]
     try:
         result = ("filled", write_store_file(*pickle.loads(sys.stdin.buffer.read())))

@@ -59,6 +59,7 @@ from fxml.data.layout import (
     release_files,
     version_prefix,
 )
+from fxml.data.leftovers import remove_dead_leftovers
 from fxml.errors import FxmlError
 
 __all__ = ["SYNTHETIC_FILES", "SyntheticSpec", "write_synthetic"]
@@ -163,6 +164,7 @@ def write_synthetic(directory: Path, spec: SyntheticSpec = SyntheticSpec()) -> P
     directory = Path(directory)
     marker = directory / MARKER_NAME
     expected = _marker_payload(spec)
+    remove_dead_leftovers(directory)
     if _is_complete(directory, expected):
         return directory
     directory.mkdir(parents=True, exist_ok=True)
