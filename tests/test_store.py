@@ -61,11 +61,14 @@ def test_a_damaged_store_is_written_again(release: Path, tmp_path: Path,
     expected = np.array(split.features)
     (matrix,) = (folder / STORE_FOLDER).glob("validation-*.int8")
     del split
-    for damage in ("cut short", "record unreadable"):
+    for damage in ("cut short", "record unreadable", "same size, other bytes"):
         if damage == "cut short":
             os.truncate(matrix, 1000)
-        else:
+        elif damage == "record unreadable":
             matrix.with_suffix(".json").write_text("{not json")
+        else:
+            with open(matrix, "r+b") as file:  # as a disk error or another program would
+                file.write(b"\x07" * 100)  # no feature value is 7
         caplog.clear()
         _, again = load_split(folder, "validation", "disk")
         assert "is incomplete or damaged; writing it again" in caplog.text, damage
@@ -89,6 +92,32 @@ def test_a_new_store_says_what_the_stores_beside_it_take(release: Path, tmp_path
         line = next(r.getMessage() for r in caplog.records if "wrote the int8 store" in r.getMessage())
         assert f"the stores in its folder take {written / 2**20:,.1f} MiB in all" in line, line
     assert sum(f.stat().st_size for f in (folder / STORE_FOLDER).glob("*.int8")) == written
+
+def test_no_room_for_the_stores_record_falls_back_to_memory(release: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Room for the matrix but not for its small JSON record (a disk that just filled up): the
+    documented fallback, rows in memory with a warning, or one line under a disk plan."""
+    folder = tmp_path / "release"
+    folder.mkdir()
+    for name in ("validation.parquet", FEATURES_JSON):
+        (folder / name).symlink_to(release / name)
+    write_text = Path.write_text
+
+    def full_disk(path: Path, text: str, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
+        if path.suffix == ".json" and path.parent.name == STORE_FOLDER:
+            raise OSError(28, "No space left on device")
+        return write_text(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    _, expected = load_split(folder, "validation", "memory")
+    _, split = load_split(folder, "validation", "store")
+    assert split.storage == "memory" and "reading validation into memory instead" in caplog.text
+    np.testing.assert_array_equal(split.features, expected.features)
+    assert not list((folder / STORE_FOLDER).iterdir()), "nothing half-written is left"
+    with pytest.raises(FxmlError, match="cannot write the int8 store's record .*No space left on device"):
+        load_split(folder, "validation", "disk")
+
 
 def gone_process_id() -> int:
     """The id of a process that has ended (as one killed mid-write has)."""

@@ -193,8 +193,9 @@ def store_key(parts: list[FilePart], columns: list[str], missing: MissingFeature
 def disk_matrix(parts: list[FilePart], columns: list[str], missing: MissingFeatures,
                 directory: Path, name: str) -> tuple[np.ndarray, int]:
     """The planned rows as a read-only memory-mapped int8 matrix in ``directory`` (its file named
-    after ``name``, the split), written on first use and reused after (a store file is complete
-    once its ``.json`` exists)."""
+    after ``name``, the split, and a key of its parquet files' names, sizes and times, columns,
+    rows and fill rule), written on first use and reused after: a store file is complete once its
+    ``.json`` record exists, and whole while its size and sampled content match the record."""
     key = store_key(parts, columns, missing)
     matrix_path = directory / f"{name}-{key}.int8"
     info_path = matrix_path.with_suffix(".json")
@@ -202,7 +203,8 @@ def disk_matrix(parts: list[FilePart], columns: list[str], missing: MissingFeatu
     if info_path.is_file() and matrix_path.is_file():
         info = _written_info(info_path)
         if info is not None and tuple(info["shape"]) == shape \
-                and matrix_path.stat().st_size == shape[0] * shape[1]:
+                and matrix_path.stat().st_size == shape[0] * shape[1] \
+                and info.get("sample") == sample_digest(matrix_path):
             log.info("data: reusing the int8 store %s", matrix_path)
             return np.memmap(matrix_path, dtype=np.int8, mode="r", shape=shape), info["filled"]
         # a store is a cache of the parquet file: a damaged one (cut short, its record
@@ -218,7 +220,15 @@ def disk_matrix(parts: list[FilePart], columns: list[str], missing: MissingFeatu
     finally:
         _remove(partial)
     sources = ", ".join(part.path.name for part in parts)
-    info_path.write_text(json.dumps({"shape": list(shape), "filled": filled, "source": sources}))
+    record = json.dumps({"shape": list(shape), "filled": filled, "source": sources,
+                         "sample": sample_digest(matrix_path)})
+    try:
+        info_path.write_text(record)
+    except OSError as error:  # room for the matrix, none for its record (a full disk)
+        _remove(info_path)
+        _remove(matrix_path)
+        raise StoreUnavailable(f"cannot write the int8 store's record {info_path}: "
+                               f"{error.strerror or error}") from None
     # stores of other feature sets and era selections stay beside it: say what the folder holds
     # (files other runs are writing now included)
     stores = sum(file.stat().st_size for file in matrix_path.parent.iterdir() if file.is_file())
@@ -285,6 +295,24 @@ def _child_writes_a_store() -> None:
     except FxmlError as error:
         result = ("error", str(error))
     sys.stdout.buffer.write(pickle.dumps(result))
+
+
+SAMPLED_BLOCKS, SAMPLED_BYTES = 64, 1 << 16
+
+
+def sample_digest(path: Path) -> str:
+    """A digest of 64 blocks of 64 KiB spread over the store file, its first and last included:
+    4 MiB read whatever the store's size, so a store changed on disk since it was written (same
+    size, other bytes) is seen as damaged before it is reused."""
+    size = path.stat().st_size
+    starts = sorted({size * block // SAMPLED_BLOCKS for block in range(SAMPLED_BLOCKS)}
+                    | {max(size - SAMPLED_BYTES, 0)})
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for start in starts:
+            file.seek(start)
+            digest.update(file.read(SAMPLED_BYTES))
+    return digest.hexdigest()[:32]
 
 
 def _written_info(info_path: Path) -> dict[str, Any] | None:
