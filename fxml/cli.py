@@ -5,6 +5,7 @@ one line; ``output=json`` prints the command's result as one JSON object, the la
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import signal
@@ -145,6 +146,12 @@ def _run(hydra_entry: Callable[[], Any], config_name: str, arguments: list[str])
         fail("error:", str(error), USER_ERROR)
     except (OmegaConfBaseException, HydraException) as error:
         fail("config error:", describe_config_error(error), USER_ERROR)
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        fail("error:", f"no space left on the device{where}; the MLflow run, if any, is marked FAILED",
+             USER_ERROR)
     except KeyboardInterrupt:
         fail_interrupted(interrupting_signal() or signal.SIGINT)
     except SystemExit as stop:
@@ -154,6 +161,11 @@ def _run(hydra_entry: Callable[[], Any], config_name: str, arguments: list[str])
         if output_closed(stop):
             fail("error:", f"{OUTPUT_CLOSED}; the MLflow run, if any, is marked FAILED", USER_ERROR)
         raise
+
+
+def disk_full(error: OSError) -> bool:
+    """A full disk or quota, as the OS or a library reporting it in words (Arrow) says it."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error)
 
 
 HELP_FLAGS = ("--help", "-h")

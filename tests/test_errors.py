@@ -253,3 +253,20 @@ def test_a_tracking_server_that_refuses_the_credentials_fails_at_once(workspace:
     assert_one_line_error(result, "MLflow tracking at http://fxml:***@127.0.0.1:", "refused access", "401")
     assert seconds < 20, f"took {seconds:.0f} s: the refusal was retried"
     assert "hunter2" not in result.stdout + result.stderr + result.logs
+
+
+def test_a_full_disk_is_one_line_and_the_run_failed(workspace: Workspace,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MLflow artifact folder's disk fills up while the run logs its predictions."""
+    from fxml import job
+
+    def full(frame, artifact_path: str) -> None:  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device", f"mlruns/artifacts/{artifact_path}")
+
+    monkeypatch.setattr(job, "log_frame", full)
+    result = workspace.train("model=ridge", "tracking.run_name=full-disk", "scorer.mpc=false")
+    assert_one_line_error(result, "no space left on the device writing mlruns/artifacts/metrics/per_era.csv",
+                          "the MLflow run, if any, is marked FAILED")
+    run = next(r for r in workspace.runs() if r.info.run_name == "full-disk")
+    assert run.info.status == "FAILED"
+    assert "corr_mean" in run.data.metrics, "what was logged before the failure stays"

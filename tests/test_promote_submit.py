@@ -211,6 +211,17 @@ def test_a_live_file_with_a_blank_id_is_refused_before_a_file_is_written(project
     assert not (project.ws.root / "submissions" / "my_model_round79.csv").exists()
 
 
+def test_an_empty_live_file_is_one_line(project: Project, promoted, tmp_path: Path) -> None:
+    live = pd.read_parquet(project.served / "live.parquet").reset_index()
+    path = tmp_path / "live.parquet"
+    live.iloc[:0].to_parquet(path, index=False)
+    result = project.command("fxml.submit", f"model_uri=models:/{REGISTERED}@champion",
+                             "numerai_model=my_model", "dry_run=true", "round=78", f"live={path}",
+                             in_process=True)
+    assert_one_line_error(result, "live.parquet has no rows: nothing to predict")
+    assert not (project.ws.root / "submissions" / "my_model_round78.csv").exists()
+
+
 @pytest.mark.parametrize("api", ["tests.fakes.NoNetworkNumerAPI", "numerapi.NumerAPI"])
 def test_offline_dry_run_with_keys_never_creates_a_client(project: Project, promoted, api) -> None:
     """Keys set, round and live given, dry run: no client, so no network and no model lookup."""

@@ -138,6 +138,8 @@ def read_live(path: Path, features: list[str]) -> pd.DataFrame:
                         "(was the model trained on another data version, or on synthetic data?)")
     columns = [ID, *([ERA] if ERA in present else []), *features]
     frame = pl.read_parquet(path, columns=columns)
+    if frame.height == 0:
+        raise FxmlError(f"{path.name} has no rows: nothing to predict, so no submission file is written")
     frame = frame.with_columns(pl.col(ID).cast(pl.String), *([pl.col(ERA).cast(pl.String)]
                                                              if ERA in present else []))
     # a row without an id would reach the file as "nan" or "", and no check downstream sees it
