@@ -25,9 +25,16 @@ _QUERY_PASSWORD = re.compile(r"([?&;](?:ssl)?password=)([^&\s'\";]+)", re.IGNORE
 
 
 def redact(text: str) -> str:
-    """``text`` with every URL password replaced by ``***``."""
-    text = _USERINFO_PASSWORD.sub(rf"\1:{MASK}@", text)
-    return _QUERY_PASSWORD.sub(rf"\1{MASK}", text)
+    """``text`` with every URL password replaced by ``***``; a reference to where the password
+    is (``${oc.env:PGPASSWORD}``) is no secret and stays, so a saved command still runs."""
+    text = _USERINFO_PASSWORD.sub(lambda found: found[0] if _is_reference(found[2])
+                                  else f"{found[1]}:{MASK}@", text)
+    return _QUERY_PASSWORD.sub(lambda found: found[0] if _is_reference(found[2])
+                               else f"{found[1]}{MASK}", text)
+
+
+def _is_reference(password: str) -> bool:
+    return password.startswith("${") and password.endswith("}") and "}" not in password[:-1]
 
 
 def redact_records() -> None:

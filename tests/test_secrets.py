@@ -95,6 +95,10 @@ def workspace_runs(uri: str) -> list:
     ("uri: 'postgresql://u:p/q@h:1'\nnext: x@y", "uri: 'postgresql://u:***@h:1'\nnext: x@y"),
     ("sqlite:///mlruns/mlflow.db", "sqlite:///mlruns/mlflow.db"),
     ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    # where the password comes from is no secret: the saved command must still run
+    ("postgresql://fxml:${oc.env:PGPASSWORD}@db/mlflow", "postgresql://fxml:${oc.env:PGPASSWORD}@db/mlflow"),
+    ("postgresql://fxml@db/m?password=${oc.env:PG}", "postgresql://fxml@db/m?password=${oc.env:PG}"),
+    ("postgresql://fxml:${oc.env:PG}x}@db/mlflow", "postgresql://fxml:***@db/mlflow"),
 ])
 def test_redact(text: str, masked: str) -> None:
     assert redact(text) == masked
