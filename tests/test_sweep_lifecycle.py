@@ -319,3 +319,34 @@ def test_ctrl_c_during_a_deep_models_trial_ends_everything_killed(workspace: Wor
     assert parent.info.status == "KILLED"
     [child] = [r for r in workspace.runs("deep-stop") if r.info.run_name.endswith("-trial0")]
     assert child.info.status == "KILLED", child.data.tags.get("error")
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_a_parallel_trial_that_had_finished(workspace: Workspace) -> None:
+    """joblib runs two trials at once: one finishes, then Ctrl-C while the other trains. The
+    finished one keeps its value (and is the best); the other FAILs, its run KILLED."""
+    given, storage = local_storage(workspace, "parallel-stop")
+    sweep = start(workspace, search_command(
+        f"hydra.sweeper.storage={given}", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.sampler.name=grid",
+        "hydra.sweeper.params=null", "model.n_estimators=choice(5,1000000)",
+        "model.learning_rate=0.0001", "model.valid_corr_every=0", "tracking.log_model=false",
+        "tracking.experiment=parallel-stop"))
+    finished = lambda: any(r.info.status == "FINISHED" and r.data.tags.get("fxml.role") != "sweep"  # noqa: E731
+                           for r in workspace.runs("parallel-stop"))
+    wait_for(finished, sweep)
+    sweep.send_signal(signal.SIGINT)
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, stderr
+    runs = {r.data.tags.get("fxml.trial"): r for r in workspace.runs("parallel-stop")
+            if r.data.tags.get("fxml.role") != "sweep"}
+    trials = {t.number: t for t in only_study(storage).trials}
+    done = next(number for number, t in trials.items() if t.params["model.n_estimators"] == 5)
+    stopped = 1 - done
+    assert trials[done].state == COMPLETE
+    assert trials[done].value == pytest.approx(runs[str(done)].data.metrics["corr_sharpe"])
+    assert trials[stopped].state == FAIL and trials[stopped].user_attrs["error"] == "interrupted"
+    assert runs[str(stopped)].info.status == "KILLED"
+    [parent] = parents(workspace, "parallel-stop")
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["best_run_id"] == runs[str(done)].info.run_id

@@ -12,6 +12,7 @@ study and several workers can share one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -193,6 +194,9 @@ class OptunaSearch(Sweeper):
                 how = self._how(error)
                 self._stop_trials(study, trials, how or f"the sweep failed: {type(error).__name__}",
                                   "KILLED" if how else "FAILED")
+                # a trial of the batch may have finished first: the parent names it if it is best
+                with contextlib.suppress(FxmlError):
+                    self._record_best(study, fixed)
                 raise
             self.job_index += len(batch)
             for trial, result in zip(trials, results, strict=True):
@@ -330,13 +334,16 @@ class OptunaSearch(Sweeper):
 
     def _stop_trials(self, study: optuna.Study, trials: list[optuna.Trial], how: str,
                      status: str) -> None:
-        """The batch that was running when the sweep was stopped or failed: FAIL in Optuna, and
-        KILLED (or FAILED) in MLflow where a job (in another process) left its run open."""
+        """The batch that was running when the sweep was stopped or failed: a trial whose job had
+        finished its run (a parallel launcher's, before the stop) keeps its value; the others
+        FAIL in Optuna, and are KILLED (or FAILED) in MLflow where a job left its run open."""
         client = mlflow.MlflowClient(self.uri)
         for trial in trials:
+            run_id = _stored_user_attrs(study, trial.number).get("mlflow_run_id")
+            if run_id and self._keep_finished(study, trial, client.get_run(run_id)):
+                continue
             self._set_attr(trial, "error", how)
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-            run_id = _stored_user_attrs(study, trial.number).get("mlflow_run_id")
             if not run_id:
                 continue
             # a library may have turned the interruption into an error (Lightning: SystemExit(1)),
@@ -345,6 +352,19 @@ class OptunaSearch(Sweeper):
             if ended == "RUNNING" or (status == "KILLED" and ended == "FAILED"):
                 client.set_tag(run_id, "error", how)
                 client.set_terminated(run_id, status=status)
+
+    def _keep_finished(self, study: optuna.Study, trial: optuna.Trial, run: Any) -> bool:
+        """Record a trial whose run FINISHED with the objective's metrics as COMPLETE."""
+        if run.info.status != "FINISHED":
+            return False
+        try:
+            value = self.objective.value(run.data.metrics)
+        except FxmlError:
+            return False
+        study.tell(trial, value, state=TrialState.COMPLETE, skip_if_finished=True)
+        log.info("sweep: trial %d had finished before the stop: %s = %.6f", trial.number,
+                 self.objective.label, value)
+        return True
 
     def _trial_went_stale(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna failed a trial whose worker stopped beating: its MLflow run fails too."""
