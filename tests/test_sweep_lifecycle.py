@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from mlflow.entities import ViewType
 
 from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
 from tests.helpers import assert_parent_names_the_best
@@ -103,6 +104,11 @@ def test_three_workers_and_a_resume_never_repeat_parameters(workspace: Workspace
     [parent] = parents(workspace, "distinct")
     assert parent.info.status == "FINISHED"
     assert_parent_names_the_best(parent, found)
+    # workers started together each opened a parent; the losers' are deleted, and none RUNNING
+    client = workspace.client()
+    every = client.search_runs([client.get_experiment_by_name("distinct").experiment_id],
+                               run_view_type=ViewType.ALL)
+    assert [r.info.run_id for r in every if r.info.status == "RUNNING"] == []
     assert f"Promote it: python -m fxml.promote sweep={found.study_name}" in resumed.stdout
 
 
@@ -350,3 +356,4 @@ def test_ctrl_c_keeps_a_parallel_trial_that_had_finished(workspace: Workspace) -
     [parent] = parents(workspace, "parallel-stop")
     assert parent.info.status == "KILLED"
     assert parent.data.tags["best_run_id"] == runs[str(done)].info.run_id
+

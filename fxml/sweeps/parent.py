@@ -93,6 +93,9 @@ def open_parent_run(uri: str, experiment: str, key: str, name: str,
         time.sleep(0.2)
         existing = oldest() or mine.info.run_id
         if existing != mine.info.run_id:
+            # another worker's parent is the study's: this one ends (as a deleted run still shows
+            # in the store's RUNNING runs otherwise) and goes
+            client.set_terminated(mine.info.run_id, status="FINISHED")
             client.delete_run(mine.info.run_id)
     client.update_run(existing, status="RUNNING")
     for tag, value in (tags or {}).items():
