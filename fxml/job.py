@@ -26,8 +26,6 @@ from fxml.console import (
     job_line,
     payout_label,
     print_wide,
-    quiet_dependencies,
-    show_steps_once,
     step_progress,
     summary_table,
 )
@@ -38,7 +36,7 @@ from fxml.data.memory import MemoryPlan, MemoryPolicy
 from fxml.data.references import scoring_inputs
 from fxml.data.split import MAIN_TARGET, DataSplit, labelled_eras
 from fxml.models.base import TabularModel, predict_in_era_blocks
-from fxml.models.devices import require_accelerator, taken_fallbacks
+from fxml.models.devices import taken_fallbacks
 from fxml.models.ensemble import TARGET_PARAM
 from fxml.models.params import MEMBER_TARGET
 from fxml.models.postprocess import postprocessed
@@ -58,27 +56,14 @@ from fxml.tracking.mlflow_run import (
     log_fitted_params,
     log_frame,
     log_series,
-    tracking_uri,
 )
 from fxml.tracking.plots import cumulative_scores
-from fxml.tracking.stores import bound_retries
 from fxml.tracking.ui import browse_lines, log_data_input
 
 log = logging.getLogger("fxml.run")
 IMPORTANCE_CSV = "importance/permutation.csv"
 SCORED_ON_TAG = "scored_on"
 MEMBER_TARGETS_TAG = "member_targets"
-
-
-def start(cfg: DictConfig) -> str:
-    """The checks that need no data, before a run is opened; the tracking URI."""
-    quiet_dependencies()
-    if in_multirun():
-        show_steps_once(HydraConfig.get().job.num)
-    uri = tracking_uri(cfg.tracking.uri)
-    bound_retries(cfg.tracking.retry_seconds)
-    require_accelerator(cfg.trainer.accelerator)  # every family, before any data is loaded
-    return uri
 
 
 def shown_run(cfg: DictConfig, name: RunName, run: Any, uri: str, payout: str) -> Shown:
@@ -119,14 +104,6 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 
 def model_family(cfg: DictConfig) -> str:
     return str(cfg.model._target_).rsplit(".", 1)[-1]
-
-
-def open_release(cfg: DictConfig) -> NumeraiData:
-    """The release the config names (downloaded or written first where needed), opened before a
-    run is: a feature set or target the release does not have is one line and no run."""
-    data = NumeraiData.from_config(cfg.data, source=instantiate(cfg.data.source, _recursive_=False))
-    data.also_load({name: "scorer.targets" for name in cfg.scorer.targets})
-    return data
 
 
 def tag_release(data: NumeraiData) -> None:

@@ -112,17 +112,18 @@ def refit(cfg: DictConfig, source: Any) -> Any:
 
     from fxml import job
     from fxml.models.base import predict_in_era_blocks
+    from fxml.run import open_release, start
     from fxml.tracking.costs import StageCosts
     from fxml.tracking.mlflow_run import SOURCE_RUN_TAG, RunName, log_config, log_frame, tracked_run
     from fxml.tracking.stores import store_client
 
     validate(cfg)
-    uri = job.start(cfg)
+    uri = start(cfg)
     tags = {**job.run_tags(cfg), SOURCE_RUN_TAG: source.info.run_id, "fxml.role": "refit"}
     name = RunName(f"{source.info.run_name}-refit")
     costs = StageCosts()
     with costs.stage("open_data"):
-        data = job.open_release(cfg)
+        data = open_release(cfg)
     with tracked_run(uri, cfg.tracking.experiment, name, tags) as run, costs.logged():
         log_config(cfg)
         job.tag_release(data)

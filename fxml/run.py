@@ -7,7 +7,8 @@ answer without loading them.
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.utils import instantiate
@@ -16,21 +17,56 @@ from omegaconf import DictConfig
 from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import CONFIG_PATH, validate
 
+if TYPE_CHECKING:
+    from fxml.data.loader import NumeraiData
+
+
+def start(cfg: DictConfig) -> str:
+    """The checks that need no data, before a run is opened and before MLflow is loaded; the
+    tracking URI."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from fxml.cli import in_multirun
+    from fxml.console import quiet_dependencies, show_steps_once
+    from fxml.models.devices import require_accelerator
+    from fxml.tracking.stores import bound_retries, tracking_uri
+
+    quiet_dependencies()
+    if in_multirun():
+        show_steps_once(HydraConfig.get().job.num)
+    uri = tracking_uri(cfg.tracking.uri)
+    bound_retries(cfg.tracking.retry_seconds)
+    require_accelerator(cfg.trainer.accelerator)  # every family, before any data is loaded
+    return uri
+
+
+def open_release(cfg: DictConfig) -> NumeraiData:
+    """The release the config names (downloaded or written first where needed), opened before a
+    run is, and before MLflow is loaded: a feature set, target or feature the release does not
+    have is one line at once, and no run."""
+    from fxml.data.loader import NumeraiData
+
+    data = NumeraiData.from_config(cfg.data, source=instantiate(cfg.data.source, _recursive_=False))
+    data.also_load({name: "scorer.targets" for name in cfg.scorer.targets})
+    return data
+
 
 @exits_on_user_error
 def train(cfg: DictConfig) -> dict[str, Any]:
     """One job: check, load, fit, predict, score, log. Returns the run's summary metrics and its
     id (what a sweep reads its objective from; ``output=json`` prints it)."""
     validate(cfg)
+    uri = start(cfg)
+    wall, cpu = time.perf_counter(), time.process_time()
+    data = open_release(cfg)
+    opened = time.perf_counter() - wall, time.process_time() - cpu
     from fxml import job
     from fxml.data.memory import return_freed_memory
     from fxml.tracking.costs import StageCosts
     from fxml.tracking.mlflow_run import log_config, tracked_run
 
-    uri = job.start(cfg)
     costs = StageCosts()
-    with costs.stage("open_data"):
-        data = job.open_release(cfg)
+    costs.add("open_data", *opened)
     name = job.run_name(cfg)
     with tracked_run(uri, cfg.tracking.experiment, name, job.run_tags(cfg),
                      parent_run_id=cfg.sweep.parent_run_id) as run, costs.logged():

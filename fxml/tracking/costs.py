@@ -35,8 +35,12 @@ class StageCosts:
         try:
             yield
         finally:
-            self.metrics[f"{name}_seconds"] = time.perf_counter() - wall
-            self.metrics[f"{name}_cpu_seconds"] = time.process_time() - cpu
+            self.add(name, time.perf_counter() - wall, time.process_time() - cpu)
+
+    def add(self, name: str, seconds: float, cpu_seconds: float) -> None:
+        """A stage timed elsewhere (before this module was loaded)."""
+        self.metrics[f"{name}_seconds"] = seconds
+        self.metrics[f"{name}_cpu_seconds"] = cpu_seconds
 
     @contextmanager
     def logged(self) -> Iterator[None]:

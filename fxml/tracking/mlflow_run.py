@@ -44,12 +44,18 @@ from fxml.errors import (
 )
 from fxml.interrupts import interrupting_signal
 from fxml.secrets import redact  # noqa: F401  (also imported from here by the sweeper)
-from fxml.tracking.stores import check_driver, creation_lock, retrying, store_client, tracking_store
+from fxml.tracking.stores import (  # noqa: F401  (tracking_uri: also imported from here)
+    DEFAULT_STORE,
+    DEFAULT_URI,
+    creation_lock,
+    retrying,
+    store_client,
+    tracking_store,
+    tracking_uri,
+)
 from fxml.tracking.ui import experiment_ui_tags, missing_ui_tags
 
 log = logging.getLogger(__name__)
-DEFAULT_STORE = Path("mlruns")
-DEFAULT_URI = f"sqlite:///{DEFAULT_STORE}/mlflow.db"
 MAX_PARAM_LENGTH = 6000
 BATCH = 1000
 CREATE_ATTEMPTS = 8
@@ -62,13 +68,6 @@ TRIAL_TAG = "fxml.trial"  # the Optuna trial number of a search's job
 
 # a final fit's run names the run whose configuration it refitted (fxml.refit)
 SOURCE_RUN_TAG = "fxml.source_run_id"
-
-
-def tracking_uri(configured: str | None, setting: str = "tracking.uri") -> str:
-    """The store to use; a database URL whose driver is missing is one line naming the extra."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    check_driver(uri, setting)
-    return uri
 
 
 def use_experiment(uri: str, experiment: str) -> str:

@@ -48,6 +48,17 @@ def is_database(uri: str) -> bool:
     return uri.split(":", 1)[0].split("+", 1)[0] in SQL_SCHEMES
 
 
+DEFAULT_STORE = Path("mlruns")
+DEFAULT_URI = f"sqlite:///{DEFAULT_STORE}/mlflow.db"
+
+
+def tracking_uri(configured: str | None, setting: str = "tracking.uri") -> str:
+    """The store to use; a database URL whose driver is missing is one line naming the extra."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    check_driver(uri, setting)
+    return uri
+
+
 def check_driver(uri: str, setting: str) -> None:
     """One line, without the password, when ``uri`` names a database whose driver is missing."""
     if not is_database(uri):
