@@ -74,8 +74,9 @@ def shown_run(cfg: DictConfig, name: RunName, run: Any, uri: str, payout: str) -
 def payout_weights(scorer: NumeraiScorer) -> tuple[NumeraiScorer, str]:
     """The scorer with the payout weights it is to score with, and the payout row's label: the
     configured weights, or (``scorer.payout_multipliers=round``) the current round's CORR and MMC
-    multipliers from Numerai. Asked here, before any data is loaded, so the scorer stays offline
-    and a machine without network fails at once. The weights are logged as params ``payout.*``."""
+    multipliers from Numerai. Asked here, before the model is built or any training row loaded,
+    so the scorer stays offline and a machine without network fails early. The weights are logged
+    as params ``payout.*``."""
     source = "configured"
     if scorer.payout_multipliers == "round":
         cache = Path(scorer.payout_round_cache) if scorer.payout_round_cache else None

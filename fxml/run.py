@@ -7,7 +7,6 @@ answer without loading them.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import hydra
@@ -16,6 +15,7 @@ from omegaconf import DictConfig
 
 from fxml.cli import exits_on_user_error, run_cli
 from fxml.config import CONFIG_PATH, validate
+from fxml.tracking.costs import StageCosts
 
 if TYPE_CHECKING:
     from fxml.data.loader import NumeraiData
@@ -57,16 +57,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     id (what a sweep reads its objective from; ``output=json`` prints it)."""
     validate(cfg)
     uri = start(cfg)
-    wall, cpu = time.perf_counter(), time.process_time()
-    data = open_release(cfg)
-    opened = time.perf_counter() - wall, time.process_time() - cpu
+    costs = StageCosts()
+    with costs.stage("open_data"):
+        data = open_release(cfg)
     from fxml import job
     from fxml.data.memory import return_freed_memory
-    from fxml.tracking.costs import StageCosts
     from fxml.tracking.mlflow_run import log_config, tracked_run
 
-    costs = StageCosts()
-    costs.add("open_data", *opened)
     name = job.run_name(cfg)
     with tracked_run(uri, cfg.tracking.experiment, name, job.run_tags(cfg),
                      parent_run_id=cfg.sweep.parent_run_id) as run, costs.logged():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -121,3 +123,18 @@ def table_rows(stdout: str, title: str) -> tuple[list[str], list[list[str]]]:
             break
         rows.append([cell.strip() for cell in line.strip("│").split("│")])
     return header, rows
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def chromium() -> str:
+    """The headless browser the page checks use. CI (.ci/run) installs Debian's chromium;
+    elsewhere, without one, the browser checks are skipped, not failed."""
+    browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
+    if browser is None:
+        missing = "a headless Chromium is needed (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return browser

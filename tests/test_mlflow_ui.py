@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,9 +37,9 @@ from fxml.tracking.ui import (
     metric_column,
     view_state,
 )
+from tests.helpers import chromium
 from tests.releases import FolderSource
 from tests.test_lifecycle import kill_group, start_mlflow_server
-from tests.test_report import BROWSERS
 
 EXPERIMENT = "fxml-ui"
 SCORES = ("corr_mean", "corr_sharpe", "mmc_mean", "bmc_mean", "payout_mean")
@@ -81,17 +79,6 @@ def log_runs(uri: str, folder: Path, runs: Runs = RUNS) -> dict[str, float]:
             mlflow.log_metrics(dict(zip(SCORES, scores, strict=True)))
         logged[name.of(run.info.run_id)] = scores[SCORES.index("corr_sharpe")]
     return logged
-
-
-def chromium() -> str:
-    browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
-    if browser is None:
-        # CI (.ci/run) installs Debian's chromium; elsewhere the browser checks are skipped
-        missing = "a headless Chromium is needed (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
-    return browser
 
 
 def open_in_browser(url: str, *output: str) -> subprocess.CompletedProcess:

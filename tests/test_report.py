@@ -27,8 +27,8 @@ from mlflow.entities import Metric, Param
 from PIL import Image
 
 from tests.conftest import Workspace, assert_one_line_error
+from tests.helpers import chromium
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 PLOTLY_BLUE = np.array([99, 110, 250])  # the report's first run colour (#636efa): the plots were drawn
 ERAS = range(575, 587)
 FAMILIES = ("lgbm", "ridge", "xgb", "mlp")
@@ -41,13 +41,7 @@ def report(ws: Workspace, *args: str) -> subprocess.CompletedProcess:
 
 
 def screenshot(page: Path, image: Path, width: int = 1280, height: int = 1600) -> np.ndarray:
-    browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
-    if browser is None:
-        # CI (.ci/run) installs Debian's chromium; elsewhere the screenshots are skipped, not failed
-        missing = "a headless Chromium is needed (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+    browser = chromium()
     # the virtual time lets the page's scripts (plotly.js) draw before the picture is taken
     result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
                              "--hide-scrollbars", f"--screenshot={image}",

@@ -16,8 +16,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import mlflow
-
 log = logging.getLogger(__name__)
 GIB = 1024**3
 
@@ -35,16 +33,14 @@ class StageCosts:
         try:
             yield
         finally:
-            self.add(name, time.perf_counter() - wall, time.process_time() - cpu)
-
-    def add(self, name: str, seconds: float, cpu_seconds: float) -> None:
-        """A stage timed elsewhere (before this module was loaded)."""
-        self.metrics[f"{name}_seconds"] = seconds
-        self.metrics[f"{name}_cpu_seconds"] = cpu_seconds
+            self.metrics[f"{name}_seconds"] = time.perf_counter() - wall
+            self.metrics[f"{name}_cpu_seconds"] = time.process_time() - cpu
 
     @contextmanager
     def logged(self) -> Iterator[None]:
         """Log the costs when the block ends, however it ends (a failed run keeps what it cost)."""
+        import mlflow  # here: a stage may be timed before MLflow is loaded (fast config errors)
+
         try:
             yield
         finally:
