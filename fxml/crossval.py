@@ -30,7 +30,7 @@ from fxml.scoring import summarize
 from fxml.scoring.scorer import Scores
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.trial import trial_reporter
-from fxml.tracking.mlflow_run import StepMetrics, log_fitted_params, log_frame, log_series
+from fxml.tracking.mlflow_run import StepMetrics, end_active_run, log_fitted_params, log_frame, log_series
 from fxml.tracking.plots import cumulative_scores_by_fold
 from fxml.tracking.stores import store_client
 
@@ -87,9 +87,9 @@ def fold_run(fold: Fold, job: Any) -> Iterator[Any]:
         yield run
     except BaseException as error:
         mlflow.set_tag("error", describe(error)[:5000])
-        mlflow.end_run(status="KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        end_active_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
-    mlflow.end_run(status="FINISHED")
+    end_active_run("FINISHED")
 
 
 def log_rows_without_target(parts: dict[str, DataSplit | None]) -> None:

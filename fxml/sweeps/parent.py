@@ -22,9 +22,10 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from hydra.core.utils import JobReturn, JobStatus
@@ -32,13 +33,14 @@ from mlflow.entities import Metric, Run, RunTag
 from omegaconf import DictConfig, open_dict, read_write
 
 from fxml.console import JobRow, comparison_table, json_output, print_wide
-from fxml.errors import FxmlError, describe
+from fxml.errors import FxmlError, describe, reported_as_store_error
 from fxml.secrets import redact
 from fxml.sweeps.stopping import watch_stop_signals
 from fxml.tracking.mlflow_run import JOB_TAG, OVERRIDES_TAG, TRIAL_TAG, tracking_uri, use_experiment
-from fxml.tracking.stores import store_client
+from fxml.tracking.stores import retrying, store_client, tracking_store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SWEEP_KEY_TAG = "fxml.sweep_key"
 STUDY_TAG = "fxml.study"
 ROLE_TAG = "fxml.role"
@@ -104,21 +106,41 @@ def open_parent_run(uri: str, experiment: str, key: str, name: str,
     return existing
 
 
-def end_parent_run(uri: str, run_id: str, status: str, reason: str | None = None) -> None:
+def on_the_store(uri: str, doing: str, call: Callable[[], T]) -> T:
+    """``call()`` on the tracking store, tried again while the store is away (for
+    ``tracking.retry_seconds``), then one line: a sweep outlives an outage its retries survive
+    with no run left open."""
+    with reported_as_store_error(tracking_store(uri), doing):
+        return retrying(call)
+
+
+def end_run_as(uri: str, run_id: str, status: str, reason: str | None = None) -> None:
+    """End a run of the sweep's (the parent, or a job's its job could not end) as ``status``,
+    the reason tagged ``error`` (FAILED) or ``stopped``."""
     client = store_client(uri)
-    if reason:
-        client.set_tag(run_id, "error" if status == "FAILED" else "stopped", reason[:5000])
-    client.set_terminated(run_id, status=status)
+
+    def end() -> None:
+        if reason:
+            client.set_tag(run_id, "error" if status == "FAILED" else "stopped", reason[:5000])
+        client.set_terminated(run_id, status=status)
+
+    on_the_store(uri, f"end run {run_id}", end)
+
+
+def end_parent_run(uri: str, run_id: str, status: str, reason: str | None = None) -> None:
+    end_run_as(uri, run_id, status, reason)
+
+
+def run_status_of(uri: str, run_id: str) -> Run:
+    return on_the_store(uri, f"read run {run_id}", lambda: store_client(uri).get_run(run_id))
 
 
 def close_open_jobs(uri: str, parent_id: str, status: str, reason: str) -> None:
     """End the runs of a grid's jobs still open once its launcher returned: their jobs were lost
     (a killed worker or SLURM job) or stopped before they could close them."""
-    client = store_client(uri)
     for run in job_runs(uri, parent_id):
         if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "error" if status == "FAILED" else "stopped", reason)
-            client.set_terminated(run.info.run_id, status=status)
+            end_run_as(uri, run.info.run_id, status, reason)
 
 
 @dataclass(frozen=True)
@@ -138,18 +160,23 @@ def record_best(uri: str, run_id: str, best: Best, objective: str, study_name: s
             "best_command": best.command[:5000], "objective": objective, STUDY_TAG: study_name,
             **{f"best.{key}": str(value)[:5000] for key, value in best.params.items()}}
     now = int(time.time() * 1000)
-    store_client(uri).log_batch(
+    on_the_store(uri, "record the best trial", lambda: store_client(uri).log_batch(
         run_id, metrics=[Metric("best_value", best.value, now, 0),
                          Metric("best_trial", float(best.number), now, 0)],
-        tags=[RunTag(key, value) for key, value in tags.items()])
+        tags=[RunTag(key, value) for key, value in tags.items()]))
 
 
 def job_runs(uri: str, parent_id: str) -> list[Run]:
     """The runs of a sweep's jobs (its parent's children; cv folds are their children)."""
     client = store_client(uri)
-    experiment_id = client.get_run(parent_id).info.experiment_id
-    return client.search_runs([experiment_id], max_results=50000,
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+    def children() -> list[Run]:
+        experiment_id = client.get_run(parent_id).info.experiment_id
+        found: list[Run] = client.search_runs([experiment_id], max_results=50000,
+                                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+        return found
+
+    return on_the_store(uri, "read the sweep's runs", children)
 
 
 def run_status(run: Run) -> str:
@@ -309,5 +336,5 @@ class GridParent:
         if self.run_id:
             json_output.emit(self._show_table())
             self.restore_signals()
-            store_client(self.uri).set_terminated(self.run_id, status="FINISHED")
+            end_run_as(self.uri, self.run_id, "FINISHED")
             self.run_id = None

@@ -153,13 +153,31 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
         tag = "pruned" if isinstance(error, RunPruned) else "error"
         try:
             retrying(lambda: mlflow.set_tag(tag, redact(what)[:5000]))
-            mlflow.end_run(status="KILLED" if stopped else "FAILED")
+            end_active_run("KILLED" if stopped else "FAILED")
         except Exception as closing:
             _drop_active_runs()
             raise FxmlError(f"{store_error(tracking_store(uri), closing)} while run {run.info.run_id} "
                             f"was being closed after {what}") from None
         raise
-    mlflow.end_run(status="FINISHED")
+    try:
+        end_active_run("FINISHED")
+    except Exception as closing:
+        _drop_active_runs()
+        raise FxmlError(f"{store_error(tracking_store(uri), closing)}; run {run.info.run_id} finished but "
+                        "could not be closed there and may show RUNNING") from None
+
+
+def end_active_run(status: str) -> None:
+    """End the active run as ``status``, tried again while the store is away. MLflow's ``end_run``
+    forgets the run before it asks the store, so the store is told first, with retries; ``end_run``
+    then forgets the run (telling the store again, which has the status already)."""
+    run = mlflow.active_run()
+    if run is None:
+        return
+    client = mlflow.MlflowClient()
+    retrying(lambda: client.set_terminated(run.info.run_id, status=status))
+    with contextlib.suppress(MlflowException):
+        mlflow.end_run(status=status)
 
 
 def _store_refused(error: BaseException) -> bool:

@@ -51,12 +51,14 @@ from fxml.sweeps.parent import (
     Best,
     configured_store,
     end_parent_run,
+    end_run_as,
     job_error,
     job_overrides,
     job_runs,
     open_parent_run,
     quoted,
     record_best,
+    run_status_of,
     sweep_result,
     trial_rows,
     without_keys,
@@ -184,9 +186,9 @@ class OptunaSearch(Sweeper):
         except BaseException as error:
             how = self._how(error)
             if how is None:
-                end_parent_run(self.uri, self.parent_id, "FAILED", redact(f"{type(error).__name__}: {error}"))
+                self._end_parent("FAILED", redact(f"{type(error).__name__}: {error}"))
                 raise
-            end_parent_run(self.uri, self.parent_id, "KILLED", how)
+            self._end_parent("KILLED", how)
             if how == "terminated" and not entry_point_handles_sigterm:
                 fail("interrupted", "by SIGTERM; the sweep's trials and MLflow runs are marked KILLED",
                      TERMINATED)
@@ -195,6 +197,15 @@ class OptunaSearch(Sweeper):
             raise
         end_parent_run(self.uri, self.parent_id, "FINISHED")
         return study
+
+    def _end_parent(self, status: str, reason: str) -> None:
+        """Close the parent as the sweep ends on an error or a signal, which stays the error
+        the user sees even when the tracking store is away too."""
+        assert self.parent_id is not None, "the parent run is opened before the search"
+        try:
+            end_parent_run(self.uri, self.parent_id, status, reason)
+        except FxmlError as closing:
+            log.warning("sweep: the parent run %s could not be closed (%s)", self.parent_id, closing)
 
     def _search(self, study: optuna.Study, space: dict[str, Any], fixed: list[str]) -> None:
         while (remaining := self.n_trials - self._taken(study)) > 0:
@@ -243,9 +254,8 @@ class OptunaSearch(Sweeper):
         log.warning("sweep: the launcher lost a batch of %d trial(s): %s", len(trials), describe(error))
         started = [self._trial_run_id(study, trial) for trial in trials]
         self.batches_lost_unstarted = 0 if any(started) else self.batches_lost_unstarted + 1
-        client = mlflow.MlflowClient(self.uri)
         for trial, run_id in zip(trials, started, strict=True):
-            if run_id and self._keep_finished(study, trial, client.get_run(run_id)):
+            if run_id and self._keep_finished(study, trial, run_status_of(self.uri, run_id)):
                 continue
             self._fail(study, trial, reason, run_id)
         if self.batches_lost_unstarted >= 2:
@@ -380,8 +390,7 @@ class OptunaSearch(Sweeper):
         else:
             # a job lost by its launcher (a dead Ray worker) may have finished its run first
             run_id = self._trial_run_id(study, trial)
-            client = mlflow.MlflowClient(self.uri)
-            if not (run_id and self._keep_finished(study, trial, client.get_run(run_id))):
+            if not (run_id and self._keep_finished(study, trial, run_status_of(self.uri, run_id))):
                 self._fail(study, trial, describe(error), run_id)
             return
         if state == TrialState.FAIL:
@@ -405,11 +414,8 @@ class OptunaSearch(Sweeper):
                      lambda: study.tell(trial, state=TrialState.FAIL, skip_if_finished=True),
                      self.retry_seconds)
         log.warning("sweep: trial %d failed: %s", trial.number, note)
-        if run_id:
-            client = mlflow.MlflowClient(self.uri)
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_tag(run_id, "error", note)
-                client.set_terminated(run_id, status="FAILED")
+        if run_id and run_status_of(self.uri, run_id).info.status == "RUNNING":
+            end_run_as(self.uri, run_id, "FAILED", note)
 
     def _set_attr(self, trial: optuna.Trial, key: str, value: Any) -> None:
         with_retries(self.storage_url, f"record {key} of trial {trial.number}",
@@ -420,10 +426,9 @@ class OptunaSearch(Sweeper):
         """The batch that was running when the sweep was stopped or failed: a trial whose job had
         finished its run (a parallel launcher's, before the stop) keeps its value; the others
         FAIL in Optuna, and are KILLED (or FAILED) in MLflow where a job left its run open."""
-        client = mlflow.MlflowClient(self.uri)
         for trial in trials:
             run_id = self._trial_run_id(study, trial)
-            if run_id and self._keep_finished(study, trial, client.get_run(run_id)):
+            if run_id and self._keep_finished(study, trial, run_status_of(self.uri, run_id)):
                 continue
             self._set_attr(trial, "error", how)
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -431,10 +436,9 @@ class OptunaSearch(Sweeper):
                 continue
             # a library may have turned the interruption into an error (Lightning: SystemExit(1)),
             # so after a stop signal a FAILED trial run was in fact killed
-            ended = client.get_run(run_id).info.status
+            ended = run_status_of(self.uri, run_id).info.status
             if ended == "RUNNING" or (status == "KILLED" and ended == "FAILED"):
-                client.set_tag(run_id, "error", how)
-                client.set_terminated(run_id, status=status)
+                end_run_as(self.uri, run_id, status, how)
 
     def _keep_finished(self, study: optuna.Study, trial: optuna.Trial, run: Any) -> bool:
         """Record a trial whose run FINISHED with the objective's metrics as COMPLETE."""
@@ -456,10 +460,8 @@ class OptunaSearch(Sweeper):
                     trial.number)
         if not run_id:
             return
-        client = mlflow.MlflowClient(self.uri)
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "error", "its worker died (no Optuna heartbeat)")
-            client.set_terminated(run_id, status="FAILED")
+        if run_status_of(self.uri, run_id).info.status == "RUNNING":
+            end_run_as(self.uri, run_id, "FAILED", "its worker died (no Optuna heartbeat)")
 
     # --- samplers ---------------------------------------------------------------------------
 
