@@ -30,7 +30,17 @@ from fxml.scoring import summarize
 from fxml.scoring.scorer import Scores
 from fxml.sweeps.objective import Objective
 from fxml.sweeps.trial import trial_reporter
-from fxml.tracking.mlflow_run import StepMetrics, end_active_run, log_fitted_params, log_frame, log_series
+from fxml.tracking.mlflow_run import (
+    StepMetrics,
+    end_active_run,
+    log_figure,
+    log_fitted_params,
+    log_frame,
+    log_metrics,
+    log_params,
+    log_series,
+    set_tags,
+)
 from fxml.tracking.plots import cumulative_scores_by_fold
 from fxml.tracking.stores import store_client
 
@@ -86,7 +96,7 @@ def fold_run(fold: Fold, job: Any) -> Iterator[Any]:
     try:
         yield run
     except BaseException as error:
-        mlflow.set_tag("error", describe(error)[:5000])
+        set_tags({"error": describe(error)[:5000]})
         end_active_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     end_active_run("FINISHED")
@@ -96,7 +106,7 @@ def log_rows_without_target(parts: dict[str, DataSplit | None]) -> None:
     """How many rows of each part of the training rows have no value of the target trained on
     (left out of training): ``rows_without_target_<part>`` on the active run, and one line."""
     counts = {name: rows_without_target(split) for name, split in parts.items() if split is not None}
-    mlflow.log_metrics({f"rows_without_target_{name}": float(n) for name, n in counts.items()})
+    log_metrics({f"rows_without_target_{name}": float(n) for name, n in counts.items()})
     if any(counts.values()):
         target = next(split.target_name for split in parts.values() if split is not None)
         shown = ", ".join(f"{n:,} of {name.replace('_', ' ')}" for name, n in counts.items())
@@ -134,9 +144,9 @@ def score_fold(model: TabularModel, train: DataSplit, fold: Fold,
 
 
 def log_fold_scores(scores: Scores, fold: Fold) -> None:
-    mlflow.log_params({"fold": fold.index, "embargo": fold.embargo, "n_train_eras": len(fold.train),
+    log_params({"fold": fold.index, "embargo": fold.embargo, "n_train_eras": len(fold.train),
                        "n_holdout_eras": len(fold.holdout), "n_test_eras": len(fold.test)})
-    mlflow.log_metrics({k: float(v) for k, v in scores.summary.items() if pd.notna(v)})
+    log_metrics({k: float(v) for k, v in scores.summary.items() if pd.notna(v)})
     log_series(scores.per_era, SERIES)
     log_frame(scores.per_era, "metrics/per_era.csv")
 
@@ -204,22 +214,22 @@ def cross_validate(new_model: Callable[[], TabularModel], train: DataSplit, fold
             report(fold.index, len(folds), {sweep.prune_on: pruning_signal(running, objective)})
     result = CrossValidation(running, pd.concat(per_era))
     log_cross_validation(result, pd.DataFrame(rows), pd.concat(predictions, ignore_index=True), folds)
-    mlflow.log_metric(f"{PREFIX}seconds", time.perf_counter() - started)
+    log_metrics({f"{PREFIX}seconds": time.perf_counter() - started})
     return result
 
 
 def log_cross_validation(result: CrossValidation, table: pd.DataFrame, predictions: pd.DataFrame,
                          folds: list[Fold]) -> None:
     summary = {key: float(value) for key, value in result.summary.items() if not math.isnan(value)}
-    mlflow.log_metrics(summary)
+    log_metrics(summary)
     missing = [f"{PREFIX}{name}_mean" for name in ("mmc", "payout") if f"{PREFIX}{name}_mean" not in summary]
     if missing:
         # the meta model covers validation only: no MMC (nor payout) for out-of-fold train eras
-        mlflow.set_tag("cv_not_scored", ", ".join(missing))
+        set_tags({"cv_not_scored": ", ".join(missing)})
     log_series(result.per_era.rename(columns={c: f"{PREFIX}{c}" for c in SERIES}),
                tuple(f"{PREFIX}{c}" for c in SERIES))
     log_frame(result.per_era, "cv/per_era.csv")
     log_frame(table, "cv/folds.csv")
     log_frame(predictions, "predictions/out_of_fold.parquet")
     starts = [int(fold.test[0]) for fold in folds]
-    mlflow.log_figure(cumulative_scores_by_fold(result.per_era, starts), "plots/cv_cumulative_scores.png")
+    log_figure(cumulative_scores_by_fold(result.per_era, starts), "plots/cv_cumulative_scores.png")

@@ -56,9 +56,13 @@ from fxml.tracking.mlflow_run import (
     RunName,
     StepMetrics,
     git_commit,
+    log_figure,
     log_fitted_params,
     log_frame,
+    log_metrics,
+    log_params,
     log_series,
+    set_tags,
 )
 from fxml.tracking.plots import cumulative_scores
 from fxml.tracking.ui import browse_lines, log_data_input
@@ -86,8 +90,8 @@ def payout_weights(scorer: NumeraiScorer) -> tuple[NumeraiScorer, str]:
         found = round_payout(scorer.payout_api, cache)
         scorer = replace(scorer, payout_corr_weight=found.corr, payout_mmc_weight=found.mmc)
         source = f"round {found.round}"
-        mlflow.log_param("payout.round", found.round)
-    mlflow.log_params({"payout.corr_multiplier": scorer.payout_corr_weight,
+        log_params({"payout.round": found.round})
+    log_params({"payout.corr_multiplier": scorer.payout_corr_weight,
                        "payout.mmc_multiplier": scorer.payout_mmc_weight})
     return scorer, payout_label(scorer.payout_corr_weight, scorer.payout_mmc_weight, scorer.payout_clip,
                                 source)
@@ -112,7 +116,7 @@ def model_family(cfg: DictConfig) -> str:
 
 
 def tag_release(data: NumeraiData) -> None:
-    mlflow.set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
+    set_tags({"data_version": data.version, "data_fingerprint": data.fingerprint(),
                      "feature_set": data.feature_set, "target": data.target, SCORED_ON_TAG: MAIN_TARGET})
 
 
@@ -138,7 +142,7 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
     # eras apart by the longest horizon of the targets the model learns
     embargo = max(resolve_embargo(splitter.embargo, target)
                   for target in [data.target, *model.targets_read()])
-    mlflow.set_tags({"cv": splitter.method, "cv_embargo": embargo})
+    set_tags({"cv": splitter.method, "cv_embargo": embargo})
     holdout_eras = cfg.trainer.inner_holdout_eras if model.uses_validation else 0
     storage = plan.train_storage(model.memory_profile())
     with console.status("loading data"):
@@ -146,7 +150,7 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
         # are logged by id; nothing else reads train's ids
         train_split = data.load(training, neutralizers if splitter.active else None, storage=storage,
                                 every_nth_train_era=plan.every, with_ids=splitter.active)
-    mlflow.set_tag("train_storage", train_split.storage)
+    set_tags({"train_storage": train_split.storage})
     log_data_input(data, training)
     cv = None
     if splitter.active:
@@ -159,7 +163,7 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
         if not splitter.refit:
             return None, cv
     fit_split, inner_holdout = training_parts(train_split.with_target(data.target), holdout_eras, embargo)
-    mlflow.set_tags({"fit_eras": era_ranges(labelled_eras(fit_split)),
+    set_tags({"fit_eras": era_ranges(labelled_eras(fit_split)),
                      "inner_holdout_eras": era_ranges(inner_holdout.eras) if inner_holdout else ""})
     log_rows_without_target({"fit": fit_split, "inner_holdout": inner_holdout})
     started = time.perf_counter()
@@ -171,8 +175,8 @@ def fit_model(cfg: DictConfig, data: NumeraiData, model: TabularModel, neutraliz
     step_metrics.flush()
     log_fitted_params(model)
     log_member_targets(model)
-    mlflow.set_tags(taken_fallbacks())
-    mlflow.log_metric("train_seconds", time.perf_counter() - started)
+    set_tags(taken_fallbacks())
+    log_metrics({"train_seconds": time.perf_counter() - started})
     return model, cv
 
 
@@ -181,14 +185,14 @@ def log_member_targets(model: TabularModel) -> None:
     targets = {key.removeprefix(TARGET_PARAM): value for key, value in model.fitted_params().items()
                if key.startswith(TARGET_PARAM)}
     if targets:
-        mlflow.set_tag(MEMBER_TARGETS_TAG, ", ".join(f"{name}={target}" for name, target in targets.items()))
+        set_tags({MEMBER_TARGETS_TAG: ", ".join(f"{name}={target}" for name, target in targets.items())})
 
 
 def score_validation(model: TabularModel, validation: DataSplit, data: NumeraiData,
                      scorer: NumeraiScorer) -> Scores:
     """Predict validation a block of eras at a time from its int8 store file, score it an era at
     a time, and log the scores and the predictions."""
-    mlflow.log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
+    log_metrics({f"missing_features_filled_{split}": n for split, n in data.filled.items() if n})
     with console.status("scoring validation"):
         predictions = predict_in_era_blocks(model, validation)
         scores = scorer.score(predictions, scoring_inputs(data, validation, scorer))
@@ -204,7 +208,7 @@ def log_importance(model: TabularModel, validation: DataSplit, data: NumeraiData
     if importance is None:
         return
     log_frame(importance, IMPORTANCE_CSV)
-    mlflow.log_figure(importance_figure(importance), "importance/permutation.png")
+    log_figure(importance_figure(importance), "importance/permutation.png")
     show_importance(importance, repeats, mlflow.get_artifact_uri(IMPORTANCE_CSV))
 
 
@@ -226,19 +230,19 @@ def plan_memory(policy: MemoryPolicy, data: NumeraiData, model: TabularModel,
         # era_kfold copies a fold's training eras (in memory, whatever the storage)
         need = need.with_beside_dataset(int(need.train_features * splitter.copied_share))
     plan = policy.plan(need)
-    mlflow.set_tags({"memory_plan": f"{plan.storage}, every {plan.every} training era(s)",
+    set_tags({"memory_plan": f"{plan.storage}, every {plan.every} training era(s)",
                      "memory_reason": plan.reason})
     log.info("memory: %s", plan.describe())
     return plan
 
 
 def log_scores(scores: Scores, validation: DataSplit, predictions) -> None:  # type: ignore[no-untyped-def]
-    mlflow.log_metrics({k: float(v) for k, v in scores.summary.items() if pd.notna(v)})
+    log_metrics({k: float(v) for k, v in scores.summary.items() if pd.notna(v)})
     if scores.benchmark_column:
-        mlflow.set_tag("bmc_benchmark", scores.benchmark_column)
+        set_tags({"bmc_benchmark": scores.benchmark_column})
     log_series(scores.per_era, ("corr", "mmc", "bmc", "fnc", "mpc"))
     log_frame(scores.per_era, "metrics/per_era.csv")
-    mlflow.log_figure(cumulative_scores(scores.per_era), "plots/cumulative_scores.png")
+    log_figure(cumulative_scores(scores.per_era), "plots/cumulative_scores.png")
     frame = pd.DataFrame({"id": validation.ids, "era": validation.eras,
                           "prediction": predictions, "target": validation.target})
     if "meta_model" in scores.references:

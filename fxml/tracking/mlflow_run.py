@@ -138,7 +138,7 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
     try:
         if name.short_id:
             # the short id is the run id's start, known once the run exists
-            mlflow.set_tag("mlflow.runName", name.of(run.info.run_id))
+            set_tags({"mlflow.runName": name.of(run.info.run_id)})
         yield run
     except BaseException as error:
         if connection_lost(error) or _store_refused(error):
@@ -225,9 +225,37 @@ def flatten(config: DictConfig) -> dict[str, str]:
     return flat
 
 
+# --- the active run's logging, each call tried again while the store is away -------------------
+# (tracking.retry_seconds), so that an outage its retries survive costs a job nothing
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    retrying(lambda: mlflow.log_metrics(metrics))
+
+
+def log_params(params: dict[str, Any]) -> None:
+    retrying(lambda: mlflow.log_params(params))
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    retrying(lambda: mlflow.set_tags(tags))
+
+
+def log_figure(figure: Any, artifact_file: str) -> None:
+    retrying(lambda: mlflow.log_figure(figure, artifact_file))
+
+
+def log_artifact(local_path: str, artifact_path: str | None = None) -> None:
+    retrying(lambda: mlflow.log_artifact(local_path, artifact_path=artifact_path))
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    retrying(lambda: mlflow.log_text(text, artifact_file))
+
+
 def log_config(config: DictConfig) -> None:
-    mlflow.log_params(flatten(config))
-    mlflow.log_text(redact(OmegaConf.to_yaml(config, resolve=True)), "config.yaml")
+    log_params(flatten(config))
+    log_text(redact(OmegaConf.to_yaml(config, resolve=True)), "config.yaml")
 
 
 def log_metric_batch(metrics: list[Metric]) -> None:
@@ -245,7 +273,7 @@ def log_fitted_params(model: Any) -> None:
     """Log what ``fit`` chose (``model.fitted_params()``, e.g. ensemble weights) to the active run."""
     params = model.fitted_params()
     if params:
-        mlflow.log_params(params)
+        log_params(params)
 
 
 def log_series(per_era: pd.DataFrame, columns: tuple[str, ...]) -> None:
@@ -286,7 +314,7 @@ def log_frame(frame: pd.DataFrame, artifact_path: str) -> None:
             frame.to_csv(path, index=frame.index.name is not None)
         else:
             frame.to_parquet(path, index=False)
-        mlflow.log_artifact(str(path), artifact_path=folder or None)
+        log_artifact(str(path), artifact_path=folder or None)
 
 
 def git_commit() -> str:

@@ -24,6 +24,7 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 
 from fxml.secrets import redact
+from fxml.tracking.stores import retrying
 
 if TYPE_CHECKING:
     from fxml.data.loader import NumeraiData
@@ -156,4 +157,4 @@ def log_data_input(data: NumeraiData, split: str) -> None:
     # MLflow's MetaDataset leaves Dataset.profile abstract; Dataset is no ABC, so it instantiates
     dataset = MetaDataset(ReleaseFile(str(where)), name=dataset_name(data),  # type: ignore[abstract]
                           digest=digest)
-    mlflow.log_input(dataset, context=context)
+    retrying(lambda: mlflow.log_input(dataset, context=context))

@@ -22,11 +22,11 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import optuna
@@ -79,6 +79,7 @@ from fxml.tracking.mlflow_run import TRIAL_TAG, redact, tracking_uri
 from fxml.tracking.stores import creation_lock
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 GROUPS = ("data", "model", "trainer", "memory", "scorer")
 TAKEN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
@@ -266,7 +267,8 @@ class OptunaSearch(Sweeper):
     def _trial_run_id(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
         """The MLflow run of a trial's job: recorded on the trial once it trains, and found among
         the parent's children from the moment it starts (a job killed while it loads data)."""
-        run_id = _stored_user_attrs(study, trial.number).get("mlflow_run_id")
+        run_id = self._on_storage(f"read trial {trial.number}",
+                                  lambda: _stored_user_attrs(study, trial.number)).get("mlflow_run_id")
         if run_id or self.parent_id is None:
             return run_id
         runs = [run for run in job_runs(self.uri, self.parent_id)
@@ -417,6 +419,10 @@ class OptunaSearch(Sweeper):
         if run_id and run_status_of(self.uri, run_id).info.status == "RUNNING":
             end_run_as(self.uri, run_id, "FAILED", note)
 
+    def _on_storage(self, doing: str, call: Callable[[], T]) -> T:
+        """``call()`` on the study's storage, tried again while it is away."""
+        return with_retries(self.storage_url, doing, call, self.retry_seconds)
+
     def _set_attr(self, trial: optuna.Trial, key: str, value: Any) -> None:
         with_retries(self.storage_url, f"record {key} of trial {trial.number}",
                      lambda: trial.set_user_attr(key, value), self.retry_seconds)
@@ -431,7 +437,8 @@ class OptunaSearch(Sweeper):
             if run_id and self._keep_finished(study, trial, run_status_of(self.uri, run_id)):
                 continue
             self._set_attr(trial, "error", how)
-            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            self._on_storage(f"record trial {trial.number}", partial(
+                study.tell, trial, state=TrialState.FAIL, skip_if_finished=True))
             if not run_id:
                 continue
             # a library may have turned the interruption into an error (Lightning: SystemExit(1)),
@@ -448,7 +455,8 @@ class OptunaSearch(Sweeper):
             value = self.objective.value(run.data.metrics)
         except FxmlError:
             return False
-        study.tell(trial, value, state=TrialState.COMPLETE, skip_if_finished=True)
+        self._on_storage(f"record trial {trial.number}", lambda: study.tell(
+            trial, value, state=TrialState.COMPLETE, skip_if_finished=True))
         log.info("sweep: trial %d had finished before the stop: %s = %.6f", trial.number,
                  self.objective.label, value)
         return True
@@ -516,7 +524,8 @@ class OptunaSearch(Sweeper):
         """The study's one comparison table: a row per trial, the objective first."""
         assert self.parent_id is not None, "the parent run is opened before the search"
         try:
-            rows = trial_rows(job_runs(self.uri, self.parent_id), study.get_trials(deepcopy=False))
+            rows = trial_rows(job_runs(self.uri, self.parent_id),
+                              self._on_storage("read the trials", lambda: study.get_trials(deepcopy=False)))
         except mlflow.exceptions.MlflowException as error:
             log.warning("sweep: no comparison table (%s)", describe(error))
             return []
@@ -529,7 +538,7 @@ class OptunaSearch(Sweeper):
         rows = self._show_table(study)
         best = self._record_best(study, fixed)
         if best is None:
-            trials = study.get_trials(deepcopy=False)
+            trials = self._on_storage("read the trials", lambda: study.get_trials(deepcopy=False))
             counts = {s: sum(t.state == s for t in trials) for s in (TrialState.FAIL, TrialState.PRUNED)}
             errors = [t.user_attrs["error"] for t in trials if t.user_attrs.get("error")]
             first = f"; the first error: {errors[0]}" if errors else ""
@@ -540,7 +549,8 @@ class OptunaSearch(Sweeper):
               f"(MLflow run {best.run_id})\nRun it: {best.command}\n"
               f"Promote it: python -m fxml.promote sweep={self.study_name} name=<model name> "
               "alias=champion")
-        _log_study_plots(mlflow.MlflowClient(self.uri), self.parent_id, study)
+        self._on_storage("plot the study",
+                         lambda: _log_study_plots(mlflow.MlflowClient(self.uri), self.parent_id, study))
         reverse = self.direction == "maximize"
         rows.sort(key=lambda row: (row.objective is None, -(row.objective or 0) if reverse
                                    else (row.objective or 0)))
