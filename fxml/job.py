@@ -6,6 +6,8 @@ it only once the config is checked."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,6 +51,7 @@ from fxml.sweeps.trial import trial_reporter
 from fxml.tracking.mlflow_run import (
     JOB_TAG,
     OVERRIDES_TAG,
+    PROCESS_TAG,
     TRIAL_TAG,
     RunName,
     StepMetrics,
@@ -99,8 +102,9 @@ def load_validation(data: NumeraiData, neutralizers: list[str]) -> DataSplit:
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
-    return {"fxml_version": __version__, "git_commit": git_commit(),
-            "model_family": model_family(cfg), **multirun_job_tags(cfg), **cfg.tracking.tags}
+    return {"fxml_version": __version__, "git_commit": git_commit(), "model_family": model_family(cfg),
+            PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}", **multirun_job_tags(cfg),
+            **cfg.tracking.tags}
 
 
 def model_family(cfg: DictConfig) -> str:
@@ -291,13 +295,14 @@ def model_choice(cfg: DictConfig) -> str:
 
 def multirun_job_tags(cfg: DictConfig) -> dict[str, str]:
     """A multirun job's number, overrides and search trial, for the comparison table at the
-    multirun's end."""
+    multirun's end. A search's job is numbered by its trial, which is unique across the study's
+    workers (each worker's launcher counts its own jobs from 0)."""
     tags = {}
     if in_multirun():
         hydra_config = HydraConfig.get()
         tags = {JOB_TAG: str(hydra_config.job.num), OVERRIDES_TAG: " ".join(hydra_config.overrides.task)}
     if cfg.get("sweep") and cfg.sweep.get("trial_number") is not None:
-        tags[TRIAL_TAG] = str(cfg.sweep.trial_number)
+        tags[TRIAL_TAG] = tags[JOB_TAG] = str(cfg.sweep.trial_number)
     return tags
 
 

@@ -3,6 +3,7 @@ workers, failing trials, bad storages and a real PostgreSQL that restarts mid-sw
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -117,10 +118,15 @@ def test_a_changed_command_gets_its_own_study_and_a_named_one_is_checked(workspa
     given, storage = local_storage(workspace, "identity")
     command = search_command(f"hydra.sweeper.storage={given}", "tracking.experiment=identity", *FAST)
     assert run(workspace, [*command, "hydra.sweeper.n_trials=1"]).returncode == 0
-    again = run(workspace, [*command, "hydra.sweeper.n_trials=2"])
+    # the same experiment on another machine: its data in another folder, other cores
+    elsewhere = workspace.root / "data-elsewhere"
+    elsewhere.symlink_to(workspace.root / "data")
+    again = run(workspace, [*command, "hydra.sweeper.n_trials=2", "trainer.n_jobs=2"],
+                FXML_DATA_DIR=str(elsewhere))
     assert again.returncode == 0, again.stderr
     first = only_study(storage)
     assert len(first.trials) == 2, "the same command resumed its study"
+    assert "data.directory" not in first.user_attrs["fxml.settings"]
     assert "resuming study" in again.stdout
 
     changed = run(workspace, [*command, "hydra.sweeper.n_trials=1", "data.every_nth_era=2"])
@@ -196,14 +202,49 @@ def test_a_dead_workers_trial_fails_in_optuna_and_in_mlflow(workspace: Workspace
     assert parent.info.status == "FINISHED" and parent.data.tags["best_trial"] == "1"
 
 
+@pytest.mark.slow
+def test_a_killed_joblib_worker_fails_its_trial_and_the_sweep_goes_on(workspace: Workspace) -> None:
+    """SIGKILL (an OOM kill) of the joblib worker training a trial: that trial FAILs in Optuna
+    and its run in MLflow, with the reason; the sweep goes on to n_trials and exits 0."""
+    given, storage = local_storage(workspace, "joblib-kill")
+    sweep = start(workspace, search_command(
+        f"hydra.sweeper.storage={given}", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.sampler.name=random",
+        "hydra.sweeper.params=null", "model.learning_rate=interval(0.01,0.1)",
+        "tracking.experiment=joblib-kill", *SLOW_TRIALS))
+    training_runs = lambda: [r for r in workspace.runs("joblib-kill")  # noqa: E731
+                             if r.info.status == "RUNNING" and "fxml.process" in r.data.tags]
+    wait_for(lambda: bool(training_runs()), sweep)
+    victim = training_runs()[0]
+    os.kill(int(victim.data.tags["fxml.process"].rsplit(":", 1)[1]), signal.SIGKILL)
+    _, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, stderr
+
+    trials = {t.number: t for t in only_study(storage).trials}
+    killed = trials[int(victim.data.tags["fxml.trial"])]
+    assert killed.state == FAIL
+    assert killed.user_attrs["error"].startswith("its job was lost: TerminatedWorkerError")
+    runs = {r.info.run_id: r for r in workspace.runs("joblib-kill")}
+    assert runs[victim.info.run_id].info.status == "FAILED"
+    assert runs[victim.info.run_id].data.tags["error"] == killed.user_attrs["error"]
+    assert not [r.info.run_name for r in runs.values() if r.info.status == "RUNNING"]
+    # the batch after the lost one ran: the study reached n_trials with a completed trial
+    assert sorted(trials) == [0, 1, 2] and trials[2].state == COMPLETE
+    [parent] = parents(workspace, "joblib-kill")
+    assert parent.info.status == "FINISHED"
+    assert_parent_names_the_best(parent, only_study(storage))
+
+
 def test_a_sweep_without_a_successful_trial_fails_with_one_line(workspace: Workspace) -> None:
     given, storage = local_storage(workspace, "all-fail")
     result = run(workspace, search_command(
-        f"hydra.sweeper.storage={given}", "hydra.sweeper.n_trials=2", "hydra.sweeper.params=null",
-        "model.min_child_samples=choice(20,40)", "model.colsample_bytree=5.0",
-        "tracking.experiment=all-fail", *FAST))
+        f"hydra.sweeper.storage={given}", "hydra.sweeper.n_trials=4", "hydra.sweeper.max_failures=2",
+        "hydra.sweeper.params=null", "model.min_child_samples=choice(20,40,60,80)",
+        "model.colsample_bytree=5.0", "tracking.experiment=all-fail", *FAST))
     assert_one_line_error(result, "no trial of study lgbm-", "succeeded (2 failed, 0 pruned)",
                           "model.colsample_bytree must be in (0, 1]")
+    # max_failures stopped the search after the second failure, short of n_trials
+    assert [(t.number, t.state) for t in only_study(storage).trials] == [(0, FAIL), (1, FAIL)]
     [parent] = parents(workspace, "all-fail")
     assert parent.info.status == "FAILED" and "no trial of study" in parent.data.tags["error"]
 

@@ -1,7 +1,9 @@
 """Which experiment a study belongs to: every setting that is not searched, and its fingerprint.
 
 A study's trials are only comparable when they share the data, feature set, target, objective,
-cross-validation and every other fixed setting. The default study name is the search preset plus a
+cross-validation and every other fixed setting; where a machine keeps the data and what hardware
+trains (cores, accelerator, memory policy) are not part of it, so workers on several machines
+share one study. The default study name is the search preset plus a
 short fingerprint of those settings, so the same command resumes its study and a changed command
 starts its own. The settings are stored on the study, so a study named explicitly can be checked.
 """
@@ -21,7 +23,13 @@ from fxml.tracking.mlflow_run import redact
 SETTINGS_ATTR = "fxml.settings"
 FINGERPRINT_ATTR = "fxml.fingerprint"
 # where results go or how a trial reaches its study: not part of what is being compared
-NOT_SETTINGS = ("hydra", "sweep", "tracking")
+NOT_SETTINGS = ("hydra", "sweep", "tracking", "output")
+# where this machine keeps the data and how it trains, which differ between the workers of one
+# study (a data folder, cores, a GPU, the memory it has) without changing the experiment
+MACHINE_SETTINGS = ("data.directory", "data.source.api", "trainer.n_jobs", "trainer.accelerator",
+                    "trainer.devices", "memory._target_", "memory.max_gib", "memory.headroom")
+# the same, as the model parameters (an ensemble's members' too) that the trainer's settings fill
+MACHINE_MODEL_PARAMS = ("n_jobs", "device", "devices")
 FINGERPRINT_LENGTH = 8
 
 
@@ -45,11 +53,20 @@ def experiment_settings(config: DictConfig, searched: Iterable[str], objective: 
         plain = OmegaConf.to_container(OmegaConf.create(task), resolve=False)
     searched = sorted(searched)
     settings = {key: value for key, value in flat_settings(plain).items()
-                if not any(key == s or key.startswith(f"{s}.") for s in searched)}
+                if not _within(key, searched) and not _machine_setting(key)}
     settings["sweeper.objective"] = json.dumps(objective)
     settings["sweeper.direction"] = json.dumps(direction)
     settings["sweeper.searched"] = json.dumps(searched)
     return dict(sorted(settings.items()))
+
+
+def _within(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == prefix or key.startswith(f"{prefix}.") for prefix in prefixes)
+
+
+def _machine_setting(key: str) -> bool:
+    return _within(key, MACHINE_SETTINGS) or (
+        key.startswith("model.") and key.rsplit(".", 1)[-1] in MACHINE_MODEL_PARAMS)
 
 
 def fingerprint(settings: Mapping[str, str]) -> str:

@@ -64,6 +64,8 @@ SHORT_ID = 4  # characters of the run id in a run's name
 JOB_TAG = "fxml.job"
 OVERRIDES_TAG = "fxml.overrides"
 TRIAL_TAG = "fxml.trial"  # the Optuna trial number of a search's job
+# host:pid of the process that trains the run, to find (or kill) a sweep's worker on a cluster
+PROCESS_TAG = "fxml.process"
 
 
 # a final fit's run names the run whose configuration it refitted (fxml.refit)

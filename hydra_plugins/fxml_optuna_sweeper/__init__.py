@@ -41,6 +41,9 @@ class FxmlOptunaSweeperConf:
     grace_period: int = 30
     # a database that goes away mid-sweep (a restart) is waited for this long, then one line
     storage_retry_seconds: float = 120.0
+    # stop the sweep once this many of its trials have failed (a lost job, an error); null: run
+    # on to n_trials whatever fails
+    max_failures: int | None = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="fxml_optuna", node=FxmlOptunaSweeperConf,

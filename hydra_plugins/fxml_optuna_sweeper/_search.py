@@ -72,7 +72,7 @@ from fxml.sweeps.study import (
     experiment_settings,
     fingerprint,
 )
-from fxml.tracking.mlflow_run import redact, tracking_uri
+from fxml.tracking.mlflow_run import TRIAL_TAG, redact, tracking_uri
 from fxml.tracking.stores import creation_lock
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class OptunaSearch(Sweeper):
     def __init__(self, study_name: str | None, storage: str | None, direction: str, n_trials: int,
                  n_jobs: int, sampler: DictConfig, pruner: DictConfig, objective: str,
                  params: DictConfig | None, heartbeat_interval: int, grace_period: int,
-                 storage_retry_seconds: float) -> None:
+                 storage_retry_seconds: float, max_failures: int | None = None) -> None:
         super().__init__()
         # here, not at import: Hydra imports plugins inside warnings.catch_warnings()
         warnings.filterwarnings("ignore", category=ExperimentalWarning)
@@ -117,6 +117,12 @@ class OptunaSearch(Sweeper):
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
         self.heartbeat = (heartbeat_interval, grace_period)
         self.retry_seconds = float(storage_retry_seconds)
+        if max_failures is not None and max_failures < 1:
+            raise FxmlError(f"hydra.sweeper.max_failures must be >= 1 or null (got {max_failures})")
+        self.max_failures = max_failures
+        self.failures = 0
+        self.batches_lost_unstarted = 0
+        self.stopped_early: str | None = None
         self.job_index = 0
         self.parent_id: str | None = None
 
@@ -166,6 +172,8 @@ class OptunaSearch(Sweeper):
             try:
                 self._search(study, space, fixed)
                 self._finish(study, fixed)
+                if self.stopped_early:
+                    raise FxmlError(f"the sweep stopped early: {self.stopped_early}")
             finally:
                 restore()
         except BaseException as error:
@@ -190,18 +198,65 @@ class OptunaSearch(Sweeper):
             try:
                 with _Heartbeat(self.storage, self.study_id, trials, self.heartbeat[0]):
                     results = self._launcher.launch(batch, initial_job_idx=self.job_index)
+            except Exception as error:
+                if self._how(error) or isinstance(error, FxmlError):
+                    self._end_batch(study, trials, fixed, error)
+                    raise
+                # the launcher lost the batch (a joblib worker killed, a job cancelled): each
+                # trial is judged by its own run, and the study goes on
+                self._lost_batch(study, trials, error)
             except BaseException as error:
-                how = self._how(error)
-                self._stop_trials(study, trials, how or f"the sweep failed: {type(error).__name__}",
-                                  "KILLED" if how else "FAILED")
-                # a trial of the batch may have finished first: the parent names it if it is best
-                with contextlib.suppress(FxmlError):
-                    self._record_best(study, fixed)
+                self._end_batch(study, trials, fixed, error)
                 raise
+            else:
+                for trial, result in zip(trials, results, strict=True):
+                    self._tell(study, trial, result)
             self.job_index += len(batch)
-            for trial, result in zip(trials, results, strict=True):
-                self._tell(study, trial, result)
-                self._record_best(study, fixed)
+            self._record_best(study, fixed)
+            if self.max_failures is not None and self.failures >= self.max_failures:
+                self.stopped_early = (f"{self.failures} trial(s) failed in this sweep "
+                                      f"(hydra.sweeper.max_failures={self.max_failures})")
+                log.warning("sweep: stopping: %s", self.stopped_early)
+                return
+
+    def _end_batch(self, study: optuna.Study, trials: list[optuna.Trial], fixed: list[str],
+                   error: BaseException) -> None:
+        """The sweep ends (a stop signal, or an error of its own) while a batch runs."""
+        how = self._how(error)
+        self._stop_trials(study, trials, how or f"the sweep failed: {type(error).__name__}",
+                          "KILLED" if how else "FAILED")
+        # a trial of the batch may have finished first: the parent names it if it is best
+        with contextlib.suppress(FxmlError):
+            self._record_best(study, fixed)
+
+    def _lost_batch(self, study: optuna.Study, trials: list[optuna.Trial], error: Exception) -> None:
+        """A batch whose launcher failed: a trial whose run finished keeps its value; the others
+        FAIL with the reason, their runs FAILED. When no job of the batch even started, the
+        launcher itself cannot run jobs: one line, not a study of failed trials."""
+        # launchers explain a lost worker at length (joblib: the possible causes): its first sentence
+        reason = f"its job was lost: {redact(describe(error)).split('. ')[0]}"
+        log.warning("sweep: the launcher lost a batch of %d trial(s): %s", len(trials), describe(error))
+        started = [self._trial_run_id(study, trial) for trial in trials]
+        self.batches_lost_unstarted = 0 if any(started) else self.batches_lost_unstarted + 1
+        client = mlflow.MlflowClient(self.uri)
+        for trial, run_id in zip(trials, started, strict=True):
+            if run_id and self._keep_finished(study, trial, client.get_run(run_id)):
+                continue
+            self._fail(study, trial, reason, run_id)
+        if self.batches_lost_unstarted >= 2:
+            launcher = str(self._config.hydra.launcher._target_).rsplit(".", 1)[-1]
+            raise FxmlError(f"the launcher ({launcher}) started no job of two batches in a row: "
+                            f"{describe(error)}")
+
+    def _trial_run_id(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
+        """The MLflow run of a trial's job: recorded on the trial once it trains, and found among
+        the parent's children from the moment it starts (a job killed while it loads data)."""
+        run_id = _stored_user_attrs(study, trial.number).get("mlflow_run_id")
+        if run_id or self.parent_id is None:
+            return run_id
+        runs = [run for run in job_runs(self.uri, self.parent_id)
+                if run.data.tags.get(TRIAL_TAG) == str(trial.number)]
+        return runs[0].info.run_id if runs else None
 
     def _how(self, error: BaseException) -> str | None:
         """``interrupted`` or ``terminated`` when a stop signal ended the sweep (a library may have
@@ -315,18 +370,38 @@ class OptunaSearch(Sweeper):
         elif isinstance(error := job_error(result), optuna.TrialPruned):
             state, note = TrialState.PRUNED, str(error)
         else:
-            note = describe(error)
+            # a job lost by its launcher (a dead Ray worker) may have finished its run first
+            run_id = self._trial_run_id(study, trial)
+            client = mlflow.MlflowClient(self.uri)
+            if not (run_id and self._keep_finished(study, trial, client.get_run(run_id))):
+                self._fail(study, trial, describe(error), run_id)
+            return
         if state == TrialState.FAIL:
-            self._set_attr(trial, "error", redact(note or "")[:2000])
+            self._fail(study, trial, note or "", None)
+            return
         with_retries(self.storage_url, f"record trial {trial.number}",
                      lambda: study.tell(trial, value, state=state, skip_if_finished=True),
                      self.retry_seconds)
         if state == TrialState.COMPLETE:
             log.info("sweep: trial %d %s = %.6f", trial.number, self.objective.label, value)
-        elif state == TrialState.PRUNED:
-            log.info("sweep: trial %d %s", trial.number, note)
         else:
-            log.warning("sweep: trial %d failed: %s", trial.number, note)
+            log.info("sweep: trial %d %s", trial.number, note)
+
+    def _fail(self, study: optuna.Study, trial: optuna.Trial, note: str, run_id: str | None) -> None:
+        """The trial FAILs with its reason; a run its job left open (a killed worker's) is
+        FAILED with the same reason."""
+        note = redact(note)[:2000]
+        self.failures += 1
+        self._set_attr(trial, "error", note)
+        with_retries(self.storage_url, f"record trial {trial.number}",
+                     lambda: study.tell(trial, state=TrialState.FAIL, skip_if_finished=True),
+                     self.retry_seconds)
+        log.warning("sweep: trial %d failed: %s", trial.number, note)
+        if run_id:
+            client = mlflow.MlflowClient(self.uri)
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, "error", note)
+                client.set_terminated(run_id, status="FAILED")
 
     def _set_attr(self, trial: optuna.Trial, key: str, value: Any) -> None:
         with_retries(self.storage_url, f"record {key} of trial {trial.number}",
@@ -339,7 +414,7 @@ class OptunaSearch(Sweeper):
         FAIL in Optuna, and are KILLED (or FAILED) in MLflow where a job left its run open."""
         client = mlflow.MlflowClient(self.uri)
         for trial in trials:
-            run_id = _stored_user_attrs(study, trial.number).get("mlflow_run_id")
+            run_id = self._trial_run_id(study, trial)
             if run_id and self._keep_finished(study, trial, client.get_run(run_id)):
                 continue
             self._set_attr(trial, "error", how)
