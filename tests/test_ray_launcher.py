@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import optuna
 import pytest
+from hydra.core.utils import JobStatus
 from mlflow.entities import ViewType
 
 from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
@@ -295,3 +297,42 @@ def test_no_cluster_is_one_line(workspace: Workspace) -> None:
                                   "hydra.launcher.address or RAY_ADDRESS")
     assert not (workspace.root / "mlruns" / "ray-none.db").exists()
     assert workspace.runs("ray-none") == []
+
+
+# --- the worker's side, in this process --------------------------------------------------------
+
+
+def test_forwarded_variables_are_the_jobs_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray reuses its workers: a job sees the command's values (none: unset), the next job the
+    worker's own again."""
+    from hydra_plugins.fxml_ray_launcher._worker import forwarded
+
+    monkeypatch.setenv("FXML_RAY_A", "the worker's")
+    monkeypatch.delenv("FXML_RAY_B", raising=False)
+    monkeypatch.setenv("FXML_RAY_C", "the worker's own")
+    with forwarded({"FXML_RAY_A": "the command's", "FXML_RAY_B": SENTINEL, "FXML_RAY_C": None}):
+        assert [os.environ.get(name) for name in ("FXML_RAY_A", "FXML_RAY_B", "FXML_RAY_C")] == \
+            ["the command's", SENTINEL, None]
+    assert [os.environ.get(name) for name in ("FXML_RAY_A", "FXML_RAY_B", "FXML_RAY_C")] == \
+        ["the worker's", None, "the worker's own"]
+
+
+def test_a_folder_missing_on_the_worker_is_the_jobs_one_line_failure(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from fxml.errors import FxmlError
+    from fxml.sweeps.parent import job_error
+    from hydra_plugins.fxml_ray_launcher._worker import run_on_worker
+
+    job = OmegaConf.create({"a": 1, "hydra": {"overrides": {"task": ["a=1"]}, "job": {"name": "run"}}})
+    missing = tmp_path / "not-on-this-node"
+    before = Path.cwd()
+    with mock.patch.dict(os.environ):  # the settings fxml's commands make stay the test's
+        result = run_on_worker((None, None), job, str(missing), {})  # type: ignore[arg-type]
+    assert Path.cwd() == before
+    assert result.status == JobStatus.FAILED
+    assert result.overrides == ["a=1"] and OmegaConf.to_container(result.cfg) == {"a": 1}
+    assert result.hydra_cfg is not None and result.hydra_cfg.hydra.job.name == "run"
+    error = job_error(result)
+    assert isinstance(error, FxmlError)
+    assert str(error).startswith(f"the folder the command ran in, {missing}, does not exist on the Ray node")

@@ -33,8 +33,7 @@ def run_on_worker(shared: tuple[HydraContext, TaskFunction], job: DictConfig, fo
                            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
     except Exception as error:  # whatever stopped the job, the sweep records it as the job's
         return failed(job, error)
-    except SystemExit as stop:  # Ray would take this worker's exit for a crash
-        return failed(job, RuntimeError(f"the job exited with code {stop.code}"))
+    # an interruption (a cancelled task) or an exit (Ray stopping this worker) is Ray's to handle
 
 
 @contextlib.contextmanager
