@@ -20,12 +20,12 @@ class FxmlRayLauncherConf:
     # started on this machine for the command alone
     address: str | None = None
     num_cpus: float = 1  # cores each job reserves (Ray sets the job's OMP_NUM_THREADS to it)
-    num_gpus: float = 0
+    num_gpus: float = 0  # GPUs each job reserves
     # 0: a job whose worker died FAILs; a retry would leave the dead attempt's MLflow run RUNNING,
     # and a search runs further trials up to n_trials anyway
     max_retries: int = 0
-    # names of environment variables whose values (read here, passed in memory) each job sees as
-    # this command does; a name this command lacks is unset for the job
+    # environment variables each job sees as the command does: their values are read where the
+    # command runs and passed in memory; a name the command lacks is unset for the job
     env: list[str] = field(default_factory=lambda: list(FORWARDED))
 
 
