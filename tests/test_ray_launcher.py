@@ -56,7 +56,8 @@ def cluster(workspace: Workspace) -> Iterator[Cluster]:
     folder = Path(tempfile.mkdtemp(prefix="fxr", dir="/tmp"))
     ray = str(Path(sys.executable).with_name("ray"))
     env = {k: v for k, v in workspace.env().items() if k != "FXML_DATA_DIR"}
-    env.update(RAY_USAGE_STATS_ENABLED="0")
+    # no token authentication, whatever ~/.ray holds (a token there would turn it on)
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     port = free_port()
     subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                     "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
@@ -117,7 +118,8 @@ def test_a_search_runs_its_trials_as_ray_tasks(workspace: Workspace, cluster: Cl
     # relative, as users write them: the store and the study are the project's, not the worker's
     result = run(workspace, cluster, search("hydra.sweeper.storage=sqlite:///mlruns/ray-search.db",
                                             "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
-                                            "tracking.experiment=ray-search", *FAST))
+                                            "tracking.experiment=ray-search",
+                                            "hydra.sweep.dir=multirun/ray-search", *FAST))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_jobs_ran_on_ray(result.stdout + result.stderr, range(3))
 
@@ -136,7 +138,7 @@ def test_a_search_runs_its_trials_as_ray_tasks(workspace: Workspace, cluster: Cl
         assert run_.data.metrics["corr_sharpe"] == pytest.approx(trial.value)
     assert [r.info.status for r in all_runs(workspace, "ray-search")] == ["FINISHED"] * 4
     # the jobs' Hydra folders are the project's; nothing was written where the workers started
-    sweep_dir = next(workspace.root.glob("multirun/*/*/multirun.yaml")).parent
+    sweep_dir = workspace.root / "multirun" / "ray-search"
     assert sorted(p.parent.name for p in sweep_dir.glob("*/.hydra")) == ["0", "1", "2"]
     assert not list(cluster.folder.glob("mlruns")) and not list(cluster.folder.glob("multirun"))
 

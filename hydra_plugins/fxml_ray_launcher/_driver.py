@@ -70,7 +70,9 @@ class Driver:
                              include_dashboard=False if address == "local" else None)
                 except (ConnectionError, ValueError, RuntimeError) as error:
                     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                    raise FxmlError(f"cannot connect to the Ray cluster at {address}: {first}") from None
+                    raise FxmlError(f"cannot connect to the Ray cluster at {address}: {first} (a "
+                                    "cluster with token authentication needs RAY_AUTH_MODE=token and "
+                                    "its token here too)") from None
         return cls(ray, hydra_context, task_function, config)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
