@@ -182,6 +182,7 @@ def test_a_grid_on_ray_forwards_variables_by_name_and_writes_no_secret(
         assert leaks == [], (name, leaks)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_its_trial_and_the_search_goes_on(
         workspace: Workspace, cluster: Cluster) -> None:
     """Two trials at once: the quick one finishes, the slow one's Ray worker is killed (SIGKILL)
