@@ -138,3 +138,9 @@ def chromium() -> str:
             pytest.fail(missing)
         pytest.skip(missing)
     return browser
+
+
+def files_containing(root: Path, secret: str) -> list[str]:
+    """Every file under ``root`` with ``secret`` in its bytes."""
+    needle = secret.encode()
+    return [str(path) for path in root.rglob("*") if path.is_file() and needle in path.read_bytes()]

@@ -17,14 +17,10 @@ import pytest
 from fxml.secrets import redact
 from fxml.tracking.stores import store_client
 from tests.conftest import Workspace
+from tests.helpers import files_containing
 from tests.postgres_server import PASSWORD, USER, postgres  # noqa: F401
 
 NUMERAI_KEY = "NUMERAI-Key-Sentinel-4242"
-
-
-def files_containing(root: Path, secret: str) -> list[str]:
-    needle = secret.encode()
-    return [str(path) for path in root.rglob("*") if path.is_file() and needle in path.read_bytes()]
 
 
 def dump(server, database: str) -> str:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ import pytest
 from mlflow.entities import ViewType
 
 from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
-from tests.helpers import assert_parent_names_the_best
+from tests.helpers import assert_parent_names_the_best, files_containing
 from tests.postgres_server import PASSWORD, postgres  # noqa: F401
 
 FAST = ("model.n_estimators=30", "model.valid_corr_every=5", "tracking.log_model=false",
@@ -271,9 +271,13 @@ def written_text(root: Path) -> str:
 @pytest.mark.slow
 def test_workers_share_a_postgres_study(workspace: Workspace, postgres) -> None:  # noqa: F811
     storage = postgres.create_database("shared_workers")
-    command = search_command(f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=4",
-                             "hydra.sweeper.sampler.name=random", "tracking.experiment=pg-shared", *FAST)
-    workers = [start(workspace, [*command, f"hydra.sweep.dir=multirun/pg{i}"]) for i in range(2)]
+    # one worker has the password in the URL, the other reads it from its environment
+    from_env = storage.replace(PASSWORD, "${oc.env:FXML_TEST_PG_PASSWORD}")
+    command = search_command("hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.name=random",
+                             "tracking.experiment=pg-shared", *FAST)
+    workers = [start(workspace, [*command, f"hydra.sweeper.storage='{url}'",
+                                 f"hydra.sweep.dir=multirun/pg{i}"], FXML_TEST_PG_PASSWORD=PASSWORD)
+               for i, url in enumerate((storage, from_env))]
     outputs = [w.communicate(timeout=600) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     trials = only_study(storage).trials
@@ -283,6 +287,11 @@ def test_workers_share_a_postgres_study(workspace: Workspace, postgres) -> None:
     assert parent.info.status == "FINISHED"
     assert PASSWORD not in "".join(out + err for out, err in outputs)
     assert PASSWORD not in (workspace.root / "multirun/pg0/multirun.yaml").read_text()
+    # its jobs were handed the reference, resolved where they ran
+    handed = [path.read_text() for path in (workspace.root / "multirun/pg1").glob("*/.hydra/overrides.yaml")]
+    assert handed and all("sweep.storage='postgresql://fxml:${oc.env:FXML_TEST_PG_PASSWORD}@" in text
+                          for text in handed)
+    assert files_containing(workspace.root, PASSWORD) == []
     for child in workspace.runs("pg-shared"):
         assert PASSWORD not in str(child.data.params) + str(child.data.tags)
 

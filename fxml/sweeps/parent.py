@@ -47,11 +47,12 @@ OPTUNA_SWEEPER = "FxmlOptunaSweeper"
 GRID_OBJECTIVES = ("corr_sharpe", "cv_corr_sharpe")
 
 
-def quoted(value: str) -> str:
+def quoted(value: str, resolved_by_the_job: bool = False) -> str:
     """``value`` as a quoted Hydra override value that composes back to exactly ``value``: quotes
-    and the backslashes before them escaped, ``${`` kept literal."""
+    and the backslashes before them escaped, ``${`` kept literal unless the job is to resolve it
+    (a password read by ``${oc.env:...}`` where the job runs, never written out)."""
     value = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
-    return "'" + value.replace("${", "\\${") + "'"
+    return "'" + (value if resolved_by_the_job else value.replace("${", "\\${")) + "'"
 
 
 def job_overrides(settings: dict[str, str | int | float | None]) -> list[str]:
@@ -108,6 +109,16 @@ def end_parent_run(uri: str, run_id: str, status: str, reason: str | None = None
     if reason:
         client.set_tag(run_id, "error" if status == "FAILED" else "stopped", reason[:5000])
     client.set_terminated(run_id, status=status)
+
+
+def close_open_jobs(uri: str, parent_id: str, status: str, reason: str) -> None:
+    """End the runs of a grid's jobs still open once its launcher returned: their jobs were lost
+    (a killed worker or SLURM job) or stopped before they could close them."""
+    client = store_client(uri)
+    for run in job_runs(uri, parent_id):
+        if run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "error" if status == "FAILED" else "stopped", reason)
+            client.set_terminated(run.info.run_id, status=status)
 
 
 @dataclass(frozen=True)
@@ -267,6 +278,9 @@ class GridParent:
                 self._show_table()
             how = ("terminated" if signal.SIGTERM in self.stops else "interrupted") if stopped else \
                 "the multirun failed"
+            with contextlib.suppress(mlflow.exceptions.MlflowException):
+                close_open_jobs(self.uri, self.run_id, "KILLED" if stopped else "FAILED",
+                                how if stopped else "its job was lost")
             end_parent_run(self.uri, self.run_id, "KILLED" if stopped else "FAILED", how)
             self.run_id = None
 

@@ -55,6 +55,7 @@ from fxml.sweeps.parent import (
     job_overrides,
     job_runs,
     open_parent_run,
+    quoted,
     record_best,
     sweep_result,
     trial_rows,
@@ -125,11 +126,15 @@ class OptunaSearch(Sweeper):
         self.stopped_early: str | None = None
         self.job_index = 0
         self.parent_id: str | None = None
+        self.storage_reference: str | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config = config
         self.uri = tracking_uri(config.tracking.uri)
+        sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
+        written = sweeper.get("storage") if isinstance(sweeper, dict) else None
+        self.storage_reference = written if isinstance(written, str) and "${" in written else None
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
@@ -352,8 +357,11 @@ class OptunaSearch(Sweeper):
         """The trial's parameters, and where its job belongs: all a job handed only its config
         needs (it names its run after the trial: ``lgbm-small-target-3f9a-trial4``)."""
         values = [f"{key}={_override_value(value)}" for key, value in trial.params.items()]
-        return [*values, *job_overrides({
-            "sweep.parent_run_id": self.parent_id, "sweep.storage": self.storage_url,
+        # a storage URL that reads its password from the environment reaches the job as written
+        storage = (f"sweep.storage={quoted(self.storage_reference, resolved_by_the_job=True)}"
+                   if self.storage_reference else f"sweep.storage={quoted(self.storage_url)}")
+        return [*values, storage, *job_overrides({
+            "sweep.parent_run_id": self.parent_id,
             "sweep.study_name": self.study_name, "sweep.trial_number": trial.number,
             "sweep.objective": self.objective_text, "sweep.storage_retry_seconds": self.retry_seconds,
             "tracking.uri": configured_store(self._config, self.uri)})]
