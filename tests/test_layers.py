@@ -162,14 +162,17 @@ import fxml.run
 from hydra.core.plugins import Plugins
 Plugins.instance()  # Hydra imports every plugin module when any command starts
 import hydra_plugins.fxml_optuna_sweeper.optuna_sweeper as sweeper
+import hydra_plugins.fxml_ray_launcher.ray_launcher as launcher
 print(sweeper.FxmlOptunaSweeper.__name__, "optuna" in sys.modules)
+print(launcher.FxmlRayLauncher.__name__, "ray" in sys.modules)
 """
 
 
-def test_a_plain_run_does_not_import_optuna() -> None:
-    # Optuna and the search load only in a sweep: a plain run would hold them for nothing
+def test_a_plain_run_does_not_import_optuna_or_ray() -> None:
+    # Optuna and the search load only in a sweep, Ray only in a multirun on it: a plain run would
+    # hold them for nothing
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", PLAIN_RUN_IMPORTS], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["FxmlOptunaSweeper", "False"]
+    assert result.stdout.split() == ["FxmlOptunaSweeper", "False", "FxmlRayLauncher", "False"]

@@ -255,6 +255,7 @@ def group_section(group: str, schemas: dict[str, type]) -> str:
 def configuration_page() -> str:
     from fxml.config.schema import SCHEMAS, RootConfig
     from hydra_plugins.fxml_optuna_sweeper import FxmlOptunaSweeperConf
+    from hydra_plugins.fxml_ray_launcher import FxmlRayLauncherConf
 
     lines = [
         "# Configuration reference",
@@ -292,6 +293,7 @@ def configuration_page() -> str:
                          f"{cell(field_comment(RootConfig, field.name))} |")
         lines.append("")
     lines.append(search_section(FxmlOptunaSweeperConf))
+    lines.append(launcher_section(FxmlRayLauncherConf))
     return "\n".join(lines)
 
 
@@ -312,6 +314,16 @@ def search_section(sweeper: type) -> str:
     lines += ["", "### `hydra.sweeper` (`hydra/sweeper=fxml_optuna`)", ""]
     lines += [f"Schema: `{sweeper.__name__}`; the presets above set some of these keys.", ""]
     lines.append(field_table(sweeper, "hydra.sweeper."))
+    return "\n".join(lines)
+
+
+def launcher_section(launcher: type) -> str:
+    lines = ["## `hydra/launcher=ray`", "",
+             f"{class_docstring(launcher)} Runs each job of a multirun (a grid, a search's trials) "
+             "as a task on a Ray cluster: `python -m fxml.run -m ... hydra/launcher=ray`, after "
+             '`pip install "fxml[ray]"`; see [Scaling out sweeps](../how-to/scale-out.md#a-ray-cluster).',
+             "", f"Schema: `{launcher.__name__}`.", ""]
+    lines.append(field_table(launcher, "hydra.launcher."))
     return "\n".join(lines)
 
 
