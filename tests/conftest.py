@@ -71,7 +71,8 @@ def forget_process_state() -> None:
 
 # the longest test files first: the suite's two test processes (pytest-xdist, one file each at a
 # time) then end together, with the short files filling in, instead of one waiting on the other
-LONGEST_FIRST = ("test_sweep_lifecycle.py", "test_sweeps.py", "test_model_environment.py",
+LONGEST_FIRST = ("test_sweep_lifecycle.py", "test_sweeps.py", "test_ray_launcher.py",
+                 "test_model_environment.py", "test_submitit_launcher.py", "test_outages.py",
                  "test_postgres_tracking.py", "test_promote_submit.py", "test_export_image.py",
                  "test_lifecycle.py", "test_secrets.py", "test_report.py", "test_user_output.py")
 

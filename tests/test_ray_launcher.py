@@ -114,35 +114,6 @@ def assert_jobs_ran_on_ray(output: str, numbers: range) -> None:
         assert re.search(rf"\(fxml-job-{number} pid=\d+\) job {number}: \S+", output), output[-3000:]
 
 
-def test_a_search_runs_its_trials_as_ray_tasks(workspace: Workspace, cluster: Cluster) -> None:
-    # relative, as users write them: the store and the study are the project's, not the worker's
-    result = run(workspace, cluster, search("hydra.sweeper.storage=sqlite:///mlruns/ray-search.db",
-                                            "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
-                                            "tracking.experiment=ray-search",
-                                            "hydra.sweep.dir=multirun/ray-search", *FAST))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_jobs_ran_on_ray(result.stdout + result.stderr, range(3))
-
-    found = only_study(f"sqlite:///{workspace.root}/mlruns/ray-search.db")
-    assert [t.state for t in found.trials] == [COMPLETE] * 3
-    assert len({tuple(sorted(t.params.items())) for t in found.trials}) == 3
-    [parent] = parents(workspace, "ray-search")
-    assert parent.info.status == "FINISHED"
-    assert_parent_names_the_best(parent, found)
-    runs = {r.info.run_id: r for r in children(workspace, "ray-search")}
-    assert sorted(runs) == sorted(t.user_attrs["mlflow_run_id"] for t in found.trials)
-    for trial in found.trials:
-        run_ = runs[trial.user_attrs["mlflow_run_id"]]
-        assert run_.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run_.data.tags["fxml.trial"] == str(trial.number)
-        assert run_.data.metrics["corr_sharpe"] == pytest.approx(trial.value)
-    assert [r.info.status for r in all_runs(workspace, "ray-search")] == ["FINISHED"] * 4
-    # the jobs' Hydra folders are the project's; nothing was written where the workers started
-    sweep_dir = workspace.root / "multirun" / "ray-search"
-    assert sorted(p.parent.name for p in sweep_dir.glob("*/.hydra")) == ["0", "1", "2"]
-    assert not list(cluster.folder.glob("mlruns")) and not list(cluster.folder.glob("multirun"))
-
-
 def written_files(*roots: Path) -> Iterator[Path]:
     for root in roots:
         for folder, _, names in os.walk(root):
@@ -185,13 +156,16 @@ def test_a_grid_on_ray_forwards_variables_by_name_and_writes_no_secret(
 @pytest.mark.slow
 def test_a_killed_worker_fails_its_trial_and_the_search_goes_on(
         workspace: Workspace, cluster: Cluster) -> None:
-    """Two trials at once: the quick one finishes, the slow one's Ray worker is killed (SIGKILL)
-    while it trains. The killed one FAILs with the reason, the batch's other keeps its value, and
-    the search runs its third trial and ends as usual."""
+    """A search on Ray, two trials at once: the quick one finishes, the slow one's Ray worker is
+    killed (SIGKILL) while it trains. The killed one FAILs with the reason, the batch's other keeps
+    its value, and the search runs its third trial and ends as usual, all in the project's store
+    and study under one parent."""
     storage = f"sqlite:///{workspace.root}/mlruns/ray-kill.db"
-    # seed 2 draws 5, 1000000, 5 estimators for trials 0, 1, 2 of study ray-kill (checked below)
+    # seed 2 draws 5, 1000000, 5 estimators for trials 0, 1, 2 of study ray-kill (checked below);
+    # the study and the store relative, as users write them: the project's, not the worker's
     sweep = subprocess.Popen(
-        search(f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=ray-kill",
+        search("hydra.sweeper.storage=sqlite:///mlruns/ray-kill.db", "hydra.sweeper.study_name=ray-kill",
+               "hydra.sweep.dir=multirun/ray-kill",
                "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler.name=random",
                "hydra.sweeper.sampler.seed=2", "hydra.sweeper.params=null",
                "model.n_estimators=choice(5,1000000)", "model.learning_rate=0.0001",
@@ -226,6 +200,13 @@ def test_a_killed_worker_fails_its_trial_and_the_search_goes_on(
     assert_parent_names_the_best(parent, only_study(storage))
     assert parent.data.tags["best_trial"] in ("0", "2")
     assert "trial 1 failed" in stdout + stderr
+    assert_jobs_ran_on_ray(stdout + stderr, range(0, 3, 2))
+    for trial in trials:
+        assert runs[str(trial.number)].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    # the jobs' Hydra folders are the project's; nothing was written where the workers started
+    sweep_dir = workspace.root / "multirun" / "ray-kill"
+    assert sorted(p.parent.name for p in sweep_dir.glob("*/.hydra")) == ["0", "1", "2"]
+    assert not list(cluster.folder.glob("mlruns")) and not list(cluster.folder.glob("multirun"))
 
 
 def slow_trials_worker(workspace: Workspace) -> int | None:

@@ -15,7 +15,7 @@ from tests.helpers import assert_parent_names_the_best
 from tests.test_sweep_lifecycle import (
     COMPLETE,
     FAIL,
-    SLOW_TRIALS,
+    KILLABLE_TRIALS,
     local_storage,
     only_study,
     parents,
@@ -48,7 +48,7 @@ def test_a_killed_job_fails_its_trial_and_the_sweep_goes_on(workspace: Workspace
         f"hydra.sweeper.storage={given}", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
         "hydra.sweeper.sampler.name=random", "hydra.sweeper.params=null",
         "model.learning_rate=interval(0.01,0.1)", "tracking.experiment=submitit-kill",
-        *LOCAL_JOBS, *SLOW_TRIALS))
+        *LOCAL_JOBS, *KILLABLE_TRIALS))
     training = lambda: [r for r in workspace.runs("submitit-kill")  # noqa: E731
                         if r.info.status == "RUNNING" and "fxml.process" in r.data.tags]
     wait_for(lambda: bool(training()), sweep)

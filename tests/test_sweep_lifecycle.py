@@ -26,6 +26,8 @@ FAST = ("model.n_estimators=30", "model.valid_corr_every=5", "tracking.log_model
 SLOW_TRIALS = ("model.n_estimators=3000", "model.valid_corr_every=100", "tracking.log_model=false",
                "scorer.fnc=false")
 COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+# trials of a second or two, enough to kill one's worker while it trains (its run's fxml.process)
+KILLABLE_TRIALS = ("model.n_estimators=1200", *SLOW_TRIALS[1:])
 
 
 def search_command(*args: str) -> list[str]:
@@ -211,7 +213,7 @@ def test_a_killed_joblib_worker_fails_its_trial_and_the_sweep_goes_on(workspace:
         f"hydra.sweeper.storage={given}", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.sampler.name=random",
         "hydra.sweeper.params=null", "model.learning_rate=interval(0.01,0.1)",
-        "tracking.experiment=joblib-kill", *SLOW_TRIALS))
+        "tracking.experiment=joblib-kill", *KILLABLE_TRIALS))
     training_runs = lambda: [r for r in workspace.runs("joblib-kill")  # noqa: E731
                              if r.info.status == "RUNNING" and "fxml.process" in r.data.tags]
     wait_for(lambda: bool(training_runs()), sweep)
