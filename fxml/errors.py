@@ -69,6 +69,11 @@ class RunPruned(Exception):
     needs no Optuna."""
 
 
+class RunStopped(Exception):
+    """A run stopped from outside on purpose (its sweep was stopped and ended its trial): the
+    tracked run ends KILLED with a ``stopped`` tag."""
+
+
 def describe_config_error(error: BaseException) -> str:
     """One line for an OmegaConf/Hydra composition error: the message and the key it is about."""
     from omegaconf.errors import OmegaConfBaseException  # here: errors stays a dependency-free leaf

@@ -16,9 +16,11 @@ import optuna
 import pytest
 from mlflow.entities import ViewType
 
+from fxml.tracking.stores import store_client
 from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
 from tests.helpers import assert_parent_names_the_best, files_containing
 from tests.postgres_server import PASSWORD, postgres  # noqa: F401
+from tests.test_lifecycle import kill_group, start_mlflow_server
 
 FAST = ("model.n_estimators=30", "model.valid_corr_every=5", "tracking.log_model=false",
         "trainer.inner_holdout_eras=4", "scorer.fnc=false")
@@ -272,21 +274,36 @@ def written_text(root: Path) -> str:
 
 @pytest.mark.slow
 def test_workers_share_a_postgres_study(workspace: Workspace, postgres) -> None:  # noqa: F811
+    """The scale-out recipe: workers of one study on PostgreSQL, tracking to one MLflow server."""
     storage = postgres.create_database("shared_workers")
     # one worker has the password in the URL, the other reads it from its environment
     from_env = storage.replace(PASSWORD, "${oc.env:FXML_TEST_PG_PASSWORD}")
     command = search_command("hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.name=random",
                              "tracking.experiment=pg-shared", *FAST)
-    workers = [start(workspace, [*command, f"hydra.sweeper.storage='{url}'",
-                                 f"hydra.sweep.dir=multirun/pg{i}"], FXML_TEST_PG_PASSWORD=PASSWORD)
-               for i, url in enumerate((storage, from_env))]
-    outputs = [w.communicate(timeout=600) for w in workers]
+    server, uri = start_mlflow_server(workspace.root / "server")
+    try:
+        workers = [start(workspace, [*command, f"hydra.sweeper.storage='{url}'",
+                                     f"hydra.sweep.dir=multirun/pg{i}"],
+                         FXML_TEST_PG_PASSWORD=PASSWORD, MLFLOW_TRACKING_URI=uri)
+                   for i, url in enumerate((storage, from_env))]
+        outputs = [w.communicate(timeout=600) for w in workers]
+        client = store_client(uri)
+        runs = client.search_runs([client.get_experiment_by_name("pg-shared").experiment_id])
+    finally:
+        kill_group(server)
     assert [w.returncode for w in workers] == [0, 0], outputs
-    trials = only_study(storage).trials
+    found = only_study(storage)
+    trials = found.trials
     assert len(trials) == 4 and all(t.state == COMPLETE for t in trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
-    [parent] = parents(workspace, "pg-shared")
+    [parent] = [r for r in runs if r.data.tags.get("fxml.role") == "sweep"]
     assert parent.info.status == "FINISHED"
+    assert_parent_names_the_best(parent, found)
+    jobs = [r for r in runs if r.data.tags.get("fxml.role") != "sweep"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in jobs)
+    # a job's number is its trial's, unique across the workers
+    assert sorted(r.data.tags["fxml.job"] for r in jobs) == ["0", "1", "2", "3"]
+    assert all(r.data.tags["fxml.job"] == r.data.tags["fxml.trial"] for r in jobs)
     assert PASSWORD not in "".join(out + err for out, err in outputs)
     assert PASSWORD not in (workspace.root / "multirun/pg0/multirun.yaml").read_text()
     # its jobs were handed the reference, resolved where they ran
@@ -294,8 +311,8 @@ def test_workers_share_a_postgres_study(workspace: Workspace, postgres) -> None:
     assert handed and all("sweep.storage='postgresql://fxml:${oc.env:FXML_TEST_PG_PASSWORD}@" in text
                           for text in handed)
     assert files_containing(workspace.root, PASSWORD) == []
-    for child in workspace.runs("pg-shared"):
-        assert PASSWORD not in str(child.data.params) + str(child.data.tags)
+    for run_ in runs:
+        assert PASSWORD not in str(run_.data.params) + str(run_.data.tags)
 
 
 @pytest.mark.slow

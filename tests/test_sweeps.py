@@ -286,3 +286,30 @@ def test_a_grid_job_handed_only_its_config_lands_under_its_parent(workspace: Wor
     jobs = children(workspace, parent.info.run_id, "isolated-grid")
     assert sorted(r.data.params["model.learning_rate"] for r in jobs) == ["0.02", "0.05"]
     assert {r.data.params["sweep.objective"] for r in jobs} == {"None"}, "a grid has no objective"
+
+
+def test_a_job_whose_sweep_ended_its_trial_stops_killed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A stopped sweep fails its trials while a cluster's jobs may still train (SLURM lets a
+    cancelled job run on until it is killed): the job's next report stops it, its run KILLED."""
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from fxml.errors import RunStopped
+    from fxml.sweeps.pruning import report_to_trial
+    from fxml.tracking.mlflow_run import tracked_run
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="ended", storage=storage, direction="maximize")
+    trial = study.ask()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = OmegaConf.create({"storage": storage, "study_name": "ended", "trial_number": trial.number,
+                              "storage_retry_seconds": 1.0, "prune_on": "valid_corr"})
+    with pytest.raises(RunStopped, match="its sweep ended trial 0"), \
+            tracked_run(uri, "ended", "job", {}) as run:
+        report = report_to_trial(sweep)
+        report(10, 100, {"valid_corr": 0.02})  # the trial is running: reported
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # the sweep was stopped
+        report(20, 100, {"valid_corr": 0.03})
+    ended = mlflow.MlflowClient(uri).get_run(run.info.run_id)
+    assert ended.info.status == "KILLED" and "its sweep ended trial 0" in ended.data.tags["stopped"]
+    assert study.trials[0].intermediate_values == {10: 0.02}

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import mlflow
 import optuna
 from omegaconf import OmegaConf
 
-from fxml.errors import FxmlError, RunPruned
+from fxml.errors import FxmlError, RunPruned, RunStopped
 from fxml.steps import StepCallback
 from fxml.sweeps.retry import with_retries
 
@@ -64,8 +66,9 @@ def report_to_trial(sweep: Any) -> StepCallback:
     trial = with_retries(url, "reach the trial", lambda: _attach(url, sweep), seconds)
     run = mlflow.active_run()
     if run is not None:
-        with_retries(url, "record the trial's MLflow run",
-                     lambda: trial.set_user_attr("mlflow_run_id", run.info.run_id), seconds)
+        with _unless_the_sweep_ended(trial):
+            with_retries(url, "record the trial's MLflow run",
+                         lambda: trial.set_user_attr("mlflow_run_id", run.info.run_id), seconds)
     metric = sweep.prune_on
 
     def report(step: int, total: int, metrics: dict[str, float]) -> None:
@@ -74,13 +77,24 @@ def report_to_trial(sweep: Any) -> StepCallback:
         value = float(metrics[metric])
         # constant predictions have no CORR: count them as the worst possible, so pruners see them
         value = WORST_CORR if math.isnan(value) else value
-        with_retries(url, f"report step {step}", lambda: trial.report(value, step), seconds)
+        with _unless_the_sweep_ended(trial):
+            with_retries(url, f"report step {step}", lambda: trial.report(value, step), seconds)
         if with_retries(url, "ask the pruner", trial.should_prune, seconds):
             raise TrialPruned(f"pruned at step {step}: {metric}={value:.5f}")
 
     log.info("sweep: trial %d of study %s reports %s for pruning", trial.number, sweep.study_name,
              metric)
     return report
+
+
+@contextmanager
+def _unless_the_sweep_ended(trial: optuna.Trial) -> Iterator[None]:
+    """A trial already ended means its sweep was stopped (and, on a cluster, its job cancelled):
+    the job stops too, its run KILLED, instead of failing on a write to a finished trial."""
+    try:
+        yield
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise RunStopped(f"its sweep ended trial {trial.number}") from None
 
 
 def _attach(url: str, sweep: Any) -> optuna.Trial:

@@ -33,6 +33,7 @@ from fxml.errors import (
     OUTPUT_CLOSED,
     FxmlError,
     RunPruned,
+    RunStopped,
     access_denied,
     already_exists,
     connection_lost,
@@ -146,11 +147,12 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
             raise FxmlError(f"{store_error(tracking_store(uri), error)}; run {run.info.run_id} could not "
                             "be closed there and may show RUNNING") from None
         signum = interrupting_signal()
-        stopped = isinstance(error, (KeyboardInterrupt, RunPruned)) or signum is not None
+        stopped = isinstance(error, (KeyboardInterrupt, RunPruned, RunStopped)) or signum is not None
         # a library may have turned the signal into its own exit (Lightning: SystemExit(1))
         what = f"Interrupted: {signal.Signals(signum).name}" if signum is not None \
             else OUTPUT_CLOSED if output_closed(error) else describe(error)
-        tag = "pruned" if isinstance(error, RunPruned) else "error"
+        tag = "pruned" if isinstance(error, RunPruned) else "stopped" if isinstance(error, RunStopped) \
+            else "error"
         try:
             retrying(lambda: mlflow.set_tag(tag, redact(what)[:5000]))
             end_active_run("KILLED" if stopped else "FAILED")
