@@ -33,6 +33,9 @@ def test_concurrent_runs_create_one_store_and_experiment(postgres, tmp_path: Pat
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(run.info.run_name for run in runs) == ["racer-0", "racer-1", "racer-2"]
     assert {run.info.status for run in runs} == {"FINISHED"}
+    # the same release logged as each run's input by all three at once: one dataset, three links
+    linked = [{(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs} for run in runs]
+    assert all(names == linked[0] and len(names) == 2 for names in linked), linked
 
 
 def test_postgresql_without_its_driver_is_one_line(tmp_path: Path) -> None:

@@ -22,7 +22,9 @@ from urllib.parse import urlencode, urlsplit
 import mlflow
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
 
+from fxml.errors import already_exists
 from fxml.secrets import redact
 from fxml.tracking.stores import retrying
 
@@ -157,4 +159,15 @@ def log_data_input(data: NumeraiData, split: str) -> None:
     # MLflow's MetaDataset leaves Dataset.profile abstract; Dataset is no ABC, so it instantiates
     dataset = MetaDataset(ReleaseFile(str(where)), name=dataset_name(data),  # type: ignore[abstract]
                           digest=digest)
-    retrying(lambda: mlflow.log_input(dataset, context=context))
+    retrying(lambda: _log_input(dataset, context))
+
+
+def _log_input(dataset: Any, context: str) -> None:
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException as error:
+        # runs started together may insert the same dataset at once (MLflow looks, then inserts):
+        # the loser finds it there now and only links it to its run
+        if not already_exists(error):
+            raise
+        mlflow.log_input(dataset, context=context)
