@@ -69,6 +69,12 @@ class RunPruned(Exception):
     needs no Optuna."""
 
 
+class LostJob(FxmlError):
+    """A launcher's job that ended without a result: its worker, process or cluster job was
+    killed (out of memory, cancelled, timed out) or its node went away. The job FAILs with this
+    one line; the batch's other jobs keep theirs."""
+
+
 class RunStopped(Exception):
     """A run stopped from outside on purpose (its sweep was stopped and ended its trial): the
     tracked run ends KILLED with a ``stopped`` tag."""

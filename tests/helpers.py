@@ -144,3 +144,8 @@ def files_containing(root: Path, secret: str) -> list[str]:
     """Every file under ``root`` with ``secret`` in its bytes."""
     needle = secret.encode()
     return [str(path) for path in root.rglob("*") if path.is_file() and needle in path.read_bytes()]
+
+
+def process_of(run) -> int:  # type: ignore[no-untyped-def]
+    """The pid that trains ``run``, from its ``fxml.process`` tag (``host:pid``)."""
+    return int(run.data.tags["fxml.process"].rsplit(":", 1)[1])

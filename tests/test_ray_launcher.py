@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -25,7 +25,8 @@ from hydra.core.utils import JobStatus
 from mlflow.entities import ViewType
 
 from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
-from tests.helpers import assert_parent_names_the_best
+from tests.helpers import assert_parent_names_the_best, process_of
+from tests.test_sweep_lifecycle import only_study, parents, wait_for
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason='Ray is not installed (pip install "fxml[ray]")')
@@ -86,16 +87,6 @@ def on_ray(workspace: Workspace, cluster: Cluster, **env: str) -> dict[str, str]
 def run(workspace: Workspace, cluster: Cluster, args: list[str], **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=workspace.root, env=on_ray(workspace, cluster, **env),
                           capture_output=True, text=True, timeout=600)
-
-
-def only_study(storage: str) -> optuna.Study:
-    names = optuna.get_all_study_names(storage)
-    assert len(names) == 1, names
-    return optuna.load_study(study_name=names[0], storage=storage)
-
-
-def parents(workspace: Workspace, experiment: str) -> list:
-    return [r for r in workspace.runs(experiment) if r.data.tags.get("fxml.role") == "sweep"]
 
 
 def children(workspace: Workspace, experiment: str) -> list:
@@ -217,18 +208,7 @@ def slow_trials_worker(workspace: Workspace) -> int | None:
     slow = runs["1"]
     if slow.info.status != "RUNNING" or "fxml.process" not in slow.data.tags:
         return None
-    return int(slow.data.tags["fxml.process"].rsplit(":", 1)[1])
-
-
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"the command ended early: {process.communicate()}")
-        time.sleep(0.3)
-    raise AssertionError("timed out waiting")
+    return process_of(slow)
 
 
 def test_a_stopped_grid_interrupts_its_ray_tasks(workspace: Workspace, cluster: Cluster) -> None:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.conftest import Workspace, assert_one_line_error
-from tests.helpers import assert_parent_names_the_best
+from tests.helpers import assert_parent_names_the_best, process_of
 from tests.test_sweep_lifecycle import (
     COMPLETE,
     FAIL,
@@ -27,10 +27,6 @@ from tests.test_sweep_lifecycle import (
 
 pytest.importorskip("submitit")
 LOCAL_JOBS = ("hydra/launcher=slurm_local", "hydra.launcher.timeout_min=10")
-
-
-def process_of(run) -> int:  # type: ignore[no-untyped-def]
-    return int(run.data.tags["fxml.process"].rsplit(":", 1)[1])
 
 
 def alive(pid: int) -> bool:

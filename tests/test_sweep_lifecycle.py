@@ -18,7 +18,7 @@ from mlflow.entities import ViewType
 
 from fxml.tracking.stores import store_client
 from tests.conftest import SMALL_DATA, Workspace, assert_one_line_error
-from tests.helpers import assert_parent_names_the_best, files_containing
+from tests.helpers import assert_parent_names_the_best, files_containing, process_of
 from tests.postgres_server import PASSWORD, postgres  # noqa: F401
 from tests.test_lifecycle import kill_group, start_mlflow_server
 
@@ -220,7 +220,7 @@ def test_a_killed_joblib_worker_fails_its_trial_and_the_sweep_goes_on(workspace:
                              if r.info.status == "RUNNING" and "fxml.process" in r.data.tags]
     wait_for(lambda: bool(training_runs()), sweep)
     victim = training_runs()[0]
-    os.kill(int(victim.data.tags["fxml.process"].rsplit(":", 1)[1]), signal.SIGKILL)
+    os.kill(process_of(victim), signal.SIGKILL)
     _, stderr = sweep.communicate(timeout=300)
     assert sweep.returncode == 0, stderr
 

@@ -127,11 +127,7 @@ def end_run_as(uri: str, run_id: str, status: str, reason: str | None = None) ->
     on_the_store(uri, f"end run {run_id}", end)
 
 
-def end_parent_run(uri: str, run_id: str, status: str, reason: str | None = None) -> None:
-    end_run_as(uri, run_id, status, reason)
-
-
-def run_status_of(uri: str, run_id: str) -> Run:
+def read_run(uri: str, run_id: str) -> Run:
     return on_the_store(uri, f"read run {run_id}", lambda: store_client(uri).get_run(run_id))
 
 
@@ -308,7 +304,7 @@ class GridParent:
             with contextlib.suppress(mlflow.exceptions.MlflowException):
                 close_open_jobs(self.uri, self.run_id, "KILLED" if stopped else "FAILED",
                                 how if stopped else "its job was lost")
-            end_parent_run(self.uri, self.run_id, "KILLED" if stopped else "FAILED", how)
+            end_run_as(self.uri, self.run_id, "KILLED" if stopped else "FAILED", how)
             self.run_id = None
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:

@@ -154,7 +154,7 @@ def tracked_run(uri: str, experiment: str, name: RunName | str, tags: dict[str, 
         tag = "pruned" if isinstance(error, RunPruned) else "stopped" if isinstance(error, RunStopped) \
             else "error"
         try:
-            retrying(lambda: mlflow.set_tag(tag, redact(what)[:5000]))
+            set_tags({tag: redact(what)[:5000]})
             end_active_run("KILLED" if stopped else "FAILED")
         except Exception as closing:
             _drop_active_runs()

@@ -50,15 +50,14 @@ from fxml.sweeps.parent import (
     STUDY_TAG,
     Best,
     configured_store,
-    end_parent_run,
     end_run_as,
     job_error,
     job_overrides,
     job_runs,
     open_parent_run,
     quoted,
+    read_run,
     record_best,
-    run_status_of,
     sweep_result,
     trial_rows,
     without_keys,
@@ -196,7 +195,7 @@ class OptunaSearch(Sweeper):
             if not isinstance(error, KeyboardInterrupt):  # e.g. Lightning's SystemExit(1)
                 raise (Terminated() if how == "terminated" else KeyboardInterrupt()) from None
             raise
-        end_parent_run(self.uri, self.parent_id, "FINISHED")
+        end_run_as(self.uri, self.parent_id, "FINISHED")
         return study
 
     def _end_parent(self, status: str, reason: str) -> None:
@@ -204,7 +203,7 @@ class OptunaSearch(Sweeper):
         the user sees even when the tracking store is away too."""
         assert self.parent_id is not None, "the parent run is opened before the search"
         try:
-            end_parent_run(self.uri, self.parent_id, status, reason)
+            end_run_as(self.uri, self.parent_id, status, reason)
         except FxmlError as closing:
             log.warning("sweep: the parent run %s could not be closed (%s)", self.parent_id, closing)
 
@@ -256,7 +255,7 @@ class OptunaSearch(Sweeper):
         started = [self._trial_run_id(study, trial) for trial in trials]
         self.batches_lost_unstarted = 0 if any(started) else self.batches_lost_unstarted + 1
         for trial, run_id in zip(trials, started, strict=True):
-            if run_id and self._keep_finished(study, trial, run_status_of(self.uri, run_id)):
+            if self._keep_finished(study, trial, run_id):
                 continue
             self._fail(study, trial, reason, run_id)
         if self.batches_lost_unstarted >= 2:
@@ -352,17 +351,16 @@ class OptunaSearch(Sweeper):
             optuna.storages.fail_stale_trials(study)
             return len(study.get_trials(deepcopy=False, states=TAKEN))
 
-        return with_retries(self.storage_url, "count the study's trials", count, self.retry_seconds)
+        return self._on_storage("count the study's trials", count)
 
     def _ask(self, study: optuna.Study, space: dict[str, dist.BaseDistribution]) -> optuna.Trial:
         """A new trial, its parameters drawn by a sampler seeded from the study and the trial's
         number when a seed is set, so workers and resumed studies never replay one sequence."""
-        trial = with_retries(self.storage_url, "start a trial", study.ask, self.retry_seconds)
+        trial = self._on_storage("start a trial", study.ask)
         if self.sampler_cfg.seed is not None and self.sampler_cfg.name != "grid":
             study.sampler = self._sampler(space, trial.number)
         for name, distribution_ in space.items():
-            with_retries(self.storage_url, f"sample {name}",
-                         partial(_suggest, trial, name, distribution_), self.retry_seconds)
+            self._on_storage(f"sample {name}", partial(_suggest, trial, name, distribution_))
         return trial
 
     def _trial_overrides(self, trial: optuna.Trial) -> list[str]:
@@ -392,15 +390,14 @@ class OptunaSearch(Sweeper):
         else:
             # a job lost by its launcher (a dead Ray worker) may have finished its run first
             run_id = self._trial_run_id(study, trial)
-            if not (run_id and self._keep_finished(study, trial, run_status_of(self.uri, run_id))):
+            if not self._keep_finished(study, trial, run_id):
                 self._fail(study, trial, describe(error), run_id)
             return
         if state == TrialState.FAIL:
             self._fail(study, trial, note or "", None)
             return
-        with_retries(self.storage_url, f"record trial {trial.number}",
-                     lambda: study.tell(trial, value, state=state, skip_if_finished=True),
-                     self.retry_seconds)
+        self._on_storage(f"record trial {trial.number}",
+                         lambda: study.tell(trial, value, state=state, skip_if_finished=True))
         if state == TrialState.COMPLETE:
             log.info("sweep: trial %d %s = %.6f", trial.number, self.objective.label, value)
         else:
@@ -412,11 +409,10 @@ class OptunaSearch(Sweeper):
         note = redact(note)[:2000]
         self.failures += 1
         self._set_attr(trial, "error", note)
-        with_retries(self.storage_url, f"record trial {trial.number}",
-                     lambda: study.tell(trial, state=TrialState.FAIL, skip_if_finished=True),
-                     self.retry_seconds)
+        self._on_storage(f"record trial {trial.number}",
+                         lambda: study.tell(trial, state=TrialState.FAIL, skip_if_finished=True))
         log.warning("sweep: trial %d failed: %s", trial.number, note)
-        if run_id and run_status_of(self.uri, run_id).info.status == "RUNNING":
+        if run_id and read_run(self.uri, run_id).info.status == "RUNNING":
             end_run_as(self.uri, run_id, "FAILED", note)
 
     def _on_storage(self, doing: str, call: Callable[[], T]) -> T:
@@ -424,8 +420,8 @@ class OptunaSearch(Sweeper):
         return with_retries(self.storage_url, doing, call, self.retry_seconds)
 
     def _set_attr(self, trial: optuna.Trial, key: str, value: Any) -> None:
-        with_retries(self.storage_url, f"record {key} of trial {trial.number}",
-                     lambda: trial.set_user_attr(key, value), self.retry_seconds)
+        self._on_storage(f"record {key} of trial {trial.number}",
+                         lambda: trial.set_user_attr(key, value))
 
     def _stop_trials(self, study: optuna.Study, trials: list[optuna.Trial], how: str,
                      status: str) -> None:
@@ -434,7 +430,7 @@ class OptunaSearch(Sweeper):
         FAIL in Optuna, and are KILLED (or FAILED) in MLflow where a job left its run open."""
         for trial in trials:
             run_id = self._trial_run_id(study, trial)
-            if run_id and self._keep_finished(study, trial, run_status_of(self.uri, run_id)):
+            if self._keep_finished(study, trial, run_id):
                 continue
             self._set_attr(trial, "error", how)
             self._on_storage(f"record trial {trial.number}", partial(
@@ -443,12 +439,15 @@ class OptunaSearch(Sweeper):
                 continue
             # a library may have turned the interruption into an error (Lightning: SystemExit(1)),
             # so after a stop signal a FAILED trial run was in fact killed
-            ended = run_status_of(self.uri, run_id).info.status
+            ended = read_run(self.uri, run_id).info.status
             if ended == "RUNNING" or (status == "KILLED" and ended == "FAILED"):
                 end_run_as(self.uri, run_id, status, how)
 
-    def _keep_finished(self, study: optuna.Study, trial: optuna.Trial, run: Any) -> bool:
+    def _keep_finished(self, study: optuna.Study, trial: optuna.Trial, run_id: str | None) -> bool:
         """Record a trial whose run FINISHED with the objective's metrics as COMPLETE."""
+        if run_id is None:
+            return False
+        run = read_run(self.uri, run_id)
         if run.info.status != "FINISHED":
             return False
         try:
@@ -468,7 +467,7 @@ class OptunaSearch(Sweeper):
                     trial.number)
         if not run_id:
             return
-        if run_status_of(self.uri, run_id).info.status == "RUNNING":
+        if read_run(self.uri, run_id).info.status == "RUNNING":
             end_run_as(self.uri, run_id, "FAILED", "its worker died (no Optuna heartbeat)")
 
     # --- samplers ---------------------------------------------------------------------------
@@ -510,8 +509,7 @@ class OptunaSearch(Sweeper):
 
     def _record_best(self, study: optuna.Study, fixed: Sequence[str]) -> Best | None:
         """Write the study's best (whichever worker found it) on the parent run."""
-        best = with_retries(self.storage_url, "read the best trial", lambda: self._best(study, fixed),
-                            self.retry_seconds)
+        best = self._on_storage("read the best trial", lambda: self._best(study, fixed))
         if best is not None and self.parent_id:
             try:
                 record_best(self.uri, self.parent_id, best, self.objective.label, self.study_name)

@@ -22,7 +22,7 @@ from hydra.core.utils import JobReturn, filter_overrides, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from fxml.errors import FxmlError, describe
+from fxml.errors import FxmlError, LostJob, describe
 from hydra_plugins.fxml_ray_launcher._worker import failed, run_on_worker
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,6 @@ POLL_SECONDS = 1.0  # how often the wait for results lets a stop signal through
 # a stopped command first interrupts its jobs (each ends its MLflow run KILLED), then kills those
 # still running after this long
 CANCEL_GRACE_SECONDS = 5.0
-
-
-class LostJob(FxmlError):
-    """A job whose Ray task ended without a result: its worker was killed, ran out of memory, or
-    its node went away. The job FAILs; the batch's other jobs keep theirs."""
 
 
 class Driver:

@@ -27,7 +27,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import DictConfig, OmegaConf
 
 from fxml.console import console, job_line
-from fxml.errors import FxmlError
+from fxml.errors import FxmlError, LostJob
 from fxml.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ POLL_SECONDS = 1.0
 CANCEL_GRACE_SECONDS = 20.0
 # submitit's own settings, the rest are the executor's (``slurm_partition``, ...)
 EXECUTOR_SETTINGS = ("max_num_timeout",)
-
-
-class LostJob(RuntimeError):
-    """A job that ended without a result: cancelled, killed (out of memory), timed out."""
 
 
 class _AwaitedOneByOne(BaseSubmititLauncher):  # type: ignore[misc]
